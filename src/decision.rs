@@ -1,0 +1,245 @@
+//! Request attributes → decision: which rule matched and which destination gets the request.
+
+use crate::bucket;
+use crate::plan::{Plan, Rule, StickyKey};
+use crate::request::Request;
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No rule matched: the routing headers are removed and nothing else happens.
+    Unmatched,
+    Routed(Routed),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub rule: usize,
+    pub destination: usize,
+    /// A `Set-Cookie` value to add to the response (a newly assigned user id).
+    pub set_cookie: Option<String>,
+}
+
+impl Plan {
+    pub fn decide(&self, request: &Request<'_>, rng: &mut Rng) -> Decision {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.matcher.holds(request) {
+                let (destination, set_cookie) = rule.pick(request, rng);
+                return Decision::Routed(Routed {
+                    rule: index,
+                    destination,
+                    set_cookie,
+                });
+            }
+        }
+        Decision::Unmatched
+    }
+}
+
+impl Rule {
+    fn pick(&self, request: &Request<'_>, rng: &mut Rng) -> (usize, Option<String>) {
+        if self.destinations.len() == 1 {
+            // A fixed route: no key to read, nothing to hash, no cookie to assign.
+            return (0, None);
+        }
+        let mut set_cookie = None;
+        let bucket = match &self.sticky {
+            None => bucket::bucket_of_random(self.hash, rng.next_u64()),
+            Some(sticky) => {
+                let key = match &sticky.key {
+                    StickyKey::Header(name) => request.header(name).map(<[u8]>::to_vec),
+                    StickyKey::Cookie(name) => request.cookie(name).map(<[u8]>::to_vec),
+                    StickyKey::Query(name) => request.query(name).map(|v| v.into_owned()),
+                }
+                .filter(|k| !k.is_empty());
+                match (key, &sticky.key, sticky.assign_cookie_max_age_s) {
+                    (Some(key), _, _) => self.bucket_of_key(&key),
+                    (None, StickyKey::Cookie(cookie), Some(max_age)) => {
+                        let id = rng.hex_id();
+                        set_cookie = Some(format!(
+                            "{cookie}={id}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+                        ));
+                        self.bucket_of_key(id.as_bytes())
+                    }
+                    (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
+                }
+            }
+        };
+        (
+            bucket::destination_for(&self.upper_bounds, bucket),
+            set_cookie,
+        )
+    }
+
+    fn bucket_of_key(&self, key: &[u8]) -> u32 {
+        bucket::bucket_of_hash(self.hash, bucket::murmur3_of(&self.salt_colon, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::HeaderPair;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn plan(json: &str) -> Plan {
+        Plan::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn routed(d: Decision) -> Routed {
+        match d {
+            Decision::Routed(r) => r,
+            Decision::Unmatched => panic!("expected a routed decision"),
+        }
+    }
+
+    const RINGS: &str = r#"{"rules":[
+        {"name":"employees","match":{"headers":[{"name":"x-employee","exact":"true"}]},
+         "destinations":[{"name":"canary","cluster":"v2"}]},
+        {"name":"beta","match":{"cookies":[{"name":"beta","present":true}]},
+         "destinations":[{"name":"canary","cluster":"v2"}]},
+        {"name":"everyone","match":{"path":{"prefix":"/checkout"}},
+         "sticky":{"header":"x-user-id"},
+         "destinations":[{"name":"canary","cluster":"v2","weight":5},
+                         {"name":"stable","cluster":"v1","weight":95}]}]}"#;
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let p = plan(RINGS);
+        let mut rng = Rng::from_seed(1);
+        let h = headers(&[
+            (":path", "/checkout"),
+            ("x-employee", "true"),
+            ("cookie", "beta=1"),
+        ]);
+        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 0);
+        let h = headers(&[(":path", "/checkout"), ("cookie", "beta=1")]);
+        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 1);
+        let h = headers(&[(":path", "/checkout"), ("x-user-id", "u1")]);
+        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 2);
+        let h = headers(&[(":path", "/other")]);
+        assert_eq!(
+            p.decide(&Request::new(&h, None), &mut rng),
+            Decision::Unmatched
+        );
+    }
+
+    #[test]
+    fn sticky_keys_always_land_on_the_same_destination() {
+        let p = plan(RINGS);
+        for user in 0..500 {
+            let h = headers(&[
+                (":path", "/checkout"),
+                ("x-user-id", &format!("user-{user}")),
+            ]);
+            let first = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(1)));
+            for seed in 2..5 {
+                let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(seed)));
+                assert_eq!(first, again);
+            }
+        }
+    }
+
+    #[test]
+    fn unleash_rule_routes_like_unleash_gradual_rollout() {
+        // gr1:123 -> bucket 73, groupX:999 -> bucket 25.
+        for (salt, user, rollout, expected_first) in [
+            ("gr1", "123", 73, true),
+            ("gr1", "123", 72, false),
+            ("groupX", "999", 25, true),
+            ("groupX", "999", 24, false),
+        ] {
+            let p = plan(&format!(
+                r#"{{"rules":[{{"name":"r","hash":"unleash","salt":"{salt}","sticky":{{"header":"x-user-id"}},
+                   "destinations":[{{"name":"on","cluster":"a","weight":{rollout}}},
+                                   {{"name":"off","cluster":"b","weight":{}}}]}}]}}"#,
+                100 - rollout
+            ));
+            let h = headers(&[("x-user-id", user)]);
+            let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(0)));
+            assert_eq!(
+                r.destination == 0,
+                expected_first,
+                "{salt}:{user} at {rollout}%"
+            );
+        }
+    }
+
+    #[test]
+    fn assign_cookie_when_missing_and_bucket_with_the_new_id() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","sticky":{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":60},
+               "destinations":[{"name":"a","cluster":"a"},{"name":"b","cluster":"b"}]}]}"#,
+        );
+        let h = headers(&[("cookie", "other=1")]);
+        let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(9)));
+        let cookie = r.set_cookie.clone().unwrap();
+        assert!(
+            cookie.ends_with("; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"),
+            "{cookie}"
+        );
+        let id = cookie
+            .strip_prefix("uid=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        assert_eq!(id.len(), 32);
+        // Coming back with the assigned cookie lands on the same destination, no new cookie.
+        let h = headers(&[("cookie", &format!("uid={id}"))]);
+        let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(10)));
+        assert_eq!(again.destination, r.destination);
+        assert_eq!(again.set_cookie, None);
+    }
+
+    #[test]
+    fn missing_key_without_assign_cookie_is_random() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","sticky":{"query":"u"},
+               "destinations":[{"name":"a","cluster":"a"},{"name":"b","cluster":"b"}]}]}"#,
+        );
+        let mut rng = Rng::from_seed(3);
+        let h = headers(&[(":path", "/x?u=")]);
+        let picks: Vec<usize> = (0..200)
+            .map(|_| routed(p.decide(&Request::new(&h, None), &mut rng)).destination)
+            .collect();
+        assert!(picks.contains(&0) && picks.contains(&1));
+        assert!(picks.iter().all(|&d| d < 2));
+    }
+
+    #[test]
+    fn zero_weight_is_a_kill_switch() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","weight":0},{"name":"b","cluster":"b"}]}]}"#,
+        );
+        let mut rng = Rng::from_seed(5);
+        let h = headers(&[]);
+        assert!(
+            (0..1000).all(|_| routed(p.decide(&Request::new(&h, None), &mut rng)).destination == 1)
+        );
+    }
+
+    #[test]
+    fn non_utf8_and_garbage_inputs_do_not_panic() {
+        let p = plan(RINGS);
+        let mut rng = Rng::from_seed(5);
+        let h: Vec<HeaderPair> = vec![
+            (":path".into(), b"/checkout\xff?\xfe=%%%".to_vec()),
+            ("x-user-id".into(), b"\xff\x00\x01".to_vec()),
+            ("cookie".into(), b";;==;\xff".to_vec()),
+            ("x-employee".into(), vec![0xff; 70_000]),
+        ];
+        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 2);
+        let empty: Vec<HeaderPair> = Vec::new();
+        assert_eq!(
+            p.decide(&Request::new(&empty, None), &mut rng),
+            Decision::Unmatched
+        );
+    }
+}

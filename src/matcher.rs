@@ -1,0 +1,130 @@
+//! Compiled match conditions of a rule, and their evaluation against a request.
+
+use crate::request::Request;
+
+/// An operation on one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringOp {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+    OneOf(Vec<Vec<u8>>),
+    /// `present: true` holds when the value exists, `present: false` when it does not.
+    Present(bool),
+}
+
+impl StringOp {
+    fn holds(&self, value: Option<&[u8]>) -> bool {
+        match (self, value) {
+            (StringOp::Present(wanted), v) => v.is_some() == *wanted,
+            (_, None) => false,
+            (StringOp::Exact(s), Some(v)) => v == s.as_slice(),
+            (StringOp::Prefix(s), Some(v)) => v.starts_with(s),
+            (StringOp::Suffix(s), Some(v)) => v.ends_with(s),
+            (StringOp::OneOf(options), Some(v)) => options.iter().any(|o| o.as_slice() == v),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Header name in lower case.
+    Header(String, StringOp),
+    Cookie(String, StringOp),
+    Query(String, StringOp),
+    Path(StringOp),
+    Authority(StringOp),
+    Methods(Vec<Vec<u8>>),
+    RouteNames(Vec<Vec<u8>>),
+}
+
+impl Condition {
+    pub fn holds(&self, request: &Request<'_>) -> bool {
+        match self {
+            Condition::Header(name, op) => op.holds(request.header(name)),
+            Condition::Cookie(name, op) => op.holds(request.cookie(name)),
+            Condition::Query(name, op) => op.holds(request.query(name).as_deref()),
+            Condition::Path(op) => op.holds(request.path()),
+            Condition::Authority(op) => op.holds(request.authority()),
+            Condition::Methods(methods) => request
+                .method()
+                .is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
+            Condition::RouteNames(names) => request
+                .route_name()
+                .is_some_and(|r| names.iter().any(|x| x.as_slice() == r)),
+        }
+    }
+
+    /// Whether evaluating this condition needs Envoy's route name (a property read).
+    pub fn needs_route_name(&self) -> bool {
+        matches!(self, Condition::RouteNames(_))
+    }
+}
+
+/// All conditions must hold; no conditions match every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matcher {
+    pub conditions: Vec<Condition>,
+}
+
+impl Matcher {
+    pub fn holds(&self, request: &Request<'_>) -> bool {
+        self.conditions.iter().all(|c| c.holds(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::HeaderPair;
+
+    fn req(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn string_ops() {
+        let v = Some(&b"checkout-v2"[..]);
+        assert!(StringOp::Exact(b"checkout-v2".to_vec()).holds(v));
+        assert!(!StringOp::Exact(b"checkout".to_vec()).holds(v));
+        assert!(StringOp::Prefix(b"check".to_vec()).holds(v));
+        assert!(StringOp::Suffix(b"-v2".to_vec()).holds(v));
+        assert!(StringOp::OneOf(vec![b"a".to_vec(), b"checkout-v2".to_vec()]).holds(v));
+        assert!(StringOp::Present(true).holds(v));
+        assert!(!StringOp::Present(false).holds(v));
+        assert!(StringOp::Present(false).holds(None));
+        assert!(!StringOp::Exact(Vec::new()).holds(None));
+    }
+
+    #[test]
+    fn conditions_against_a_request() {
+        let h = req(&[
+            (":method", "POST"),
+            (":path", "/checkout/cart?beta=1"),
+            (":authority", "shop.example.com"),
+            ("x-employee", "true"),
+            ("cookie", "tier=gold"),
+        ]);
+        let r = Request::new(&h, Some(b"checkout-route"));
+        let all = Matcher {
+            conditions: vec![
+                Condition::Header("x-employee".into(), StringOp::Exact(b"true".to_vec())),
+                Condition::Cookie("tier".into(), StringOp::OneOf(vec![b"gold".to_vec()])),
+                Condition::Query("beta".into(), StringOp::Present(true)),
+                Condition::Path(StringOp::Prefix(b"/checkout".to_vec())),
+                Condition::Authority(StringOp::Suffix(b".example.com".to_vec())),
+                Condition::Methods(vec![b"GET".to_vec(), b"POST".to_vec()]),
+                Condition::RouteNames(vec![b"checkout-route".to_vec()]),
+            ],
+        };
+        assert!(all.holds(&r));
+        assert!(Matcher::default().holds(&r));
+        let wrong_method = Condition::Methods(vec![b"GET".to_vec()]);
+        assert!(!wrong_method.holds(&r));
+        let no_route = Request::new(&h, None);
+        assert!(!Condition::RouteNames(vec![b"checkout-route".to_vec()]).holds(&no_route));
+    }
+}

@@ -1,0 +1,653 @@
+//! Validation of the user configuration and the compiled, immutable plan the filter runs.
+//! Everything that can be checked is checked here, once, so the request path never meets a
+//! surprise: a plan that exists is a plan that is safe to run.
+
+use crate::bucket::{self, FINE_BUCKETS, UNLEASH_BUCKETS};
+use crate::config::{
+    self, ConfigError, DestinationConfig, HashKind, MatchConfig, NamedMatchConfig, PluginConfig,
+    RuleConfig, StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
+};
+use crate::matcher::{Condition, Matcher, StringOp};
+use std::collections::HashSet;
+
+pub const MAX_DESTINATIONS: usize = 16;
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug)]
+pub struct Plan {
+    /// Lower-case header the chosen cluster is written to.
+    pub cluster_header: String,
+    /// Lower-case header the chosen destination name is written to; `None` when disabled.
+    pub variant_header: Option<String>,
+    pub debug_header: bool,
+    pub rules: Vec<Rule>,
+    /// Whether any rule reads request attributes (then the host reads the header map once).
+    pub needs_request_headers: bool,
+    /// Whether any rule matches on Envoy's route name (then the host reads that property).
+    pub needs_route_name: bool,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub sticky: Option<Sticky>,
+    pub hash: HashKind,
+    /// `"<salt>:"`, the prefix hashed before the user key.
+    pub salt_colon: Vec<u8>,
+    pub destinations: Vec<Destination>,
+    /// Exclusive upper bucket bound per destination (see `bucket::upper_bounds`).
+    pub upper_bounds: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub struct Destination {
+    pub name: String,
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug)]
+pub struct Sticky {
+    pub key: StickyKey,
+    /// When set (cookie keys only): Max-Age of the cookie assigned to users who have none.
+    pub assign_cookie_max_age_s: Option<u64>,
+}
+
+impl Plan {
+    /// Parses and validates a JSON plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        Plan::compile(config::parse(bytes)?)
+    }
+
+    pub fn compile(config: PluginConfig) -> Result<Plan, ConfigError> {
+        let cluster_header = header_name("cluster_header", &config.cluster_header)?;
+        let variant_header = if config.variant_header.is_empty() {
+            None
+        } else {
+            let name = header_name("variant_header", &config.variant_header)?;
+            if name == cluster_header {
+                return Err(ConfigError::new(
+                    "variant_header",
+                    "must differ from cluster_header",
+                ));
+            }
+            Some(name)
+        };
+        let mut seen = HashSet::new();
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.into_iter().enumerate() {
+            let path = format!("rules[{i}]");
+            if !seen.insert(rule.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate rule name \"{}\"", rule.name),
+                ));
+            }
+            rules.push(compile_rule(&path, rule)?);
+        }
+        let needs_route_name = rules
+            .iter()
+            .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
+        let needs_request_headers = rules.iter().any(|r| {
+            r.matcher.conditions.iter().any(|c| !c.needs_route_name()) || r.sticky.is_some()
+        });
+        Ok(Plan {
+            cluster_header,
+            variant_header,
+            debug_header: config.debug_header,
+            rules,
+            needs_request_headers,
+            needs_route_name,
+        })
+    }
+}
+
+fn compile_rule(path: &str, rule: RuleConfig) -> Result<Rule, ConfigError> {
+    check_name(&format!("{path}.name"), &rule.name)?;
+    let matcher = match rule.match_ {
+        Some(m) => compile_match(&format!("{path}.match"), m)?,
+        None => Matcher::default(),
+    };
+    let sticky = rule
+        .sticky
+        .map(|s| compile_sticky(&format!("{path}.sticky"), s))
+        .transpose()?;
+    let destinations = compile_destinations(&format!("{path}.destinations"), rule.destinations)?;
+    let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
+    if rule.hash == HashKind::Unleash {
+        let sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        if sum != u64::from(UNLEASH_BUCKETS) {
+            return Err(ConfigError::new(
+                format!("{path}.destinations"),
+                format!(
+                    "with hash \"unleash\" the weights must sum to 100 (percentages), got {sum}"
+                ),
+            ));
+        }
+    }
+    let salt = rule.salt.unwrap_or_else(|| rule.name.clone());
+    let mut salt_colon = salt.into_bytes();
+    salt_colon.push(b':');
+    Ok(Rule {
+        upper_bounds: bucket::upper_bounds(rule.hash, &weights),
+        name: rule.name,
+        matcher,
+        sticky,
+        hash: rule.hash,
+        salt_colon,
+        destinations,
+    })
+}
+
+/// Weights above this would let `FINE_BUCKETS * total` approach u64 limits; no real split needs them.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+fn compile_destinations(
+    path: &str,
+    destinations: Vec<DestinationConfig>,
+) -> Result<Vec<Destination>, ConfigError> {
+    if destinations.is_empty() || destinations.len() > MAX_DESTINATIONS {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "must list 1 to {MAX_DESTINATIONS} destinations, got {}",
+                destinations.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(destinations.len());
+    for (i, d) in destinations.into_iter().enumerate() {
+        let dpath = format!("{path}[{i}]");
+        check_name(&format!("{dpath}.name"), &d.name)?;
+        if !seen.insert(d.name.clone()) {
+            return Err(ConfigError::new(
+                format!("{dpath}.name"),
+                format!("duplicate destination name \"{}\" in this rule", d.name),
+            ));
+        }
+        check_cluster(&format!("{dpath}.cluster"), &d.cluster)?;
+        if d.weight > MAX_WEIGHT {
+            return Err(ConfigError::new(
+                format!("{dpath}.weight"),
+                format!("must be at most {MAX_WEIGHT}, got {}", d.weight),
+            ));
+        }
+        out.push(Destination {
+            name: d.name,
+            cluster: d.cluster,
+            weight: d.weight,
+        });
+    }
+    if out.iter().all(|d| d.weight == 0) {
+        return Err(ConfigError::new(
+            path,
+            "all weights are 0: at least one destination must have a positive weight",
+        ));
+    }
+    Ok(out)
+}
+
+fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigError> {
+    let key = match (sticky.header, sticky.cookie, sticky.query) {
+        (Some(h), None, None) => StickyKey::Header(header_name(&format!("{path}.header"), &h)?),
+        (None, Some(c), None) => {
+            check_cookie_name(&format!("{path}.cookie"), &c)?;
+            StickyKey::Cookie(c)
+        }
+        (None, None, Some(q)) => {
+            if q.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.query"),
+                    "must not be empty",
+                ));
+            }
+            StickyKey::Query(q)
+        }
+        _ => {
+            return Err(ConfigError::new(
+                path,
+                "must name exactly one user key: \"header\", \"cookie\" or \"query\"",
+            ))
+        }
+    };
+    let is_cookie = matches!(key, StickyKey::Cookie(_));
+    if sticky.assign_cookie && !is_cookie {
+        return Err(ConfigError::new(
+            format!("{path}.assign_cookie"),
+            "only applies to a cookie user key (\"cookie\": NAME)",
+        ));
+    }
+    if sticky.cookie_max_age_s.is_some() && !sticky.assign_cookie {
+        return Err(ConfigError::new(
+            format!("{path}.cookie_max_age_s"),
+            "only applies with \"assign_cookie\": true",
+        ));
+    }
+    Ok(Sticky {
+        key,
+        assign_cookie_max_age_s: sticky
+            .assign_cookie
+            .then(|| sticky.cookie_max_age_s.unwrap_or(DEFAULT_COOKIE_MAX_AGE_S)),
+    })
+}
+
+fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
+    let mut conditions = Vec::new();
+    // Cheap conditions first: a rule that fails on the method never parses cookies or query.
+    if let Some(methods) = m.methods {
+        let mpath = format!("{path}.methods");
+        non_empty_list(&mpath, &methods)?;
+        for (i, method) in methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(is_token_byte) {
+                return Err(ConfigError::new(
+                    format!("{mpath}[{i}]"),
+                    format!("\"{method}\" is not an HTTP method token"),
+                ));
+            }
+        }
+        conditions.push(Condition::Methods(
+            methods.into_iter().map(String::into_bytes).collect(),
+        ));
+    }
+    if let Some(p) = m.path {
+        conditions.push(Condition::Path(string_op(&format!("{path}.path"), p)?));
+    }
+    if let Some(a) = m.authority {
+        conditions.push(Condition::Authority(string_op(
+            &format!("{path}.authority"),
+            a,
+        )?));
+    }
+    for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
+        let hpath = format!("{path}.headers[{i}]");
+        let name = header_name(&format!("{hpath}.name"), &h.name)?;
+        conditions.push(Condition::Header(name, named_op(&hpath, h)?));
+    }
+    for (i, c) in m.cookies.unwrap_or_default().into_iter().enumerate() {
+        let cpath = format!("{path}.cookies[{i}]");
+        check_cookie_name(&format!("{cpath}.name"), &c.name)?;
+        let name = c.name.clone();
+        conditions.push(Condition::Cookie(name, named_op(&cpath, c)?));
+    }
+    for (i, q) in m.query.unwrap_or_default().into_iter().enumerate() {
+        let qpath = format!("{path}.query[{i}]");
+        if q.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{qpath}.name"),
+                "must not be empty",
+            ));
+        }
+        let name = q.name.clone();
+        conditions.push(Condition::Query(name, named_op(&qpath, q)?));
+    }
+    if let Some(routes) = m.route_names {
+        let rpath = format!("{path}.route_names");
+        non_empty_list(&rpath, &routes)?;
+        conditions.push(Condition::RouteNames(
+            routes.into_iter().map(String::into_bytes).collect(),
+        ));
+    }
+    Ok(Matcher { conditions })
+}
+
+fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "must not be empty (omit the field to match everything)",
+        ));
+    }
+    Ok(())
+}
+
+fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
+    let ops = [
+        m.exact.map(|s| StringOp::Exact(s.into_bytes())),
+        m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
+        m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+        m.one_of
+            .map(|v| StringOp::OneOf(v.into_iter().map(String::into_bytes).collect())),
+        m.present.map(StringOp::Present),
+    ];
+    let op = exactly_one(
+        path,
+        ops,
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+    )?;
+    if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
+        return Err(ConfigError::new(
+            format!("{path}.one_of"),
+            "must list at least one value",
+        ));
+    }
+    Ok(op)
+}
+
+fn string_op(path: &str, m: StringMatchConfig) -> Result<StringOp, ConfigError> {
+    let ops = [
+        m.exact.map(|s| StringOp::Exact(s.into_bytes())),
+        m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
+        m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+    ];
+    exactly_one(
+        path,
+        ops,
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\"",
+    )
+}
+
+fn exactly_one<const N: usize>(
+    path: &str,
+    ops: [Option<StringOp>; N],
+    reason: &str,
+) -> Result<StringOp, ConfigError> {
+    let mut given = ops.into_iter().flatten();
+    match (given.next(), given.next()) {
+        (Some(op), None) => Ok(op),
+        _ => Err(ConfigError::new(path, reason)),
+    }
+}
+
+/// Rule and destination names appear in metric names: `[A-Za-z0-9_-]{1,64}`.
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("\"{name}\" must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_-]"),
+        ))
+    }
+}
+
+/// RFC 9110 token characters (header names, methods, cookie names).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Validates a header name and returns it in lower case (Envoy's header maps are lower case).
+fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let body = name.strip_prefix(':').unwrap_or(name);
+    if body.is_empty() || !body.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is not a valid header name"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is not a valid cookie name"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cluster is written into a request header: it must be a non-empty, visible-ASCII value.
+fn check_cluster(path: &str, cluster: &str) -> Result<(), ConfigError> {
+    if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+// Compile-time guard: the fine bucket count is what the docs promise.
+const _: () = assert!(FINE_BUCKETS == 10_000);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        Plan::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    fn rule(body: &str) -> String {
+        format!(r#"{{"rules":[{body}]}}"#)
+    }
+
+    const DESTS: &str = r#""destinations":[{"name":"a","cluster":"ca"}]"#;
+
+    #[test]
+    fn the_issue_example_compiles() {
+        let plan = Plan::from_json(
+            br#"{
+              "cluster_header": "x-split-cluster",
+              "variant_header": "x-split-variant",
+              "debug_header": false,
+              "rules": [
+                { "name": "employees",
+                  "match": { "headers": [ { "name": "x-employee", "exact": "true" } ] },
+                  "destinations": [ { "name": "canary", "cluster": "checkout-v2" } ] },
+                { "name": "checkout-canary",
+                  "match": { "path": { "prefix": "/checkout" } },
+                  "sticky": { "cookie": "uid", "assign_cookie": true },
+                  "salt": "checkout-2026-11",
+                  "destinations": [
+                    { "name": "canary", "cluster": "checkout-v2", "weight": 5 },
+                    { "name": "stable", "cluster": "checkout-v1", "weight": 95 } ] }
+              ]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(plan.rules.len(), 2);
+        assert_eq!(plan.rules[1].upper_bounds, vec![500, 10_000]);
+        assert_eq!(plan.rules[1].salt_colon, b"checkout-2026-11:");
+        assert_eq!(plan.rules[0].salt_colon, b"employees:");
+        assert_eq!(
+            plan.rules[1]
+                .sticky
+                .as_ref()
+                .unwrap()
+                .assign_cookie_max_age_s,
+            Some(2_592_000)
+        );
+        assert!(plan.needs_request_headers);
+        assert!(!plan.needs_route_name);
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = Plan::from_json(b"").unwrap();
+        assert_eq!(plan.cluster_header, "x-split-cluster");
+        assert_eq!(plan.variant_header.as_deref(), Some("x-split-variant"));
+        assert!(!plan.debug_header);
+        assert!(plan.rules.is_empty());
+        let plan = Plan::from_json(br#"{"variant_header":"","cluster_header":"X-Route"}"#).unwrap();
+        assert_eq!(plan.variant_header, None);
+        assert_eq!(plan.cluster_header, "x-route");
+        let plan = Plan::from_json(rule(&format!(r#"{{"name":"r",{DESTS}}}"#)).as_bytes()).unwrap();
+        assert!(!plan.needs_request_headers);
+        assert_eq!(plan.rules[0].destinations[0].weight, 1);
+    }
+
+    /// Each bad configuration and the exact message an operator reads in Envoy's log.
+    #[test]
+    fn bad_configs_name_the_field_and_the_reason() {
+        let cases: Vec<(String, &str)> = vec![
+            ("{".into(), "invalid JSON: EOF while parsing an object at line 1 column 1"),
+            (r#"{"rules": [}"#.into(), "rules[0]: invalid JSON: expected value at line 1 column 12"),
+            (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
+            (
+                r#"{"rulez": []}"#.into(),
+                "rulez: unknown field `rulez`, expected one of `cluster_header`, `variant_header`, `debug_header`, `rules` at line 1 column 8",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
+                "rules[0].destinations[0].wieght: unknown field `wieght`, expected one of `name`, `cluster`, `weight` at line 1 column 72",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2.5}]}"#),
+                "rules[0].destinations[0].weight: invalid type: floating point `2.5`, expected u32 at line 1 column 76",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":-1}]}"#),
+                "rules[0].destinations[0].weight: invalid value: integer `-1`, expected u32 at line 1 column 75",
+            ),
+            (
+                rule(r#"{"destinations":[]}"#),
+                "rules[0]: missing field `name` at line 1 column 29",
+            ),
+            (rule(&format!(r#"{{"name":"",{DESTS}}}"#)), "rules[0].name: \"\" must be 1-64 characters of [A-Za-z0-9_-]"),
+            (rule(&format!(r#"{{"name":"a.b",{DESTS}}}"#)), "rules[0].name: \"a.b\" must be 1-64 characters of [A-Za-z0-9_-]"),
+            (
+                format!(r#"{{"rules":[{{"name":"r",{DESTS}}},{{"name":"r",{DESTS}}}]}}"#),
+                "rules[1].name: duplicate rule name \"r\"",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[]}"#),
+                "rules[0].destinations: must list 1 to 16 destinations, got 0",
+            ),
+            (
+                rule(&format!(
+                    r#"{{"name":"r","destinations":[{}]}}"#,
+                    (0..17).map(|i| format!(r#"{{"name":"d{i}","cluster":"c"}}"#)).collect::<Vec<_>>().join(",")
+                )),
+                "rules[0].destinations: must list 1 to 16 destinations, got 17",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c"},{"name":"a","cluster":"d"}]}"#),
+                "rules[0].destinations[1].name: duplicate destination name \"a\" in this rule",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":0},{"name":"b","cluster":"d","weight":0}]}"#),
+                "rules[0].destinations: all weights are 0: at least one destination must have a positive weight",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2000000}]}"#),
+                "rules[0].destinations[0].weight: must be at most 1000000, got 2000000",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":""}]}"#),
+                "rules[0].destinations[0].cluster: \"\" must be a non-empty cluster name of visible ASCII characters",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c d"}]}"#),
+                "rules[0].destinations[0].cluster: \"c d\" must be a non-empty cluster name of visible ASCII characters",
+            ),
+            (
+                rule(r#"{"name":"r","hash":"unleash","destinations":[{"name":"a","cluster":"c","weight":30},{"name":"b","cluster":"d","weight":60}]}"#),
+                "rules[0].destinations: with hash \"unleash\" the weights must sum to 100 (percentages), got 90",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","hash":"coarse",{DESTS}}}"#)),
+                "rules[0].hash: unknown variant `coarse`, expected `fine` or `unleash` at line 1 column 37",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"header":"x-user","assign_cookie":true}},{DESTS}}}"#)),
+                "rules[0].sticky.assign_cookie: only applies to a cookie user key (\"cookie\": NAME)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"header":"x-user","cookie":"uid"}},{DESTS}}}"#)),
+                "rules[0].sticky: must name exactly one user key: \"header\", \"cookie\" or \"query\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{}},{DESTS}}}"#)),
+                "rules[0].sticky: must name exactly one user key: \"header\", \"cookie\" or \"query\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_max_age_s":5}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_max_age_s: only applies with \"assign_cookie\": true",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"header":"x user"}},{DESTS}}}"#)),
+                "rules[0].sticky.header: \"x user\" is not a valid header name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"a;b"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie: \"a;b\" is not a valid cookie name",
+            ),
+            (
+                r#"{"cluster_header":"bad header"}"#.into(),
+                "cluster_header: \"bad header\" is not a valid header name",
+            ),
+            (r#"{"cluster_header":""}"#.into(), "cluster_header: \"\" is not a valid header name"),
+            (
+                r#"{"variant_header":"X-Split-Cluster"}"#.into(),
+                "variant_header: must differ from cluster_header",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x-a"}}]}},{DESTS}}}"#)),
+                "rules[0].match.headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x-a","exact":"1","prefix":"1"}}]}},{DESTS}}}"#)),
+                "rules[0].match.headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x a","exact":"1"}}]}},{DESTS}}}"#)),
+                "rules[0].match.headers[0].name: \"x a\" is not a valid header name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"cookies":[{{"name":"c","one_of":[]}}]}},{DESTS}}}"#)),
+                "rules[0].match.cookies[0].one_of: must list at least one value",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"query":[{{"name":"","present":true}}]}},{DESTS}}}"#)),
+                "rules[0].match.query[0].name: must not be empty",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"path":{{"exact":"/a","prefix":"/"}}}},{DESTS}}}"#)),
+                "rules[0].match.path: needs exactly one of \"exact\", \"prefix\", \"suffix\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"authority":{{"present":true}}}},{DESTS}}}"#)),
+                "rules[0].match.authority.present: unknown field `present`, expected one of `exact`, `prefix`, `suffix` at line 1 column 53",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"methods":[]}},{DESTS}}}"#)),
+                "rules[0].match.methods: must not be empty (omit the field to match everything)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"methods":["GET","P OST"]}},{DESTS}}}"#)),
+                "rules[0].match.methods[1]: \"P OST\" is not an HTTP method token",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"route_names":[]}},{DESTS}}}"#)),
+                "rules[0].match.route_names: must not be empty (omit the field to match everything)",
+            ),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter(|(json, expected)| err(json) != *expected)
+            .map(|(json, expected)| {
+                format!("{json}\n  got:      {}\n  expected: {expected}", err(json))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn route_name_is_read_only_when_a_rule_uses_it() {
+        let plan = Plan::from_json(
+            rule(&format!(
+                r#"{{"name":"r","match":{{"route_names":["x"]}},{DESTS}}}"#
+            ))
+            .as_bytes(),
+        )
+        .unwrap();
+        assert!(plan.needs_route_name);
+        assert!(!plan.needs_request_headers);
+    }
+}

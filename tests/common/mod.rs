@@ -1,0 +1,634 @@
+//! End-to-end harness: real Envoy (from the project's virtualenv) loading the freshly built
+//! `.wasm`, with in-process HTTP backends on 127.0.0.1. Tests assert on observable effects:
+//! which backend answered, what it received, what Envoy's admin endpoints report.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const STATS_CONFIG: &str = include_str!("../../envoy/stats_config.yaml");
+
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project's virtualenv (`make envoy`).
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy at {} — run `make envoy` (or `make test`, which does it)",
+        path.display()
+    );
+    path
+}
+
+/// The filter under test: `$TRAFFIC_SPLIT_WASM`, else the optimized build (`make wasm`).
+pub fn wasm_path() -> PathBuf {
+    let path = std::env::var_os("TRAFFIC_SPLIT_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/traffic_split.wasm"));
+    assert!(
+        path.exists(),
+        "no filter at {} — run `make wasm` (or `make test`, which does it)",
+        path.display()
+    );
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// A request as a backend received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub uri: String,
+    /// Lower-case names; repeated headers keep every value in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct BackendState {
+    pub name: String,
+    pub status: AtomicU16,
+    pub delay_ms: AtomicU64,
+    pub received: Mutex<Vec<Received>>,
+    pub count: AtomicUsize,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            name: name.to_string(),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            received: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        });
+        let st = Arc::clone(&state);
+        runtime().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, Arc::clone(&st)));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    st: Arc<BackendState>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    st.received.lock().unwrap().push(Received {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers,
+        body,
+    });
+    st.count.fetch_add(1, Ordering::SeqCst);
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let response = hyper::Response::builder()
+        .status(st.status.load(Ordering::SeqCst))
+        .header("x-backend", st.name.as_str())
+        .body(Full::new(Bytes::from(st.name.clone())))
+        .unwrap();
+    Ok(response)
+}
+
+/// A 127.0.0.1 port with nothing listening (connections are refused).
+pub fn closed_port() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+/// At most this many Envoys at once per test binary: 2 cores.
+const MAX_ENVOYS: usize = 2;
+
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+fn slots() -> &'static Slots {
+    static SLOTS: OnceLock<Slots> = OnceLock::new();
+    SLOTS.get_or_init(|| Slots {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+    })
+}
+
+struct SlotGuard;
+
+impl SlotGuard {
+    fn acquire() -> SlotGuard {
+        let s = slots();
+        let mut used = s.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= MAX_ENVOYS {
+            used = s.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        SlotGuard
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let s = slots();
+        *s.used.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        s.freed.notify_one();
+    }
+}
+
+/// How to build one Envoy for a test.
+pub struct EnvoySpec {
+    /// The plugin configuration (JSON), passed as the Wasm `configuration`.
+    pub plugin_config: String,
+    /// Clusters by name; the first is where requests go when no routing header is set.
+    pub clusters: Vec<(String, SocketAddr)>,
+    pub concurrency: u32,
+    /// Upstream timeout of the routes.
+    pub route_timeout: Duration,
+}
+
+impl EnvoySpec {
+    pub fn new(plugin_config: &str) -> Self {
+        EnvoySpec {
+            plugin_config: plugin_config.to_string(),
+            clusters: Vec::new(),
+            concurrency: 2,
+            route_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.clusters.push((name.to_string(), addr));
+        self
+    }
+
+    fn yaml(&self, wasm: &Path) -> String {
+        let default_cluster = self
+            .clusters
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| "none".to_string());
+        let clusters: String = self
+            .clusters
+            .iter()
+            .map(|(name, addr)| {
+                format!(
+                    r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#,
+                    port = addr.port()
+                )
+            })
+            .collect();
+        let config = serde_json::to_string(&self.plugin_config).unwrap();
+        let timeout = format!("{}s", self.route_timeout.as_secs_f64());
+        format!(
+            r#"{STATS_CONFIG}
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+  - name: main
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - name: api
+                match: {{ prefix: "/api" }}
+                route: {{ cluster_header: x-split-cluster, timeout: {timeout} }}
+              - name: split
+                match:
+                  prefix: "/"
+                  headers: [{{ name: x-split-cluster, present_match: true }}]
+                route: {{ cluster_header: x-split-cluster, timeout: {timeout} }}
+              - name: default
+                match: {{ prefix: "/" }}
+                route: {{ cluster: {default_cluster}, timeout: {timeout} }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: traffic-split
+                root_id: traffic-split
+                vm_config:
+                  vm_id: traffic-split
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:{clusters}
+"#,
+            wasm = wasm.display(),
+        )
+    }
+}
+
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    pub dir: PathBuf,
+    agent: ureq::Agent,
+    _slot: SlotGuard,
+}
+
+/// Envoy did not come up; `log` is everything it wrote.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub exited: Option<std::process::ExitStatus>,
+    pub log: String,
+}
+
+fn test_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "traffic-split-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until its listener accepts requests; panics with its log if not.
+    pub fn start(spec: EnvoySpec) -> Envoy {
+        match Envoy::try_start(spec) {
+            Ok(envoy) => envoy,
+            Err(failure) => panic!(
+                "Envoy did not start (exit: {:?}); its log:\n{}",
+                failure.exited, failure.log
+            ),
+        }
+    }
+
+    pub fn try_start(spec: EnvoySpec) -> Result<Envoy, StartFailure> {
+        let slot = SlotGuard::acquire();
+        let dir = test_dir();
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, spec.yaml(&wasm_path())).unwrap();
+        let admin_path = dir.join("admin-address");
+        let log_path = dir.join("envoy.log");
+        let log_file = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--concurrency"])
+            .arg(spec.concurrency.to_string())
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(20))
+            .max_idle_connections_per_host(64)
+            .build();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let fail = |child: &mut Child| {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            StartFailure {
+                exited,
+                log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            }
+        };
+        loop {
+            if Instant::now() > deadline {
+                return Err(fail(&mut child));
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(fail(&mut child));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let Some(admin) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+            else {
+                continue;
+            };
+            let Ok(resp) = agent
+                .get(&format!("http://{admin}/listeners?format=json"))
+                .call()
+            else {
+                continue;
+            };
+            let Some(json) = resp
+                .into_string()
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            else {
+                continue;
+            };
+            let port = json["listener_statuses"][0]["local_address"]["socket_address"]
+                ["port_value"]
+                .as_u64();
+            let Some(port) = port.filter(|p| *p > 0) else {
+                continue;
+            };
+            let listener: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let ready = agent
+                .get(&format!("http://{admin}/ready"))
+                .call()
+                .is_ok();
+            if ready {
+                return Ok(Envoy {
+                    child,
+                    admin,
+                    listener,
+                    dir,
+                    agent,
+                    _slot: slot,
+                });
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listener, path)
+    }
+
+    /// A request through the filter.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent.request(method, &self.url(path))
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self.request("GET", path);
+        for (n, v) in headers {
+            req = req.set(n, v);
+        }
+        Resp::from(req.call())
+    }
+
+    pub fn admin_get(&self, path: &str) -> String {
+        self.agent
+            .get(&format!("http://{}{}", self.admin, path))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    /// Every stat as `name -> value` from `/stats` (counters and gauges).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        self.admin_get("/stats")
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// A traffic-split counter (`traffic_split.…`) as Envoy reports it; 0 when not yet defined.
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        stats
+            .get(&format!("wasmcustom.{name}"))
+            .or_else(|| stats.get(name))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits (counters are flushed on a tick) until `name` reaches `expected`; returns the last value.
+    pub fn wait_counter(&self, name: &str, expected: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.counter(name);
+            if value >= expected || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- last lines of Envoy's log ({}) ---\n{}",
+                self.dir.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A response as the client saw it (any status).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Which backend answered (`x-backend`), or "" for a local reply.
+    pub fn backend(&self) -> &str {
+        self.header("x-backend").unwrap_or("")
+    }
+}
+
+impl From<Result<ureq::Response, ureq::Error>> for Resp {
+    fn from(result: Result<ureq::Response, ureq::Error>) -> Self {
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .flat_map(|n| {
+                response
+                    .all(&n)
+                    .into_iter()
+                    .map(|v| (n.clone(), v.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let body = response.into_string().unwrap_or_default();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// Binomial band: |observed - n p| <= 4 sd.
+pub fn assert_binomial(observed: usize, n: usize, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    let diff = (observed as f64 - mean).abs();
+    assert!(
+        diff <= 4.0 * sd,
+        "{what}: {observed} of {n}, expected {mean:.1} ± {:.1} (4 sd)",
+        4.0 * sd
+    );
+}
