@@ -1,128 +1,84 @@
-//! The plugin configuration as users write it (JSON). These types only describe the shape;
-//! `plan.rs` validates them and compiles the immutable plan the filter runs.
+//! The plugin configuration as users write it (JSON), decoded into plain types. `plan.rs`
+//! validates the values and compiles the immutable plan the filter runs.
 //!
 //! Field names and defaults are a public contract (docs/configuration.md): extend, never rename.
+//!
+//! Decoding walks a `serde_json::Value` by hand instead of deriving `Deserialize`: every error
+//! then names its exact field path (`rules[1].destinations[0].weight`), unknown fields are
+//! reported before anything else, and the `.wasm` stays ~30 KiB smaller than with derived
+//! visitors plus path tracking.
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 use std::fmt;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-split-cluster";
 pub const DEFAULT_VARIANT_HEADER: &str = "x-split-variant";
 pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 2_592_000;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    #[serde(default = "default_cluster_header")]
     pub cluster_header: String,
-    #[serde(default = "default_variant_header")]
     pub variant_header: String,
-    #[serde(default)]
     pub debug_header: bool,
-    #[serde(default)]
     pub rules: Vec<RuleConfig>,
 }
 
 impl Default for PluginConfig {
     fn default() -> Self {
         PluginConfig {
-            cluster_header: default_cluster_header(),
-            variant_header: default_variant_header(),
+            cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
+            variant_header: DEFAULT_VARIANT_HEADER.to_string(),
             debug_header: false,
             rules: Vec::new(),
         }
     }
 }
 
-fn default_cluster_header() -> String {
-    DEFAULT_CLUSTER_HEADER.to_string()
-}
-
-fn default_variant_header() -> String {
-    DEFAULT_VARIANT_HEADER.to_string()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
-    #[serde(default, rename = "match")]
     pub match_: Option<MatchConfig>,
-    #[serde(default)]
     pub sticky: Option<StickyConfig>,
-    #[serde(default)]
     pub salt: Option<String>,
-    #[serde(default)]
     pub hash: HashKind,
     pub destinations: Vec<DestinationConfig>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default)]
 pub struct MatchConfig {
-    #[serde(default)]
     pub headers: Option<Vec<NamedMatchConfig>>,
-    #[serde(default)]
     pub cookies: Option<Vec<NamedMatchConfig>>,
-    #[serde(default)]
     pub query: Option<Vec<NamedMatchConfig>>,
-    #[serde(default)]
     pub path: Option<StringMatchConfig>,
-    #[serde(default)]
     pub methods: Option<Vec<String>>,
-    #[serde(default)]
     pub authority: Option<StringMatchConfig>,
-    #[serde(default)]
     pub route_names: Option<Vec<String>>,
 }
 
 /// `{ "name": N, <op> }` for headers, cookies and query parameters: exactly one op.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NamedMatchConfig {
     pub name: String,
-    #[serde(default)]
+    pub op: StringMatchConfig,
+}
+
+/// The ops given in a match object; `plan.rs` checks that exactly one is set.
+#[derive(Default)]
+pub struct StringMatchConfig {
     pub exact: Option<String>,
-    #[serde(default)]
     pub prefix: Option<String>,
-    #[serde(default)]
     pub suffix: Option<String>,
-    #[serde(default)]
     pub one_of: Option<Vec<String>>,
-    #[serde(default)]
     pub present: Option<bool>,
 }
 
-/// `{ "exact" | "prefix" | "suffix": S }` for path and authority: exactly one op.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StringMatchConfig {
-    #[serde(default)]
-    pub exact: Option<String>,
-    #[serde(default)]
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub suffix: Option<String>,
-}
-
 /// Where the user key comes from: exactly one of `header`, `cookie`, `query`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StickyConfig {
-    #[serde(default)]
     pub header: Option<String>,
-    #[serde(default)]
     pub cookie: Option<String>,
-    #[serde(default)]
     pub query: Option<String>,
-    #[serde(default)]
     pub assign_cookie: bool,
-    #[serde(default)]
     pub cookie_max_age_s: Option<u64>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum HashKind {
     /// murmur3(salt:key) % 10000, consecutive ranges by weight.
     #[default]
@@ -131,17 +87,10 @@ pub enum HashKind {
     Unleash,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub name: String,
     pub cluster: String,
-    #[serde(default = "default_weight")]
     pub weight: u32,
-}
-
-fn default_weight() -> u32 {
-    1
 }
 
 /// A configuration error: where (a JSON path such as `rules[1].destinations[0].weight`) and why.
@@ -170,35 +119,284 @@ impl fmt::Display for ConfigError {
     }
 }
 
+type Result<T> = std::result::Result<T, ConfigError>;
+
 /// Parses the JSON plugin configuration. An empty (or all-whitespace) configuration is the
 /// default configuration: no rules.
-pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(PluginConfig::default());
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<PluginConfig, _> = serde_path_to_error::deserialize(&mut de);
-    let config = parsed.map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        // serde_path_to_error shows the root as "." (or "?" before anything was read).
-        let path = if path == "." || path == "?" {
-            String::new()
-        } else {
-            path
-        };
-        ConfigError::new(path, describe_json_error(&inner))
-    })?;
-    de.end()
-        .map_err(|err| ConfigError::new("", describe_json_error(&err)))?;
-    Ok(config)
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| ConfigError::new("", format!("invalid JSON: {err}")))?;
+    let mut top = Obj::new(
+        "",
+        &value,
+        &["cluster_header", "variant_header", "debug_header", "rules"],
+    )?;
+    let defaults = PluginConfig::default();
+    Ok(PluginConfig {
+        cluster_header: top
+            .string("cluster_header")?
+            .unwrap_or(defaults.cluster_header),
+        variant_header: top
+            .string("variant_header")?
+            .unwrap_or(defaults.variant_header),
+        debug_header: top.boolean("debug_header")?.unwrap_or(false),
+        rules: top.list("rules", rule)?.unwrap_or_default(),
+    })
 }
 
-fn describe_json_error(err: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    // serde_json's Display already ends with "at line L column C"; say what kind of error it is.
-    match err.classify() {
-        Category::Syntax | Category::Eof => format!("invalid JSON: {err}"),
-        Category::Data | Category::Io => err.to_string(),
+fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &["name", "match", "sticky", "salt", "hash", "destinations"],
+    )?;
+    Ok(RuleConfig {
+        name: o.required("name", Obj::string)?,
+        match_: o.object("match", match_config)?,
+        sticky: o.object("sticky", sticky)?,
+        salt: o.string("salt")?,
+        hash: o
+            .choice(
+                "hash",
+                &[("fine", HashKind::Fine), ("unleash", HashKind::Unleash)],
+            )?
+            .unwrap_or_default(),
+        destinations: o.required("destinations", |o, key| o.list(key, destination))?,
+    })
+}
+
+fn match_config(mut o: Obj<'_>) -> Result<MatchConfig> {
+    o.allow(&[
+        "headers",
+        "cookies",
+        "query",
+        "path",
+        "methods",
+        "authority",
+        "route_names",
+    ])?;
+    Ok(MatchConfig {
+        headers: o.list("headers", named_match)?,
+        cookies: o.list("cookies", named_match)?,
+        query: o.list("query", named_match)?,
+        path: o.object("path", |o| string_match(o, false))?,
+        methods: o.list("methods", string_item)?,
+        authority: o.object("authority", |o| string_match(o, false))?,
+        route_names: o.list("route_names", string_item)?,
+    })
+}
+
+fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &["name", "exact", "prefix", "suffix", "one_of", "present"],
+    )?;
+    Ok(NamedMatchConfig {
+        name: o.required("name", Obj::string)?,
+        op: string_match(o, true)?,
+    })
+}
+
+/// The op fields of a match object. `named` ones (headers, cookies, query) also take
+/// `one_of` and `present`; path and authority take `exact`, `prefix`, `suffix`.
+fn string_match(mut o: Obj<'_>, named: bool) -> Result<StringMatchConfig> {
+    if !named {
+        o.allow(&["exact", "prefix", "suffix"])?;
+    }
+    Ok(StringMatchConfig {
+        exact: o.string("exact")?,
+        prefix: o.string("prefix")?,
+        suffix: o.string("suffix")?,
+        one_of: if named {
+            o.list("one_of", string_item)?
+        } else {
+            None
+        },
+        present: if named { o.boolean("present")? } else { None },
+    })
+}
+
+fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
+    o.allow(&[
+        "header",
+        "cookie",
+        "query",
+        "assign_cookie",
+        "cookie_max_age_s",
+    ])?;
+    Ok(StickyConfig {
+        header: o.string("header")?,
+        cookie: o.string("cookie")?,
+        query: o.string("query")?,
+        assign_cookie: o.boolean("assign_cookie")?.unwrap_or(false),
+        cookie_max_age_s: o.integer("cookie_max_age_s", u64::from(u32::MAX))?,
+    })
+}
+
+fn destination(path: &str, value: &Value) -> Result<DestinationConfig> {
+    let mut o = Obj::new(path, value, &["name", "cluster", "weight"])?;
+    Ok(DestinationConfig {
+        name: o.required("name", Obj::string)?,
+        cluster: o.required("cluster", Obj::string)?,
+        weight: o
+            .integer("weight", u64::from(u32::MAX))?
+            .map_or(1, |w| w as u32),
+    })
+}
+
+fn string_item(path: &str, value: &Value) -> Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(wrong_type(path, "a string", other)),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
+    ConfigError::new(path, format!("must be {expected}, got {}", kind(got)))
+}
+
+/// One JSON object being decoded: reads fields by name and builds each field's path.
+/// `null` counts as absent.
+struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(path: &str, value: &'a Value, allowed: &[&str]) -> Result<Obj<'a>> {
+        let o = Obj::any(path, value)?;
+        o.allow(allowed)?;
+        Ok(o)
+    }
+
+    fn any(path: &str, value: &'a Value) -> Result<Obj<'a>> {
+        match value {
+            Value::Object(map) => Ok(Obj {
+                path: path.to_string(),
+                map,
+            }),
+            other => Err(wrong_type(path, "an object", other)),
+        }
+    }
+
+    /// Rejects fields not in `allowed`, before any value is looked at, so a misspelt field is
+    /// reported as such rather than as a missing one.
+    fn allow(&self, allowed: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(unknown) => Err(ConfigError::new(
+                self.child(unknown),
+                format!("unknown field, expected one of: {}", allowed.join(", ")),
+            )),
+        }
+    }
+
+    fn child(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&mut Self, &str) -> Result<Option<T>>,
+    ) -> Result<T> {
+        read(self, key)?.ok_or_else(|| ConfigError::new(self.child(key), "is required"))
+    }
+
+    fn string(&mut self, key: &str) -> Result<Option<String>> {
+        self.get(key)
+            .map(|v| string_item(&self.child(key), v))
+            .transpose()
+    }
+
+    fn boolean(&mut self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(wrong_type(&self.child(key), "true or false", other)),
+        }
+    }
+
+    /// A whole number in 0..=max.
+    fn integer(&mut self, key: &str, max: u64) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64().filter(|v| *v <= max) {
+                Some(v) => Ok(Some(v)),
+                None => Err(ConfigError::new(
+                    self.child(key),
+                    format!("must be a whole number from 0 to {max}, got {n}"),
+                )),
+            },
+            Some(other) => Err(wrong_type(&self.child(key), "a whole number", other)),
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> Result<Option<T>> {
+        let Some(value) = self.string(key)? else {
+            return Ok(None);
+        };
+        match options.iter().find(|(name, _)| *name == value) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                Err(ConfigError::new(
+                    self.child(key),
+                    format!("\"{value}\" is not one of {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
+    fn list<T>(
+        &mut self,
+        key: &str,
+        item: impl Fn(&str, &Value) -> Result<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let path = self.child(key);
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| item(&format!("{path}[{i}]"), v))
+                .collect::<Result<Vec<T>>>()
+                .map(Some),
+            Some(other) => Err(wrong_type(&path, "an array", other)),
+        }
+    }
+
+    fn object<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(Obj<'a>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value) => read(Obj::any(&self.child(key), value)?).map(Some),
+        }
     }
 }

@@ -8,7 +8,6 @@ use crate::config::{
     RuleConfig, StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
 };
 use crate::matcher::{Condition, Matcher, StringOp};
-use std::collections::HashSet;
 
 pub const MAX_DESTINATIONS: usize = 16;
 pub const MAX_NAME_LEN: usize = 64;
@@ -81,11 +80,10 @@ impl Plan {
             }
             Some(name)
         };
-        let mut seen = HashSet::new();
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.into_iter().enumerate() {
             let path = format!("rules[{i}]");
-            if !seen.insert(rule.name.clone()) {
+            if rules.iter().any(|r: &Rule| r.name == rule.name) {
                 return Err(ConfigError::new(
                     format!("{path}.name"),
                     format!("duplicate rule name \"{}\"", rule.name),
@@ -163,12 +161,11 @@ fn compile_destinations(
             ),
         ));
     }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(destinations.len());
+    let mut out: Vec<Destination> = Vec::with_capacity(destinations.len());
     for (i, d) in destinations.into_iter().enumerate() {
         let dpath = format!("{path}[{i}]");
         check_name(&format!("{dpath}.name"), &d.name)?;
-        if !seen.insert(d.name.clone()) {
+        if out.iter().any(|o| o.name == d.name) {
             return Err(ConfigError::new(
                 format!("{dpath}.name"),
                 format!("duplicate destination name \"{}\" in this rule", d.name),
@@ -275,8 +272,7 @@ fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
     for (i, c) in m.cookies.unwrap_or_default().into_iter().enumerate() {
         let cpath = format!("{path}.cookies[{i}]");
         check_cookie_name(&format!("{cpath}.name"), &c.name)?;
-        let name = c.name.clone();
-        conditions.push(Condition::Cookie(name, named_op(&cpath, c)?));
+        conditions.push(Condition::Cookie(c.name.clone(), named_op(&cpath, c)?));
     }
     for (i, q) in m.query.unwrap_or_default().into_iter().enumerate() {
         let qpath = format!("{path}.query[{i}]");
@@ -286,8 +282,7 @@ fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
                 "must not be empty",
             ));
         }
-        let name = q.name.clone();
-        conditions.push(Condition::Query(name, named_op(&qpath, q)?));
+        conditions.push(Condition::Query(q.name.clone(), named_op(&qpath, q)?));
     }
     if let Some(routes) = m.route_names {
         let rpath = format!("{path}.route_names");
@@ -310,6 +305,7 @@ fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigError> {
 }
 
 fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
+    let m = m.op;
     let ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
@@ -487,27 +483,27 @@ mod tests {
     fn bad_configs_name_the_field_and_the_reason() {
         let cases: Vec<(String, &str)> = vec![
             ("{".into(), "invalid JSON: EOF while parsing an object at line 1 column 1"),
-            (r#"{"rules": [}"#.into(), "rules[0]: invalid JSON: expected value at line 1 column 12"),
+            (r#"{"rules": [}"#.into(), "invalid JSON: expected value at line 1 column 12"),
             (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
             (
                 r#"{"rulez": []}"#.into(),
-                "rulez: unknown field `rulez`, expected one of `cluster_header`, `variant_header`, `debug_header`, `rules` at line 1 column 8",
+                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
-                "rules[0].destinations[0].wieght: unknown field `wieght`, expected one of `name`, `cluster`, `weight` at line 1 column 72",
+                "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2.5}]}"#),
-                "rules[0].destinations[0].weight: invalid type: floating point `2.5`, expected u32 at line 1 column 76",
+                "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got 2.5",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":-1}]}"#),
-                "rules[0].destinations[0].weight: invalid value: integer `-1`, expected u32 at line 1 column 75",
+                "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got -1",
             ),
             (
                 rule(r#"{"destinations":[]}"#),
-                "rules[0]: missing field `name` at line 1 column 29",
+                "rules[0].name: is required",
             ),
             (rule(&format!(r#"{{"name":"",{DESTS}}}"#)), "rules[0].name: \"\" must be 1-64 characters of [A-Za-z0-9_-]"),
             (rule(&format!(r#"{{"name":"a.b",{DESTS}}}"#)), "rules[0].name: \"a.b\" must be 1-64 characters of [A-Za-z0-9_-]"),
@@ -552,7 +548,7 @@ mod tests {
             ),
             (
                 rule(&format!(r#"{{"name":"r","hash":"coarse",{DESTS}}}"#)),
-                "rules[0].hash: unknown variant `coarse`, expected `fine` or `unleash` at line 1 column 37",
+                "rules[0].hash: \"coarse\" is not one of \"fine\", \"unleash\"",
             ),
             (
                 rule(&format!(r#"{{"name":"r","sticky":{{"header":"x-user","assign_cookie":true}},{DESTS}}}"#)),
@@ -613,7 +609,7 @@ mod tests {
             ),
             (
                 rule(&format!(r#"{{"name":"r","match":{{"authority":{{"present":true}}}},{DESTS}}}"#)),
-                "rules[0].match.authority.present: unknown field `present`, expected one of `exact`, `prefix`, `suffix` at line 1 column 53",
+                "rules[0].match.authority.present: unknown field, expected one of: exact, prefix, suffix",
             ),
             (
                 rule(&format!(r#"{{"name":"r","match":{{"methods":[]}},{DESTS}}}"#)),
@@ -622,6 +618,23 @@ mod tests {
             (
                 rule(&format!(r#"{{"name":"r","match":{{"methods":["GET","P OST"]}},{DESTS}}}"#)),
                 "rules[0].match.methods[1]: \"P OST\" is not an HTTP method token",
+            ),
+            (r#"[1, 2]"#.into(), "must be an object, got an array"),
+            (r#"{"rules": {}}"#.into(), "rules: must be an array, got an object"),
+            (r#"{"debug_header": "yes"}"#.into(), "debug_header: must be true or false, got a string"),
+            (rule(r#"{"name":"r"}"#), "rules[0].destinations: is required"),
+            (rule(r#"{"name":7,"destinations":[]}"#), "rules[0].name: must be a string, got a number"),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"methods":["GET",1]}},{DESTS}}}"#)),
+                "rules[0].match.methods[1]: must be a string, got a number",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x","exact":"1","regex":"."}}]}},{DESTS}}}"#)),
+                "rules[0].match.headers[0].regex: unknown field, expected one of: name, exact, prefix, suffix, one_of, present",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":-5}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_max_age_s: must be a whole number from 0 to 4294967295, got -5",
             ),
             (
                 rule(&format!(r#"{{"name":"r","match":{{"route_names":[]}},{DESTS}}}"#)),
