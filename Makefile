@@ -21,8 +21,9 @@ run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1
 	@ENVOY=$(ENVOY) WASM=$(WASM) ./scripts/run-demo.sh
 
 .PHONY: test
-test: wasm envoy ## Run unit tests and end-to-end tests against real Envoy
-	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test --all-targets
+test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, and the `make run` demo check
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
+	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
 
 .PHONY: wasm
 wasm: ## Build the optimized filter into target/traffic_split.wasm

@@ -463,10 +463,7 @@ impl Envoy {
                 continue;
             };
             let listener: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let ready = agent
-                .get(&format!("http://{admin}/ready"))
-                .call()
-                .is_ok();
+            let ready = agent.get(&format!("http://{admin}/ready")).call().is_ok();
             if ready {
                 return Ok(Envoy {
                     child,

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs the demo: backends Envoy (:8001 stable, :8002 canary) and the front Envoy with the
+# filter (:10000, admin :9901), all on 127.0.0.1. Ctrl-C (or SIGTERM) stops everything it started.
+# Logs: run/envoy.log (front), run/access.log (its access log), run/backends.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENVOY=${ENVOY:-.venv/bin/envoy}
+mkdir -p run
+: >run/access.log
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "stopped."
+}
+trap cleanup EXIT INT TERM
+
+for port in 10000 9901 8001 8002 9902; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is already in use (another demo running?)" >&2
+    exit 1
+  fi
+done
+
+"$ENVOY" -c envoy/demo-backends.yaml --disable-hot-restart -l warning >run/backends.log 2>&1 &
+pids+=($!)
+"$ENVOY" -c envoy/demo.yaml --disable-hot-restart -l info --component-log-level wasm:info \
+  --file-flush-interval-msec 250 >run/envoy.log 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -sf http://127.0.0.1:9901/ready >/dev/null && curl -sf http://127.0.0.1:9902/ready >/dev/null; then
+    break
+  fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "Envoy exited; see run/envoy.log and run/backends.log" >&2; tail -20 run/envoy.log >&2; exit 1; }
+  done
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:9901/ready >/dev/null || { echo "Envoy did not become ready" >&2; exit 1; }
+
+cat <<'TOUR'
+traffic-split demo is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901)
+backends: stable on :8001, canary on :8002. Logs in run/. Ctrl-C stops everything.
+
+A sticky user (20% of users are on the canary; the same user always lands on the same one):
+  curl -si -H 'x-user-id: alice' http://127.0.0.1:10000/ | grep -iE '^x-(backend|split)|v[12]'
+  for u in alice bob carol dave erin frank; do curl -s -H "x-user-id: $u" http://127.0.0.1:10000/; done
+
+A forced employee (the "employees" rule sends them to the canary, whatever their user id):
+  curl -si -H 'x-employee: true' http://127.0.0.1:10000/ | grep -iE '^x-(backend|split)|v[12]'
+
+A checkout visitor gets a user-id cookie (10% canary), and keeps their version with it:
+  curl -si http://127.0.0.1:10000/checkout | grep -iE '^(set-cookie|x-split)'
+
+A client cannot pick the version itself (the forged header is overwritten):
+  curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' http://127.0.0.1:10000/
+
+The metrics (flushed every 0.5 s), with rule and destination labels:
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep ^traffic_split
+
+The access log shows each decision (cluster, variant): tail -f run/access.log
+The filter's own log lines: grep 'wasm log' run/envoy.log
+TOUR
+wait -n "${pids[@]}" || true
+echo "an Envoy exited; see run/envoy.log and run/backends.log" >&2
