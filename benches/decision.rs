@@ -1,0 +1,94 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+//! The pure decision path, natively: nanoseconds per `Plan::decide` for plans of 1, 10 and 50
+//! rules. The last rule (sticky 95/5 on `x-user-id`) matches; the rules before it are header
+//! rules the request never satisfies (their header is absent), so every decision walks them
+//! all. The request looks like a browser's (pseudo-headers plus 8 ordinary headers), and the
+//! user id changes from one decision to the next. `make bench-decision` runs it.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::hint::black_box;
+use traffic_split::decision::Decision;
+use traffic_split::plan::Plan;
+use traffic_split::request::Request;
+use traffic_split::rng::Rng;
+
+/// `rules - 1` non-matching header rules, then the sticky split.
+fn plan_json(rules: usize) -> String {
+    let mut list: Vec<String> = (1..rules)
+        .map(|i| {
+            format!(
+                r#"{{ "name": "segment-{i}",
+                     "match": {{ "headers": [ {{ "name": "x-segment-{i}", "exact": "on" }} ] }},
+                     "destinations": [ {{ "name": "canary", "cluster": "canary" }} ] }}"#
+            )
+        })
+        .collect();
+    list.push(
+        r#"{ "name": "everyone", "sticky": { "header": "x-user-id" },
+             "destinations": [ { "name": "canary", "cluster": "canary", "weight": 5 },
+                               { "name": "stable", "cluster": "stable", "weight": 95 } ] }"#
+            .to_string(),
+    );
+    format!(r#"{{ "rules": [ {} ] }}"#, list.join(", "))
+}
+
+/// The headers of one request from user `user`, as the host hands them over.
+fn request_headers(user: u64) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = [
+        (":authority", "shop.example.com"),
+        (":path", "/products/42?ref=home"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+        ),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-language", "en-US,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("cookie", "session=abc123; theme=dark"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "0b6c1e9c-5a7f-4f3e-9a43-0d2f2b1f6c11"),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+    .collect();
+    headers.push(("x-user-id".to_string(), user.to_string().into_bytes()));
+    headers
+}
+
+fn decision(c: &mut Criterion) {
+    // Distinct users, decided in turn: the hash sees a new key on every decision.
+    let requests: Vec<Vec<(String, Vec<u8>)>> = (0..1024u64)
+        .map(|i| request_headers(i.wrapping_mul(2_654_435_761) % 1_000_000_000))
+        .collect();
+    let mut group = c.benchmark_group("decide");
+    for rules in [1usize, 10, 50] {
+        let plan = Plan::from_json(plan_json(rules).as_bytes()).unwrap();
+        let mut rng = Rng::from_seed(7);
+        // Every request must end in the last rule, or the bench measures something else.
+        for headers in &requests {
+            match plan.decide(&Request::new(headers, None), &mut rng) {
+                Decision::Routed(routed) => assert_eq!(routed.rule, rules - 1),
+                Decision::Unmatched => panic!("the last rule must match"),
+            }
+        }
+        let mut next = 0usize;
+        group.bench_function(BenchmarkId::new("rules", rules), |b| {
+            b.iter(|| {
+                next = (next + 1) % requests.len();
+                let request = Request::new(&requests[next], None);
+                black_box(plan.decide(black_box(&request), &mut rng))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);
