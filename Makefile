@@ -47,6 +47,7 @@ $(ENVOY):
 
 .PHONY: validate
 validate: wasm envoy ## Check every shipped Envoy config with `envoy --mode validate`
+	@mkdir -p run  # the demo's access log lives there
 	@for f in envoy/*.yaml; do \
 		case $$f in envoy/stats_config.yaml) continue;; esac; \
 		sed "s#target/traffic_split.wasm#$(CURDIR)/$(WASM)#" $$f > /tmp/ts-validate.yaml; \
@@ -63,3 +64,11 @@ lint: ## cargo fmt --check and clippy (warnings are errors)
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean
+
+.PHONY: bench
+bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm filter (bench/results/, ~8 min)
+	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) WASM_OPT_FLAGS="$(WASM_OPT_FLAGS)" ./bench/run.sh
+
+.PHONY: bench-decision
+bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns per decision)
+	cargo bench --bench decision
