@@ -45,7 +45,7 @@ FRONT_PORT_BASE=19200
 FRONT_ADMIN_BASE=19300
 
 ALL=(plain native-weighted native-random lua wasm-noop filter
-    native-mirror filter-shadow filter-shadow-compare filter-shadow-slow)
+    native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
 
 describe() {
     case $1 in
@@ -58,6 +58,7 @@ describe() {
     native-mirror) echo "native-weighted + request_mirror_policies 100% to the shadow cluster" ;;
     filter-shadow) echo "filter + shadow 100% to the shadow cluster, compare: false" ;;
     filter-shadow-compare) echo "filter + shadow 100% to the shadow cluster, compare: true" ;;
+    native-mirror-slow) echo "native-mirror to a backend answering after 1 s (reference for filter-shadow-slow)" ;;
     filter-shadow-slow) echo "filter + shadow 100% (compare: true) to a backend answering after 1 s" ;;
     *) return 1 ;;
     esac
@@ -127,16 +128,16 @@ routes_cluster_header() {
 EOF
 }
 
-# $1: "sticky" or "random"; $2: "mirror" to add 100% mirroring to the shadow cluster.
+# $1: "sticky" or "random"; $2: a cluster to mirror 100% of the requests to.
 routes_weighted() {
     echo '              - match: { prefix: "/" }'
     echo '                route:'
     if [[ $1 == sticky ]]; then
         echo '                  hash_policy: [ { header: { header_name: x-user-id } } ]'
     fi
-    if [[ ${2:-} == mirror ]]; then
+    if [[ -n ${2:-} ]]; then
         echo '                  request_mirror_policies:'
-        echo '                  - cluster: shadow'
+        echo "                  - cluster: $2"
         echo '                    runtime_fraction: { default_value: { numerator: 100, denominator: HUNDRED } }'
     fi
     echo '                  weighted_clusters:'
@@ -166,7 +167,8 @@ front_config() {
     plain) routes=$(printf '              - match: { prefix: "/" }\n                route: { cluster: stable }') ;;
     native-weighted) routes=$(routes_weighted sticky) ;;
     native-random) routes=$(routes_weighted random) ;;
-    native-mirror) routes=$(routes_weighted sticky mirror) ;;
+    native-mirror) routes=$(routes_weighted sticky shadow) ;;
+    native-mirror-slow) routes=$(routes_weighted sticky slow) ;;
     lua)
         routes=$(routes_cluster_header)
         filters=$(
@@ -438,7 +440,7 @@ done
 SHADOW_OF() {
     case $1 in
     native-mirror | filter-shadow | filter-shadow-compare) echo shadow ;;
-    filter-shadow-slow) echo slow ;;
+    native-mirror-slow | filter-shadow-slow) echo slow ;;
     *) echo "" ;;
     esac
 }
@@ -465,7 +467,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         cpu0=$(cpu_ticks "${PID[$s]}")
         timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$WRK_SCRIPT" "$(URL_OF "$s")" >"$raw"
         cpu1=$(cpu_ticks "${PID[$s]}")
-        if [[ $s == filter-shadow-slow ]]; then
+        if [[ $(SHADOW_OF "$s") == slow ]]; then
             sleep 1.5 # let the last shadows (1 s) finish before the next scenario runs
         fi
         shadowed=-
@@ -496,7 +498,15 @@ REPORT=$RESULTS/results.md
 {
     echo "# make bench results"
     echo
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+    dirty=""
+    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || dirty=" + uncommitted changes in src/ or Cargo.toml"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$dirty"
+    if wants filter; then
+        echo "- filter: $WASM, $(stat -c %s "$WASM") bytes"
+    fi
+    if wants wasm-noop; then
+        echo "- wasm-noop: $NOOP_WASM, $(stat -c %s "$NOOP_WASM") bytes"
+    fi
     echo "- machine: $(nproc) cores, $(lscpu | awk -F': +' '/^Model name/ { print $2; exit }')"
     echo "- $("$ENVOY" --version 2>/dev/null | grep -o 'version: .*' | head -1 | sed 's/^version: /Envoy /')"
     echo "- $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2): 1 thread, $CONNECTIONS connections, ${DURATION}s per run after a ${WARMUP}s warm-up, random x-user-id per request"
@@ -556,6 +566,7 @@ ratio() {
     ratio "CPU/req filter-shadow-compare / native-mirror" "${CPU[filter-shadow-compare]:-}" "${CPU[native-mirror]:-}" le 1.10
     ratio "p99 filter-shadow-slow / filter" "${P99[filter-shadow-slow]:-}" "${P99[filter]:-}" le 1.10
     ratio "p50 filter-shadow-slow / filter" "${P50[filter-shadow-slow]:-}" "${P50[filter]:-}" le 1.10
+    ratio "p99 native-mirror-slow / native-weighted (reference)" "${P99[native-mirror-slow]:-}" "${P99[native-weighted]:-}" le 1.10
     if [[ ${STATUS[lua]:-} == ok && ${STATUS[filter]:-} == ok ]]; then
         echo
         if [[ ${CANARY[lua]} == "${CANARY[filter]}" ]]; then
