@@ -14,12 +14,22 @@ use std::fmt;
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-split-cluster";
 pub const DEFAULT_VARIANT_HEADER: &str = "x-split-variant";
 pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 2_592_000;
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_SHADOW_PERCENT: f64 = 100.0;
+pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_SHADOW_HOST_SUFFIX: &str = "-shadow";
+pub const DEFAULT_SHADOW_MAX_BODY_BYTES: u64 = 1024 * 1024;
 
 pub struct PluginConfig {
     pub cluster_header: String,
     pub variant_header: String,
     pub debug_header: bool,
     pub rules: Vec<RuleConfig>,
+    /// Shadow bulkhead, per worker: outstanding shadow copies.
+    pub max_in_flight: u64,
+    /// Shadow bulkhead, per worker: request body bytes held for shadow copies.
+    pub max_buffered_body_bytes: u64,
 }
 
 impl Default for PluginConfig {
@@ -29,6 +39,8 @@ impl Default for PluginConfig {
             variant_header: DEFAULT_VARIANT_HEADER.to_string(),
             debug_header: false,
             rules: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
         }
     }
 }
@@ -40,6 +52,22 @@ pub struct RuleConfig {
     pub salt: Option<String>,
     pub hash: HashKind,
     pub destinations: Vec<DestinationConfig>,
+    pub shadow: Vec<ShadowConfig>,
+}
+
+/// One shadow target of a rule (`rules[].shadow[]`).
+pub struct ShadowConfig {
+    pub name: Option<String>,
+    pub cluster: String,
+    pub percent: f64,
+    pub timeout_ms: u64,
+    pub host_suffix: String,
+    pub methods: Option<Vec<String>>,
+    pub include_body: bool,
+    pub max_body_bytes: u64,
+    pub remove_headers: Vec<String>,
+    pub compare: bool,
+    pub compare_body: bool,
 }
 
 #[derive(Default)]
@@ -132,7 +160,14 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
     let mut top = Obj::new(
         "",
         &value,
-        &["cluster_header", "variant_header", "debug_header", "rules"],
+        &[
+            "cluster_header",
+            "variant_header",
+            "debug_header",
+            "rules",
+            "max_in_flight",
+            "max_buffered_body_bytes",
+        ],
     )?;
     let defaults = PluginConfig::default();
     Ok(PluginConfig {
@@ -144,6 +179,12 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             .unwrap_or(defaults.variant_header),
         debug_header: top.boolean("debug_header")?.unwrap_or(false),
         rules: top.list("rules", rule)?.unwrap_or_default(),
+        max_in_flight: top
+            .integer("max_in_flight", u64::from(u32::MAX))?
+            .unwrap_or(defaults.max_in_flight),
+        max_buffered_body_bytes: top
+            .integer("max_buffered_body_bytes", u64::from(u32::MAX))?
+            .unwrap_or(defaults.max_buffered_body_bytes),
     })
 }
 
@@ -151,7 +192,15 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     let mut o = Obj::new(
         path,
         value,
-        &["name", "match", "sticky", "salt", "hash", "destinations"],
+        &[
+            "name",
+            "match",
+            "sticky",
+            "salt",
+            "hash",
+            "destinations",
+            "shadow",
+        ],
     )?;
     Ok(RuleConfig {
         name: o.required("name", Obj::string)?,
@@ -165,6 +214,48 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             )?
             .unwrap_or_default(),
         destinations: o.required("destinations", |o, key| o.list(key, destination))?,
+        shadow: o.list("shadow", shadow)?.unwrap_or_default(),
+    })
+}
+
+fn shadow(path: &str, value: &Value) -> Result<ShadowConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &[
+            "name",
+            "cluster",
+            "percent",
+            "timeout_ms",
+            "host_suffix",
+            "methods",
+            "include_body",
+            "max_body_bytes",
+            "remove_headers",
+            "compare",
+            "compare_body",
+        ],
+    )?;
+    Ok(ShadowConfig {
+        name: o.string("name")?,
+        cluster: o.required("cluster", Obj::string)?,
+        percent: o
+            .number("percent", 0, 100)?
+            .unwrap_or(DEFAULT_SHADOW_PERCENT),
+        timeout_ms: o
+            .integer("timeout_ms", 3_600_000)?
+            .unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
+        host_suffix: o
+            .string("host_suffix")?
+            .unwrap_or_else(|| DEFAULT_SHADOW_HOST_SUFFIX.to_string()),
+        methods: o.list("methods", string_item)?,
+        include_body: o.boolean("include_body")?.unwrap_or(true),
+        max_body_bytes: o
+            .integer("max_body_bytes", u64::from(u32::MAX))?
+            .unwrap_or(DEFAULT_SHADOW_MAX_BODY_BYTES),
+        remove_headers: o.list("remove_headers", string_item)?.unwrap_or_default(),
+        compare: o.boolean("compare")?.unwrap_or(false),
+        compare_body: o.boolean("compare_body")?.unwrap_or(false),
     })
 }
 
@@ -352,6 +443,23 @@ impl<'a> Obj<'a> {
                 )),
             },
             Some(other) => Err(wrong_type(&self.child(key), "a whole number", other)),
+        }
+    }
+
+    /// A number (decimals allowed) in min..=max. The bounds are whole numbers so that no float
+    /// formatting code (~17 KiB of Wasm) is linked just for this message.
+    fn number(&mut self, key: &str, min: u32, max: u32) -> Result<Option<f64>> {
+        let range = f64::from(min)..=f64::from(max);
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64().filter(|v| range.contains(v)) {
+                Some(v) => Ok(Some(v)),
+                None => Err(ConfigError::new(
+                    self.child(key),
+                    format!("must be a number from {min} to {max}, got {n}"),
+                )),
+            },
+            Some(other) => Err(wrong_type(&self.child(key), "a number", other)),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan;
 pub mod request;
 pub mod rng;
+pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -9,11 +9,31 @@ pub fn destination_requests(rule: &str, destination: &str) -> String {
     format!("traffic_split.rule.{rule}.destination.{destination}.requests")
 }
 
+/// Counts not yet handed to Envoy, by slot.
+struct Pending(Vec<u64>);
+
+impl Pending {
+    fn add(&mut self, slot: usize) {
+        if let Some(count) = self.0.get_mut(slot) {
+            *count += 1;
+        }
+    }
+
+    fn flush(&mut self, mut emit: impl FnMut(usize, u64)) {
+        for (slot, pending) in self.0.iter_mut().enumerate() {
+            if *pending > 0 {
+                emit(slot, *pending);
+                *pending = 0;
+            }
+        }
+    }
+}
+
 /// One counter slot per (rule, destination) in plan order, then one for unmatched requests.
 pub struct DecisionCounters {
     /// Index of each rule's first slot.
     rule_offsets: Vec<usize>,
-    pending: Vec<u64>,
+    pending: Pending,
 }
 
 impl DecisionCounters {
@@ -26,7 +46,7 @@ impl DecisionCounters {
         }
         DecisionCounters {
             rule_offsets,
-            pending: vec![0; slots + 1],
+            pending: Pending(vec![0; slots + 1]),
         }
     }
 
@@ -45,26 +65,92 @@ impl DecisionCounters {
 
     pub fn count_routed(&mut self, rule: usize, destination: usize) {
         if let Some(offset) = self.rule_offsets.get(rule) {
-            if let Some(slot) = self.pending.get_mut(offset + destination) {
-                *slot += 1;
-            }
+            self.pending.add(offset + destination);
         }
     }
 
     pub fn count_unmatched(&mut self) {
-        if let Some(slot) = self.pending.last_mut() {
-            *slot += 1;
-        }
+        self.pending.add(self.pending.0.len().saturating_sub(1));
     }
 
     /// Hands each non-zero pending count to `emit(slot, delta)` and resets it.
-    pub fn flush(&mut self, mut emit: impl FnMut(usize, u64)) {
-        for (slot, pending) in self.pending.iter_mut().enumerate() {
-            if *pending > 0 {
-                emit(slot, *pending);
-                *pending = 0;
-            }
+    pub fn flush(&mut self, emit: impl FnMut(usize, u64)) {
+        self.pending.flush(emit);
+    }
+}
+
+/// What happened to shadow copies, counted per shadow target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowEvent {
+    /// Dispatched to the shadow cluster.
+    Sent,
+    /// The shadow answered (any status).
+    Responses,
+    /// Timeout, reset, connection failure, unknown cluster.
+    Failed,
+    /// Sampled but not sent: body over `max_body_bytes`, or the bulkhead was full.
+    Dropped,
+    StatusMismatch,
+    ClassMismatch,
+    BodyMismatch,
+}
+
+const SHADOW_EVENTS: [(ShadowEvent, &str); 7] = [
+    (ShadowEvent::Sent, "sent"),
+    (ShadowEvent::Responses, "responses"),
+    (ShadowEvent::Failed, "failed"),
+    (ShadowEvent::Dropped, "dropped"),
+    (ShadowEvent::StatusMismatch, "status_mismatch"),
+    (ShadowEvent::ClassMismatch, "class_mismatch"),
+    (ShadowEvent::BodyMismatch, "body_mismatch"),
+];
+
+pub fn shadow_metric(target: &str, what: &str) -> String {
+    format!("traffic_split.shadow.{target}.{what}")
+}
+
+/// Histogram of shadow response latency (dispatch to response), per target.
+pub const SHADOW_LATENCY: &str = "latency_ms";
+/// Histogram of the primary's latency for the requests compared with that target, so the two
+/// distributions sit side by side.
+pub const SHADOW_PRIMARY_LATENCY: &str = "primary_latency_ms";
+/// Histogram: time from the copy being complete to its dispatch by the worker's root context.
+pub const SHADOW_DISPATCH_DELAY: &str = "traffic_split.shadow.dispatch_delay_us";
+
+/// Shadow counters: `SHADOW_EVENTS.len()` slots per target, in target order.
+pub struct ShadowCounters {
+    pending: Pending,
+}
+
+impl ShadowCounters {
+    pub fn for_plan(plan: &Plan) -> Self {
+        ShadowCounters {
+            pending: Pending(vec![0; plan.shadow_targets.len() * SHADOW_EVENTS.len()]),
         }
+    }
+
+    /// Metric names, slot by slot.
+    pub fn names(plan: &Plan) -> Vec<String> {
+        plan.shadow_targets
+            .iter()
+            .flat_map(|t| {
+                SHADOW_EVENTS
+                    .iter()
+                    .map(move |(_, what)| shadow_metric(&t.name, what))
+            })
+            .collect()
+    }
+
+    pub fn count(&mut self, target: usize, event: ShadowEvent) {
+        let offset = SHADOW_EVENTS
+            .iter()
+            .position(|(e, _)| *e == event)
+            .unwrap_or(0);
+        self.pending.add(target * SHADOW_EVENTS.len() + offset);
+    }
+
+    pub fn flush(&mut self, emit: impl FnMut(usize, u64)) {
+        self.pending.flush(emit);
     }
 }
 
@@ -100,5 +186,26 @@ mod tests {
         seen.clear();
         c.flush(|slot, delta| seen.push((slot, delta)));
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn shadow_slots_follow_targets_and_events() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"r1","destinations":[{"name":"a","cluster":"a"}],
+                 "shadow":[{"cluster":"v3"},{"name":"v4","cluster":"c4"}]}]}"#,
+        )
+        .unwrap();
+        let names = ShadowCounters::names(&plan);
+        assert_eq!(names.len(), 14);
+        assert_eq!(names[0], "traffic_split.shadow.v3.sent");
+        assert_eq!(names[6], "traffic_split.shadow.v3.body_mismatch");
+        assert_eq!(names[10], "traffic_split.shadow.v4.dropped");
+        let mut c = ShadowCounters::for_plan(&plan);
+        c.count(1, ShadowEvent::Dropped);
+        c.count(0, ShadowEvent::Sent);
+        c.count(0, ShadowEvent::Sent);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert_eq!(seen, vec![(0, 2), (10, 1)]);
     }
 }

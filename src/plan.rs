@@ -5,11 +5,14 @@
 use crate::bucket::{self, FINE_BUCKETS, UNLEASH_BUCKETS};
 use crate::config::{
     self, ConfigError, DestinationConfig, HashKind, MatchConfig, NamedMatchConfig, PluginConfig,
-    RuleConfig, StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
+    RuleConfig, ShadowConfig, StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
 };
 use crate::matcher::{Condition, Matcher, StringOp};
+use crate::shadow::sample_threshold;
+use std::time::Duration;
 
 pub const MAX_DESTINATIONS: usize = 16;
+pub const MAX_SHADOWS_PER_RULE: usize = 8;
 pub const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug)]
@@ -24,6 +27,38 @@ pub struct Plan {
     pub needs_request_headers: bool,
     /// Whether any rule matches on Envoy's route name (then the host reads that property).
     pub needs_route_name: bool,
+    /// Every shadow target by metric name (rules refer to them by index).
+    pub shadow_targets: Vec<ShadowTarget>,
+    /// Shadow bulkhead, per worker.
+    pub max_in_flight: usize,
+    pub max_buffered_body_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct ShadowTarget {
+    /// `[A-Za-z0-9_-]{1,64}`: appears in metric names.
+    pub name: String,
+    pub cluster: String,
+}
+
+/// One shadow copy a rule makes, compiled.
+#[derive(Debug)]
+pub struct ShadowPolicy {
+    /// Index into `Plan::shadow_targets`.
+    pub target: usize,
+    pub cluster: String,
+    /// A uniform u64 draw below this samples the request in.
+    pub sample_threshold: u64,
+    pub timeout: Duration,
+    pub host_suffix: String,
+    /// Upper-case method tokens; `None` = every method.
+    pub methods: Option<Vec<Vec<u8>>>,
+    pub include_body: bool,
+    pub max_body_bytes: usize,
+    /// Lower-case header names.
+    pub remove_headers: Vec<String>,
+    pub compare: bool,
+    pub compare_body: bool,
 }
 
 #[derive(Debug)]
@@ -37,6 +72,7 @@ pub struct Rule {
     pub destinations: Vec<Destination>,
     /// Exclusive upper bucket bound per destination (see `bucket::upper_bounds`).
     pub upper_bounds: Vec<u32>,
+    pub shadows: Vec<ShadowPolicy>,
 }
 
 #[derive(Debug)]
@@ -81,6 +117,7 @@ impl Plan {
             Some(name)
         };
         let mut rules = Vec::with_capacity(config.rules.len());
+        let mut shadow_targets = Vec::new();
         for (i, rule) in config.rules.into_iter().enumerate() {
             let path = format!("rules[{i}]");
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
@@ -89,13 +126,22 @@ impl Plan {
                     format!("duplicate rule name \"{}\"", rule.name),
                 ));
             }
-            rules.push(compile_rule(&path, rule)?);
+            rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                "must be at least 1 (use \"percent\": 0 to turn shadowing off)",
+            ));
         }
         let needs_route_name = rules
             .iter()
             .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
+        // Shadow copies carry the request's headers, so a rule with shadows needs them too.
         let needs_request_headers = rules.iter().any(|r| {
-            r.matcher.conditions.iter().any(|c| !c.needs_route_name()) || r.sticky.is_some()
+            r.matcher.conditions.iter().any(|c| !c.needs_route_name())
+                || r.sticky.is_some()
+                || !r.shadows.is_empty()
         });
         Ok(Plan {
             cluster_header,
@@ -104,11 +150,18 @@ impl Plan {
             rules,
             needs_request_headers,
             needs_route_name,
+            shadow_targets,
+            max_in_flight: config.max_in_flight as usize,
+            max_buffered_body_bytes: config.max_buffered_body_bytes as usize,
         })
     }
 }
 
-fn compile_rule(path: &str, rule: RuleConfig) -> Result<Rule, ConfigError> {
+fn compile_rule(
+    path: &str,
+    rule: RuleConfig,
+    shadow_targets: &mut Vec<ShadowTarget>,
+) -> Result<Rule, ConfigError> {
     check_name(&format!("{path}.name"), &rule.name)?;
     let matcher = match rule.match_ {
         Some(m) => compile_match(&format!("{path}.match"), m)?,
@@ -134,6 +187,32 @@ fn compile_rule(path: &str, rule: RuleConfig) -> Result<Rule, ConfigError> {
     let salt = rule.salt.unwrap_or_else(|| rule.name.clone());
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
+    if rule.shadow.len() > MAX_SHADOWS_PER_RULE {
+        return Err(ConfigError::new(
+            format!("{path}.shadow"),
+            format!(
+                "must list at most {MAX_SHADOWS_PER_RULE} shadow targets, got {}",
+                rule.shadow.len()
+            ),
+        ));
+    }
+    let mut shadows: Vec<ShadowPolicy> = Vec::with_capacity(rule.shadow.len());
+    for (i, shadow) in rule.shadow.into_iter().enumerate() {
+        let spath = format!("{path}.shadow[{i}]");
+        let policy = compile_shadow(&spath, shadow, shadow_targets)?;
+        if shadows.iter().any(|s| s.target == policy.target) {
+            return Err(ConfigError::new(
+                format!("{spath}.name"),
+                format!(
+                    "duplicate shadow target \"{}\" in this rule",
+                    shadow_targets
+                        .get(policy.target)
+                        .map_or("", |t| t.name.as_str())
+                ),
+            ));
+        }
+        shadows.push(policy);
+    }
     Ok(Rule {
         upper_bounds: bucket::upper_bounds(rule.hash, &weights),
         name: rule.name,
@@ -142,7 +221,115 @@ fn compile_rule(path: &str, rule: RuleConfig) -> Result<Rule, ConfigError> {
         hash: rule.hash,
         salt_colon,
         destinations,
+        shadows,
     })
+}
+
+/// The default metric name of a shadow target: its cluster with every character outside
+/// `[A-Za-z0-9_-]` replaced by `_` (Istio clusters look like `outbound|8080||svc.ns.svc…`).
+pub fn default_shadow_name(cluster: &str) -> String {
+    cluster
+        .chars()
+        .take(MAX_NAME_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn compile_shadow(
+    path: &str,
+    shadow: ShadowConfig,
+    targets: &mut Vec<ShadowTarget>,
+) -> Result<ShadowPolicy, ConfigError> {
+    check_cluster(&format!("{path}.cluster"), &shadow.cluster)?;
+    let name = match shadow.name {
+        Some(name) => {
+            check_name(&format!("{path}.name"), &name)?;
+            name
+        }
+        None => default_shadow_name(&shadow.cluster),
+    };
+    let target = match targets.iter().position(|t| t.name == name) {
+        Some(existing) => {
+            let cluster = targets.get(existing).map_or("", |t| t.cluster.as_str());
+            if cluster != shadow.cluster {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "shadow name \"{name}\" already stands for cluster \"{cluster}\"; give this one another \"name\""
+                    ),
+                ));
+            }
+            existing
+        }
+        None => {
+            targets.push(ShadowTarget {
+                name,
+                cluster: shadow.cluster.clone(),
+            });
+            targets.len() - 1
+        }
+    };
+    if shadow.timeout_ms == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.timeout_ms"),
+            "must be at least 1",
+        ));
+    }
+    if !shadow.host_suffix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            format!("{path}.host_suffix"),
+            format!(
+                "\"{}\" must be visible ASCII characters",
+                shadow.host_suffix
+            ),
+        ));
+    }
+    let methods = match shadow.methods {
+        None => None,
+        Some(methods) => Some(compile_methods(&format!("{path}.methods"), methods)?),
+    };
+    let mut remove_headers = Vec::with_capacity(shadow.remove_headers.len());
+    for (i, h) in shadow.remove_headers.iter().enumerate() {
+        remove_headers.push(header_name(&format!("{path}.remove_headers[{i}]"), h)?);
+    }
+    if shadow.compare_body && !shadow.compare {
+        return Err(ConfigError::new(
+            format!("{path}.compare_body"),
+            "only applies with \"compare\": true",
+        ));
+    }
+    Ok(ShadowPolicy {
+        target,
+        cluster: shadow.cluster,
+        sample_threshold: sample_threshold(shadow.percent),
+        timeout: Duration::from_millis(shadow.timeout_ms),
+        host_suffix: shadow.host_suffix,
+        methods,
+        include_body: shadow.include_body,
+        max_body_bytes: shadow.max_body_bytes as usize,
+        remove_headers,
+        compare: shadow.compare,
+        compare_body: shadow.compare_body,
+    })
+}
+
+fn compile_methods(path: &str, methods: Vec<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
+    non_empty_list(path, &methods)?;
+    for (i, method) in methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(is_token_byte) {
+            return Err(ConfigError::new(
+                format!("{path}[{i}]"),
+                format!("\"{method}\" is not an HTTP method token"),
+            ));
+        }
+    }
+    Ok(methods.into_iter().map(String::into_bytes).collect())
 }
 
 /// Weights above this would let `FINE_BUCKETS * total` approach u64 limits; no real split needs them.
@@ -241,19 +428,10 @@ fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
     let mut conditions = Vec::new();
     // Cheap conditions first: a rule that fails on the method never parses cookies or query.
     if let Some(methods) = m.methods {
-        let mpath = format!("{path}.methods");
-        non_empty_list(&mpath, &methods)?;
-        for (i, method) in methods.iter().enumerate() {
-            if method.is_empty() || !method.bytes().all(is_token_byte) {
-                return Err(ConfigError::new(
-                    format!("{mpath}[{i}]"),
-                    format!("\"{method}\" is not an HTTP method token"),
-                ));
-            }
-        }
-        conditions.push(Condition::Methods(
-            methods.into_iter().map(String::into_bytes).collect(),
-        ));
+        conditions.push(Condition::Methods(compile_methods(
+            &format!("{path}.methods"),
+            methods,
+        )?));
     }
     if let Some(p) = m.path {
         conditions.push(Condition::Path(string_op(&format!("{path}.path"), p)?));
@@ -487,7 +665,7 @@ mod tests {
             (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
             (
                 r#"{"rulez": []}"#.into(),
-                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules",
+                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
@@ -620,6 +798,47 @@ mod tests {
                 "rules[0].match.methods[1]: \"P OST\" is not an HTTP method token",
             ),
             (r#"[1, 2]"#.into(), "must be an object, got an array"),
+            (r#"{"max_in_flight": 0}"#.into(), "max_in_flight: must be at least 1 (use \"percent\": 0 to turn shadowing off)"),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","percent":101}}]}}"#)),
+                "rules[0].shadow[0].percent: must be a number from 0 to 100, got 101",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"percent":1}}]}}"#)),
+                "rules[0].shadow[0].cluster: is required",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","timeout_ms":0}}]}}"#)),
+                "rules[0].shadow[0].timeout_ms: must be at least 1",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","compare_body":true}}]}}"#)),
+                "rules[0].shadow[0].compare_body: only applies with \"compare\": true",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","remove_headers":["bad header"]}}]}}"#)),
+                "rules[0].shadow[0].remove_headers[0]: \"bad header\" is not a valid header name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","host_suffix":"a b"}}]}}"#)),
+                "rules[0].shadow[0].host_suffix: \"a b\" must be visible ASCII characters",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s"}},{{"cluster":"s"}}]}}"#)),
+                "rules[0].shadow[1].name: duplicate shadow target \"s\" in this rule",
+            ),
+            (
+                format!(r#"{{"rules":[{{"name":"a",{DESTS},"shadow":[{{"name":"x","cluster":"s1"}}]}},{{"name":"b",{DESTS},"shadow":[{{"name":"x","cluster":"s2"}}]}}]}}"#),
+                "rules[1].shadow[0].name: shadow name \"x\" already stands for cluster \"s1\"; give this one another \"name\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","methods":[]}}]}}"#)),
+                "rules[0].shadow[0].methods: must not be empty (omit the field to match everything)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","mirror":true}}]}}"#)),
+                "rules[0].shadow[0].mirror: unknown field, expected one of: name, cluster, percent, timeout_ms, host_suffix, methods, include_body, max_body_bytes, remove_headers, compare, compare_body",
+            ),
             (r#"{"rules": {}}"#.into(), "rules: must be an array, got an object"),
             (r#"{"debug_header": "yes"}"#.into(), "debug_header: must be true or false, got a string"),
             (rule(r#"{"name":"r"}"#), "rules[0].destinations: is required"),
@@ -649,6 +868,36 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn shadow_targets_are_named_from_their_cluster_and_shared_by_name() {
+        let plan = Plan::from_json(
+            format!(
+                r#"{{"rules":[
+                {{"name":"a",{DESTS},"shadow":[{{"cluster":"outbound|8080||checkout-v3.shop.svc.cluster.local","percent":12.5}}]}},
+                {{"name":"b",{DESTS},"shadow":[{{"cluster":"outbound|8080||checkout-v3.shop.svc.cluster.local"}},{{"name":"v4","cluster":"v4"}}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(plan.shadow_targets.len(), 2);
+        assert_eq!(
+            plan.shadow_targets[0].name,
+            "outbound_8080__checkout-v3_shop_svc_cluster_local"
+        );
+        assert_eq!(plan.rules[1].shadows[0].target, 0);
+        assert_eq!(plan.rules[1].shadows[1].target, 1);
+        let s = &plan.rules[0].shadows[0];
+        assert_eq!(s.sample_threshold, u64::MAX / 8 + 1);
+        assert_eq!(s.timeout, Duration::from_millis(1000));
+        assert_eq!(s.host_suffix, "-shadow");
+        assert!(s.include_body && !s.compare && !s.compare_body);
+        assert_eq!(s.max_body_bytes, 1024 * 1024);
+        assert!(plan.needs_request_headers);
+        assert_eq!(plan.max_in_flight, 1024);
+        assert_eq!(plan.max_buffered_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(default_shadow_name(&"é".repeat(70)), "_".repeat(64));
     }
 
     #[test]

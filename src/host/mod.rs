@@ -4,19 +4,26 @@
 //! Host calls per routed request: one header-map read (only when a rule looks at the request),
 //! the routing-header write, the variant-header write (unless disabled), `clear_route_cache`,
 //! and response-header writes only when a cookie is assigned or `debug_header` is on. Metrics
-//! are counted in the VM and flushed on a tick: no per-request metric call.
+//! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
+//! own calls only on the requests it copies (see `shadow.rs`).
+
+mod shadow;
 
 use crate::decision::{Decision, Routed};
-use crate::metrics::DecisionCounters;
+use crate::metrics::{
+    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
+    SHADOW_PRIMARY_LATENCY,
+};
 use crate::plan::Plan;
 use crate::request::Request;
 use crate::rng::Rng;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use shadow::{ShadowState, StreamShadow};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How often per-VM counters are flushed to Envoy's stats.
 const FLUSH_PERIOD: Duration = Duration::from_millis(500);
@@ -29,18 +36,70 @@ proxy_wasm::main! {{
 /// A compiled configuration in force, with its metric ids and the counts not yet flushed.
 struct Active {
     plan: Plan,
-    metric_ids: Vec<Option<u32>>,
+    decision_ids: Vec<Option<u32>>,
     counters: RefCell<DecisionCounters>,
+    shadow_ids: Vec<Option<u32>>,
+    shadow_counters: RefCell<ShadowCounters>,
+    /// Per shadow target.
+    shadow_latency_ids: Vec<Option<u32>>,
+    primary_latency_ids: Vec<Option<u32>>,
+    dispatch_delay_id: Option<u32>,
 }
 
 impl Active {
-    fn flush(&self) {
-        self.counters.borrow_mut().flush(|slot, delta| {
-            if let Some(Some(id)) = self.metric_ids.get(slot) {
-                let _ = hostcalls::increment_metric(*id, delta as i64);
-            }
-        });
+    fn new(plan: Plan) -> Active {
+        let define = |kind, names: &[String]| -> Vec<Option<u32>> {
+            names
+                .iter()
+                .map(|name| hostcalls::define_metric(kind, name).ok())
+                .collect()
+        };
+        let histograms = |what: &str| -> Vec<Option<u32>> {
+            let names: Vec<String> = plan
+                .shadow_targets
+                .iter()
+                .map(|t| shadow_metric(&t.name, what))
+                .collect();
+            define(MetricType::Histogram, &names)
+        };
+        Active {
+            decision_ids: define(MetricType::Counter, &DecisionCounters::names(&plan)),
+            counters: RefCell::new(DecisionCounters::for_plan(&plan)),
+            shadow_ids: define(MetricType::Counter, &ShadowCounters::names(&plan)),
+            shadow_counters: RefCell::new(ShadowCounters::for_plan(&plan)),
+            shadow_latency_ids: histograms(SHADOW_LATENCY),
+            primary_latency_ids: histograms(SHADOW_PRIMARY_LATENCY),
+            dispatch_delay_id: if plan.shadow_targets.is_empty() {
+                None
+            } else {
+                shadow::define_dispatch_delay()
+            },
+            plan,
+        }
     }
+
+    fn count_shadow(&self, target: usize, event: ShadowEvent) {
+        self.shadow_counters.borrow_mut().count(target, event);
+    }
+
+    fn flush(&self) {
+        self.counters
+            .borrow_mut()
+            .flush(|slot, delta| increment(&self.decision_ids, slot, delta));
+        self.shadow_counters
+            .borrow_mut()
+            .flush(|slot, delta| increment(&self.shadow_ids, slot, delta));
+    }
+}
+
+fn increment(ids: &[Option<u32>], slot: usize, delta: u64) {
+    if let Some(Some(id)) = ids.get(slot) {
+        let _ = hostcalls::increment_metric(*id, delta as i64);
+    }
+}
+
+fn now() -> Option<SystemTime> {
+    hostcalls::get_current_time().ok()
 }
 
 struct SplitRoot {
@@ -48,6 +107,7 @@ struct SplitRoot {
     /// Configurations replaced while streams still used them: flushed until the last one ends.
     retired: Vec<Rc<Active>>,
     rng: Rc<RefCell<Rng>>,
+    shadow: Rc<RefCell<ShadowState>>,
 }
 
 impl SplitRoot {
@@ -56,6 +116,7 @@ impl SplitRoot {
             active: None,
             retired: Vec::new(),
             rng: Rc::new(RefCell::new(Rng::from_seed(entropy_seed()))),
+            shadow: Rc::new(RefCell::new(ShadowState::new(0, 0))),
         }
     }
 }
@@ -65,14 +126,25 @@ fn entropy_seed() -> u64 {
     let mut buf = [0u8; 8];
     match getrandom::fill(&mut buf) {
         Ok(()) => u64::from_le_bytes(buf),
-        Err(_) => hostcalls::get_current_time()
-            .ok()
+        Err(_) => now()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0x5eed, |d| d.as_nanos() as u64),
     }
 }
 
-impl Context for SplitRoot {}
+impl Context for SplitRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        self.shadow
+            .borrow_mut()
+            .on_call_response(token_id, body_size);
+    }
+}
 
 impl RootContext for SplitRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
@@ -81,6 +153,10 @@ impl RootContext for SplitRoot {
             crate::VERSION,
             env!("TRAFFIC_SPLIT_GIT_HASH")
         );
+        // Each worker's VM gets its own queue name: with one shared name every doorbell would
+        // wake a single worker, and copies must be dispatched by the worker that made them.
+        let name = format!("traffic-split-shadow-{}", self.rng.borrow_mut().hex_id());
+        self.shadow.borrow_mut().queue_id = hostcalls::register_shared_queue(&name).ok();
         true
     }
 
@@ -102,21 +178,18 @@ impl RootContext for SplitRoot {
                  (client-sent routing headers are still removed)"
             );
         }
-        let metric_ids = DecisionCounters::names(&plan)
-            .iter()
-            .map(|name| hostcalls::define_metric(MetricType::Counter, name).ok())
-            .collect();
-        let counters = RefCell::new(DecisionCounters::for_plan(&plan));
         log::info!(
-            "traffic-split: configured {} rule(s), routing header \"{}\"",
+            "traffic-split: configured {} rule(s), {} shadow target(s), routing header \"{}\"",
             plan.rules.len(),
+            plan.shadow_targets.len(),
             plan.cluster_header
         );
-        if let Some(previous) = self.active.replace(Rc::new(Active {
-            plan,
-            metric_ids,
-            counters,
-        })) {
+        {
+            let mut shadow = self.shadow.borrow_mut();
+            shadow.bulkhead.max_in_flight = plan.max_in_flight;
+            shadow.bulkhead.max_buffered_bytes = plan.max_buffered_body_bytes;
+        }
+        if let Some(previous) = self.active.replace(Rc::new(Active::new(plan))) {
             self.retired.push(previous);
         }
         let _ = hostcalls::set_tick_period(FLUSH_PERIOD);
@@ -124,6 +197,8 @@ impl RootContext for SplitRoot {
     }
 
     fn on_tick(&mut self) {
+        // A fallback: copies are normally dispatched from on_queue_ready right away.
+        shadow::dispatch_queued(&self.shadow);
         if let Some(active) = &self.active {
             active.flush();
         }
@@ -133,12 +208,18 @@ impl RootContext for SplitRoot {
         self.retired.retain(|r| Rc::strong_count(r) > 1);
     }
 
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        shadow::dispatch_queued(&self.shadow);
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let active = self.active.clone()?;
         Some(Box::new(SplitStream {
             active,
             rng: Rc::clone(&self.rng),
+            shadow_state: Rc::clone(&self.shadow),
             respond: None,
+            shadow: None,
         }))
     }
 
@@ -156,16 +237,18 @@ struct ResponseAdditions {
 struct SplitStream {
     active: Rc<Active>,
     rng: Rc<RefCell<Rng>>,
+    shadow_state: Rc<RefCell<ShadowState>>,
     respond: Option<ResponseAdditions>,
+    shadow: Option<StreamShadow>,
 }
 
 impl SplitStream {
-    fn route(&mut self, routed: Routed) {
+    fn route(&mut self, routed: &Routed) {
         let plan = &self.active.plan;
-        let (Some(rule), destination) = (plan.rules.get(routed.rule), routed.destination) else {
+        let Some(rule) = plan.rules.get(routed.rule) else {
             return;
         };
-        let Some(dest) = rule.destinations.get(destination) else {
+        let Some(dest) = rule.destinations.get(routed.destination) else {
             return;
         };
         set_request_header(&plan.cluster_header, Some(&dest.cluster));
@@ -176,13 +259,13 @@ impl SplitStream {
         self.active
             .counters
             .borrow_mut()
-            .count_routed(routed.rule, destination);
+            .count_routed(routed.rule, routed.destination);
         let debug = plan
             .debug_header
             .then(|| format!("rule={}; variant={}", rule.name, dest.name));
         if routed.set_cookie.is_some() || debug.is_some() {
             self.respond = Some(ResponseAdditions {
-                set_cookie: routed.set_cookie,
+                set_cookie: routed.set_cookie.clone(),
                 debug,
             });
         }
@@ -204,7 +287,7 @@ impl SplitStream {
 impl Context for SplitStream {}
 
 impl HttpContext for SplitStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let active = Rc::clone(&self.active);
         let plan = &active.plan;
         let headers = if plan.needs_request_headers {
@@ -222,7 +305,24 @@ impl HttpContext for SplitStream {
         let request = Request::new(&headers, route_name.as_deref());
         let decision = plan.decide(&request, &mut self.rng.borrow_mut());
         match decision {
-            Decision::Routed(routed) => self.route(routed),
+            Decision::Routed(routed) => {
+                self.route(&routed);
+                if let Some(rule) = plan
+                    .rules
+                    .get(routed.rule)
+                    .filter(|r| !r.shadows.is_empty())
+                {
+                    self.shadow = StreamShadow::start(
+                        &active,
+                        &mut self.shadow_state.borrow_mut(),
+                        &mut self.rng.borrow_mut(),
+                        routed.rule,
+                        rule,
+                        &headers,
+                        end_of_stream,
+                    );
+                }
+            }
             Decision::Unmatched => {
                 // Without the header map we cannot know: remove to be safe.
                 let client_sent = !plan.needs_request_headers
@@ -237,7 +337,26 @@ impl HttpContext for SplitStream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.on_request_body(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                body_size,
+                end_of_stream,
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.finish_request(&self.active, &mut self.shadow_state.borrow_mut());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(additions) = self.respond.take() {
             if let Some(cookie) = &additions.set_cookie {
                 let _ =
@@ -251,7 +370,32 @@ impl HttpContext for SplitStream {
                 );
             }
         }
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
+            shadow.on_response_headers(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                end_of_stream,
+            );
+        }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response_body()) {
+            shadow.on_response_body(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                body_size,
+                end_of_stream,
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.on_stream_end(&self.active, &mut self.shadow_state.borrow_mut());
+        }
     }
 }
 

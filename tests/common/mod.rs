@@ -91,6 +91,8 @@ impl Received {
 
 pub struct BackendState {
     pub name: String,
+    /// Response body; the backend's name unless set.
+    pub body: Mutex<Option<String>>,
     pub status: AtomicU16,
     pub delay_ms: AtomicU64,
     pub received: Mutex<Vec<Received>>,
@@ -111,6 +113,7 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
+            body: Mutex::new(None),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
@@ -146,6 +149,10 @@ impl Backend {
 
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_body(&self, body: &str) {
+        *self.state.body.lock().unwrap() = Some(body.to_string());
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -186,10 +193,16 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    let body = st
+        .body
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| st.name.clone());
     let response = hyper::Response::builder()
         .status(st.status.load(Ordering::SeqCst))
         .header("x-backend", st.name.as_str())
-        .body(Full::new(Bytes::from(st.name.clone())))
+        .body(Full::new(Bytes::from(body)))
         .unwrap();
     Ok(response)
 }
@@ -246,7 +259,7 @@ pub struct EnvoySpec {
     /// The plugin configuration (JSON), passed as the Wasm `configuration`.
     pub plugin_config: String,
     /// Clusters by name; the first is where requests go when no routing header is set.
-    pub clusters: Vec<(String, SocketAddr)>,
+    pub clusters: Vec<(String, Option<SocketAddr>)>,
     pub concurrency: u32,
     /// Upstream timeout of the routes.
     pub route_timeout: Duration,
@@ -263,7 +276,13 @@ impl EnvoySpec {
     }
 
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
-        self.clusters.push((name.to_string(), addr));
+        self.clusters.push((name.to_string(), Some(addr)));
+        self
+    }
+
+    /// A cluster with no endpoints at all (every request to it fails at once).
+    pub fn empty_cluster(mut self, name: &str) -> Self {
+        self.clusters.push((name.to_string(), None));
         self
     }
 
@@ -276,8 +295,8 @@ impl EnvoySpec {
         let clusters: String = self
             .clusters
             .iter()
-            .map(|(name, addr)| {
-                format!(
+            .map(|(name, addr)| match addr {
+                Some(addr) => format!(
                     r#"
   - name: {name}
     type: STATIC
@@ -290,13 +309,22 @@ impl EnvoySpec {
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#,
                     port = addr.port()
-                )
+                ),
+                None => format!(
+                    r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: {name} }}"#
+                ),
             })
             .collect();
         let config = serde_json::to_string(&self.plugin_config).unwrap();
         let timeout = format!("{}s", self.route_timeout.as_secs_f64());
         format!(
             r#"{STATS_CONFIG}
+# Histograms are merged on each stats flush: flush often so tests see them quickly.
+stats_flush_interval: 0.5s
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: 0 }}
@@ -526,6 +554,25 @@ impl Envoy {
             .or_else(|| stats.get(name))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The `/stats` line of a traffic-split histogram (quantiles), waiting for the next
+    /// stats flush to merge recorded values; `None` if nothing was recorded in time.
+    pub fn histogram(&self, name: &str) -> Option<String> {
+        let wanted = format!("wasmcustom.{name}: ");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let line = self
+                .admin_get("/stats")
+                .lines()
+                .find(|l| l.starts_with(&wanted))
+                .map(str::to_string);
+            match line {
+                Some(l) if !l.contains("No recorded values") => return Some(l),
+                _ if Instant::now() > deadline => return None,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Waits (counters are flushed on a tick) until `name` reaches `expected`; returns the last value.
