@@ -23,6 +23,8 @@ grep -qi "x-split-decision: rule=employees; variant=canary" <<<"$emp" || fail "n
 grep -qi "x-seen-variant: canary" <<<"$emp" || fail "upstream did not see the variant: $emp"
 checkout=$(curl -si http://127.0.0.1:10000/checkout)
 grep -qiE "^set-cookie: uid=[0-9a-f]{32}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax" <<<"$checkout" || fail "no cookie: $checkout"
+pay=$(curl -s -X POST -d 'card=4242' http://127.0.0.1:10000/checkout/pay)
+grep -qE "^(stable \(v1\)|canary \(v2\))$" <<<"$pay" || fail "the client saw something other than the primary: $pay"
 forged=$(curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' http://127.0.0.1:10000/)
 [ "$forged" = "$alice" ] || fail "a forged routing header changed alice's version"
 sleep 1
@@ -31,4 +33,12 @@ metrics=$(curl -s http://127.0.0.1:9901/stats/prometheus | grep '^traffic_split_
 # Envoy flushes its access log every 250 ms in the demo.
 for _ in $(seq 1 50); do grep -q "cluster=canary variant=canary" run/access.log && break; sleep 0.1; done
 grep -q "cluster=canary variant=canary" run/access.log || fail "decision not in the access log"
-echo "demo check ok: sticky user, forced employee, cookie assignment, forged header ignored, metrics, access log"
+for _ in $(seq 1 50); do grep -q 'POST /checkout/pay" host=127.0.0.1-shadow:10000 x-shadow-request=true content-length=9 answered 503' run/shadow-access.log && break; sleep 0.1; done
+grep -q 'POST /checkout/pay" host=127.0.0.1-shadow:10000 x-shadow-request=true content-length=9 answered 503' run/shadow-access.log \
+  || fail "the shadow did not get the copy: $(cat run/shadow-access.log)"
+for _ in $(seq 1 30); do
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep -q '^traffic_split_shadow_class_mismatch{shadow="v3"} 1$' && break; sleep 0.1
+done
+curl -s http://127.0.0.1:9901/stats/prometheus | grep -q '^traffic_split_shadow_class_mismatch{shadow="v3"} 1$' \
+  || fail "the shadow's 503 was not compared: $(curl -s http://127.0.0.1:9901/stats/prometheus | grep shadow)"
+echo "demo check ok: sticky user, forced employee, cookie assignment, shadow copy and comparison, forged header ignored, metrics, access log"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the demo: backends Envoy (:8001 stable, :8002 canary) and the front Envoy with the
+# Runs the demo: backends Envoy (:8001 stable, :8002 canary, :8003 shadow) and the front Envoy with the
 # filter (:10000, admin :9901), all on 127.0.0.1. Ctrl-C (or SIGTERM) stops everything it started.
 # Logs: run/envoy.log (front), run/access.log (its access log), run/backends.log.
 set -euo pipefail
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ENVOY=${ENVOY:-.venv/bin/envoy}
 mkdir -p run
 : >run/access.log
+: >run/shadow-access.log
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -16,14 +17,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in 10000 9901 8001 8002 9902; do
+for port in 10000 9901 8001 8002 8003 9902; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port on 127.0.0.1 is already in use (another demo running?)" >&2
     exit 1
   fi
 done
 
-"$ENVOY" -c envoy/demo-backends.yaml --disable-hot-restart -l warning >run/backends.log 2>&1 &
+"$ENVOY" -c envoy/demo-backends.yaml --disable-hot-restart -l warning \
+  --file-flush-interval-msec 250 >run/backends.log 2>&1 &
 pids+=($!)
 "$ENVOY" -c envoy/demo.yaml --disable-hot-restart -l info --component-log-level wasm:info \
   --file-flush-interval-msec 250 >run/envoy.log 2>&1 &
@@ -42,7 +44,7 @@ curl -sf http://127.0.0.1:9901/ready >/dev/null || { echo "Envoy did not become 
 
 cat <<'TOUR'
 traffic-split demo is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901)
-backends: stable on :8001, canary on :8002. Logs in run/. Ctrl-C stops everything.
+backends: stable on :8001, canary on :8002, shadow on :8003. Logs in run/. Ctrl-C stops everything.
 
 A sticky user (20% of users are on the canary; the same user always lands on the same one):
   curl -si -H 'x-user-id: alice' http://127.0.0.1:10000/ | grep -iE '^x-(backend|split)|v[12]'
@@ -53,6 +55,12 @@ A forced employee (the "employees" rule sends them to the canary, whatever their
 
 A checkout visitor gets a user-id cookie (10% canary), and keeps their version with it:
   curl -si http://127.0.0.1:10000/checkout | grep -iE '^(set-cookie|x-split)'
+
+Checkout traffic is also copied to the shadow (v3); the client never sees its answer. The
+shadow answers 503 on /checkout/pay, and the comparison with the primary's 200 counts it:
+  curl -s -X POST -d 'card=4242' http://127.0.0.1:10000/checkout/pay
+  tail run/shadow-access.log
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep '^traffic_split_shadow_[a-z_]*{'
 
 A client cannot pick the version itself (the forged header is overwritten):
   curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' http://127.0.0.1:10000/
