@@ -2,7 +2,7 @@
 # `make bench`: what the traffic-split filter costs against Envoy's native route features, an
 # Envoy Lua filter, a Wasm filter that does nothing, and no filter at all.
 #
-#   bench/run.sh [SCENARIO...]      run the named scenarios (default: all), see --list
+#   bench/run.sh [SCENARIO...]      run the named scenarios (default: all but the probe-*), see --list
 #   bench/run.sh --list             list the scenarios
 #   bench/run.sh --config SCENARIO  print the front Envoy config of a scenario
 #   bench/run.sh --validate         `envoy --mode validate` every config
@@ -44,8 +44,11 @@ BACKEND_ADMIN=19900
 FRONT_PORT_BASE=19200
 FRONT_ADMIN_BASE=19300
 
-ALL=(plain native-weighted native-random lua wasm-noop filter
+DEFAULT=(plain native-weighted native-random lua wasm-noop filter
     native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
+# Run only when named: the no-op module making some of the filter's per-request host calls.
+EXTRA=(probe-get probe-set probe-all)
+ALL=("${DEFAULT[@]}" "${EXTRA[@]}")
 
 describe() {
     case $1 in
@@ -60,6 +63,9 @@ describe() {
     filter-shadow-compare) echo "filter + shadow 100% to the shadow cluster, compare: true" ;;
     native-mirror-slow) echo "native-mirror to a backend answering after 1 s (reference for filter-shadow-slow)" ;;
     filter-shadow-slow) echo "filter + shadow 100% (compare: true) to a backend answering after 1 s" ;;
+    probe-get) echo "(extra) wasm-noop + 1 read of the request header map" ;;
+    probe-set) echo "(extra) wasm-noop + 2 request header writes + clear_route_cache" ;;
+    probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
     *) return 1 ;;
     esac
 }
@@ -181,6 +187,13 @@ front_config() {
     wasm-noop)
         routes=$(routes_cluster_header)
         filters=$(wasm_filter noop "$NOOP_WASM" "")
+        ;;
+    probe-get | probe-set | probe-all)
+        local calls=get_headers
+        [[ $scenario != probe-set ]] || calls=set_headers,clear_route
+        [[ $scenario != probe-all ]] || calls=get_headers,set_headers,clear_route
+        routes=$(routes_cluster_header)
+        filters=$(wasm_filter noop "$NOOP_WASM" "$calls")
         ;;
     filter)
         routes=$(routes_cluster_header)
@@ -362,7 +375,7 @@ if (($# > 0)); then
 elif [[ -n ${BENCH_SCENARIOS:-} ]]; then
     read -r -a SCENARIOS <<<"$BENCH_SCENARIOS"
 else
-    SCENARIOS=("${ALL[@]}")
+    SCENARIOS=("${DEFAULT[@]}")
 fi
 for s in "${SCENARIOS[@]}"; do
     describe "$s" >/dev/null || { echo "unknown scenario '$s' (bench/run.sh --list)" >&2; exit 2; }
@@ -384,7 +397,7 @@ fi
 mkdir -p "$RESULTS" "$WORK"
 rm -f "$RESULTS"/*.raw "$WORK"/*
 
-if wants wasm-noop; then
+if wants wasm-noop || wants probe-; then
     build_noop
 fi
 
@@ -504,7 +517,7 @@ REPORT=$RESULTS/results.md
     if wants filter; then
         echo "- filter: $WASM, $(stat -c %s "$WASM") bytes"
     fi
-    if wants wasm-noop; then
+    if wants wasm-noop || wants probe-; then
         echo "- wasm-noop: $NOOP_WASM, $(stat -c %s "$NOOP_WASM") bytes"
     fi
     echo "- machine: $(nproc) cores, $(lscpu | awk -F': +' '/^Model name/ { print $2; exit }')"
