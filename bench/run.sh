@@ -512,10 +512,13 @@ REPORT=$RESULTS/results.md
     echo "# make bench results"
     echo
     dirty=""
-    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || dirty=" + uncommitted changes in src/ or Cargo.toml"
+    if [[ $WASM -ef $ROOT/target/traffic_split.wasm ]]; then
+        git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null ||
+            dirty=" + uncommitted changes in src/ or Cargo.toml (built into the filter)"
+    fi
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$dirty"
     if wants filter; then
-        echo "- filter: $WASM, $(stat -c %s "$WASM") bytes"
+        echo "- filter: $WASM, $(stat -c %s "$WASM") bytes, sha256 $(sha256sum "$WASM" | cut -c1-16)"
     fi
     if wants wasm-noop || wants probe-; then
         echo "- wasm-noop: $NOOP_WASM, $(stat -c %s "$NOOP_WASM") bytes"
