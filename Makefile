@@ -9,7 +9,7 @@ WASM_TARGET   := wasm32-wasip1
 WASM_RAW      := target/$(WASM_TARGET)/release/traffic_split.wasm
 WASM          := target/traffic_split.wasm
 # wasm-opt needs the features rustc's wasm32-wasip1 output uses.
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --enable-reference-types --enable-multivalue
 
 .PHONY: help

@@ -73,7 +73,7 @@ fn decision(c: &mut Criterion) {
         let mut rng = Rng::from_seed(7);
         // Every request must end in the last rule, or the bench measures something else.
         for headers in &requests {
-            match plan.decide(&Request::new(headers, None), &mut rng) {
+            match plan.decide(&Request::new(headers, None), &mut rng, &[]) {
                 Decision::Routed(routed) => assert_eq!(routed.rule, rules - 1),
                 Decision::Unmatched => panic!("the last rule must match"),
             }
@@ -83,7 +83,7 @@ fn decision(c: &mut Criterion) {
             b.iter(|| {
                 next = (next + 1) % requests.len();
                 let request = Request::new(&requests[next], None);
-                black_box(plan.decide(black_box(&request), &mut rng))
+                black_box(plan.decide(black_box(&request), &mut rng, &[]))
             })
         });
     }

@@ -62,6 +62,12 @@ shadow answers 503 on /checkout/pay, and the comparison with the primary's 200 c
   tail run/shadow-access.log
   curl -s http://127.0.0.1:9901/stats/prometheus | grep '^traffic_split_shadow_[a-z_]*{'
 
+The canary fails on /unstable: its breaker opens after 10 failures and sends the canary's
+users to stable for 15 s, then probes the canary again:
+  for i in $(seq 1 60); do curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$i" http://127.0.0.1:10000/unstable; done; echo
+  grep breaker run/envoy.log
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep '^traffic_split_breaker'
+
 A client cannot pick the version itself (the forged header is overwritten):
   curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' http://127.0.0.1:10000/
 

@@ -119,6 +119,33 @@ pub struct DestinationConfig {
     pub name: String,
     pub cluster: String,
     pub weight: u32,
+    /// Another destination of the same rule that takes this one's traffic while its breaker
+    /// is open.
+    pub fallback: Option<String>,
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// `destinations[].breaker`; defaults are the documented ones.
+pub struct BreakerConfig {
+    pub failure_ratio: f64,
+    pub min_requests: u64,
+    pub window_s: u64,
+    pub open_s: u64,
+    pub half_open_percent: f64,
+    pub failure_statuses: Vec<FailureStatus>,
+    pub count_local_replies: bool,
+}
+
+pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.2;
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;
+pub const DEFAULT_BREAKER_WINDOW_S: u64 = 10;
+pub const DEFAULT_BREAKER_OPEN_S: u64 = 30;
+pub const DEFAULT_BREAKER_HALF_OPEN_PERCENT: f64 = 10.0;
+
+/// One entry of `failure_statuses` as written: `503`, `"503"` or `"5xx"`.
+pub enum FailureStatus {
+    Code(u64),
+    Text(String),
 }
 
 /// A configuration error: where (a JSON path such as `rules[1].destinations[0].weight`) and why.
@@ -329,13 +356,63 @@ fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
 }
 
 fn destination(path: &str, value: &Value) -> Result<DestinationConfig> {
-    let mut o = Obj::new(path, value, &["name", "cluster", "weight"])?;
+    let mut o = Obj::new(
+        path,
+        value,
+        &["name", "cluster", "weight", "fallback", "breaker"],
+    )?;
     Ok(DestinationConfig {
         name: o.required("name", Obj::string)?,
         cluster: o.required("cluster", Obj::string)?,
         weight: o
             .integer("weight", u64::from(u32::MAX))?
             .map_or(1, |w| w as u32),
+        fallback: o.string("fallback")?,
+        breaker: o.object("breaker", breaker)?,
+    })
+}
+
+fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
+    o.allow(&[
+        "failure_ratio",
+        "min_requests",
+        "window_s",
+        "open_s",
+        "half_open_percent",
+        "failure_statuses",
+        "count_local_replies",
+    ])?;
+    Ok(BreakerConfig {
+        failure_ratio: o
+            .number("failure_ratio", 0, 1)?
+            .unwrap_or(DEFAULT_BREAKER_FAILURE_RATIO),
+        min_requests: o
+            .integer("min_requests", u64::from(u32::MAX))?
+            .unwrap_or(DEFAULT_BREAKER_MIN_REQUESTS),
+        window_s: o
+            .integer("window_s", 3600)?
+            .unwrap_or(DEFAULT_BREAKER_WINDOW_S),
+        open_s: o
+            .integer("open_s", 86_400)?
+            .unwrap_or(DEFAULT_BREAKER_OPEN_S),
+        half_open_percent: o
+            .number("half_open_percent", 0, 100)?
+            .unwrap_or(DEFAULT_BREAKER_HALF_OPEN_PERCENT),
+        failure_statuses: o
+            .list("failure_statuses", |path, v| match v {
+                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+                Value::Number(n) => n
+                    .as_u64()
+                    .map(FailureStatus::Code)
+                    .ok_or_else(|| ConfigError::new(path, format!("\"{n}\" is not a status code"))),
+                other => Err(wrong_type(
+                    path,
+                    "a status code or class like \"5xx\"",
+                    other,
+                )),
+            })?
+            .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
+        count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
     })
 }
 

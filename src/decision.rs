@@ -1,5 +1,6 @@
 //! Request attributes → decision: which rule matched and which destination gets the request.
 
+use crate::breaker::{BreakerView, State};
 use crate::bucket;
 use crate::plan::{Plan, Rule, StickyKey};
 use crate::request::Request;
@@ -15,20 +16,44 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
     pub rule: usize,
+    /// The destination that gets the request (after any open breaker moved it on).
     pub destination: usize,
     /// A `Set-Cookie` value to add to the response (a newly assigned user id).
     pub set_cookie: Option<String>,
+    /// Bit `i` set: destination `i`'s breaker sent this request on to its fallback.
+    pub rerouted: u16,
+    /// The breaker (slot, generation) this request's outcome is counted for: the final
+    /// destination's, if it has one.
+    pub outcome: Option<(usize, u64)>,
 }
 
 impl Plan {
-    pub fn decide(&self, request: &Request<'_>, rng: &mut Rng) -> Decision {
+    /// Decides a request. `breakers` is what this worker knows of each breaker slot (empty
+    /// when the plan has none); a missing slot reads as closed.
+    pub fn decide(
+        &self,
+        request: &Request<'_>,
+        rng: &mut Rng,
+        breakers: &[BreakerView],
+    ) -> Decision {
         for (index, rule) in self.rules.iter().enumerate() {
             if rule.matcher.holds(request) {
-                let (destination, set_cookie) = rule.pick(request, rng);
+                let (bucketed, set_cookie) = rule.pick(request, rng);
+                let (destination, rerouted) = rule.follow_breakers(bucketed, breakers, rng);
+                let outcome = rule
+                    .destinations
+                    .get(destination)
+                    .and_then(|d| d.breaker_slot)
+                    .map(|slot| {
+                        let generation = breakers.get(slot).map_or(0, |v| v.generation);
+                        (slot, generation)
+                    });
                 return Decision::Routed(Routed {
                     rule: index,
                     destination,
                     set_cookie,
+                    rerouted,
+                    outcome,
                 });
             }
         }
@@ -71,6 +96,39 @@ impl Rule {
         )
     }
 
+    /// From the bucketed destination, follows fallbacks while breakers say so: open sends the
+    /// request on, half-open lets `half_open_percent` through as probes. Chains are loop-free
+    /// (validated) and bounded by the destination count anyway.
+    fn follow_breakers(
+        &self,
+        mut at: usize,
+        breakers: &[BreakerView],
+        rng: &mut Rng,
+    ) -> (usize, u16) {
+        let mut rerouted = 0u16;
+        for _ in 0..self.destinations.len() {
+            let Some(dest) = self.destinations.get(at) else {
+                break;
+            };
+            let (Some(slot), Some(fallback), Some(policy)) =
+                (dest.breaker_slot, dest.fallback, &dest.breaker)
+            else {
+                break;
+            };
+            let passes = match breakers.get(slot).map_or(State::Closed, |v| v.state) {
+                State::Closed => true,
+                State::Open => false,
+                State::HalfOpen => rng.next_u64() < policy.half_open_threshold,
+            };
+            if passes {
+                break;
+            }
+            rerouted |= 1u16 << (at as u32 & 15);
+            at = fallback;
+        }
+        (at, rerouted)
+    }
+
     fn bucket_of_key(&self, key: &[u8]) -> u32 {
         bucket::bucket_of_hash(self.hash, bucket::murmur3_of(&self.salt_colon, key))
     }
@@ -79,6 +137,7 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::{BreakerView, State};
     use crate::request::HeaderPair;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
@@ -118,14 +177,23 @@ mod tests {
             ("x-employee", "true"),
             ("cookie", "beta=1"),
         ]);
-        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 0);
+        assert_eq!(
+            routed(p.decide(&Request::new(&h, None), &mut rng, &[])).rule,
+            0
+        );
         let h = headers(&[(":path", "/checkout"), ("cookie", "beta=1")]);
-        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 1);
+        assert_eq!(
+            routed(p.decide(&Request::new(&h, None), &mut rng, &[])).rule,
+            1
+        );
         let h = headers(&[(":path", "/checkout"), ("x-user-id", "u1")]);
-        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 2);
+        assert_eq!(
+            routed(p.decide(&Request::new(&h, None), &mut rng, &[])).rule,
+            2
+        );
         let h = headers(&[(":path", "/other")]);
         assert_eq!(
-            p.decide(&Request::new(&h, None), &mut rng),
+            p.decide(&Request::new(&h, None), &mut rng, &[]),
             Decision::Unmatched
         );
     }
@@ -138,9 +206,10 @@ mod tests {
                 (":path", "/checkout"),
                 ("x-user-id", &format!("user-{user}")),
             ]);
-            let first = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(1)));
+            let first = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(1), &[]));
             for seed in 2..5 {
-                let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(seed)));
+                let again =
+                    routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(seed), &[]));
                 assert_eq!(first, again);
             }
         }
@@ -162,7 +231,7 @@ mod tests {
                 100 - rollout
             ));
             let h = headers(&[("x-user-id", user)]);
-            let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(0)));
+            let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(0), &[]));
             assert_eq!(
                 r.destination == 0,
                 expected_first,
@@ -178,7 +247,7 @@ mod tests {
                "destinations":[{"name":"a","cluster":"a"},{"name":"b","cluster":"b"}]}]}"#,
         );
         let h = headers(&[("cookie", "other=1")]);
-        let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(9)));
+        let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(9), &[]));
         let cookie = r.set_cookie.clone().unwrap();
         assert!(
             cookie.ends_with("; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"),
@@ -193,7 +262,7 @@ mod tests {
         assert_eq!(id.len(), 32);
         // Coming back with the assigned cookie lands on the same destination, no new cookie.
         let h = headers(&[("cookie", &format!("uid={id}"))]);
-        let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(10)));
+        let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(10), &[]));
         assert_eq!(again.destination, r.destination);
         assert_eq!(again.set_cookie, None);
     }
@@ -207,7 +276,7 @@ mod tests {
         let mut rng = Rng::from_seed(3);
         let h = headers(&[(":path", "/x?u=")]);
         let picks: Vec<usize> = (0..200)
-            .map(|_| routed(p.decide(&Request::new(&h, None), &mut rng)).destination)
+            .map(|_| routed(p.decide(&Request::new(&h, None), &mut rng, &[])).destination)
             .collect();
         assert!(picks.contains(&0) && picks.contains(&1));
         assert!(picks.iter().all(|&d| d < 2));
@@ -220,9 +289,72 @@ mod tests {
         );
         let mut rng = Rng::from_seed(5);
         let h = headers(&[]);
-        assert!(
-            (0..1000).all(|_| routed(p.decide(&Request::new(&h, None), &mut rng)).destination == 1)
-        );
+        assert!((0..1000)
+            .all(|_| routed(p.decide(&Request::new(&h, None), &mut rng, &[])).destination == 1));
+    }
+
+    const BREAKERS: &str = r#"{"rules":[{"name":"r","sticky":{"header":"u"},"destinations":[
+        {"name":"canary","cluster":"v2","weight":50,"fallback":"stable","breaker":{"half_open_percent":10}},
+        {"name":"stable","cluster":"v1","weight":50,"fallback":"old","breaker":{}},
+        {"name":"old","cluster":"v0","weight":0}]}]}"#;
+
+    fn view(state: State, generation: u64) -> BreakerView {
+        BreakerView { state, generation }
+    }
+
+    /// Users the bucketing puts on the canary.
+    fn canary_users(p: &Plan) -> Vec<Vec<HeaderPair>> {
+        (0..200)
+            .map(|i| headers(&[("u", &format!("user-{i}"))]))
+            .filter(|h| {
+                routed(p.decide(&Request::new(h, None), &mut Rng::from_seed(0), &[])).destination
+                    == 0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_open_breaker_sends_its_users_to_the_fallback_and_back_when_closed() {
+        let p = plan(BREAKERS);
+        let users = canary_users(&p);
+        assert!(users.len() > 50);
+        let mut rng = Rng::from_seed(1);
+        let closed = [view(State::Closed, 4), view(State::Closed, 0)];
+        let open = [view(State::Open, 5), view(State::Closed, 0)];
+        for h in &users {
+            let r = routed(p.decide(&Request::new(h, None), &mut rng, &closed));
+            assert_eq!((r.destination, r.rerouted, r.outcome), (0, 0, Some((0, 4))));
+            let r = routed(p.decide(&Request::new(h, None), &mut rng, &open));
+            // Stable has a breaker too: its outcome is counted for its own breaker.
+            assert_eq!(
+                (r.destination, r.rerouted, r.outcome),
+                (1, 0b1, Some((1, 0)))
+            );
+            let r = routed(p.decide(&Request::new(h, None), &mut rng, &closed));
+            assert_eq!(r.destination, 0, "sticky users come back when it closes");
+        }
+    }
+
+    #[test]
+    fn fallback_chains_and_half_open_probes() {
+        let p = plan(BREAKERS);
+        let users = canary_users(&p);
+        let mut rng = Rng::from_seed(2);
+        let both_open = [view(State::Open, 1), view(State::Open, 1)];
+        for h in &users {
+            let r = routed(p.decide(&Request::new(h, None), &mut rng, &both_open));
+            assert_eq!((r.destination, r.rerouted, r.outcome), (2, 0b11, None));
+        }
+        let half_open = [view(State::HalfOpen, 2), view(State::Closed, 0)];
+        let n = 10_000;
+        let h = &users[0];
+        let probes = (0..n)
+            .map(|_| routed(p.decide(&Request::new(h, None), &mut rng, &half_open)))
+            .filter(|r| r.destination == 0)
+            .inspect(|r| assert_eq!(r.outcome, Some((0, 2))))
+            .count();
+        // Binomial(10000, 0.1): sd 30; 4 sigma.
+        assert!((880..=1120).contains(&probes), "{probes} probes");
     }
 
     #[test]
@@ -235,10 +367,13 @@ mod tests {
             ("cookie".into(), b";;==;\xff".to_vec()),
             ("x-employee".into(), vec![0xff; 70_000]),
         ];
-        assert_eq!(routed(p.decide(&Request::new(&h, None), &mut rng)).rule, 2);
+        assert_eq!(
+            routed(p.decide(&Request::new(&h, None), &mut rng, &[])).rule,
+            2
+        );
         let empty: Vec<HeaderPair> = Vec::new();
         assert_eq!(
-            p.decide(&Request::new(&empty, None), &mut rng),
+            p.decide(&Request::new(&empty, None), &mut rng, &[]),
             Decision::Unmatched
         );
     }

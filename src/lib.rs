@@ -6,6 +6,7 @@
 //! (`request`) → decision (`decision`, `matcher`, `bucket`), plus per-VM counters (`metrics`).
 //! `host` is the only module that talks to Envoy.
 
+pub mod breaker;
 pub mod bucket;
 pub mod config;
 pub mod decision;

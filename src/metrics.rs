@@ -154,6 +154,78 @@ impl ShadowCounters {
     }
 }
 
+/// What happened at a breaker, counted per breaker slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerEvent {
+    Opened,
+    Closed,
+    /// A request sent to the fallback because this destination's breaker was open (or
+    /// half-open and the request was not a probe).
+    Rerouted,
+}
+
+const BREAKER_EVENTS: [(BreakerEvent, &str); 3] = [
+    (BreakerEvent::Opened, "opened"),
+    (BreakerEvent::Closed, "closed"),
+    (BreakerEvent::Rerouted, "rerouted"),
+];
+
+pub fn breaker_metric(rule: &str, destination: &str, what: &str) -> String {
+    format!("traffic_split.breaker.{rule}.{destination}.{what}")
+}
+
+/// The gauge: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "state";
+
+/// Breaker counters: `BREAKER_EVENTS.len()` slots per breaker, in breaker order.
+pub struct BreakerCounters {
+    pending: Pending,
+}
+
+impl BreakerCounters {
+    pub fn for_plan(plan: &Plan) -> Self {
+        BreakerCounters {
+            pending: Pending(vec![0; plan.breakers.len() * BREAKER_EVENTS.len()]),
+        }
+    }
+
+    /// `(rule name, destination name)` of each breaker slot.
+    pub fn breaker_names(plan: &Plan) -> Vec<(&str, &str)> {
+        plan.breakers
+            .iter()
+            .filter_map(|b| {
+                let rule = plan.rules.get(b.rule)?;
+                let dest = rule.destinations.get(b.destination)?;
+                Some((rule.name.as_str(), dest.name.as_str()))
+            })
+            .collect()
+    }
+
+    /// Counter names, slot by slot.
+    pub fn names(plan: &Plan) -> Vec<String> {
+        BreakerCounters::breaker_names(plan)
+            .into_iter()
+            .flat_map(|(rule, dest)| {
+                BREAKER_EVENTS
+                    .iter()
+                    .map(move |(_, what)| breaker_metric(rule, dest, what))
+            })
+            .collect()
+    }
+
+    pub fn count(&mut self, breaker: usize, event: BreakerEvent) {
+        let offset = BREAKER_EVENTS
+            .iter()
+            .position(|(e, _)| *e == event)
+            .unwrap_or(0);
+        self.pending.add(breaker * BREAKER_EVENTS.len() + offset);
+    }
+
+    pub fn flush(&mut self, emit: impl FnMut(usize, u64)) {
+        self.pending.flush(emit);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +258,29 @@ mod tests {
         seen.clear();
         c.flush(|slot, delta| seen.push((slot, delta)));
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn breaker_slots_follow_breakers_and_events() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"r","destinations":[
+                {"name":"canary","cluster":"a","fallback":"stable","breaker":{}},
+                {"name":"stable","cluster":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            BreakerCounters::names(&plan),
+            vec![
+                "traffic_split.breaker.r.canary.opened",
+                "traffic_split.breaker.r.canary.closed",
+                "traffic_split.breaker.r.canary.rerouted",
+            ]
+        );
+        let mut c = BreakerCounters::for_plan(&plan);
+        c.count(0, BreakerEvent::Rerouted);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert_eq!(seen, vec![(2, 1)]);
     }
 
     #[test]

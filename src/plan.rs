@@ -2,10 +2,12 @@
 //! Everything that can be checked is checked here, once, so the request path never meets a
 //! surprise: a plan that exists is a plan that is safe to run.
 
+use crate::breaker::{BreakerPolicy, StatusMatch};
 use crate::bucket::{self, FINE_BUCKETS, UNLEASH_BUCKETS};
 use crate::config::{
-    self, ConfigError, DestinationConfig, HashKind, MatchConfig, NamedMatchConfig, PluginConfig,
-    RuleConfig, ShadowConfig, StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
+    self, BreakerConfig, ConfigError, DestinationConfig, FailureStatus, HashKind, MatchConfig,
+    NamedMatchConfig, PluginConfig, RuleConfig, ShadowConfig, StickyConfig, StringMatchConfig,
+    DEFAULT_COOKIE_MAX_AGE_S,
 };
 use crate::matcher::{Condition, Matcher, StringOp};
 use crate::shadow::sample_threshold;
@@ -32,6 +34,15 @@ pub struct Plan {
     /// Shadow bulkhead, per worker.
     pub max_in_flight: usize,
     pub max_buffered_body_bytes: usize,
+    /// Every destination with a breaker, in plan order; `Destination::breaker_slot` indexes it.
+    pub breakers: Vec<BreakerRef>,
+}
+
+/// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerRef {
+    pub rule: usize,
+    pub destination: usize,
 }
 
 #[derive(Debug)]
@@ -80,6 +91,11 @@ pub struct Destination {
     pub name: String,
     pub cluster: String,
     pub weight: u32,
+    /// Index of the destination that takes this one's traffic while its breaker is open.
+    pub fallback: Option<usize>,
+    pub breaker: Option<BreakerPolicy>,
+    /// Index into `Plan::breakers` when this destination has a breaker.
+    pub breaker_slot: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +144,18 @@ impl Plan {
             }
             rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
         }
+        let mut breakers = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            for (d, dest) in rule.destinations.iter_mut().enumerate() {
+                if dest.breaker.is_some() {
+                    dest.breaker_slot = Some(breakers.len());
+                    breakers.push(BreakerRef {
+                        rule: r,
+                        destination: d,
+                    });
+                }
+            }
+        }
         if config.max_in_flight == 0 {
             return Err(ConfigError::new(
                 "max_in_flight",
@@ -153,6 +181,7 @@ impl Plan {
             shadow_targets,
             max_in_flight: config.max_in_flight as usize,
             max_buffered_body_bytes: config.max_buffered_body_bytes as usize,
+            breakers,
         })
     }
 }
@@ -349,6 +378,7 @@ fn compile_destinations(
         ));
     }
     let mut out: Vec<Destination> = Vec::with_capacity(destinations.len());
+    let mut fallbacks: Vec<Option<String>> = Vec::with_capacity(destinations.len());
     for (i, d) in destinations.into_iter().enumerate() {
         let dpath = format!("{path}[{i}]");
         check_name(&format!("{dpath}.name"), &d.name)?;
@@ -365,11 +395,30 @@ fn compile_destinations(
                 format!("must be at most {MAX_WEIGHT}, got {}", d.weight),
             ));
         }
+        let breaker =
+            match (d.breaker, &d.fallback) {
+                (Some(b), Some(_)) => Some(compile_breaker(&format!("{dpath}.breaker"), b)?),
+                (Some(_), None) => return Err(ConfigError::new(
+                    format!("{dpath}.breaker"),
+                    "needs a \"fallback\": the destination that takes the traffic while it is open",
+                )),
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{dpath}.fallback"),
+                        "only applies with a \"breaker\"",
+                    ))
+                }
+                (None, None) => None,
+            };
         out.push(Destination {
             name: d.name,
             cluster: d.cluster,
             weight: d.weight,
+            fallback: None,
+            breaker,
+            breaker_slot: None,
         });
+        fallbacks.push(d.fallback);
     }
     if out.iter().all(|d| d.weight == 0) {
         return Err(ConfigError::new(
@@ -377,7 +426,128 @@ fn compile_destinations(
             "all weights are 0: at least one destination must have a positive weight",
         ));
     }
+    for (i, fallback) in fallbacks.into_iter().enumerate() {
+        let Some(fallback) = fallback else {
+            continue;
+        };
+        let fpath = format!("{path}[{i}].fallback");
+        let target = out.iter().position(|d| d.name == fallback).ok_or_else(|| {
+            ConfigError::new(
+                &fpath,
+                format!("\"{fallback}\" is not a destination of this rule"),
+            )
+        })?;
+        if target == i {
+            return Err(ConfigError::new(
+                fpath,
+                "a destination cannot fall back to itself",
+            ));
+        }
+        if let Some(d) = out.get_mut(i) {
+            d.fallback = Some(target);
+        }
+    }
+    check_fallback_chains(path, &out)?;
     Ok(out)
+}
+
+/// Following fallbacks from any destination must end: a loop would bounce traffic forever
+/// while every breaker on it is open.
+fn check_fallback_chains(path: &str, destinations: &[Destination]) -> Result<(), ConfigError> {
+    for start in 0..destinations.len() {
+        let mut chain = vec![start];
+        let mut at = start;
+        while let Some(next) = destinations.get(at).and_then(|d| d.fallback) {
+            if chain.contains(&next) {
+                chain.push(next);
+                let names: Vec<&str> = chain
+                    .iter()
+                    .filter_map(|&i| destinations.get(i).map(|d| d.name.as_str()))
+                    .collect();
+                return Err(ConfigError::new(
+                    path,
+                    format!("fallback chain loops: {}", names.join(" -> ")),
+                ));
+            }
+            chain.push(next);
+            at = next;
+        }
+    }
+    Ok(())
+}
+
+fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, ConfigError> {
+    if b.failure_ratio <= 0.0 {
+        return Err(ConfigError::new(
+            format!("{path}.failure_ratio"),
+            "must be above 0 (a share of failed requests, e.g. 0.2)",
+        ));
+    }
+    for (field, value) in [
+        ("min_requests", b.min_requests),
+        ("window_s", b.window_s),
+        ("open_s", b.open_s),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if b.half_open_percent <= 0.0 {
+        return Err(ConfigError::new(
+            format!("{path}.half_open_percent"),
+            "must be above 0, or the breaker could never close again",
+        ));
+    }
+    if b.failure_statuses.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.failure_statuses"),
+            "must list at least one status or class",
+        ));
+    }
+    let mut failure_statuses = Vec::with_capacity(b.failure_statuses.len());
+    for (i, status) in b.failure_statuses.iter().enumerate() {
+        failure_statuses.push(status_match(
+            &format!("{path}.failure_statuses[{i}]"),
+            status,
+        )?);
+    }
+    Ok(BreakerPolicy {
+        failure_ratio: b.failure_ratio,
+        min_requests: b.min_requests,
+        window_s: b.window_s,
+        open_s: b.open_s,
+        half_open_threshold: sample_threshold(b.half_open_percent),
+        half_open_permille: (b.half_open_percent * 10.0).round() as u64,
+        failure_statuses,
+        count_local_replies: b.count_local_replies,
+    })
+}
+
+fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, ConfigError> {
+    let bad = |shown: &str| {
+        ConfigError::new(
+            path,
+            format!("\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
+        )
+    };
+    match status {
+        FailureStatus::Code(code) => match u16::try_from(*code) {
+            Ok(code) if (100..=599).contains(&code) => Ok(StatusMatch::Exact(code)),
+            _ => Err(bad(&code.to_string())),
+        },
+        FailureStatus::Text(text) => match text.as_bytes() {
+            [class @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                Ok(StatusMatch::Class(u16::from(class - b'0')))
+            }
+            _ => match text.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => Ok(StatusMatch::Exact(code)),
+                _ => Err(bad(text)),
+            },
+        },
+    }
 }
 
 fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigError> {
@@ -669,7 +839,7 @@ mod tests {
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
-                "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight",
+                "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight, fallback, breaker",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2.5}]}"#),
@@ -798,6 +968,58 @@ mod tests {
                 "rules[0].match.methods[1]: \"P OST\" is not an HTTP method token",
             ),
             (r#"[1, 2]"#.into(), "must be an object, got an array"),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","breaker":{}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker: needs a \"fallback\": the destination that takes the traffic while it is open",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b"},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].fallback: only applies with a \"breaker\"",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"x","breaker":{}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].fallback: \"x\" is not a destination of this rule",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"a","breaker":{}}]}"#),
+                "rules[0].destinations[0].fallback: a destination cannot fall back to itself",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{}},{"name":"b","cluster":"d","fallback":"c","breaker":{}},{"name":"c","cluster":"e","fallback":"b","breaker":{}}]}"#),
+                "rules[0].destinations: fallback chain loops: a -> b -> c -> b",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_ratio":0}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.failure_ratio: must be above 0 (a share of failed requests, e.g. 0.2)",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_ratio":1.5}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.failure_ratio: must be a number from 0 to 1, got 1.5",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"open_s":0}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.open_s: must be at least 1",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"half_open_percent":0}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.half_open_percent: must be above 0, or the breaker could never close again",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":[]}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.failure_statuses: must list at least one status or class",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":["5xx","6xx"]}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.failure_statuses[1]: \"6xx\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":[700]}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.failure_statuses[0]: \"700\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")",
+            ),
+            (
+                rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"treshold":1}},{"name":"b","cluster":"d"}]}"#),
+                "rules[0].destinations[0].breaker.treshold: unknown field, expected one of: failure_ratio, min_requests, window_s, open_s, half_open_percent, failure_statuses, count_local_replies",
+            ),
             (r#"{"max_in_flight": 0}"#.into(), "max_in_flight: must be at least 1 (use \"percent\": 0 to turn shadowing off)"),
             (
                 rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","percent":101}}]}}"#)),
@@ -898,6 +1120,50 @@ mod tests {
         assert_eq!(plan.max_in_flight, 1024);
         assert_eq!(plan.max_buffered_body_bytes, 16 * 1024 * 1024);
         assert_eq!(default_shadow_name(&"é".repeat(70)), "_".repeat(64));
+    }
+
+    #[test]
+    fn breakers_get_slots_fallbacks_and_defaults() {
+        let plan = Plan::from_json(
+            br#"{"rules":[
+              {"name":"a","destinations":[{"name":"x","cluster":"x"}]},
+              {"name":"b","destinations":[
+                {"name":"canary","cluster":"v2","weight":5,"fallback":"stable",
+                 "breaker":{"failure_statuses":["5xx",429,"503"],"count_local_replies":false}},
+                {"name":"stable","cluster":"v1","weight":95,"fallback":"old","breaker":{"min_requests":5}},
+                {"name":"old","cluster":"v0","weight":0}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.breakers,
+            vec![
+                BreakerRef {
+                    rule: 1,
+                    destination: 0
+                },
+                BreakerRef {
+                    rule: 1,
+                    destination: 1
+                }
+            ]
+        );
+        let canary = &plan.rules[1].destinations[0];
+        assert_eq!((canary.fallback, canary.breaker_slot), (Some(1), Some(0)));
+        let b = canary.breaker.as_ref().unwrap();
+        assert_eq!(b.failure_ratio, 0.2);
+        assert_eq!((b.min_requests, b.window_s, b.open_s), (20, 10, 30));
+        assert_eq!(b.half_open_threshold, sample_threshold(10.0));
+        assert!(!b.count_local_replies);
+        assert_eq!(
+            b.failure_statuses,
+            vec![
+                StatusMatch::Class(5),
+                StatusMatch::Exact(429),
+                StatusMatch::Exact(503)
+            ]
+        );
+        assert_eq!(plan.rules[1].destinations[1].fallback, Some(2));
+        assert_eq!(plan.rules[1].destinations[2].breaker_slot, None);
     }
 
     #[test]

@@ -448,7 +448,7 @@ fn bad_configurations_stop_envoy_with_the_reason_in_its_log() {
         ),
         (
             r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}]}"#,
-            "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight",
+            "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight, fallback, breaker",
         ),
         (
             r#"{"rules":[{"name":"r","hash":"unleash","destinations":[{"name":"a","cluster":"c","weight":30}]}]}"#,

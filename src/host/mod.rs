@@ -7,16 +7,18 @@
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow.rs`).
 
+mod breaker;
 mod shadow;
 
 use crate::decision::{Decision, Routed};
 use crate::metrics::{
-    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
+    shadow_metric, BreakerEvent, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
     SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
 use crate::request::Request;
 use crate::rng::Rng;
+use breaker::Breakers;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -25,8 +27,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-/// How often per-VM counters are flushed to Envoy's stats.
-const FLUSH_PERIOD: Duration = Duration::from_millis(500);
+/// How often counters are flushed to Envoy's stats and breakers publish their outcomes. It
+/// bounds how late a worker learns another worker's breaker change.
+const TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -44,10 +47,11 @@ struct Active {
     shadow_latency_ids: Vec<Option<u32>>,
     primary_latency_ids: Vec<Option<u32>>,
     dispatch_delay_id: Option<u32>,
+    breakers: RefCell<Breakers>,
 }
 
 impl Active {
-    fn new(plan: Plan) -> Active {
+    fn new(plan: Plan, scope: &str) -> Active {
         let define = |kind, names: &[String]| -> Vec<Option<u32>> {
             names
                 .iter()
@@ -74,6 +78,7 @@ impl Active {
             } else {
                 shadow::define_dispatch_delay()
             },
+            breakers: RefCell::new(Breakers::new(&plan, scope)),
             plan,
         }
     }
@@ -89,6 +94,13 @@ impl Active {
         self.shadow_counters
             .borrow_mut()
             .flush(|slot, delta| increment(&self.shadow_ids, slot, delta));
+        let mut breakers = self.breakers.borrow_mut();
+        let Breakers {
+            counters,
+            counter_ids,
+            ..
+        } = &mut *breakers;
+        counters.flush(|slot, delta| increment(counter_ids, slot, delta));
     }
 }
 
@@ -100,6 +112,13 @@ fn increment(ids: &[Option<u32>], slot: usize, delta: u64) {
 
 fn now() -> Option<SystemTime> {
     hostcalls::get_current_time().ok()
+}
+
+fn now_ms() -> Option<u64> {
+    now()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 struct SplitRoot {
@@ -189,10 +208,17 @@ impl RootContext for SplitRoot {
             shadow.bulkhead.max_in_flight = plan.max_in_flight;
             shadow.bulkhead.max_buffered_bytes = plan.max_buffered_body_bytes;
         }
-        if let Some(previous) = self.active.replace(Rc::new(Active::new(plan))) {
+        // Breaker records are keyed by plugin name too, so two filter configurations sharing
+        // a VM id never share a breaker.
+        let scope = hostcalls::get_property(vec!["plugin_name"])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        if let Some(previous) = self.active.replace(Rc::new(Active::new(plan, &scope))) {
             self.retired.push(previous);
         }
-        let _ = hostcalls::set_tick_period(FLUSH_PERIOD);
+        let _ = hostcalls::set_tick_period(TICK);
         true
     }
 
@@ -200,6 +226,7 @@ impl RootContext for SplitRoot {
         // A fallback: copies are normally dispatched from on_queue_ready right away.
         shadow::dispatch_queued(&self.shadow);
         if let Some(active) = &self.active {
+            active.breakers.borrow_mut().publish_all(&active.plan);
             active.flush();
         }
         for retired in &self.retired {
@@ -220,6 +247,7 @@ impl RootContext for SplitRoot {
             shadow_state: Rc::clone(&self.shadow),
             respond: None,
             shadow: None,
+            breaker_outcome: None,
         }))
     }
 
@@ -240,6 +268,8 @@ struct SplitStream {
     shadow_state: Rc<RefCell<ShadowState>>,
     respond: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
+    /// The breaker (slot, generation) this response's outcome is counted for.
+    breaker_outcome: Option<(usize, u64)>,
 }
 
 impl SplitStream {
@@ -260,6 +290,15 @@ impl SplitStream {
             .counters
             .borrow_mut()
             .count_routed(routed.rule, routed.destination);
+        if routed.rerouted != 0 {
+            let mut breakers = self.active.breakers.borrow_mut();
+            for (i, d) in rule.destinations.iter().enumerate() {
+                if let (true, Some(slot)) = (routed.rerouted & (1 << i) != 0, d.breaker_slot) {
+                    breakers.counters.count(slot, BreakerEvent::Rerouted);
+                }
+            }
+        }
+        self.breaker_outcome = routed.outcome;
         let debug = plan
             .debug_header
             .then(|| format!("rule={}; variant={}", rule.name, dest.name));
@@ -284,6 +323,50 @@ impl SplitStream {
     }
 }
 
+impl SplitStream {
+    /// Classifies the response for the breaker of `slot` and counts it.
+    fn count_outcome(&mut self, slot: usize, generation: u64) {
+        let plan = &self.active.plan;
+        let Some(policy) = plan
+            .breakers
+            .get(slot)
+            .and_then(|at| plan.rules.get(at.rule)?.destinations.get(at.destination))
+            .and_then(|d| d.breaker.as_ref())
+        else {
+            return;
+        };
+        let Some(status) = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+        else {
+            return;
+        };
+        // Envoy's own replies (connect failure, reset, timeout) are told apart by the response
+        // code details, a property read only for the few responses where it matters.
+        let failed = if policy.is_failure_status(status) {
+            if !policy.count_local_replies && is_local_reply() {
+                return; // not the version's answer: not counted at all
+            }
+            true
+        } else {
+            policy.count_local_replies && matches!(status, 502..=504) && is_local_reply()
+        };
+        self.active
+            .breakers
+            .borrow_mut()
+            .record_outcome(plan, slot, generation, failed);
+    }
+}
+
+/// Whether the response being sent is a local reply of Envoy's rather than the upstream's.
+fn is_local_reply() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|details| details != b"via_upstream")
+}
+
 impl Context for SplitStream {}
 
 impl HttpContext for SplitStream {
@@ -303,7 +386,11 @@ impl HttpContext for SplitStream {
             None
         };
         let request = Request::new(&headers, route_name.as_deref());
-        let decision = plan.decide(&request, &mut self.rng.borrow_mut());
+        let decision = plan.decide(
+            &request,
+            &mut self.rng.borrow_mut(),
+            &active.breakers.borrow().views,
+        );
         match decision {
             Decision::Routed(routed) => {
                 self.route(&routed);
@@ -369,6 +456,9 @@ impl HttpContext for SplitStream {
                     Some(debug),
                 );
             }
+        }
+        if let Some((slot, generation)) = self.breaker_outcome.take() {
+            self.count_outcome(slot, generation);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(

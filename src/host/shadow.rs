@@ -144,11 +144,7 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>) {
                 },
             ));
         }
-        Err(status) => {
-            log::debug!(
-                "traffic-split: shadow call to \"{}\" not dispatched: {status:?}",
-                policy.cluster
-            );
+        Err(_) => {
             job.active.count_shadow(policy.target, ShadowEvent::Failed);
             s.bulkhead.end_copy();
             if let Some(key) = job.compare_key {

@@ -99,7 +99,8 @@ pub struct BackendState {
     pub count: AtomicUsize,
 }
 
-/// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`.
+/// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`
+/// (status 500 for requests carrying `x-fail: 1`).
 #[derive(Clone)]
 pub struct Backend {
     pub addr: SocketAddr,
@@ -189,6 +190,8 @@ async fn handle(
         body,
     });
     st.count.fetch_add(1, Ordering::SeqCst);
+    // A client can ask for a failure, to script exact failure ratios.
+    let forced_failure = parts.headers.get("x-fail").is_some_and(|v| v == "1");
     let delay = st.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -199,8 +202,13 @@ async fn handle(
         .unwrap()
         .clone()
         .unwrap_or_else(|| st.name.clone());
+    let status = if forced_failure {
+        500
+    } else {
+        st.status.load(Ordering::SeqCst)
+    };
     let response = hyper::Response::builder()
-        .status(st.status.load(Ordering::SeqCst))
+        .status(status)
         .header("x-backend", st.name.as_str())
         .body(Full::new(Bytes::from(body)))
         .unwrap();

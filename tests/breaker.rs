@@ -1,0 +1,280 @@
+//! End-to-end: per-destination circuit breakers in a real Envoy with two workers. Requests go
+//! over many connections, so both workers serve them and must agree.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use traffic_split::bucket::{bucket_of_hash, destination_for, murmur3_of, upper_bounds};
+use traffic_split::config::HashKind;
+
+fn breaker_config(canary_cluster: &str, breaker: &str) -> String {
+    format!(
+        r#"{{"rules":[{{"name":"checkout","sticky":{{"header":"x-user-id"}},"destinations":[
+            {{"name":"canary","cluster":"{canary_cluster}","weight":50,"fallback":"stable","breaker":{breaker}}},
+            {{"name":"stable","cluster":"stable","weight":50}}]}}]}}"#
+    )
+}
+
+/// Users the bucketing puts on the canary (weights 50/50, salt = rule name).
+fn canary_users(n: usize) -> Vec<String> {
+    let bounds = upper_bounds(HashKind::Fine, &[50, 50]);
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| {
+            let b = bucket_of_hash(HashKind::Fine, murmur3_of(b"checkout:", u.as_bytes()));
+            destination_for(&bounds, b) == 0
+        })
+        .take(n)
+        .collect()
+}
+
+/// One request on a fresh connection (so the two workers share the load).
+fn fresh(envoy: &Envoy, user: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = ureq::AgentBuilder::new()
+        .build()
+        .get(&envoy.url("/"))
+        .set("x-user-id", user);
+    for (n, v) in headers {
+        req = req.set(n, v);
+    }
+    Resp::from(req.call())
+}
+
+fn stat(envoy: &Envoy, what: &str) -> u64 {
+    envoy.counter(&format!("traffic_split.breaker.checkout.canary.{what}"))
+}
+
+fn wait_stat(envoy: &Envoy, what: &str, expected: u64) -> u64 {
+    envoy.wait_counter(
+        &format!("traffic_split.breaker.checkout.canary.{what}"),
+        expected,
+    )
+}
+
+#[test]
+fn a_failing_canary_is_cut_off_then_probed_back_and_its_users_return() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let config = breaker_config(
+        "canary",
+        r#"{"failure_ratio":0.5,"min_requests":20,"window_s":10,"open_s":2,"half_open_percent":50}"#,
+    );
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let users = canary_users(40);
+    // Healthy: every canary user is on the canary.
+    for user in &users[..10] {
+        assert_eq!(fresh(&envoy, user, &[]).backend(), "canary");
+    }
+    assert_eq!(stat(&envoy, "state"), 0);
+
+    // The canary starts failing mid-run.
+    canary.set_status(500);
+    // Requests go round-robin over the canary users, each on a new connection, until 30 in a
+    // row are served by the fallback; every 500 a client saw on the way is counted.
+    let mut errors_seen = 0;
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 30 && sent < 600 {
+        let r = fresh(&envoy, &users[sent % users.len()], &[]);
+        sent += 1;
+        if r.status == 500 {
+            errors_seen += 1;
+            in_a_row = 0;
+        } else {
+            assert_eq!(r.backend(), "stable");
+            in_a_row += 1;
+        }
+    }
+    eprintln!(
+        "clients saw {errors_seen} errors before the breaker cut the canary off (min_requests 20, ratio 0.5, 10 healthy requests before; {sent} requests in all)"
+    );
+    assert_eq!(in_a_row, 30, "the breaker never opened");
+    // 10 successes in the window: it takes >= 10 failures and >= 20 requests to trip.
+    assert!((10..=60).contains(&errors_seen), "{errors_seen} errors");
+    // From now on every canary user is served by the fallback, on both workers.
+    for (i, user) in users.iter().enumerate().take(60) {
+        let r = fresh(&envoy, user, &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"), "request {i}");
+    }
+    assert_eq!(wait_stat(&envoy, "opened", 1), 1);
+    assert_eq!(stat(&envoy, "state"), 1);
+    assert!(wait_stat(&envoy, "rerouted", 60) >= 60);
+    let prom = envoy.admin_get("/stats/prometheus");
+    assert!(
+        prom.contains("traffic_split_breaker_state{rule=\"checkout\",destination=\"canary\"} 1"),
+        "{prom}"
+    );
+    let log = envoy.log();
+    let opened_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("breaker checkout/canary"))
+        .collect();
+    assert_eq!(opened_lines.len(), 1, "{opened_lines:?}");
+    assert!(opened_lines[0].contains("[warning]"), "{}", opened_lines[0]);
+    assert!(
+        opened_lines[0].contains("(cluster canary) opened: ")
+            && opened_lines[0].contains("its traffic goes to \"stable\" for 2 s"),
+        "{}",
+        opened_lines[0]
+    );
+
+    // The canary recovers: after open_s, probes go through, the breaker closes, and the
+    // sticky users who had been on the canary are back on it.
+    canary.set_status(200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut consecutive_canary = 0;
+    while consecutive_canary < users.len() && Instant::now() < deadline {
+        let user = &users[consecutive_canary % users.len()];
+        let r = fresh(&envoy, user, &[]);
+        assert_eq!(r.status, 200);
+        if r.backend() == "canary" {
+            consecutive_canary += 1;
+        } else {
+            consecutive_canary = 0;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(consecutive_canary, users.len(), "users did not come back");
+    assert_eq!(wait_stat(&envoy, "closed", 1), 1);
+    assert_eq!(stat(&envoy, "state"), 0);
+    let log = envoy.log();
+    assert!(log.contains(
+        "(cluster canary) half-open after 2 s: 50.0% of its traffic goes through as probes"
+    ));
+    // At least min_requests probes; a publish may merge a few more from the other worker.
+    let closed = log
+        .lines()
+        .find(|l| l.contains("(cluster canary) closed: 0 of "))
+        .unwrap_or_else(|| panic!("no close line in the log:\n{log}"));
+    assert!(
+        closed.ends_with("probes failed (0.0%); its traffic is back"),
+        "{closed}"
+    );
+}
+
+#[test]
+fn a_canary_refusing_connections_trips_through_envoys_local_replies() {
+    let stable = Backend::start("stable");
+    let dead = closed_port();
+    let config = r#"{"rules":[
+        {"name":"counted","match":{"headers":[{"name":"x-case","exact":"counted"}]},"sticky":{"header":"x-user-id"},
+          "destinations":[{"name":"canary","cluster":"dead","weight":50,"fallback":"stable",
+                           "breaker":{"min_requests":10,"failure_statuses":[500]}},
+                          {"name":"stable","cluster":"stable","weight":50}]},
+        {"name":"ignored","match":{"headers":[{"name":"x-case","exact":"ignored"}]},"sticky":{"header":"x-user-id"},
+          "destinations":[{"name":"canary","cluster":"dead","weight":50,"fallback":"stable",
+                           "breaker":{"min_requests":10,"count_local_replies":false}},
+                          {"name":"stable","cluster":"stable","weight":50}]}]}"#;
+    let envoy = Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("dead", dead),
+    );
+    let users: Vec<String> = (0..400).map(|i| format!("u{i}")).collect();
+    // Only 500 is a failure status here, but Envoy's 503 "connection refused" replies count
+    // as failures through count_local_replies.
+    let mut refused = 0;
+    for user in &users {
+        let r = fresh(&envoy, user, &[("x-case", "counted")]);
+        if r.status == 503 {
+            refused += 1;
+        }
+    }
+    eprintln!("clients saw {refused} refused-connection 503s before the breaker opened");
+    assert!((10..=40).contains(&refused), "{refused}");
+    assert_eq!(
+        envoy.wait_counter("traffic_split.breaker.counted.canary.opened", 1),
+        1
+    );
+    assert_eq!(
+        envoy.counter("traffic_split.breaker.counted.canary.state"),
+        1
+    );
+    // The same failures, with count_local_replies off: not the version's answers, no trip.
+    let mut ignored_503 = 0;
+    for user in &users[..200] {
+        if fresh(&envoy, user, &[("x-case", "ignored")]).status == 503 {
+            ignored_503 += 1;
+        }
+    }
+    assert!(ignored_503 > 50, "{ignored_503}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        envoy.counter("traffic_split.breaker.ignored.canary.opened"),
+        0
+    );
+    assert_eq!(
+        envoy.counter("traffic_split.breaker.ignored.canary.state"),
+        0
+    );
+}
+
+#[test]
+fn below_min_requests_or_just_under_the_ratio_nothing_trips() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let rule = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","salt":"checkout","match":{{"headers":[{{"name":"x-case","exact":"{name}"}}]}},
+                "sticky":{{"header":"x-user-id"}},"destinations":[
+                {{"name":"canary","cluster":"canary","weight":50,"fallback":"stable",
+                  "breaker":{{"failure_ratio":0.5,"min_requests":50,"window_s":60,"open_s":30}}}},
+                {{"name":"stable","cluster":"stable","weight":50}}]}}"#
+        )
+    };
+    let config = format!(r#"{{"rules":[{},{}]}}"#, rule("volume"), rule("ratio"));
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let users = canary_users(50);
+    let state = |rule: &str| envoy.counter(&format!("traffic_split.breaker.{rule}.canary.state"));
+    let send = |case: &str, user: &str, fail: bool| {
+        let mut headers = vec![("x-case", case)];
+        if fail {
+            headers.push(("x-fail", "1"));
+        }
+        fresh(&envoy, user, &headers)
+    };
+    // Nothing but failures, but fewer requests than min_requests.
+    for user in users.iter().take(49) {
+        assert_eq!(send("volume", user, true).status, 500);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state("volume"), 0);
+
+    // 60 successes, then failures up to 59 of 119 (49.6%): never at the ratio, no trip.
+    for user in users.iter().cycle().take(60) {
+        assert_eq!(send("ratio", user, false).backend(), "canary");
+    }
+    for user in users.iter().cycle().take(59) {
+        assert_eq!(send("ratio", user, true).status, 500);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state("ratio"), 0);
+    assert_eq!(
+        envoy.counter("traffic_split.breaker.ratio.canary.opened"),
+        0
+    );
+    // One more failure: 60 of 120 = 50%, at the ratio: it trips.
+    assert_eq!(send("ratio", &users[0], true).status, 500);
+    assert_eq!(
+        envoy.wait_counter("traffic_split.breaker.ratio.canary.opened", 1),
+        1
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(send("ratio", &users[1], false).backend(), "stable");
+    assert_eq!(state("volume"), 0, "the other rule's breaker is its own");
+}
