@@ -62,6 +62,11 @@ pub struct BreakerPolicy {
 }
 
 impl BreakerPolicy {
+    /// Width of one window bucket in seconds.
+    pub fn bucket_s(&self) -> u64 {
+        self.window_s.div_ceil(MAX_BUCKETS).max(1)
+    }
+
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.failure_statuses.iter().any(|m| match m {
             StatusMatch::Exact(code) => *code == status,
@@ -76,9 +81,14 @@ impl BreakerPolicy {
     }
 }
 
-/// Requests and failures counted in one second of the closed state's window.
+/// The closed state's window is kept in at most this many buckets (one second each for windows
+/// up to a minute, wider beyond), so the shared record stays small whatever `window_s` is.
+pub const MAX_BUCKETS: u64 = 60;
+
+/// Requests and failures counted in one slice of the closed state's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
+    /// Slice number: `now_s / bucket_s`.
     pub second: u64,
     pub requests: u64,
     pub failures: u64,
@@ -138,7 +148,7 @@ impl Record {
         }
         match self.state {
             State::Closed => {
-                let second = now_ms / 1000;
+                let second = now_ms / 1000 / policy.bucket_s();
                 self.prune(policy, second);
                 match self.buckets.last_mut() {
                     Some(b) if b.second == second => {
@@ -173,15 +183,17 @@ impl Record {
         }
     }
 
-    fn prune(&mut self, policy: &BreakerPolicy, second: u64) {
-        let oldest = second.saturating_sub(policy.window_s.saturating_sub(1));
+    /// Drops buckets that left the window (`slice` is the current bucket number).
+    fn prune(&mut self, policy: &BreakerPolicy, slice: u64) {
+        let slices = policy.window_s.div_ceil(policy.bucket_s());
+        let oldest = slice.saturating_sub(slices.saturating_sub(1));
         self.buckets.retain(|b| b.second >= oldest);
     }
 
     /// Moves the state machine on at `now_ms`; returns the transition, if any.
     pub fn advance(&mut self, policy: &BreakerPolicy, now_ms: u64) -> Option<Transition> {
         if self.state == State::Closed {
-            self.prune(policy, now_ms / 1000);
+            self.prune(policy, now_ms / 1000 / policy.bucket_s());
         }
         let (requests, failures) = self.counts();
         let to = match self.state {
@@ -357,6 +369,25 @@ mod tests {
         r.merge(&p, T0 + 11_000, &outcomes(&r, 5, 5));
         assert_eq!(r.counts(), (35, 10));
         assert_eq!(r.advance(&p, T0 + 11_000).map(|t| t.to), Some(State::Open));
+    }
+
+    #[test]
+    fn long_windows_use_wider_buckets_and_stay_small() {
+        let p = BreakerPolicy {
+            window_s: 3600,
+            min_requests: 1_000_000,
+            ..policy()
+        };
+        assert_eq!(p.bucket_s(), 60);
+        assert_eq!(policy().bucket_s(), 1);
+        let mut r = Record::default();
+        for minute in 0..200u64 {
+            r.merge(&p, T0 + minute * 60_000, &outcomes(&r, 10, 1));
+            assert_eq!(r.advance(&p, T0 + minute * 60_000), None);
+        }
+        assert_eq!(r.buckets.len(), 60);
+        assert_eq!(r.counts(), (600, 60));
+        assert!(r.encode().len() <= 33 + 60 * 24);
     }
 
     #[test]
