@@ -1,0 +1,67 @@
+//! Validates traffic-split JSON configurations offline, with the filter's own parser.
+//!
+//! ```sh
+//! cargo run --example check_config -- FILE...     # one line per file
+//! cargo run --example check_config < config.json  # no FILE: standard input
+//! ```
+//!
+//! `envoy --mode validate` checks the Envoy bootstrap but never runs the plugin's
+//! `on_configure`, so a bad filter configuration only shows up when Envoy starts. This runs the
+//! same `Plan::from_json` the filter runs at load and prints, for each input,
+//! `ok FILE: N rule(s), M shadow target(s), K breaker(s)` or
+//! `FILE: invalid configuration: <path>: <reason>`. It exits 1 if any input failed (or could
+//! not be read), 0 otherwise.
+
+use std::io::Read;
+use std::process::ExitCode;
+use traffic_split::plan::Plan;
+
+/// Checks one configuration and prints its line (to standard output, in input order, so the
+/// lines of several files stay in order); whether it is valid.
+fn check(label: &str, bytes: &[u8]) -> bool {
+    match Plan::from_json(bytes) {
+        Ok(plan) => {
+            println!(
+                "ok {label}: {} rule(s), {} shadow target(s), {} breaker(s)",
+                plan.rules.len(),
+                plan.shadow_targets.len(),
+                plan.breakers.len()
+            );
+            true
+        }
+        Err(error) => {
+            println!("{label}: invalid configuration: {error}");
+            false
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let files: Vec<String> = std::env::args().skip(1).collect();
+    let mut all_ok = true;
+    if files.is_empty() {
+        let mut bytes = Vec::new();
+        all_ok = match std::io::stdin().read_to_end(&mut bytes) {
+            Ok(_) => check("<stdin>", &bytes),
+            Err(error) => {
+                println!("<stdin>: cannot read: {error}");
+                false
+            }
+        };
+    }
+    for file in &files {
+        let ok = match std::fs::read(file) {
+            Ok(bytes) => check(file, &bytes),
+            Err(error) => {
+                println!("{file}: cannot read: {error}");
+                false
+            }
+        };
+        all_ok &= ok;
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
