@@ -117,40 +117,62 @@ pub const SHADOW_PRIMARY_LATENCY: &str = "primary_latency_ms";
 /// Histogram: time from the copy being complete to its dispatch by the worker's root context.
 pub const SHADOW_DISPATCH_DELAY: &str = "traffic_split.shadow.dispatch_delay_us";
 
-/// Shadow counters: `SHADOW_EVENTS.len()` slots per target, in target order.
-pub struct ShadowCounters {
+/// Counters in groups (one group per shadow target, or per breaker), one slot per event kind.
+pub struct GroupCounters<E: 'static> {
+    events: &'static [(E, &'static str)],
     pending: Pending,
 }
 
-impl ShadowCounters {
-    pub fn for_plan(plan: &Plan) -> Self {
-        ShadowCounters {
-            pending: Pending(vec![0; plan.shadow_targets.len() * SHADOW_EVENTS.len()]),
+impl<E: Copy + PartialEq> GroupCounters<E> {
+    fn new(events: &'static [(E, &'static str)], groups: usize) -> Self {
+        GroupCounters {
+            events,
+            pending: Pending(vec![0; groups * events.len()]),
         }
     }
 
-    /// Metric names, slot by slot.
-    pub fn names(plan: &Plan) -> Vec<String> {
-        plan.shadow_targets
-            .iter()
-            .flat_map(|t| {
-                SHADOW_EVENTS
-                    .iter()
-                    .map(move |(_, what)| shadow_metric(&t.name, what))
-            })
-            .collect()
-    }
-
-    pub fn count(&mut self, target: usize, event: ShadowEvent) {
-        let offset = SHADOW_EVENTS
+    pub fn count(&mut self, group: usize, event: E) {
+        let offset = self
+            .events
             .iter()
             .position(|(e, _)| *e == event)
             .unwrap_or(0);
-        self.pending.add(target * SHADOW_EVENTS.len() + offset);
+        self.pending.add(group * self.events.len() + offset);
     }
 
+    /// Hands each non-zero pending count to `emit(slot, delta)` and resets it.
     pub fn flush(&mut self, emit: impl FnMut(usize, u64)) {
         self.pending.flush(emit);
+    }
+}
+
+/// Metric names, slot by slot: `name(group, event name)` for each group and event.
+fn group_names<E>(
+    events: &[(E, &str)],
+    groups: usize,
+    name: impl Fn(usize, &str) -> String,
+) -> Vec<String> {
+    (0..groups)
+        .flat_map(|g| events.iter().map(move |(_, what)| (g, *what)))
+        .map(|(g, what)| name(g, what))
+        .collect()
+}
+
+/// Shadow counters: one group per shadow target, in target order.
+pub type ShadowCounters = GroupCounters<ShadowEvent>;
+
+impl ShadowCounters {
+    pub fn for_plan(plan: &Plan) -> Self {
+        GroupCounters::new(&SHADOW_EVENTS, plan.shadow_targets.len())
+    }
+
+    pub fn names(plan: &Plan) -> Vec<String> {
+        let targets = &plan.shadow_targets;
+        group_names(&SHADOW_EVENTS, targets.len(), |g, what| {
+            targets
+                .get(g)
+                .map_or_else(String::new, |t| shadow_metric(&t.name, what))
+        })
     }
 }
 
@@ -177,16 +199,12 @@ pub fn breaker_metric(rule: &str, destination: &str, what: &str) -> String {
 /// The gauge: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "state";
 
-/// Breaker counters: `BREAKER_EVENTS.len()` slots per breaker, in breaker order.
-pub struct BreakerCounters {
-    pending: Pending,
-}
+/// Breaker counters: one group per breaker, in breaker order.
+pub type BreakerCounters = GroupCounters<BreakerEvent>;
 
 impl BreakerCounters {
     pub fn for_plan(plan: &Plan) -> Self {
-        BreakerCounters {
-            pending: Pending(vec![0; plan.breakers.len() * BREAKER_EVENTS.len()]),
-        }
+        GroupCounters::new(&BREAKER_EVENTS, plan.breakers.len())
     }
 
     /// `(rule name, destination name)` of each breaker slot.
@@ -201,28 +219,13 @@ impl BreakerCounters {
             .collect()
     }
 
-    /// Counter names, slot by slot.
     pub fn names(plan: &Plan) -> Vec<String> {
-        BreakerCounters::breaker_names(plan)
-            .into_iter()
-            .flat_map(|(rule, dest)| {
-                BREAKER_EVENTS
-                    .iter()
-                    .map(move |(_, what)| breaker_metric(rule, dest, what))
-            })
-            .collect()
-    }
-
-    pub fn count(&mut self, breaker: usize, event: BreakerEvent) {
-        let offset = BREAKER_EVENTS
-            .iter()
-            .position(|(e, _)| *e == event)
-            .unwrap_or(0);
-        self.pending.add(breaker * BREAKER_EVENTS.len() + offset);
-    }
-
-    pub fn flush(&mut self, emit: impl FnMut(usize, u64)) {
-        self.pending.flush(emit);
+        let breakers = BreakerCounters::breaker_names(plan);
+        group_names(&BREAKER_EVENTS, breakers.len(), |g, what| {
+            breakers
+                .get(g)
+                .map_or_else(String::new, |(rule, dest)| breaker_metric(rule, dest, what))
+        })
     }
 }
 
