@@ -47,7 +47,7 @@ FRONT_ADMIN_BASE=19300
 DEFAULT=(plain native-weighted native-random lua wasm-noop filter
     native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
 # Run only when named: the no-op module making some of the filter's per-request host calls.
-EXTRA=(probe-get probe-set probe-all)
+EXTRA=(probe-get probe-set probe-clear probe-all)
 ALL=("${DEFAULT[@]}" "${EXTRA[@]}")
 
 describe() {
@@ -64,7 +64,8 @@ describe() {
     native-mirror-slow) echo "native-mirror to a backend answering after 1 s (reference for filter-shadow-slow)" ;;
     filter-shadow-slow) echo "filter + shadow 100% (compare: true) to a backend answering after 1 s" ;;
     probe-get) echo "(extra) wasm-noop + 1 read of the request header map" ;;
-    probe-set) echo "(extra) wasm-noop + 2 request header writes + clear_route_cache" ;;
+    probe-set) echo "(extra) wasm-noop + 2 request header writes (x-split-cluster, x-split-variant)" ;;
+    probe-clear) echo "(extra) wasm-noop + 1 clear_route_cache foreign-function call" ;;
     probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
     *) return 1 ;;
     esac
@@ -188,9 +189,10 @@ front_config() {
         routes=$(routes_cluster_header)
         filters=$(wasm_filter noop "$NOOP_WASM" "")
         ;;
-    probe-get | probe-set | probe-all)
+    probe-get | probe-set | probe-clear | probe-all)
         local calls=get_headers
-        [[ $scenario != probe-set ]] || calls=set_headers,clear_route
+        [[ $scenario != probe-set ]] || calls=set_headers
+        [[ $scenario != probe-clear ]] || calls=clear_route
         [[ $scenario != probe-all ]] || calls=get_headers,set_headers,clear_route
         routes=$(routes_cluster_header)
         filters=$(wasm_filter noop "$NOOP_WASM" "$calls")
