@@ -5,9 +5,11 @@
 //! cargo run --example check_config < config.json  # no FILE: standard input
 //! ```
 //!
-//! `envoy --mode validate` checks the Envoy bootstrap but never runs the plugin's
-//! `on_configure`, so a bad filter configuration only shows up when Envoy starts. This runs the
-//! same `Plan::from_json` the filter runs at load and prints, for each input,
+//! A filter configuration embedded in a Kubernetes manifest (Istio's `WasmPlugin.pluginConfig`,
+//! Envoy Gateway's `EnvoyExtensionPolicy` `wasm[].config`) has no Envoy bootstrap that
+//! `envoy --mode validate` could check, and a bad one only shows up when a proxy loads it. This
+//! needs neither Envoy nor the `.wasm`: it runs the same `Plan::from_json` the filter runs in
+//! `on_configure` and prints, for each input,
 //! `ok FILE: N rule(s), M shadow target(s), K breaker(s)` or
 //! `FILE: invalid configuration: <path>: <reason>`. It exits 1 if any input failed (or could
 //! not be read), 0 otherwise.

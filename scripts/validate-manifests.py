@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""Offline checks of the deployment files: deploy/** and docker-compose.yml.
+
+Run by `make validate` (which installs jsonschema and pyyaml into .venv first):
+
+  .venv/bin/python scripts/validate-manifests.py
+
+What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any failure:
+
+- Every YAML document under deploy/ is either a Kubernetes manifest or an Envoy bootstrap
+  (deploy/compose/); anything else is a failure, so nothing goes unchecked.
+- Kubernetes manifests: `spec` against the `openAPIV3Schema` of the CRD version matching the
+  manifest's apiVersion, from ../shared/schemas (or $SCHEMAS_DIR). Unknown fields are errors (as
+  with `kubectl apply --validate=strict`) except where the CRD preserves unknown fields;
+  `x-kubernetes-*` extensions such as CEL rules are not evaluated. Without the schemas directory
+  this part is skipped with a notice, or fails when $CI is set.
+- Every embedded traffic-split configuration -- WasmPlugin `spec.pluginConfig`,
+  EnvoyExtensionPolicy `spec.wasm[].config`, and the Wasm filter's `configuration.value` in
+  deploy/compose/envoy.yaml and envoy/*.yaml -- is written to a temporary JSON file and checked
+  with the filter's own parser (`cargo build --example check_config`, then
+  target/debug/examples/check_config).
+- Cross-checks the manifests cannot express: every destination `cluster` of an Istio config has
+  a VirtualService route on the routing header and a default route, whose subsets exist; every
+  Istio shadow cluster is an `outbound|port|subset|host` name whose subset exists; every
+  destination of an Envoy Gateway config has an HTTPRoute rule matching it, plus a default rule.
+- docker-compose.yml: it parses, every bind-mount source exists in the repository (except
+  target/traffic_split.wasm, which `make wasm` builds), every Envoy config under deploy/compose/
+  is mounted, its upstream host names are compose service names or aliases, and its filter
+  configuration and stats_config equal those of envoy/demo.yaml and envoy/stats_config.yaml.
+- `envoy --mode validate` on deploy/compose/*.yaml, on a temporary copy in which every path the
+  compose file mounts (/etc/envoy/...) is replaced by the repository file it mounts.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import jsonschema
+    import yaml
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    sys.exit(f"validate-manifests: {missing}: run `make validate`, or pip install jsonschema pyyaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS_DIR = Path(os.environ.get("SCHEMAS_DIR") or ROOT.parent / "shared" / "schemas")
+ENVOY = Path(os.environ.get("ENVOY") or ROOT / ".venv" / "bin" / "envoy")
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+CHECK_CONFIG = TARGET_DIR / "debug" / "examples" / "check_config"
+BUILT_FILES = {"target/traffic_split.wasm"}  # mounted by docker-compose.yml, built by `make wasm`
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DEFAULT_CLUSTER_HEADER = "x-split-cluster"  # docs/configuration.md
+
+failures = 0
+checks = 0
+
+
+def report(status, where, what):
+    global failures, checks
+    checks += 1
+    if status == "FAIL":
+        failures += 1
+    print(f"{status:<4} {where}: {what}", flush=True)
+
+
+def rel(path):
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+class Loader(yaml.SafeLoader):
+    """YAML as Kubernetes reads it for these files, except that a date-like scalar stays a
+    string (PyYAML would make it a datetime, which JSON cannot hold)."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_all(path):
+    with open(path, encoding="utf-8") as f:
+        return [doc for doc in yaml.load_all(f, Loader=Loader) if doc is not None]
+
+
+# --- CRD schemas ----------------------------------------------------------------------------
+
+
+def openapi_to_jsonschema(node, strict=True):
+    """An OpenAPI v3 (Kubernetes structural) schema as JSON Schema: `nullable` becomes a null
+    type, int-or-string becomes anyOf, `x-kubernetes-*` keys are dropped, and objects that
+    declare properties reject unknown ones unless the CRD preserves unknown fields. Branches of
+    anyOf/oneOf/allOf/not only constrain the properties declared beside them, so they are not
+    made strict."""
+    if isinstance(node, list):
+        return [openapi_to_jsonschema(n, strict) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-") or key in ("description", "example"):
+            continue
+        if key in ("anyOf", "oneOf", "allOf", "not"):
+            out[key] = openapi_to_jsonschema(value, strict=False)
+        elif key in ("properties", "patternProperties", "definitions"):
+            out[key] = {k: openapi_to_jsonschema(v, True) for k, v in value.items()}
+        else:
+            out[key] = openapi_to_jsonschema(value, True)
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+        out.pop("nullable", None)
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    preserve = node.get("x-kubernetes-preserve-unknown-fields")
+    if strict and "properties" in node and "additionalProperties" not in node and not preserve:
+        out["additionalProperties"] = False
+    return out
+
+
+def load_crd_schemas():
+    """{(group, version, kind): openAPIV3Schema} from every CRD in SCHEMAS_DIR."""
+    schemas = {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for path in sorted(SCHEMAS_DIR.glob("*.yaml")):
+        with open(path, encoding="utf-8") as f:
+            for doc in yaml.load_all(f, Loader=loader):
+                if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                    continue
+                spec = doc["spec"]
+                for version in spec.get("versions", []):
+                    schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                    if schema and version.get("served", True):
+                        key = (spec["group"], version["name"], spec["names"]["kind"])
+                        schemas[key] = schema
+    return schemas
+
+
+def error_path(error):
+    out = "spec"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_manifest(where, doc, crds):
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    meta = doc.get("metadata")
+    ident = f"{kind} {api_version}"
+    problems = []
+    if not isinstance(api_version, str) or "/" not in api_version:
+        problems.append(f"apiVersion {api_version!r} is not group/version")
+    if not isinstance(meta, dict):
+        problems.append("metadata is missing")
+    else:
+        name, namespace = meta.get("name"), meta.get("namespace")
+        if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+            problems.append(f"metadata.name {name!r} is not a DNS subdomain")
+        if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.match(namespace)):
+            problems.append(f"metadata.namespace {namespace!r} is not a DNS label")
+        ident = f"{kind} {namespace + '/' if namespace else ''}{name} ({api_version})"
+    extra = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
+    if extra:
+        problems.append(f"unexpected top-level field(s): {', '.join(sorted(extra))}")
+    if problems:
+        report("FAIL", where, f"{ident}: " + "; ".join(problems))
+        return
+    if crds is None:
+        report("skip", where, f"{ident}: no CRD schemas at {SCHEMAS_DIR}")
+        return
+    group, version = api_version.rsplit("/", 1)
+    schema = crds.get((group, version, kind))
+    if schema is None:
+        known = sorted(v for (g, v, k) in crds if g == group and k == kind)
+        hint = f" (the CRD serves {', '.join(known)})" if known else ""
+        report("FAIL", where, f"{ident}: no CRD schema for {kind} in {group}/{version}{hint}")
+        return
+    spec_schema = (schema.get("properties") or {}).get("spec")
+    if "spec" not in doc:
+        if "spec" in schema.get("required", []):
+            report("FAIL", where, f"{ident}: spec is required")
+        else:
+            report("ok", where, f"{ident}: no spec")
+        return
+    validator = jsonschema.Draft7Validator(openapi_to_jsonschema(spec_schema or {}))
+    errors = sorted(validator.iter_errors(doc["spec"]), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        shown = "; ".join(f"{error_path(e)}: {e.message}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        report("FAIL", where, f"{ident}: {shown}{more}")
+    else:
+        report("ok", where, f"{ident}: spec matches the CRD schema")
+
+
+# --- traffic-split configurations -----------------------------------------------------------
+
+
+class Configs:
+    """Embedded traffic-split configurations, checked together by one check_config run."""
+
+    def __init__(self):
+        self.items = []  # (where, label, bytes)
+
+    def add(self, where, label, payload):
+        self.items.append((where, label, payload))
+
+    def check(self):
+        if not self.items:
+            return
+        build = subprocess.run(
+            ["cargo", "build", "--quiet", "--example", "check_config"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+        if build.returncode != 0 or not CHECK_CONFIG.exists():
+            for where, label, _ in self.items:
+                report("FAIL", where, f"{label}: cannot build the check_config example")
+            print(build.stdout + build.stderr, file=sys.stderr)
+            return
+        with tempfile.TemporaryDirectory(prefix="ts-configs-") as tmp:
+            files = []
+            for i, (_, _, payload) in enumerate(self.items):
+                path = Path(tmp) / f"config-{i}.json"
+                path.write_bytes(payload)
+                files.append(str(path))
+            run = subprocess.run([str(CHECK_CONFIG), *files], capture_output=True, text=True, check=False)
+            lines = {}
+            for line in run.stdout.splitlines():
+                for i, name in enumerate(files):
+                    if line.startswith(f"ok {name}: "):
+                        lines[i] = ("ok", line[len(f"ok {name}: "):])
+                    elif line.startswith(f"{name}: "):
+                        lines[i] = ("FAIL", line[len(f"{name}: "):])
+            for i, (where, label, _) in enumerate(self.items):
+                status, text = lines.get(i, ("FAIL", f"no answer from check_config: {run.stderr.strip()}"))
+                report(status, where, f"{label}: {text}")
+
+
+def wasm_filters(node):
+    """Every traffic-split Wasm HTTP filter config (`config` of the typed_config) in an Envoy
+    bootstrap: the filter is recognized by root_id traffic-split or a traffic_split .wasm file."""
+    if isinstance(node, dict):
+        if node.get("@type") == WASM_FILTER_TYPE and isinstance(node.get("config"), dict):
+            config = node["config"]
+            local = ((config.get("vm_config") or {}).get("code") or {}).get("local") or {}
+            if config.get("root_id") == "traffic-split" or "traffic_split" in str(local.get("filename", "")):
+                yield config
+        for value in node.values():
+            yield from wasm_filters(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from wasm_filters(value)
+
+
+def plugin_configuration(filter_config):
+    """The configuration string Envoy hands the filter (a google.protobuf.StringValue)."""
+    configuration = filter_config.get("configuration") or {}
+    return str(configuration.get("value", ""))
+
+
+def as_json(value):
+    return json.dumps(value, indent=2).encode()
+
+
+# --- cross-checks -----------------------------------------------------------------------------
+
+
+def config_clusters(config):
+    """(routing header, destination clusters, shadow clusters) of a config object."""
+    header = str(config.get("cluster_header") or DEFAULT_CLUSTER_HEADER).lower()
+    destinations, shadows = [], []
+    for rule in config.get("rules") or []:
+        for dest in rule.get("destinations") or []:
+            if dest.get("cluster") not in destinations:
+                destinations.append(dest.get("cluster"))
+        for shadow in rule.get("shadow") or []:
+            if shadow.get("cluster") not in shadows:
+                shadows.append(shadow.get("cluster"))
+    return header, destinations, shadows
+
+
+def fqdn(host, namespace):
+    return host if "." in host else f"{host}.{namespace}.svc.cluster.local"
+
+
+def cross_check_istio(where, docs):
+    plugins = [d for _, d in docs if d.get("kind") == "WasmPlugin"]
+    services = [d for _, d in docs if d.get("kind") == "VirtualService"]
+    rules = [d for _, d in docs if d.get("kind") == "DestinationRule"]
+    subsets = {}
+    for dr in rules:
+        ns = dr["metadata"].get("namespace", "default")
+        host = fqdn(dr.get("spec", {}).get("host", ""), ns)
+        subsets.setdefault(host, set()).update(s.get("name") for s in dr["spec"].get("subsets") or [])
+    for vs in services:
+        ns = vs["metadata"].get("namespace", "default")
+        missing, has_default = [], False
+        for route in vs.get("spec", {}).get("http") or []:
+            if not route.get("match"):
+                has_default = True
+            for dest in route.get("route") or []:
+                d = dest.get("destination") or {}
+                host = fqdn(d.get("host", ""), ns)
+                if d.get("subset") and d["subset"] not in subsets.get(host, set()):
+                    missing.append(f"{host} subset {d['subset']}")
+        name = f"VirtualService {ns}/{vs['metadata']['name']}"
+        if missing:
+            report("FAIL", where, f"{name}: no DestinationRule subset for {', '.join(missing)}")
+        elif not has_default:
+            report("FAIL", where, f"{name}: no default route (one without match) for requests no rule matched")
+        else:
+            report("ok", where, f"{name}: every subset exists in a DestinationRule; has a default route")
+    for plugin in plugins:
+        config = plugin.get("spec", {}).get("pluginConfig") or {}
+        header, destinations, shadows = config_clusters(config)
+        routed = set()
+        for vs in services:
+            for route in vs.get("spec", {}).get("http") or []:
+                for match in route.get("match") or []:
+                    exact = ((match.get("headers") or {}).get(header) or {}).get("exact")
+                    if exact is not None:
+                        routed.add(exact)
+        name = f"WasmPlugin {plugin['metadata'].get('namespace', 'default')}/{plugin['metadata']['name']}"
+        unrouted = [c for c in destinations if c not in routed]
+        if unrouted:
+            report("FAIL", where, f"{name}: no VirtualService route matches {header} exactly {', '.join(unrouted)}")
+        else:
+            report("ok", where, f"{name}: every destination cluster ({', '.join(destinations)}) has a VirtualService route on {header}")
+        for cluster in shadows:
+            parts = str(cluster).split("|")
+            if len(parts) != 4 or parts[0] != "outbound":
+                report("FAIL", where, f"{name}: shadow cluster {cluster!r} is not an Istio cluster name "
+                       "(outbound|<port>|<subset>|<host>): the filter dispatches shadows to Envoy clusters directly")
+            elif parts[2] and parts[2] not in subsets.get(parts[3], set()):
+                report("FAIL", where, f"{name}: shadow cluster {cluster}: no DestinationRule declares subset "
+                       f"{parts[2]} of {parts[3]}, so Istio creates no such cluster")
+            else:
+                report("ok", where, f"{name}: shadow cluster {cluster} exists (DestinationRule subset {parts[2] or '-'})")
+
+
+def cross_check_gateway(where, docs):
+    routes = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"]): d
+              for _, d in docs if d.get("kind") == "HTTPRoute"}
+    for route in routes.values():
+        rules = route.get("spec", {}).get("rules") or []
+        has_default = any(
+            not r.get("matches") or any(not m.get("headers") for m in r["matches"]) for r in rules
+        )
+        name = f"HTTPRoute {route['metadata'].get('namespace', 'default')}/{route['metadata']['name']}"
+        if has_default:
+            report("ok", where, f"{name}: has a default rule (no header match) for requests no rule matched")
+        else:
+            report("FAIL", where, f"{name}: no default rule for requests no rule matched")
+    for _, policy in docs:
+        if policy.get("kind") != "EnvoyExtensionPolicy":
+            continue
+        ns = policy["metadata"].get("namespace", "default")
+        name = f"EnvoyExtensionPolicy {ns}/{policy['metadata']['name']}"
+        targets = [routes.get((ns, t.get("name"))) for t in policy.get("spec", {}).get("targetRefs") or []
+                   if t.get("kind") == "HTTPRoute"]
+        if not targets or None in targets:
+            report("FAIL", where, f"{name}: targets an HTTPRoute that is not in {where}")
+            continue
+        for i, wasm in enumerate(policy.get("spec", {}).get("wasm") or []):
+            header, destinations, shadows = config_clusters(wasm.get("config") or {})
+            for target in targets:
+                values = set()
+                for rule in target.get("spec", {}).get("rules") or []:
+                    for match in rule.get("matches") or []:
+                        for h in match.get("headers") or []:
+                            if str(h.get("name", "")).lower() == header and h.get("type", "Exact") == "Exact":
+                                values.add(h.get("value"))
+                unrouted = [c for c in destinations if c not in values]
+                tname = f"HTTPRoute {ns}/{target['metadata']['name']}"
+                if unrouted:
+                    report("FAIL", where, f"{name} wasm[{i}]: no rule of {tname} matches {header}: {', '.join(unrouted)}")
+                else:
+                    report("ok", where, f"{name} wasm[{i}]: every destination cluster ({', '.join(destinations)}) "
+                           f"has a rule in {tname} on {header}")
+                for cluster in shadows:
+                    m = re.match(r"^httproute/([^/]+)/([^/]+)/rule/(\d+)$", str(cluster))
+                    rules = target.get("spec", {}).get("rules") or []
+                    if not m or (m.group(1), m.group(2)) != (ns, target["metadata"]["name"]) or int(m.group(3)) >= len(rules):
+                        report("FAIL", where, f"{name} wasm[{i}]: shadow cluster {cluster!r} is not a rule of {tname} "
+                               "(httproute/<ns>/<name>/rule/<index>)")
+                    else:
+                        report("ok", where, f"{name} wasm[{i}]: shadow cluster {cluster} is rule {m.group(3)} of {tname}")
+
+
+# --- docker compose and Envoy ---------------------------------------------------------------
+
+
+def compose_mounts(service):
+    """[(source, target)] of a compose service's bind mounts (short and long syntax)."""
+    mounts = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            if len(parts) >= 2 and (parts[0].startswith(".") or parts[0].startswith("/")):
+                mounts.append((parts[0], parts[1]))
+        elif isinstance(volume, dict) and volume.get("type", "volume") == "bind":
+            mounts.append((volume.get("source"), volume.get("target")))
+    return mounts
+
+
+def check_compose():
+    where = "docker-compose.yml"
+    path = ROOT / where
+    if not path.exists():
+        report("FAIL", where, "missing")
+        return {}
+    try:
+        docs = load_all(path)
+    except yaml.YAMLError as e:
+        report("FAIL", where, f"does not parse: {e}")
+        return {}
+    compose = docs[0] if len(docs) == 1 and isinstance(docs[0], dict) else None
+    services = compose.get("services") if compose else None
+    if not isinstance(services, dict) or not services:
+        report("FAIL", where, "no services")
+        return {}
+    report("ok", where, f"parses: services {', '.join(services)}")
+    missing, mounted_by = [], {}
+    for name, service in services.items():
+        if not service.get("image") and not service.get("build"):
+            report("FAIL", where, f"service {name}: no image")
+        for source, target in compose_mounts(service):
+            relpath = os.path.normpath(source)
+            if relpath not in BUILT_FILES and not (ROOT / relpath).exists():
+                missing.append(f"{name}: {source}")
+            mounted_by.setdefault(relpath, []).append((name, target))
+    if missing:
+        report("FAIL", where, f"mounted file(s) missing from the repository: {', '.join(missing)}")
+    else:
+        report("ok", where, "every mounted file exists (target/traffic_split.wasm is built by `make wasm`)")
+    names = set()
+    for name, service in services.items():
+        names.add(name)
+        for net in (service.get("networks") or {}).values() if isinstance(service.get("networks"), dict) else []:
+            names.update((net or {}).get("aliases") or [])
+    return {"services": services, "mounted_by": mounted_by, "names": names}
+
+
+def upstream_hosts(bootstrap):
+    hosts = set()
+    for cluster in (bootstrap.get("static_resources") or {}).get("clusters") or []:
+        for group in (cluster.get("load_assignment") or {}).get("endpoints") or []:
+            for ep in group.get("lb_endpoints") or []:
+                addr = (((ep.get("endpoint") or {}).get("address") or {}).get("socket_address") or {}).get("address")
+                if addr:
+                    hosts.add(addr)
+    return hosts
+
+
+def check_compose_envoy(path, compose):
+    where = rel(path)
+    mounts = compose.get("mounted_by", {}).get(where)
+    if not mounts:
+        report("FAIL", where, "not mounted by any docker-compose.yml service")
+        return
+    service = compose["services"][mounts[0][0]]
+    text = path.read_text(encoding="utf-8")
+    # The container paths this service mounts, longest first, replaced by the repository files.
+    for source, target in sorted(compose_mounts(service), key=lambda m: -len(m[1])):
+        text = text.replace(target, str(ROOT / os.path.normpath(source)))
+    leftover = sorted(set(re.findall(r"/etc/envoy/[^\s\"',}]+", text)))
+    if leftover:
+        report("FAIL", where, f"refers to {', '.join(leftover)}, which service {mounts[0][0]} does not mount")
+        return
+    bootstrap = yaml.load(text, Loader=Loader)
+    unknown = sorted(h for h in upstream_hosts(bootstrap)
+                     if h not in compose["names"] and not re.match(r"^[0-9.:]+$", h))
+    if unknown:
+        report("FAIL", where, f"upstream host(s) {', '.join(unknown)} are not compose service names or aliases")
+    if not ENVOY.exists():
+        report("FAIL", where, f"envoy --mode validate: no Envoy at {rel(ENVOY)} (run `make envoy`)")
+        return
+    if "traffic_split.wasm" in text and not (ROOT / "target" / "traffic_split.wasm").exists():
+        report("FAIL", where, "envoy --mode validate: target/traffic_split.wasm is not built (run `make wasm`)")
+        return
+    with tempfile.TemporaryDirectory(prefix="ts-envoy-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_text(text, encoding="utf-8")
+        run = subprocess.run(
+            [str(ENVOY), "--mode", "validate", "-c", str(copy), "--disable-hot-restart", "-l", "error"],
+            cwd=tmp, capture_output=True, text=True, check=False,
+        )
+    if run.returncode == 0:
+        report("ok", where, f"envoy --mode validate (paths mounted by service {mounts[0][0]} mapped to the repository)")
+    else:
+        detail = (run.stderr.strip().splitlines() or run.stdout.strip().splitlines() or ["?"])[-1]
+        report("FAIL", where, f"envoy --mode validate: {detail}")
+
+
+def compare_with_demo(path, bootstrap):
+    """deploy/compose/envoy.yaml keeps envoy/demo.yaml's filter configuration and stats_config."""
+    where = rel(path)
+    demo_path = ROOT / "envoy" / "demo.yaml"
+    demo = load_all(demo_path)[0]
+    mine = [plugin_configuration(c) for c in wasm_filters(bootstrap)]
+    theirs = [plugin_configuration(c) for c in wasm_filters(demo)]
+    try:
+        same = [json.loads(c) for c in mine] == [json.loads(c) for c in theirs]
+    except ValueError:
+        same = mine == theirs
+    if same:
+        report("ok", where, "filter configuration equals envoy/demo.yaml's")
+    else:
+        report("FAIL", where, "filter configuration differs from envoy/demo.yaml's: keep them equal")
+    stats_path = ROOT / "envoy" / "stats_config.yaml"
+    if stats_path.exists():
+        if bootstrap.get("stats_config") == load_all(stats_path)[0].get("stats_config"):
+            report("ok", where, "stats_config equals envoy/stats_config.yaml's")
+        else:
+            report("FAIL", where, "stats_config differs from envoy/stats_config.yaml's")
+
+
+def check_dockerfile(path):
+    where = rel(path)
+    instructions = [line.split(None, 1) for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+    copies = [args.split() for op, *rest in instructions if op.upper() == "COPY" for args in rest]
+    froms = [rest for op, *rest in instructions if op.upper() == "FROM"]
+    if froms != [["scratch"]] or len(copies) != 1 or len(instructions) != 2:
+        report("FAIL", where, "a Wasm image is FROM scratch plus exactly one COPY (one layer)")
+        return
+    sources = copies[0][:-1]
+    missing = [s for s in sources if s not in BUILT_FILES and not (ROOT / s).exists()]
+    if missing or not copies[0][-1].endswith("plugin.wasm"):
+        report("FAIL", where, f"COPY must copy the built filter to plugin.wasm (missing: {', '.join(missing) or '-'})")
+    else:
+        report("ok", where, f"FROM scratch, one COPY {' '.join(copies[0])} (not built here: no Docker engine)")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main():
+    crds = None
+    if SCHEMAS_DIR.is_dir():
+        crds = load_crd_schemas()
+        print(f"CRD schemas: {len(crds)} kind/version pairs from {SCHEMAS_DIR}", flush=True)
+    elif os.environ.get("CI"):
+        report("FAIL", rel(SCHEMAS_DIR), "CRD schemas directory missing (set SCHEMAS_DIR)")
+    else:
+        print(f"CRD schemas: none at {SCHEMAS_DIR} (set SCHEMAS_DIR): schema checks are skipped", flush=True)
+
+    configs = Configs()
+    compose = check_compose()
+    yaml_files = sorted(p for p in (ROOT / "deploy").rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    by_dir = {}
+    for path in yaml_files:
+        where = rel(path)
+        try:
+            docs = load_all(path)
+        except yaml.YAMLError as e:
+            report("FAIL", where, f"does not parse: {e}")
+            continue
+        if not docs:
+            report("FAIL", where, "no YAML document")
+        for doc in docs:
+            if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                check_manifest(where, doc, crds)
+                by_dir.setdefault(rel(path.parent), []).append((where, doc))
+                kind, spec = doc.get("kind"), doc.get("spec") or {}
+                ident = f"{kind} {doc.get('metadata', {}).get('name')}"
+                if kind == "WasmPlugin":
+                    configs.add(where, f"{ident} spec.pluginConfig", as_json(spec.get("pluginConfig") or {}))
+                elif kind == "EnvoyExtensionPolicy":
+                    for i, wasm in enumerate(spec.get("wasm") or []):
+                        configs.add(where, f"{ident} spec.wasm[{i}].config", as_json(wasm.get("config") or {}))
+            elif isinstance(doc, dict) and "static_resources" in doc and path.parent == ROOT / "deploy" / "compose":
+                if compose:
+                    check_compose_envoy(path, compose)
+                else:
+                    report("FAIL", where, "no usable docker-compose.yml to map its /etc/envoy paths")
+                for filter_config in wasm_filters(doc):
+                    configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
+                if any(True for _ in wasm_filters(doc)):
+                    compare_with_demo(path, doc)
+            else:
+                report("FAIL", where, "neither a Kubernetes manifest (apiVersion, kind) nor an Envoy bootstrap under deploy/compose/")
+    for path in sorted((ROOT / "envoy").glob("*.yaml")):
+        for doc in load_all(path):
+            for filter_config in wasm_filters(doc):
+                configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
+    for path in sorted((ROOT / "deploy").rglob("Dockerfile")):
+        check_dockerfile(path)
+
+    for directory, docs in sorted(by_dir.items()):
+        kinds = {d.get("kind") for _, d in docs}
+        if "WasmPlugin" in kinds:
+            cross_check_istio(directory, docs)
+        if "EnvoyExtensionPolicy" in kinds or "HTTPRoute" in kinds:
+            cross_check_gateway(directory, docs)
+
+    configs.check()
+
+    if failures:
+        print(f"validate-manifests: {failures} of {checks} checks FAILED")
+        return 1
+    print(f"validate-manifests: all {checks} checks ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
