@@ -54,6 +54,10 @@ validate: wasm envoy ## Check every shipped Envoy config with `envoy --mode vali
 		$(ENVOY) --mode validate -c /tmp/ts-validate.yaml --disable-hot-restart -l error >/dev/null \
 			&& echo "ok   $$f" || { echo "FAIL $$f"; exit 1; }; \
 	done
+	@# deploy/** and docker-compose.yml: CRD schemas, embedded filter configs, compose mounts (scripts/validate-manifests.py)
+	@$(VENV)/bin/python -c 'import jsonschema, yaml' 2>/dev/null \
+		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema pyyaml
+	$(VENV)/bin/python scripts/validate-manifests.py
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy (warnings are errors)
