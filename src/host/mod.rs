@@ -2,8 +2,9 @@
 //! compiled plan needs, asks the core for a decision, and writes the decision back.
 //!
 //! Host calls per routed request: one header-map read (only when a rule looks at the request),
-//! the routing-header write, the variant-header write (unless disabled), `clear_route_cache`,
-//! and response-header writes only when a cookie is assigned or `debug_header` is on. Metrics
+//! the routing-header write, the variant-header write (unless disabled), and response-header
+//! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
+//! the ABI needs it: see `HOST_CLEARS_ROUTE_CACHE_ITSELF`). Metrics
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow.rs`).
 
@@ -493,8 +494,19 @@ fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
-/// Makes Envoy re-pick the route after the routing header changed, whatever the ABI version
-/// (newer ABIs stop refreshing the route automatically).
+/// Whether Envoy re-picks the route by itself after this filter changes a request header.
+/// It does for plugins that declare proxy-wasm ABI 0.2.1 or older (Envoy 1.33 changelog: the
+/// route cache is no longer cleared on header changes only for ABIs newer than 0.2.1), and the
+/// pinned SDK, proxy-wasm =0.2.5, declares 0.2.1. The explicit `clear_route_cache` call then
+/// only repeats Envoy's work, at ~6 µs of Envoy CPU per request (BENCHMARKS.md, probe-clear):
+/// the single most expensive host call the filter made. `crate::tests` fails if the SDK pin
+/// changes, so an upgrade to a newer ABI cannot silently leave the route stale; the e2e tests
+/// (a forged routing header never wins) prove the route follows the filter's header.
+pub(crate) const HOST_CLEARS_ROUTE_CACHE_ITSELF: bool = true;
+
+/// Makes Envoy re-pick the route after the routing header changed, whatever the ABI version.
 fn clear_route_cache() {
-    let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    if !HOST_CLEARS_ROUTE_CACHE_ITSELF {
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    }
 }
