@@ -21,11 +21,13 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The first value of a header (`name` in lower case). Repeated headers: the first wins.
+    /// The first value of a header. Repeated headers: the first wins. Envoy hands header
+    /// names over in lower case and the plan lower-cases configured ones, so an exact compare
+    /// is a case-insensitive one here, and cheaper.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 
@@ -75,7 +77,7 @@ impl<'a> Request<'a> {
     pub fn cookie(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .filter(|(n, _)| n == "cookie")
             .flat_map(|(_, v)| v.split(|&b| b == b';'))
             .find_map(|pair| {
                 let (raw_name, raw_value) = split_once(pair, b'=')?;

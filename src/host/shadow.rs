@@ -29,6 +29,8 @@ pub(super) struct ShadowState {
     jobs: Vec<Job>,
     /// The doorbell was rung and `on_queue_ready` has not run yet.
     wake_pending: bool,
+    /// Counts shadowed requests, to time one in `DELAY_SAMPLE` from complete to dispatched.
+    shadowed_requests: u64,
     pub queue_id: Option<u32>,
     book: CompareBook,
     next_key: u64,
@@ -56,12 +58,23 @@ struct Call {
     sent_at: Option<SystemTime>,
 }
 
+/// One shadowed request in this many gets its dispatch delay measured: each measurement costs two host
+/// calls (clock, histogram), and the delay is a property of the worker, not of the request.
+const DELAY_SAMPLE: u64 = 16;
+
 impl ShadowState {
+    /// Whether this shadowed request's dispatch delay is measured.
+    fn sample_delay(&mut self) -> bool {
+        self.shadowed_requests += 1;
+        self.shadowed_requests % DELAY_SAMPLE == 1
+    }
+
     pub fn new(max_in_flight: usize, max_buffered_bytes: usize) -> Self {
         ShadowState {
             bulkhead: Bulkhead::new(max_in_flight, max_buffered_bytes),
             jobs: Vec::new(),
             wake_pending: false,
+            shadowed_requests: 0,
             queue_id: None,
             book: CompareBook::default(),
             next_key: 0,
@@ -85,14 +98,16 @@ impl ShadowState {
 /// answers come back to the root context. No borrow of the state is held across the host
 /// call: Envoy may answer a call that fails at once (no healthy host) before it returns.
 pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
-    let queue = {
+    let rung = {
         let mut s = state.borrow_mut();
+        let rung = s.wake_pending.then_some(s.queue_id).flatten();
         s.wake_pending = false;
-        s.queue_id
+        rung
     };
-    if let Some(queue) = queue {
-        // Drain the doorbell tokens; the jobs themselves live in `jobs`.
-        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+    if let Some(queue) = rung {
+        // The doorbell is rung once per wake-up, so exactly one token waits; the jobs
+        // themselves live in `jobs`.
+        let _ = hostcalls::dequeue_shared_queue(queue);
     }
     let now = now();
     loop {
@@ -165,11 +180,14 @@ impl ShadowState {
         let Some(policy) = policy(&call.active, call.rule, call.shadow) else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
-        let Some(status) = status.filter(|_| !is_local_failure()) else {
+        // One read of the (small) response header map answers both questions.
+        let headers =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let Some(status) = status.filter(|_| !is_local_failure(&headers)) else {
             call.active.count_shadow(policy.target, ShadowEvent::Failed);
             if let Some(key) = call.compare_key {
                 self.book.shadow_gone(key);
@@ -206,18 +224,13 @@ impl ShadowState {
 }
 
 /// Envoy answers a failed call (connection refused, reset, timeout, no healthy host) with a
-/// local reply of its own. Those are failures of the shadow, not answers to compare: Envoy
-/// marks them with `x-envoy-*` free headers and a `content-type: text/plain` body naming the
-/// reason, so the reliable marker is the absence of `x-envoy-upstream-service-time`, which the
-/// router adds to every response that really came from the upstream.
-fn is_local_failure() -> bool {
-    hostcalls::get_map_value_bytes(
-        MapType::HttpCallResponseHeaders,
-        "x-envoy-upstream-service-time",
-    )
-    .ok()
-    .flatten()
-    .is_none()
+/// local reply of its own. Those are failures of the shadow, not answers to compare. The
+/// reliable marker is the absence of `x-envoy-upstream-service-time`, which Envoy's router adds
+/// to every response that really came from the upstream.
+fn is_local_failure(headers: &[(String, Vec<u8>)]) -> bool {
+    !headers
+        .iter()
+        .any(|(n, _)| n == "x-envoy-upstream-service-time")
 }
 
 fn policy(active: &Active, rule: usize, shadow: usize) -> Option<&ShadowPolicy> {
@@ -317,7 +330,15 @@ impl StreamShadow {
             .filter_map(|(i, _, _)| rule.shadows.get(*i).filter(|p| p.compare))
             .map(|p| p.target)
             .collect();
-        let started = now();
+        // The clock is read only when something needs it: a comparison (the primary's latency)
+        // or a sampled dispatch-delay measurement.
+        let sampled = state.sample_delay();
+        let started = if !compared.is_empty() || sampled {
+            now()
+        } else {
+            None
+        };
+        let ready_at = started.filter(|_| sampled);
         let compare = (!compared.is_empty()).then(|| {
             state.next_key += 1;
             state.book.open(state.next_key, compared.len());
@@ -355,7 +376,7 @@ impl StreamShadow {
                     headers,
                     body: None,
                     compare_key: key,
-                    ready_at: started,
+                    ready_at,
                 });
             }
         }
@@ -419,7 +440,7 @@ impl StreamShadow {
             return;
         }
         let body = Rc::new(std::mem::take(&mut self.body));
-        let ready_at = now();
+        let ready_at = if state.sample_delay() { now() } else { None };
         let key = self.compare.as_ref().map(|c| c.key);
         for c in std::mem::take(&mut self.collecting) {
             state.enqueue(Job {
