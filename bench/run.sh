@@ -18,7 +18,8 @@
 #
 # Environment: BENCH_SCENARIOS (space-separated, instead of arguments), BENCH_ROUNDS (3),
 # BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_CONNECTIONS (16), BENCH_RESULTS (directory),
-# ENVOY (.venv/bin/envoy), WASM (target/traffic_split.wasm), WASM_OPT_FLAGS.
+# ENVOY (.venv/bin/envoy), WASM (target/traffic_split.wasm), WASM_BASELINE (for filter-baseline),
+# WASM_OPT_FLAGS.
 # A smoke run: BENCH_ROUNDS=1 BENCH_DURATION=2 BENCH_WARMUP=1 bench/run.sh plain filter
 set -euo pipefail
 
@@ -47,7 +48,9 @@ FRONT_ADMIN_BASE=19300
 DEFAULT=(plain native-weighted native-random lua wasm-noop filter
     native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
 # Run only when named: the no-op module making some of the filter's per-request host calls.
-EXTRA=(probe-get probe-set probe-clear probe-all)
+# filter-baseline: the filter scenario with $WASM_BASELINE (say, a build of an earlier commit),
+# to measure what a change buys side by side in one run.
+EXTRA=(probe-get probe-set probe-clear probe-all filter-baseline)
 ALL=("${DEFAULT[@]}" "${EXTRA[@]}")
 
 describe() {
@@ -67,6 +70,7 @@ describe() {
     probe-set) echo "(extra) wasm-noop + 2 request header writes (x-split-cluster, x-split-variant)" ;;
     probe-clear) echo "(extra) wasm-noop + 1 clear_route_cache foreign-function call" ;;
     probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
+    filter-baseline) echo "(extra) filter, with \$WASM_BASELINE instead of \$WASM (A/B a change)" ;;
     *) return 1 ;;
     esac
 }
@@ -200,6 +204,10 @@ front_config() {
     filter)
         routes=$(routes_cluster_header)
         filters=$(wasm_filter traffic-split "$WASM" "$(filter_json)")
+        ;;
+    filter-baseline)
+        routes=$(routes_cluster_header)
+        filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_json)")
         ;;
     filter-shadow | filter-shadow-compare | filter-shadow-slow)
         local cluster=shadow compare=false
@@ -391,6 +399,10 @@ command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; ex
 command -v curl >/dev/null || { echo "curl not found: apt-get install curl" >&2; exit 1; }
 [[ -x $ENVOY ]] || { echo "Envoy not found at $ENVOY: run make envoy" >&2; exit 1; }
 wants() { [[ " ${SCENARIOS[*]} " == *" $1"* ]]; }
+if wants filter-baseline && [[ ! -f ${WASM_BASELINE:-} ]]; then
+    echo "filter-baseline needs WASM_BASELINE=path/to/an/other/traffic_split.wasm" >&2
+    exit 1
+fi
 if wants filter && [[ ! -f $WASM ]]; then
     echo "$WASM not found: run make wasm" >&2
     exit 1
