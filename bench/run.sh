@@ -50,7 +50,7 @@ DEFAULT=(plain native-weighted native-random lua wasm-noop filter
 # Run only when named: the no-op module making some of the filter's per-request host calls.
 # filter-baseline: the filter scenario with $WASM_BASELINE (say, a build of an earlier commit),
 # to measure what a change buys side by side in one run.
-EXTRA=(probe-get probe-set probe-clear probe-all filter-baseline)
+EXTRA=(probe-get probe-set probe-clear probe-all filter-baseline filter-sticky filter-sticky-baseline)
 ALL=("${DEFAULT[@]}" "${EXTRA[@]}")
 
 describe() {
@@ -71,6 +71,8 @@ describe() {
     probe-clear) echo "(extra) wasm-noop + 1 clear_route_cache foreign-function call" ;;
     probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
     filter-baseline) echo "(extra) filter, with \$WASM_BASELINE instead of \$WASM (A/B a change)" ;;
+    filter-sticky) echo "(extra) traffic-split with only the sticky 95/5 rule: the same job as native-weighted" ;;
+    filter-sticky-baseline) echo "(extra) filter-sticky with \$WASM_BASELINE" ;;
     *) return 1 ;;
     esac
 }
@@ -90,6 +92,15 @@ index_of() {
 
 # The traffic-split configuration: 3 header rules the load never satisfies, then the sticky
 # 95/5 split every request ends in. $1: extra JSON members of the last rule (the shadow).
+# Only the sticky rule: what native-weighted does, nothing more.
+filter_sticky_json() {
+    cat <<EOF
+{ "rules": [ { "name": "everyone", "sticky": { "header": "x-user-id" },
+    "destinations": [ { "name": "canary", "cluster": "canary", "weight": 5 },
+                      { "name": "stable", "cluster": "stable", "weight": 95 } ] } ] }
+EOF
+}
+
 filter_json() {
     local extra=${1:-}
     cat <<EOF
@@ -208,6 +219,14 @@ front_config() {
     filter-baseline)
         routes=$(routes_cluster_header)
         filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_json)")
+        ;;
+    filter-sticky)
+        routes=$(routes_cluster_header)
+        filters=$(wasm_filter traffic-split "$WASM" "$(filter_sticky_json)")
+        ;;
+    filter-sticky-baseline)
+        routes=$(routes_cluster_header)
+        filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_sticky_json)")
         ;;
     filter-shadow | filter-shadow-compare | filter-shadow-slow)
         local cluster=shadow compare=false

@@ -138,7 +138,7 @@ impl Plan {
             let path = format!("rules[{i}]");
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
                 return Err(ConfigError::new(
-                    format!("{path}.name"),
+                    field(&path, "name"),
                     format!("duplicate rule name \"{}\"", rule.name),
                 ));
             }
@@ -191,22 +191,22 @@ fn compile_rule(
     rule: RuleConfig,
     shadow_targets: &mut Vec<ShadowTarget>,
 ) -> Result<Rule, ConfigError> {
-    check_name(&format!("{path}.name"), &rule.name)?;
+    check_name(&field(path, "name"), &rule.name)?;
     let matcher = match rule.match_ {
-        Some(m) => compile_match(&format!("{path}.match"), m)?,
+        Some(m) => compile_match(&field(path, "match"), m)?,
         None => Matcher::default(),
     };
     let sticky = rule
         .sticky
-        .map(|s| compile_sticky(&format!("{path}.sticky"), s))
+        .map(|s| compile_sticky(&field(path, "sticky"), s))
         .transpose()?;
-    let destinations = compile_destinations(&format!("{path}.destinations"), rule.destinations)?;
+    let destinations = compile_destinations(&field(path, "destinations"), rule.destinations)?;
     let weights: Vec<u32> = destinations.iter().map(|d| d.weight).collect();
     if rule.hash == HashKind::Unleash {
         let sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         if sum != u64::from(UNLEASH_BUCKETS) {
             return Err(ConfigError::new(
-                format!("{path}.destinations"),
+                field(path, "destinations"),
                 format!(
                     "with hash \"unleash\" the weights must sum to 100 (percentages), got {sum}"
                 ),
@@ -218,7 +218,7 @@ fn compile_rule(
     salt_colon.push(b':');
     if rule.shadow.len() > MAX_SHADOWS_PER_RULE {
         return Err(ConfigError::new(
-            format!("{path}.shadow"),
+            field(path, "shadow"),
             format!(
                 "must list at most {MAX_SHADOWS_PER_RULE} shadow targets, got {}",
                 rule.shadow.len()
@@ -231,7 +231,7 @@ fn compile_rule(
         let policy = compile_shadow(&spath, shadow, shadow_targets)?;
         if shadows.iter().any(|s| s.target == policy.target) {
             return Err(ConfigError::new(
-                format!("{spath}.name"),
+                field(&spath, "name"),
                 format!(
                     "duplicate shadow target \"{}\" in this rule",
                     shadow_targets
@@ -275,10 +275,10 @@ fn compile_shadow(
     shadow: ShadowConfig,
     targets: &mut Vec<ShadowTarget>,
 ) -> Result<ShadowPolicy, ConfigError> {
-    check_cluster(&format!("{path}.cluster"), &shadow.cluster)?;
+    check_cluster(&field(path, "cluster"), &shadow.cluster)?;
     let name = match shadow.name {
         Some(name) => {
-            check_name(&format!("{path}.name"), &name)?;
+            check_name(&field(path, "name"), &name)?;
             name
         }
         None => default_shadow_name(&shadow.cluster),
@@ -288,7 +288,7 @@ fn compile_shadow(
             let cluster = targets.get(existing).map_or("", |t| t.cluster.as_str());
             if cluster != shadow.cluster {
                 return Err(ConfigError::new(
-                    format!("{path}.name"),
+                    field(path, "name"),
                     format!(
                         "shadow name \"{name}\" already stands for cluster \"{cluster}\"; give this one another \"name\""
                     ),
@@ -306,13 +306,13 @@ fn compile_shadow(
     };
     if shadow.timeout_ms == 0 {
         return Err(ConfigError::new(
-            format!("{path}.timeout_ms"),
+            field(path, "timeout_ms"),
             "must be at least 1",
         ));
     }
     if !shadow.host_suffix.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::new(
-            format!("{path}.host_suffix"),
+            field(path, "host_suffix"),
             format!(
                 "\"{}\" must be visible ASCII characters",
                 shadow.host_suffix
@@ -321,7 +321,7 @@ fn compile_shadow(
     }
     let methods = match shadow.methods {
         None => None,
-        Some(methods) => Some(compile_methods(&format!("{path}.methods"), methods)?),
+        Some(methods) => Some(compile_methods(&field(path, "methods"), methods)?),
     };
     let mut remove_headers = Vec::with_capacity(shadow.remove_headers.len());
     for (i, h) in shadow.remove_headers.iter().enumerate() {
@@ -329,7 +329,7 @@ fn compile_shadow(
     }
     if shadow.compare_body && !shadow.compare {
         return Err(ConfigError::new(
-            format!("{path}.compare_body"),
+            field(path, "compare_body"),
             "only applies with \"compare\": true",
         ));
     }
@@ -381,30 +381,30 @@ fn compile_destinations(
     let mut fallbacks: Vec<Option<String>> = Vec::with_capacity(destinations.len());
     for (i, d) in destinations.into_iter().enumerate() {
         let dpath = format!("{path}[{i}]");
-        check_name(&format!("{dpath}.name"), &d.name)?;
+        check_name(&field(&dpath, "name"), &d.name)?;
         if out.iter().any(|o| o.name == d.name) {
             return Err(ConfigError::new(
-                format!("{dpath}.name"),
+                field(&dpath, "name"),
                 format!("duplicate destination name \"{}\" in this rule", d.name),
             ));
         }
-        check_cluster(&format!("{dpath}.cluster"), &d.cluster)?;
+        check_cluster(&field(&dpath, "cluster"), &d.cluster)?;
         if d.weight > MAX_WEIGHT {
             return Err(ConfigError::new(
-                format!("{dpath}.weight"),
+                field(&dpath, "weight"),
                 format!("must be at most {MAX_WEIGHT}, got {}", d.weight),
             ));
         }
         let breaker =
             match (d.breaker, &d.fallback) {
-                (Some(b), Some(_)) => Some(compile_breaker(&format!("{dpath}.breaker"), b)?),
+                (Some(b), Some(_)) => Some(compile_breaker(&field(&dpath, "breaker"), b)?),
                 (Some(_), None) => return Err(ConfigError::new(
-                    format!("{dpath}.breaker"),
+                    field(&dpath, "breaker"),
                     "needs a \"fallback\": the destination that takes the traffic while it is open",
                 )),
                 (None, Some(_)) => {
                     return Err(ConfigError::new(
-                        format!("{dpath}.fallback"),
+                        field(&dpath, "fallback"),
                         "only applies with a \"breaker\"",
                     ))
                 }
@@ -479,7 +479,7 @@ fn check_fallback_chains(path: &str, destinations: &[Destination]) -> Result<(),
 fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, ConfigError> {
     if b.failure_ratio <= 0.0 {
         return Err(ConfigError::new(
-            format!("{path}.failure_ratio"),
+            field(path, "failure_ratio"),
             "must be above 0 (a share of failed requests, e.g. 0.2)",
         ));
     }
@@ -497,13 +497,13 @@ fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, Config
     }
     if b.half_open_percent <= 0.0 {
         return Err(ConfigError::new(
-            format!("{path}.half_open_percent"),
+            field(path, "half_open_percent"),
             "must be above 0, or the breaker could never close again",
         ));
     }
     if b.failure_statuses.is_empty() {
         return Err(ConfigError::new(
-            format!("{path}.failure_statuses"),
+            field(path, "failure_statuses"),
             "must list at least one status or class",
         ));
     }
@@ -552,17 +552,14 @@ fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, Confi
 
 fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigError> {
     let key = match (sticky.header, sticky.cookie, sticky.query) {
-        (Some(h), None, None) => StickyKey::Header(header_name(&format!("{path}.header"), &h)?),
+        (Some(h), None, None) => StickyKey::Header(header_name(&field(path, "header"), &h)?),
         (None, Some(c), None) => {
-            check_cookie_name(&format!("{path}.cookie"), &c)?;
+            check_cookie_name(&field(path, "cookie"), &c)?;
             StickyKey::Cookie(c)
         }
         (None, None, Some(q)) => {
             if q.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{path}.query"),
-                    "must not be empty",
-                ));
+                return Err(ConfigError::new(field(path, "query"), "must not be empty"));
             }
             StickyKey::Query(q)
         }
@@ -576,13 +573,13 @@ fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigErro
     let is_cookie = matches!(key, StickyKey::Cookie(_));
     if sticky.assign_cookie && !is_cookie {
         return Err(ConfigError::new(
-            format!("{path}.assign_cookie"),
+            field(path, "assign_cookie"),
             "only applies to a cookie user key (\"cookie\": NAME)",
         ));
     }
     if sticky.cookie_max_age_s.is_some() && !sticky.assign_cookie {
         return Err(ConfigError::new(
-            format!("{path}.cookie_max_age_s"),
+            field(path, "cookie_max_age_s"),
             "only applies with \"assign_cookie\": true",
         ));
     }
@@ -599,41 +596,38 @@ fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
     // Cheap conditions first: a rule that fails on the method never parses cookies or query.
     if let Some(methods) = m.methods {
         conditions.push(Condition::Methods(compile_methods(
-            &format!("{path}.methods"),
+            &field(path, "methods"),
             methods,
         )?));
     }
     if let Some(p) = m.path {
-        conditions.push(Condition::Path(string_op(&format!("{path}.path"), p)?));
+        conditions.push(Condition::Path(string_op(&field(path, "path"), p)?));
     }
     if let Some(a) = m.authority {
         conditions.push(Condition::Authority(string_op(
-            &format!("{path}.authority"),
+            &field(path, "authority"),
             a,
         )?));
     }
     for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
         let hpath = format!("{path}.headers[{i}]");
-        let name = header_name(&format!("{hpath}.name"), &h.name)?;
+        let name = header_name(&field(&hpath, "name"), &h.name)?;
         conditions.push(Condition::Header(name, named_op(&hpath, h)?));
     }
     for (i, c) in m.cookies.unwrap_or_default().into_iter().enumerate() {
         let cpath = format!("{path}.cookies[{i}]");
-        check_cookie_name(&format!("{cpath}.name"), &c.name)?;
+        check_cookie_name(&field(&cpath, "name"), &c.name)?;
         conditions.push(Condition::Cookie(c.name.clone(), named_op(&cpath, c)?));
     }
     for (i, q) in m.query.unwrap_or_default().into_iter().enumerate() {
         let qpath = format!("{path}.query[{i}]");
         if q.name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{qpath}.name"),
-                "must not be empty",
-            ));
+            return Err(ConfigError::new(field(&qpath, "name"), "must not be empty"));
         }
         conditions.push(Condition::Query(q.name.clone(), named_op(&qpath, q)?));
     }
     if let Some(routes) = m.route_names {
-        let rpath = format!("{path}.route_names");
+        let rpath = field(path, "route_names");
         non_empty_list(&rpath, &routes)?;
         conditions.push(Condition::RouteNames(
             routes.into_iter().map(String::into_bytes).collect(),
@@ -669,7 +663,7 @@ fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
     )?;
     if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
         return Err(ConfigError::new(
-            format!("{path}.one_of"),
+            field(path, "one_of"),
             "must list at least one value",
         ));
     }
@@ -699,6 +693,16 @@ fn exactly_one<const N: usize>(
         (Some(op), None) => Ok(op),
         _ => Err(ConfigError::new(path, reason)),
     }
+}
+
+/// The path of `name` inside the object at `path` (one function instead of a `format!` at
+/// every error site keeps the `.wasm` smaller).
+fn field(path: &str, name: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1 + name.len());
+    out.push_str(path);
+    out.push('.');
+    out.push_str(name);
+    out
 }
 
 /// Rule and destination names appear in metric names: `[A-Za-z0-9_-]{1,64}`.
@@ -1116,7 +1120,7 @@ mod tests {
         assert_eq!(s.host_suffix, "-shadow");
         assert!(s.include_body && !s.compare && !s.compare_body);
         assert_eq!(s.max_body_bytes, 1024 * 1024);
-        assert!(plan.needs_request_headers);
+        assert!(plan.needs_request_headers, "copies carry every header");
         assert_eq!(plan.max_in_flight, 1024);
         assert_eq!(plan.max_buffered_body_bytes, 16 * 1024 * 1024);
         assert_eq!(default_shadow_name(&"é".repeat(70)), "_".repeat(64));

@@ -504,3 +504,32 @@ fn shipped_configs_carry_the_stats_tags_block_verbatim() {
         "envoy/demo.yaml drifted from envoy/stats_config.yaml"
     );
 }
+
+#[test]
+fn a_repeated_user_key_header_counts_by_its_first_value() {
+    // Repeated headers: the first value is the one that counts (documented), also for user keys.
+    let (stable, canary) = two_backends();
+    let envoy = Envoy::start(spec(&sticky_config(50), &stable, &canary));
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+    let on = |dest: usize| {
+        users
+            .iter()
+            .find(|u| predicted("checkout-2026-11", u, &[50, 50]) == dest)
+            .unwrap()
+            .clone()
+    };
+    let (to_canary, to_stable) = (on(0), on(1));
+    for (first, second, expected) in [
+        (&to_canary, &to_stable, "canary"),
+        (&to_stable, &to_canary, "stable"),
+    ] {
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: a\r\nx-user-id: {first}\r\nx-user-id: {second}\r\nconnection: close\r\n\r\n"
+        );
+        let response = raw_request(&envoy, head.as_bytes());
+        assert!(
+            response.contains(&format!("x-backend: {expected}")),
+            "{first} then {second}: {response}"
+        );
+    }
+}
