@@ -45,12 +45,12 @@ BACKEND_ADMIN=19900
 FRONT_PORT_BASE=19200
 FRONT_ADMIN_BASE=19300
 
-DEFAULT=(plain native-weighted native-random lua wasm-noop filter
+DEFAULT=(plain native-weighted native-random lua wasm-noop filter filter-sticky
     native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
 # Run only when named: the no-op module making some of the filter's per-request host calls.
 # filter-baseline: the filter scenario with $WASM_BASELINE (say, a build of an earlier commit),
 # to measure what a change buys side by side in one run.
-EXTRA=(probe-get probe-set probe-clear probe-all filter-baseline filter-sticky filter-sticky-baseline)
+EXTRA=(probe-get probe-set probe-clear probe-all filter-baseline filter-sticky-baseline)
 ALL=("${DEFAULT[@]}" "${EXTRA[@]}")
 
 describe() {
@@ -71,7 +71,7 @@ describe() {
     probe-clear) echo "(extra) wasm-noop + 1 clear_route_cache foreign-function call" ;;
     probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
     filter-baseline) echo "(extra) filter, with \$WASM_BASELINE instead of \$WASM (A/B a change)" ;;
-    filter-sticky) echo "(extra) traffic-split with only the sticky 95/5 rule: the same job as native-weighted" ;;
+    filter-sticky) echo "traffic-split with only the sticky 95/5 rule: the same job as native-weighted" ;;
     filter-sticky-baseline) echo "(extra) filter-sticky with \$WASM_BASELINE" ;;
     *) return 1 ;;
     esac
