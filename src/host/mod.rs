@@ -322,9 +322,7 @@ impl SplitStream {
         }
         self.active.counters.borrow_mut().count_unmatched();
     }
-}
 
-impl SplitStream {
     /// Classifies the response for the breaker of `slot` and counts it.
     fn count_outcome(&mut self, slot: usize, generation: u64) {
         let plan = &self.active.plan;
