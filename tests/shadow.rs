@@ -414,3 +414,80 @@ fn an_oversized_body_is_not_shadowed_at_all_and_the_primary_gets_it_whole() {
         .filter(|p| p.uri.starts_with("/big"))
         .all(|p| p.body == big));
 }
+
+/// A request body that arrives in two parts with a pause between them, so that two requests
+/// hold their bodies at the same time.
+struct SlowBody {
+    parts: Vec<Vec<u8>>,
+    pause: Duration,
+    sent_parts: usize,
+    offset: usize,
+}
+
+impl std::io::Read for SlowBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(part) = self.parts.get(self.sent_parts) else {
+            return Ok(0);
+        };
+        if self.offset == 0 && self.sent_parts > 0 {
+            std::thread::sleep(self.pause);
+        }
+        let n = buf.len().min(part.len() - self.offset);
+        buf[..n].copy_from_slice(&part[self.offset..self.offset + n]);
+        self.offset += n;
+        if self.offset == part.len() {
+            self.sent_parts += 1;
+            self.offset = 0;
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn buffered_body_bytes_are_bounded_per_worker() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(
+        r#"{"cluster":"shadow"}"#,
+        r#""max_buffered_body_bytes":150000,"#,
+    );
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1; // the bound is per worker
+    let envoy = Envoy::start(spec);
+    let part = body_of(80_000);
+    let send = |delay: Duration| {
+        std::thread::sleep(delay);
+        let body = SlowBody {
+            parts: vec![part.clone(), part[..20_000].to_vec()],
+            pause: Duration::from_millis(600),
+            sent_parts: 0,
+            offset: 0,
+        };
+        Resp::from(
+            ureq::AgentBuilder::new()
+                .build()
+                .post(&envoy.url("/upload"))
+                .send(body),
+        )
+    };
+    // Both requests hold 80 KB at once: 160 KB would pass the 150 KB bound, so the second
+    // request's copy is dropped; the first, 100 KB in all, is shadowed whole.
+    std::thread::scope(|s| {
+        let a = s.spawn(|| send(Duration::ZERO));
+        let b = s.spawn(|| send(Duration::from_millis(200)));
+        for r in [a.join().unwrap(), b.join().unwrap()] {
+            assert_eq!((r.status, r.backend()), (200, "stable"));
+        }
+    });
+    assert_eq!(wait_metric(&envoy, "shadow", "dropped", 1), 1);
+    assert_eq!(wait_metric(&envoy, "shadow", "sent", 1), 1);
+    assert_eq!(wait_count(&shadow, 1), 1);
+    assert_eq!(shadow.received()[0].body.len(), 100_000);
+    // Both primaries got their whole body.
+    assert!(stable.received().iter().all(|r| r.body.len() == 100_000));
+    // The bound is free again: a third upload is shadowed.
+    assert_eq!(send(Duration::ZERO).status, 200);
+    assert_eq!(wait_metric(&envoy, "shadow", "sent", 2), 2);
+}
