@@ -5,6 +5,7 @@ use crate::bucket;
 use crate::plan::{Plan, Rule, StickyKey};
 use crate::request::Request;
 use crate::rng::Rng;
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -71,10 +72,11 @@ impl Rule {
         let bucket = match &self.sticky {
             None => bucket::bucket_of_random(self.hash, rng.next_u64()),
             Some(sticky) => {
-                let key = match &sticky.key {
-                    StickyKey::Header(name) => request.header(name).map(<[u8]>::to_vec),
-                    StickyKey::Cookie(name) => request.cookie(name).map(<[u8]>::to_vec),
-                    StickyKey::Query(name) => request.query(name).map(|v| v.into_owned()),
+                // Borrowed from the request: no copy of the key per request.
+                let key: Option<Cow<'_, [u8]>> = match &sticky.key {
+                    StickyKey::Header(name) => request.header(name).map(Cow::Borrowed),
+                    StickyKey::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
+                    StickyKey::Query(name) => request.query(name),
                 }
                 .filter(|k| !k.is_empty());
                 match (key, &sticky.key, sticky.assign_cookie_max_age_s) {

@@ -109,6 +109,9 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
         // themselves live in `jobs`.
         let _ = hostcalls::dequeue_shared_queue(queue);
     }
+    if state.borrow().jobs.is_empty() {
+        return; // most ticks: no clock read, nothing to do
+    }
     let now = now();
     loop {
         let jobs = std::mem::take(&mut state.borrow_mut().jobs);
