@@ -64,33 +64,36 @@ impl Plan {
 
 impl Rule {
     fn pick(&self, request: &Request<'_>, rng: &mut Rng) -> (usize, Option<String>) {
-        if self.destinations.len() == 1 {
-            // A fixed route: no key to read, nothing to hash, no cookie to assign.
-            return (0, None);
-        }
-        let mut set_cookie = None;
-        let bucket = match &self.sticky {
-            None => bucket::bucket_of_random(self.hash, rng.next_u64()),
-            Some(sticky) => {
-                // Borrowed from the request: no copy of the key per request.
-                let key: Option<Cow<'_, [u8]>> = match &sticky.key {
-                    StickyKey::Header(name) => request.header(name).map(Cow::Borrowed),
-                    StickyKey::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
-                    StickyKey::Query(name) => request.query(name),
-                }
-                .filter(|k| !k.is_empty());
-                match (key, &sticky.key, sticky.assign_cookie_max_age_s) {
-                    (Some(key), _, _) => self.bucket_of_key(&key),
-                    (None, StickyKey::Cookie(cookie), Some(max_age)) => {
-                        let id = rng.hex_id();
-                        set_cookie = Some(format!(
-                            "{cookie}={id}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
-                        ));
-                        self.bucket_of_key(id.as_bytes())
-                    }
-                    (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
-                }
+        // A fixed route hashes nothing. It still assigns cookies: users then carry an id
+        // before a second destination is added, so the shares hold from the first request.
+        let fixed = self.destinations.len() == 1;
+        let sticky = match &self.sticky {
+            Some(sticky) if !fixed || sticky.assign_cookie_max_age_s.is_some() => sticky,
+            None if !fixed => {
+                let bucket = bucket::bucket_of_random(self.hash, rng.next_u64());
+                return (bucket::destination_for(&self.upper_bounds, bucket), None);
             }
+            _ => return (0, None),
+        };
+        // Borrowed from the request: no copy of the key per request.
+        let key: Option<Cow<'_, [u8]>> = match &sticky.key {
+            StickyKey::Header(name) => request.header(name).map(Cow::Borrowed),
+            StickyKey::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
+            StickyKey::Query(name) => request.query(name),
+        }
+        .filter(|k| !k.is_empty());
+        let mut set_cookie = None;
+        let bucket = match (key, &sticky.key, sticky.assign_cookie_max_age_s) {
+            (Some(_), _, _) if fixed => return (0, None),
+            (Some(key), _, _) => self.bucket_of_key(&key),
+            (None, StickyKey::Cookie(cookie), Some(max_age)) => {
+                let id = rng.hex_id();
+                set_cookie = Some(format!(
+                    "{cookie}={id}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+                ));
+                self.bucket_of_key(id.as_bytes())
+            }
+            (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
         };
         (
             bucket::destination_for(&self.upper_bounds, bucket),
@@ -267,6 +270,25 @@ mod tests {
         let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(10), &[]));
         assert_eq!(again.destination, r.destination);
         assert_eq!(again.set_cookie, None);
+    }
+
+    #[test]
+    fn a_fixed_route_still_assigns_cookies() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","sticky":{"cookie":"uid","assign_cookie":true},
+               "destinations":[{"name":"only","cluster":"a"}]}]}"#,
+        );
+        let h = headers(&[]);
+        let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(4), &[]));
+        assert_eq!(r.destination, 0);
+        let cookie = r.set_cookie.unwrap();
+        assert!(
+            cookie.starts_with("uid=") && cookie.contains("Max-Age=2592000"),
+            "{cookie}"
+        );
+        let h = headers(&[("cookie", "uid=abc")]);
+        let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(5), &[]));
+        assert_eq!((again.destination, again.set_cookie), (0, None));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub struct ShadowPolicy {
     pub sample_threshold: u64,
     pub timeout: Duration,
     pub host_suffix: String,
-    /// Upper-case method tokens; `None` = every method.
+    /// Method tokens as configured (methods are case-sensitive, RFC 9110); `None` = every method.
     pub methods: Option<Vec<Vec<u8>>>,
     pub include_body: bool,
     pub max_body_bytes: usize,

@@ -299,10 +299,27 @@ fn rules_apply_in_order_and_every_match_operator_works() {
 #[test]
 fn assign_cookie_gives_every_new_user_an_id_and_keeps_them_there() {
     let (stable, canary) = two_backends();
-    let config = r#"{"rules":[{"name":"checkout","sticky":{"cookie":"uid","assign_cookie":true},
-        "destinations":[{"name":"canary","cluster":"canary","weight":50},
-                        {"name":"stable","cluster":"stable","weight":50}]}]}"#;
+    let config = r#"{"rules":[
+        {"name":"fixed","match":{"path":{"prefix":"/fixed"}},
+         "sticky":{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":60},
+         "destinations":[{"name":"stable","cluster":"stable"}]},
+        {"name":"checkout","sticky":{"cookie":"uid","assign_cookie":true},
+         "destinations":[{"name":"canary","cluster":"canary","weight":50},
+                         {"name":"stable","cluster":"stable","weight":50}]}]}"#;
     let envoy = Envoy::start(spec(config, &stable, &canary));
+    // A fixed route (one destination) still hands out ids, so a destination added later
+    // splits users who already carry one.
+    let fixed = envoy.get("/fixed", &[]);
+    assert_eq!(fixed.backend(), "stable");
+    let cookies = fixed.all("set-cookie");
+    assert_eq!(cookies.len(), 1, "{fixed:?}");
+    assert!(
+        cookies[0].starts_with("uid=")
+            && cookies[0].ends_with("; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"),
+        "{fixed:?}"
+    );
+    let again = envoy.get("/fixed", &[("cookie", "uid=someone")]);
+    assert!(again.all("set-cookie").is_empty(), "{again:?}");
     let mut landed = Vec::new();
     for _ in 0..200 {
         let first = envoy.get("/", &[]);
