@@ -31,7 +31,7 @@ grep -qE "^(stable \(v1\)|canary \(v2\))$" <<<"$pay" || fail "the client saw som
 codes=""
 for i in $(seq 1 80); do codes+="$(curl -s -o /dev/null -w '%{http_code}' -H "x-user-id: user$i" http://127.0.0.1:10000/unstable) "; done
 grep -q 500 <<<"$codes" || fail "the canary never failed on /unstable: $codes"
-sleep 0.5  # every worker learns of the open breaker within a tick (250 ms)
+sleep 0.5  # every worker learns of the open breaker within a tick (100 ms)
 after=""
 for i in $(seq 1 80); do after+="$(curl -s -o /dev/null -w '%{http_code}' -H "x-user-id: user$i" http://127.0.0.1:10000/unstable) "; done
 grep -q 500 <<<"$after" && fail "the canary's breaker did not cut it off: $codes / then: $after"

@@ -67,6 +67,11 @@ impl BreakerPolicy {
         self.window_s.div_ceil(MAX_BUCKETS).max(1)
     }
 
+    /// `failure_ratio` as a percentage, for log lines.
+    pub fn failure_ratio_text(&self) -> String {
+        permille_text((self.failure_ratio * 1000.0 + 0.5) as u64)
+    }
+
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.failure_statuses.iter().any(|m| match m {
             StatusMatch::Exact(code) => *code == status,
@@ -285,7 +290,11 @@ impl Record {
 
 /// `failures` of `requests` as a percentage with one decimal, without float formatting.
 pub fn percent_text(failures: u64, requests: u64) -> String {
-    let permille = (failures * 1000).checked_div(requests).unwrap_or(0);
+    permille_text((failures * 1000).checked_div(requests).unwrap_or(0))
+}
+
+/// "12.5%" from 125 (no float formatting in the VM: it would cost kilobytes of `.wasm`).
+fn permille_text(permille: u64) -> String {
     format!("{}.{}%", permille / 10, permille % 10)
 }
 
@@ -524,5 +533,11 @@ mod tests {
         assert!(!p.is_failure_status(200));
         assert_eq!(percent_text(25, 120), "20.8%");
         assert_eq!(percent_text(0, 0), "0.0%");
+        assert_eq!(p.failure_ratio_text(), "20.0%");
+        let p = BreakerPolicy {
+            failure_ratio: 0.125,
+            ..policy()
+        };
+        assert_eq!(p.failure_ratio_text(), "12.5%");
     }
 }

@@ -150,7 +150,8 @@ fn a_failing_canary_is_cut_off_then_probed_back_and_its_users_return() {
     assert_eq!(stat(&envoy, "state"), 0);
     let log = envoy.log();
     assert!(log.contains(
-        "(cluster canary) half-open after 2 s: 50.0% of its traffic goes through as probes"
+        "(cluster canary) half-open after 2 s: 50.0% of its traffic goes through as probes; \
+         it closes when fewer than 50.0% of 20 probes fail"
     ));
     // At least min_requests probes; a publish may merge a few more from the other worker.
     let closed = log

@@ -3,7 +3,7 @@
 //! Each breaker's record lives in Envoy shared data (one key per destination, shared by every
 //! worker of the process) and is updated with compare-and-swap. A worker decides requests from
 //! its cached view (no host call per request), counts outcomes locally, and publishes them:
-//! - on every tick (`TICK`, 250 ms), which is also when it learns the other workers' changes;
+//! - on every tick (`TICK`, 100 ms), which is also when it learns the other workers' changes;
 //! - at once, from the response that would change the state (the failure that crosses the
 //!   threshold, the last probe), so a failing version is cut off after about `min_requests`
 //!   failures rather than after a tick's worth of traffic;
@@ -205,10 +205,13 @@ fn log_transition(plan: &Plan, at: BreakerRef, t: &Transition) {
             t.failures, t.requests, policy.window_s, policy.open_s
         ),
         (State::Open, State::HalfOpen) => format!(
-            "half-open after {} s: {}.{}% of its traffic goes through as probes",
+            "half-open after {} s: {}.{}% of its traffic goes through as probes; it closes when \
+             fewer than {} of {} probes fail",
             policy.open_s,
             policy.half_open_permille / 10,
-            policy.half_open_permille % 10
+            policy.half_open_permille % 10,
+            policy.failure_ratio_text(),
+            policy.min_requests
         ),
         (State::HalfOpen, State::Closed) => format!(
             "closed: {} of {} probes failed ({ratio}); its traffic is back",

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 /// How often counters are flushed to Envoy's stats and breakers publish their outcomes. It
 /// bounds how late a worker learns another worker's breaker change.
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(100);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
