@@ -229,12 +229,14 @@ front_config() {
         filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_sticky_json)")
         ;;
     filter-shadow | filter-shadow-compare | filter-shadow-slow)
-        local cluster=shadow compare=false
+        local cluster=shadow compare=false timeout=1000
         [[ $scenario == filter-shadow ]] || compare=true
-        [[ $scenario != filter-shadow-slow ]] || cluster=slow
+        # The slow backend answers after 1 s: a 1 s timeout would race it and turn the answers
+        # into timeouts (resets). 3 s lets them arrive, as the native mirror's do (route timeout).
+        [[ $scenario != filter-shadow-slow ]] || { cluster=slow; timeout=3000; }
         routes=$(routes_cluster_header)
         filters=$(wasm_filter traffic-split "$WASM" "$(filter_json ",
-      \"shadow\": [ { \"cluster\": \"$cluster\", \"percent\": 100, \"compare\": $compare } ]")")
+      \"shadow\": [ { \"cluster\": \"$cluster\", \"percent\": 100, \"compare\": $compare, \"timeout_ms\": $timeout } ]")")
         ;;
     *) return 1 ;;
     esac
