@@ -45,7 +45,7 @@ BACKEND_ADMIN=19900
 FRONT_PORT_BASE=19200
 FRONT_ADMIN_BASE=19300
 
-DEFAULT=(plain native-weighted native-random lua wasm-noop filter filter-sticky
+DEFAULT=(plain native-weighted native-random lua wasm-noop filter filter-sticky filter-lean
     native-mirror filter-shadow filter-shadow-compare native-mirror-slow filter-shadow-slow)
 # Run only when named: the no-op module making some of the filter's per-request host calls.
 # filter-baseline: the filter scenario with $WASM_BASELINE (say, a build of an earlier commit),
@@ -72,6 +72,7 @@ describe() {
     probe-all) echo "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache" ;;
     filter-baseline) echo "(extra) filter, with \$WASM_BASELINE instead of \$WASM (A/B a change)" ;;
     filter-sticky) echo "traffic-split with only the sticky 95/5 rule: the same job as native-weighted" ;;
+    filter-lean) echo "filter-sticky with variant_header \"\": one read, one write, the same job as the lua script" ;;
     filter-sticky-baseline) echo "(extra) filter-sticky with \$WASM_BASELINE" ;;
     *) return 1 ;;
     esac
@@ -93,9 +94,10 @@ index_of() {
 # The traffic-split configuration: 3 header rules the load never satisfies, then the sticky
 # 95/5 split every request ends in. $1: extra JSON members of the last rule (the shadow).
 # Only the sticky rule: what native-weighted does, nothing more.
+# $1: extra top-level fields (say, '"variant_header": "", ').
 filter_sticky_json() {
     cat <<EOF
-{ "rules": [ { "name": "everyone", "sticky": { "header": "x-user-id" },
+{ ${1:-}"rules": [ { "name": "everyone", "sticky": { "header": "x-user-id" },
     "destinations": [ { "name": "canary", "cluster": "canary", "weight": 5 },
                       { "name": "stable", "cluster": "stable", "weight": 95 } ] } ] }
 EOF
@@ -223,6 +225,10 @@ front_config() {
     filter-sticky)
         routes=$(routes_cluster_header)
         filters=$(wasm_filter traffic-split "$WASM" "$(filter_sticky_json)")
+        ;;
+    filter-lean)
+        routes=$(routes_cluster_header)
+        filters=$(wasm_filter traffic-split "$WASM" "$(filter_sticky_json '"variant_header": "", ')")
         ;;
     filter-sticky-baseline)
         routes=$(routes_cluster_header)
@@ -613,6 +619,10 @@ ratio() {
     ratio "CPU/req filter / lua" "${CPU[filter]:-}" "${CPU[lua]:-}" le 1.0
     ratio "CPU/req filter / native-weighted" "${CPU[filter]:-}" "${CPU[native-weighted]:-}" le 1.25
     ratio "req/s filter / native-weighted" "${RPS[filter]:-}" "${RPS[native-weighted]:-}" ge 0.85
+    # The same comparisons with the filter doing exactly the peer's job, and the floor under all.
+    ratio "CPU/req filter-lean / lua (same job: 1 read, 1 write)" "${CPU[filter-lean]:-}" "${CPU[lua]:-}" le 1.0
+    ratio "CPU/req filter-sticky / native-weighted (same job)" "${CPU[filter-sticky]:-}" "${CPU[native-weighted]:-}" le 1.25
+    ratio "CPU/req wasm-noop / native-weighted (floor of any Wasm filter)" "${CPU[wasm-noop]:-}" "${CPU[native-weighted]:-}" le 1.25
     ratio "CPU/req filter-shadow / native-mirror" "${CPU[filter-shadow]:-}" "${CPU[native-mirror]:-}" le 1.10
     ratio "CPU/req filter-shadow-compare / native-mirror" "${CPU[filter-shadow-compare]:-}" "${CPU[native-mirror]:-}" le 1.10
     ratio "p99 filter-shadow-slow / filter" "${P99[filter-shadow-slow]:-}" "${P99[filter]:-}" le 1.10
