@@ -491,3 +491,46 @@ fn buffered_body_bytes_are_bounded_per_worker() {
     assert_eq!(send(Duration::ZERO).status, 200);
     assert_eq!(wait_metric(&envoy, "shadow", "sent", 2), 2);
 }
+
+#[test]
+fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
+    use std::io::Write;
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(r#"{"cluster":"shadow"}"#, r#""max_in_flight":1,"#);
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1; // the bulkhead is per worker: one slot in all
+    let envoy = Envoy::start(spec);
+    let url = envoy.url("/");
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // Announce 1000 bytes, send 100, leave: the copy holds the worker's only slot until the
+    // stream ends. The module exports no on_log/on_done, so this proves the stream's cleanup
+    // runs when Envoy deletes the context.
+    for _ in 0..3 {
+        let mut client = std::net::TcpStream::connect(&authority).unwrap();
+        client
+            .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+            .unwrap();
+        client.write_all(&body_of(100)).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        drop(client);
+        std::thread::sleep(Duration::from_millis(150));
+        // The slot is free again: the next request is shadowed, not dropped.
+        let r = Resp::from(
+            ureq::AgentBuilder::new()
+                .build()
+                .post(&envoy.url("/after"))
+                .send_bytes(b"whole"),
+        );
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+    }
+    assert_eq!(wait_metric(&envoy, "shadow", "sent", 3), 3);
+    assert_eq!(metric(&envoy, "shadow", "dropped"), 0);
+    assert_eq!(wait_count(&shadow, 3), 3);
+    assert!(shadow.received().iter().all(|r| r.body == b"whole"));
+}

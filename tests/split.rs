@@ -550,3 +550,72 @@ fn a_repeated_user_key_header_counts_by_its_first_value() {
         );
     }
 }
+
+/// The export names of a Wasm module (its export section), read without a Wasm library.
+fn wasm_exports(module: &[u8]) -> Vec<String> {
+    fn leb(buf: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = buf[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                return value;
+            }
+        }
+    }
+    assert_eq!(&module[..4], b"\0asm");
+    let mut at = 8;
+    while at < module.len() {
+        let section = module[at];
+        at += 1;
+        let size = leb(module, &mut at);
+        if section == 7 {
+            let mut pos = at;
+            let count = leb(module, &mut pos);
+            return (0..count)
+                .map(|_| {
+                    let len = leb(module, &mut pos);
+                    let name = String::from_utf8(module[pos..pos + len].to_vec()).unwrap();
+                    pos += len + 1; // the name, then the kind byte
+                    leb(module, &mut pos); // the index
+                    name
+                })
+                .collect();
+        }
+        at += size;
+    }
+    Vec::new()
+}
+
+#[test]
+fn the_module_leaves_out_the_stream_callbacks_it_does_not_need() {
+    // Envoy calls into the VM only for callbacks the module exports (~1.5 µs each per request,
+    // BENCHMARKS.md). `make wasm` strips these; the stream's cleanup runs on proxy_on_delete
+    // (tests/shadow.rs, a_client_that_leaves_mid_body_gives_its_copy_capacity_back).
+    let exports = wasm_exports(&std::fs::read(wasm_path()).unwrap());
+    for unused in [
+        "proxy_on_log",
+        "proxy_on_done",
+        "proxy_on_response_trailers",
+    ] {
+        assert!(!exports.iter().any(|e| e == unused), "{unused} is exported");
+    }
+    for needed in [
+        "proxy_abi_version_0_2_1",
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        "proxy_on_delete",
+        "proxy_on_http_call_response",
+        "proxy_on_queue_ready",
+        "proxy_on_tick",
+        "proxy_on_memory_allocate",
+    ] {
+        assert!(exports.iter().any(|e| e == needed), "{needed} is missing");
+    }
+}

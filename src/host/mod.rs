@@ -480,10 +480,18 @@ impl HttpContext for SplitStream {
         }
         Action::Continue
     }
+}
 
-    fn on_log(&mut self) {
-        if let Some(shadow) = &mut self.shadow {
-            shadow.on_stream_end(&self.active, &mut self.shadow_state.borrow_mut());
+/// The stream's end, whatever ended it (completed, reset, client gone): the SDK drops the
+/// context in `proxy_on_delete`. Cleanup lives here rather than in `on_log` so that the module
+/// need not export `proxy_on_log` at all (see `UNUSED_CALLBACKS` in the Makefile): Envoy then
+/// skips that call into the VM on every request.
+impl Drop for SplitStream {
+    fn drop(&mut self) {
+        if let (Some(shadow), Ok(mut state)) =
+            (&mut self.shadow, self.shadow_state.try_borrow_mut())
+        {
+            shadow.on_stream_end(&self.active, &mut state);
         }
     }
 }
