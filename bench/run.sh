@@ -343,6 +343,31 @@ wait_ready() {
     return 1
 }
 
+# Stops scenario $1's front Envoy (bounded), so that only the measured Envoy runs.
+stop_front() {
+    local pid=${PID[$1]} n
+    kill "$pid" 2>/dev/null || true
+    for ((n = 0; n < 50; n++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+# Starts a fresh front Envoy for scenario $1 in round $2 (not in a subshell: it sets PID). Each
+# round gets a new process: one process keeps a bias of several µs/req through all its rounds
+# (which core it shares with wrk, memory layout, JIT), so only new processes let the median
+# over rounds average it out.
+restart_front() {
+    local s=$1 log=$WORK/$1.r$2.log why
+    PID[$s]=$(start_envoy "$WORK/$s.yaml" "$log")
+    PIDS+=("${PID[$s]}")
+    if ! why=$(wait_ready "${PID[$s]}" $((FRONT_ADMIN_BASE + $(index_of "$s"))) "$log"); then
+        echo "$s: front Envoy failed to start for round $2: $why" >&2
+        exit 1
+    fi
+}
+
 # The first error line of an Envoy log, without its timestamp/thread prefix.
 first_error() {
     local line
@@ -519,6 +544,8 @@ echo "running ${#RUNNABLE[@]} scenario(s) x $ROUNDS round(s), ${WARMUP}s warm-up
 URL_OF() { echo "http://127.0.0.1:${PORT[$1]}/"; }
 for ((round = 1; round <= ROUNDS; round++)); do
     for s in "${RUNNABLE[@]}"; do
+        # Round 1 measures the Envoy the checks ran against; later rounds start a new one.
+        ((round == 1)) || restart_front "$s" "$round"
         if ! kill -0 "${PID[$s]}" 2>/dev/null; then
             echo "$s: front Envoy died: $(first_error "$WORK/$s.log")" >&2
             exit 1
@@ -554,6 +581,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 cpu = req > 0 ? (c1 - c0) * 1e6 / tck / req : 0
                 printf "%s\t%d\t%d\t%d\t%.0f\t%.1f\t%d\t%d\t%d\t%s\n", s, r, req, v["duration_us"], rps, cpu, v["p50_us"], v["p99_us"], errs, sh
             }' <<<"$line" >>"$TSV"
+        stop_front "$s"
         tail -1 "$TSV" | awk -F'\t' '{ printf "round %s %-22s %8s req/s  %7s us CPU/req  p50 %6s us  p99 %6s us  errors %s  shadowed %s\n", $2, $1, $5, $6, $7, $8, $9, $10 }'
     done
 done
