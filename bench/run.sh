@@ -17,7 +17,7 @@
 # bench/results/<scenario>.r<round>.raw.
 #
 # Environment: BENCH_SCENARIOS (space-separated, instead of arguments), BENCH_ROUNDS (3),
-# BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_CONNECTIONS (16), BENCH_RESULTS (directory),
+# BENCH_DURATION (10 s), BENCH_WARMUP (1 s), BENCH_CONNECTIONS (16), BENCH_RESULTS (directory),
 # ENVOY (.venv/bin/envoy), WASM (target/traffic_split.wasm), WASM_BASELINE (for filter-baseline),
 # WASM_OPT_FLAGS.
 # A smoke run: BENCH_ROUNDS=1 BENCH_DURATION=2 BENCH_WARMUP=1 bench/run.sh plain filter
@@ -30,7 +30,7 @@ WASM=${WASM:-$ROOT/target/traffic_split.wasm}
 WASM_OPT_FLAGS=${WASM_OPT_FLAGS:-"-Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types --enable-multivalue"}
 ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION:-10}
-WARMUP=${BENCH_WARMUP:-2}
+WARMUP=${BENCH_WARMUP:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
 RESULTS=${BENCH_RESULTS:-$HERE/results}
 WORK=$RESULTS/work
