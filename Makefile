@@ -76,7 +76,7 @@ clean: ## Remove build outputs (keeps .venv)
 	cargo clean
 
 .PHONY: bench
-bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm filter (bench/results/, ~8 min)
+bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm filter (bench/results/, ~9.5 min)
 	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) WASM_OPT_FLAGS="$(WASM_OPT_FLAGS)" ./bench/run.sh
 
 .PHONY: bench-decision
