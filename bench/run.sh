@@ -230,7 +230,7 @@ front_config() {
         ;;
     filter-baseline)
         routes=$(routes_cluster_header)
-        filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_json)")
+        filters=$(wasm_filter traffic-split "${WASM_BASELINE:-$WASM}" "$(filter_json)")
         ;;
     filter-sticky)
         routes=$(routes_cluster_header)
@@ -242,7 +242,7 @@ front_config() {
         ;;
     filter-sticky-baseline)
         routes=$(routes_cluster_header)
-        filters=$(wasm_filter traffic-split "$WASM_BASELINE" "$(filter_sticky_json)")
+        filters=$(wasm_filter traffic-split "${WASM_BASELINE:-$WASM}" "$(filter_sticky_json)")
         ;;
     filter-shadow | filter-shadow-compare | filter-shadow-slow)
         local cluster=shadow compare=false timeout=1000
@@ -463,10 +463,12 @@ command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; ex
 command -v curl >/dev/null || { echo "curl not found: apt-get install curl" >&2; exit 1; }
 [[ -x $ENVOY ]] || { echo "Envoy not found at $ENVOY: run make envoy" >&2; exit 1; }
 wants() { [[ " ${SCENARIOS[*]} " == *" $1"* ]]; }
-if wants filter-baseline && [[ ! -f ${WASM_BASELINE:-} ]]; then
-    echo "filter-baseline needs WASM_BASELINE=path/to/an/other/traffic_split.wasm" >&2
-    exit 1
-fi
+for s in filter-baseline filter-sticky-baseline; do
+    if wants "$s " && [[ ! -f ${WASM_BASELINE:-} ]]; then
+        echo "$s needs WASM_BASELINE=path/to/an/other/traffic_split.wasm" >&2
+        exit 1
+    fi
+done
 if wants filter && [[ ! -f $WASM ]]; then
     echo "$WASM not found: run make wasm" >&2
     exit 1
