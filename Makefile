@@ -10,7 +10,7 @@ WASM_RAW      := target/$(WASM_TARGET)/release/traffic_split.wasm
 WASM          := target/traffic_split.wasm
 WASM_STRIPPED := target/$(WASM_TARGET)/release/traffic_split.stripped.wasm
 # Stream callbacks the SDK exports but the filter never needs. Envoy skips a callback the module
-# does not export, and each one costs ~1.5 µs per request (BENCHMARKS.md). The filter's stream
+# does not export, and each one costs ~0.8 µs per request (BENCHMARKS.md). The filter's stream
 # cleanup runs when the SDK drops the context (proxy_on_delete), not in on_log.
 UNUSED_CALLBACKS := proxy_on_log proxy_on_done proxy_on_response_trailers
 # wasm-opt needs the features rustc's wasm32-wasip1 output uses.

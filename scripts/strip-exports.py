@@ -3,7 +3,7 @@
 drops what nothing reaches any more).
 
 Why: Envoy calls a plugin's stream callback only when the module exports it, and each call into
-the VM costs ~1.5 µs of Envoy CPU per request (BENCHMARKS.md, wasm-noop-lean). The proxy-wasm
+the VM costs ~0.8 µs of Envoy CPU per request (BENCHMARKS.md, wasm-noop-lean). The proxy-wasm
 Rust SDK exports every callback, so every stream pays for the ones a filter never uses.
 
 Usage: strip-exports.py IN.wasm OUT.wasm EXPORT_NAME...

@@ -591,7 +591,7 @@ fn wasm_exports(module: &[u8]) -> Vec<String> {
 
 #[test]
 fn the_module_leaves_out_the_stream_callbacks_it_does_not_need() {
-    // Envoy calls into the VM only for callbacks the module exports (~1.5 µs each per request,
+    // Envoy calls into the VM only for callbacks the module exports (~0.8 µs each per request,
     // BENCHMARKS.md). `make wasm` strips these; the stream's cleanup runs on proxy_on_delete
     // (tests/shadow.rs, a_client_that_leaves_mid_body_gives_its_copy_capacity_back).
     let exports = wasm_exports(&std::fs::read(wasm_path()).unwrap());
