@@ -554,14 +554,43 @@ impl Envoy {
             .collect()
     }
 
-    /// A traffic-split counter (`traffic_split.…`) as Envoy reports it; 0 when not yet defined.
+    /// A stat as Envoy reports it (`traffic_split.…` names are looked up under `wasmcustom.`).
+    /// A stat that does not exist is a test failure, never 0: an assertion that a misspelt or
+    /// undefined metric is 0 would otherwise pass.
     pub fn counter(&self, name: &str) -> u64 {
+        self.try_counter(name).unwrap_or_else(|| {
+            let stats = self.stats();
+            let near: Vec<&String> = stats
+                .keys()
+                .filter(|k| k.contains("traffic_split") || k.contains(name))
+                .take(40)
+                .collect();
+            panic!("no stat named {name:?} (nor wasmcustom.{name}); stats that look related: {near:#?}")
+        })
+    }
+
+    /// A stat, or `None` when Envoy does not report it (yet).
+    pub fn try_counter(&self, name: &str) -> Option<u64> {
         let stats = self.stats();
         stats
             .get(&format!("wasmcustom.{name}"))
             .or_else(|| stats.get(name))
             .copied()
-            .unwrap_or(0)
+    }
+
+    /// A counter once it has stopped moving: two reads two flush ticks apart agree.
+    pub fn settled_counter(&self, name: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.counter(name);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.counter(name);
+            if now == last || Instant::now() > deadline {
+                assert_eq!(now, last, "{name} still moving after 10 s");
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// The `/stats` line of a traffic-split histogram (quantiles), waiting for the next
@@ -583,7 +612,29 @@ impl Envoy {
         }
     }
 
-    /// Waits (counters are flushed on a tick) until `name` reaches `expected`; returns the last value.
+    /// The cumulative value of quantile `q` (e.g. "P50") from a `/stats` histogram line such as
+    /// `name: P0(nan,1000) P25(nan,1025) P50(nan,1050) …` (interval value, cumulative value).
+    pub fn histogram_quantile(line: &str, q: &str) -> f64 {
+        let start = line
+            .find(&format!(" {q}("))
+            .unwrap_or_else(|| panic!("no {q} in {line:?}"))
+            + q.len()
+            + 2;
+        let rest = &line[start..];
+        let inner = &rest[..rest
+            .find(')')
+            .unwrap_or_else(|| panic!("bad {q} in {line:?}"))];
+        let (_, cumulative) = inner
+            .split_once(',')
+            .unwrap_or_else(|| panic!("bad {q} in {line:?}"));
+        cumulative
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad {q} value in {line:?}"))
+    }
+
+    /// Waits (counters are flushed on a tick) until `name` reaches `expected`; returns the last
+    /// value. The stat must exist (see `counter`).
     pub fn wait_counter(&self, name: &str, expected: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
