@@ -79,6 +79,22 @@ clean: ## Remove build outputs (keeps .venv)
 bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm filter (bench/results/, ~9.5 min)
 	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) WASM_OPT_FLAGS="$(WASM_OPT_FLAGS)" ./bench/run.sh
 
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS  ?= config_bytes config_structured decision
+.PHONY: fuzz
+fuzz: ## Fuzz every target for FUZZ_SECONDS each (cargo fuzz, nightly; new inputs in target/fuzz-corpus/)
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz build -O
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		(cd fuzz && cargo +nightly fuzz run -O $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1) 2>&1 \
+			| grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|Done)|panicked|ERROR|SUMMARY|artifact' ; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "fuzz $$t: FINDING (fuzz/artifacts/$$t/)"; exit 1; }; \
+	done
+
 .PHONY: bench-decision
 bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns per decision)
 	cargo bench --bench decision

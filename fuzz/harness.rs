@@ -1,0 +1,403 @@
+//! The bodies of the fuzz targets, shared by `cargo fuzz` (fuzz/fuzz_targets/*.rs, nightly,
+//! libFuzzer) and by the native corpus replay in `make test` (tests/fuzz_corpus.rs), so the
+//! replay runs exactly what the fuzzer ran. Each function takes the fuzzer's raw bytes and
+//! must never panic: a panic here is a panic the VM would have had.
+
+// Each target uses one entry point; the harness's own checks may panic (that is the finding).
+#![allow(dead_code, clippy::panic)]
+
+use arbitrary::{Result, Unstructured};
+use serde_json::{Map, Value};
+use traffic_split::breaker::{BreakerView, State};
+use traffic_split::decision::Decision;
+use traffic_split::plan::Plan;
+use traffic_split::request::{HeaderPair, Request};
+use traffic_split::rng::Rng;
+
+/// Target `config_bytes`: any bytes → parse, validate, compile.
+pub fn config_bytes(data: &[u8]) {
+    let _ = Plan::from_json(data);
+}
+
+/// Target `config_structured`: a JSON configuration assembled from the real field names and
+/// value shapes, so the fuzzer reaches the deep checks instead of stopping at JSON syntax.
+pub fn config_structured(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    if let Ok(config) = plugin_config(&mut u) {
+        let bytes = serde_json::to_vec(&config).unwrap_or_default();
+        let _ = Plan::from_json(&bytes);
+    }
+}
+
+/// Target `decision`: a compiled plan (structured, or a rich fixed one when the generated
+/// config is invalid) and a hostile request: any header names and bytes, repeated names,
+/// huge values, odd cookie separators, percent-encoding, arbitrary breaker states.
+pub fn decision(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let plan = plugin_config(&mut u)
+        .ok()
+        .and_then(|c| Plan::from_json(&serde_json::to_vec(&c).ok()?).ok())
+        .or_else(|| Plan::from_json(RICH_PLAN.as_bytes()).ok());
+    let Some(plan) = plan else {
+        panic!("the fixed plan must compile");
+    };
+    let Ok(headers) = request_headers(&mut u) else {
+        return;
+    };
+    let route_name: Option<Vec<u8>> = u.arbitrary().unwrap_or(None);
+    let views: Vec<BreakerView> = (0..u.int_in_range(0..=8u8).unwrap_or(0))
+        .map(|_| BreakerView {
+            state: match u.int_in_range(0..=2u8).unwrap_or(0) {
+                0 => State::Closed,
+                1 => State::Open,
+                _ => State::HalfOpen,
+            },
+            generation: u.arbitrary().unwrap_or(0),
+        })
+        .collect();
+    let mut rng = Rng::from_seed(u.arbitrary().unwrap_or(0));
+    let request = Request::new(&headers, route_name.as_deref());
+    if let Decision::Routed(routed) = plan.decide(&request, &mut rng, &views) {
+        // What the host layer then indexes must exist.
+        let rule = plan.rules.get(routed.rule);
+        assert!(rule.is_some_and(|r| r.destinations.get(routed.destination).is_some()));
+    }
+}
+
+/// A plan that uses every kind of condition and key, for requests to meet when the
+/// generated configuration is invalid.
+pub const RICH_PLAN: &str = r#"{
+  "rules": [
+    { "name": "hdr", "match": { "headers": [ { "name": "x-a", "exact": "1" },
+        { "name": "x-b", "one_of": ["x", "y"] }, { "name": "x-c", "present": false } ] },
+      "destinations": [ { "name": "a", "cluster": "ca" } ] },
+    { "name": "ck", "match": { "cookies": [ { "name": "beta", "prefix": "y" } ],
+        "query": [ { "name": "q", "suffix": "%2F" } ] },
+      "sticky": { "cookie": "uid", "assign_cookie": true },
+      "destinations": [ { "name": "a", "cluster": "ca", "weight": 3 },
+                        { "name": "b", "cluster": "cb", "weight": 7 } ] },
+    { "name": "path", "match": { "path": { "prefix": "/p" }, "methods": ["GET", "POST"],
+        "authority": { "suffix": ".example.com" }, "route_names": ["r1"] },
+      "sticky": { "query": "user" }, "hash": "unleash",
+      "destinations": [ { "name": "a", "cluster": "ca", "weight": 40,
+                          "fallback": "b", "breaker": {} },
+                        { "name": "b", "cluster": "cb", "weight": 60,
+                          "fallback": "c", "breaker": {} },
+                        { "name": "c", "cluster": "cc", "weight": 0 } ] },
+    { "name": "all", "sticky": { "header": "x-user-id" },
+      "destinations": [ { "name": "a", "cluster": "ca", "weight": 1,
+                          "fallback": "b", "breaker": { "half_open_percent": 50 } },
+                        { "name": "b", "cluster": "cb", "weight": 1 } ] }
+  ]
+}"#;
+
+/// Header names the plans look at, and ones Envoy always sends.
+const HEADER_NAMES: &[&str] = &[
+    ":path",
+    ":method",
+    ":authority",
+    "cookie",
+    "x-user-id",
+    "x-a",
+    "x-b",
+    "x-c",
+    "x-split-cluster",
+    "x-split-variant",
+    "x-shadow-request",
+    "baggage",
+];
+
+/// Value fragments that meet the parsers' edge cases.
+const VALUE_PARTS: &[&[u8]] = &[
+    b"/p?user=",
+    b"?q=a%2F",
+    b"%",
+    b"%2",
+    b"%zz",
+    b"%C3%A9",
+    b"uid=",
+    b"; ",
+    b";;",
+    b"=",
+    b"beta=yes",
+    b" ",
+    b"\t",
+    b"\xff\xfe",
+    b"&",
+    b"&&user=&user=1",
+    b"GET",
+    b"x.example.com",
+    b"X.EXAMPLE.COM:443",
+];
+
+fn request_headers(u: &mut Unstructured<'_>) -> Result<Vec<HeaderPair>> {
+    let count = u.int_in_range(0..=24u8)?;
+    let mut headers = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let name = if u.ratio(1, 5)? {
+            u.arbitrary::<String>()?
+        } else {
+            (*u.choose(HEADER_NAMES)?).to_string()
+        };
+        let mut value = Vec::new();
+        for _ in 0..u.int_in_range(0..=6u8)? {
+            match u.int_in_range(0..=3u8)? {
+                0 => value.extend_from_slice(u.arbitrary::<&[u8]>()?),
+                1 => {
+                    // A huge value (60 KiB, as the soak's hostile cookies).
+                    let byte = u.arbitrary::<u8>()?;
+                    value.extend(std::iter::repeat_n(byte, 60 * 1024));
+                }
+                _ => value.extend_from_slice(u.choose(VALUE_PARTS)?),
+            }
+        }
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+// ---- the structure-aware configuration generator ----
+
+fn plugin_config(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut top = Map::new();
+    maybe(u, &mut top, "cluster_header", header_name)?;
+    maybe(u, &mut top, "variant_header", header_name)?;
+    maybe(u, &mut top, "debug_header", |u| {
+        Ok(Value::Bool(u.arbitrary()?))
+    })?;
+    maybe(u, &mut top, "max_in_flight", number)?;
+    maybe(u, &mut top, "max_buffered_body_bytes", number)?;
+    let rules = list(u, 0..=4, rule)?;
+    top.insert("rules".into(), rules);
+    mutate(u, &mut top)?;
+    Ok(Value::Object(top))
+}
+
+fn rule(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut r = Map::new();
+    r.insert("name".into(), name(u)?);
+    maybe(u, &mut r, "match", match_)?;
+    maybe(u, &mut r, "sticky", sticky)?;
+    maybe(u, &mut r, "salt", string)?;
+    maybe(u, &mut r, "hash", |u| {
+        Ok(Value::from(*u.choose(&["fine", "unleash", "Fine", ""])?))
+    })?;
+    r.insert("destinations".into(), list(u, 0..=4, destination)?);
+    maybe(u, &mut r, "shadow", |u| list(u, 0..=3, shadow))?;
+    mutate(u, &mut r)?;
+    Ok(Value::Object(r))
+}
+
+fn match_(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut m = Map::new();
+    for key in ["headers", "cookies", "query"] {
+        maybe(u, &mut m, key, |u| list(u, 0..=3, named_op))?;
+    }
+    maybe(u, &mut m, "path", string_op)?;
+    maybe(u, &mut m, "authority", string_op)?;
+    maybe(u, &mut m, "methods", |u| list(u, 0..=3, method))?;
+    maybe(u, &mut m, "route_names", |u| list(u, 0..=3, string))?;
+    mutate(u, &mut m)?;
+    Ok(Value::Object(m))
+}
+
+fn named_op(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut op = match string_op(u)? {
+        Value::Object(m) => m,
+        other => return Ok(other),
+    };
+    op.insert("name".into(), header_name(u)?);
+    Ok(Value::Object(op))
+}
+
+fn string_op(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut op = Map::new();
+    for _ in 0..u.int_in_range(0..=2u8)? {
+        match u.int_in_range(0..=4u8)? {
+            0 => op.insert("exact".into(), string(u)?),
+            1 => op.insert("prefix".into(), string(u)?),
+            2 => op.insert("suffix".into(), string(u)?),
+            3 => op.insert("one_of".into(), list(u, 0..=3, string)?),
+            _ => op.insert("present".into(), Value::Bool(u.arbitrary()?)),
+        };
+    }
+    Ok(Value::Object(op))
+}
+
+fn sticky(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut s = Map::new();
+    for key in ["header", "cookie", "query"] {
+        if u.ratio(1, 3)? {
+            s.insert(key.into(), header_name(u)?);
+        }
+    }
+    maybe(u, &mut s, "assign_cookie", |u| {
+        Ok(Value::Bool(u.arbitrary()?))
+    })?;
+    maybe(u, &mut s, "cookie_max_age_s", number)?;
+    mutate(u, &mut s)?;
+    Ok(Value::Object(s))
+}
+
+fn destination(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut d = Map::new();
+    d.insert("name".into(), name(u)?);
+    d.insert("cluster".into(), name(u)?);
+    maybe(u, &mut d, "weight", number)?;
+    maybe(u, &mut d, "fallback", name)?;
+    maybe(u, &mut d, "breaker", breaker)?;
+    mutate(u, &mut d)?;
+    Ok(Value::Object(d))
+}
+
+fn breaker(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut b = Map::new();
+    for key in [
+        "failure_ratio",
+        "min_requests",
+        "window_s",
+        "open_s",
+        "half_open_percent",
+    ] {
+        maybe(u, &mut b, key, number)?;
+    }
+    maybe(u, &mut b, "failure_statuses", |u| {
+        list(u, 0..=3, |u| {
+            Ok(match u.int_in_range(0..=2u8)? {
+                0 => number(u)?,
+                1 => Value::from(*u.choose(&["5xx", "4xx", "gateway-error", "x"])?),
+                _ => string(u)?,
+            })
+        })
+    })?;
+    maybe(u, &mut b, "count_local_replies", |u| {
+        Ok(Value::Bool(u.arbitrary()?))
+    })?;
+    mutate(u, &mut b)?;
+    Ok(Value::Object(b))
+}
+
+fn shadow(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut s = Map::new();
+    s.insert("cluster".into(), name(u)?);
+    maybe(u, &mut s, "name", name)?;
+    for key in ["percent", "timeout_ms", "max_body_bytes"] {
+        maybe(u, &mut s, key, number)?;
+    }
+    maybe(u, &mut s, "host_suffix", string)?;
+    maybe(u, &mut s, "methods", |u| list(u, 0..=3, method))?;
+    maybe(u, &mut s, "remove_headers", |u| list(u, 0..=3, header_name))?;
+    for key in ["include_body", "compare", "compare_body"] {
+        maybe(u, &mut s, key, |u| Ok(Value::Bool(u.arbitrary()?)))?;
+    }
+    mutate(u, &mut s)?;
+    Ok(Value::Object(s))
+}
+
+/// Sometimes puts `key` in, generated by `value`.
+fn maybe(
+    u: &mut Unstructured<'_>,
+    map: &mut Map<String, Value>,
+    key: &str,
+    value: impl FnOnce(&mut Unstructured<'_>) -> Result<Value>,
+) -> Result<()> {
+    if u.ratio(1, 2)? {
+        let v = value(u)?;
+        map.insert(key.into(), v);
+    }
+    Ok(())
+}
+
+/// Now and then a wrong type or an unknown field, so type and unknown-field errors are
+/// reached at every depth too.
+fn mutate(u: &mut Unstructured<'_>, map: &mut Map<String, Value>) -> Result<()> {
+    if u.ratio(1, 8)? {
+        let keys: Vec<String> = map.keys().cloned().collect();
+        if let Ok(key) = u.choose(&keys) {
+            let key = key.clone();
+            map.insert(key, any_scalar(u)?);
+        }
+    }
+    if u.ratio(1, 16)? {
+        map.insert(u.arbitrary::<String>()?, any_scalar(u)?);
+    }
+    Ok(())
+}
+
+fn list(
+    u: &mut Unstructured<'_>,
+    len: std::ops::RangeInclusive<u8>,
+    mut item: impl FnMut(&mut Unstructured<'_>) -> Result<Value>,
+) -> Result<Value> {
+    let n = u.int_in_range(len)?;
+    (0..n)
+        .map(|_| item(u))
+        .collect::<Result<Vec<_>>>()
+        .map(Value::Array)
+}
+
+fn any_scalar(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(match u.int_in_range(0..=4u8)? {
+        0 => Value::Null,
+        1 => Value::Bool(u.arbitrary()?),
+        2 => number(u)?,
+        3 => string(u)?,
+        _ => Value::Array(vec![]),
+    })
+}
+
+fn number(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(match u.int_in_range(0..=5u8)? {
+        0 => Value::from(u.int_in_range(0..=100u32)?),
+        1 => Value::from(u.arbitrary::<u64>()?),
+        2 => Value::from(u.arbitrary::<i64>()?),
+        3 => serde_json::Number::from_f64(u.arbitrary::<f64>()?).map_or(Value::Null, Value::Number),
+        4 => Value::from(*u.choose(&[
+            0u64,
+            1,
+            99,
+            100,
+            101,
+            10_000,
+            4_294_967_295,
+            4_294_967_296,
+        ])?),
+        _ => Value::from(f64::from(u.int_in_range(0..=10_000u32)?) / 100.0),
+    })
+}
+
+fn name(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(if u.ratio(1, 6)? {
+        string(u)?
+    } else {
+        Value::from(*u.choose(&["a", "b", "c", "canary", "stable", "ca", "cb", "v3"])?)
+    })
+}
+
+fn header_name(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(if u.ratio(1, 6)? {
+        string(u)?
+    } else {
+        Value::from(*u.choose(&[
+            "x-user-id",
+            "X-User-Id",
+            "uid",
+            "x-split-cluster",
+            ":path",
+            "host",
+            "cookie",
+            "__Host-uid",
+            "x y",
+        ])?)
+    })
+}
+
+fn method(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(Value::from(
+        *u.choose(&["GET", "POST", "get", "", "PURGE"])?,
+    ))
+}
+
+fn string(u: &mut Unstructured<'_>) -> Result<Value> {
+    Ok(Value::from(u.arbitrary::<String>()?))
+}
