@@ -104,6 +104,28 @@ pub struct StickyConfig {
     pub query: Option<String>,
     pub assign_cookie: bool,
     pub cookie_max_age_s: Option<u64>,
+    pub cookie_secure: Option<bool>,
+    pub cookie_domain: Option<String>,
+    pub cookie_same_site: Option<SameSite>,
+}
+
+/// The `SameSite` attribute of assigned cookies.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +367,9 @@ fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
         "query",
         "assign_cookie",
         "cookie_max_age_s",
+        "cookie_secure",
+        "cookie_domain",
+        "cookie_same_site",
     ])?;
     Ok(StickyConfig {
         header: o.string("header")?,
@@ -352,6 +377,16 @@ fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
         query: o.string("query")?,
         assign_cookie: o.boolean("assign_cookie")?.unwrap_or(false),
         cookie_max_age_s: o.integer("cookie_max_age_s", u64::from(u32::MAX))?,
+        cookie_secure: o.boolean("cookie_secure")?,
+        cookie_domain: o.string("cookie_domain")?,
+        cookie_same_site: o.choice(
+            "cookie_same_site",
+            &[
+                ("Lax", SameSite::Lax),
+                ("Strict", SameSite::Strict),
+                ("None", SameSite::None),
+            ],
+        )?,
     })
 }
 

@@ -68,7 +68,7 @@ impl Rule {
         // before a second destination is added, so the shares hold from the first request.
         let fixed = self.destinations.len() == 1;
         let sticky = match &self.sticky {
-            Some(sticky) if !fixed || sticky.assign_cookie_max_age_s.is_some() => sticky,
+            Some(sticky) if !fixed || sticky.assign_cookie.is_some() => sticky,
             None if !fixed => {
                 let bucket = bucket::bucket_of_random(self.hash, rng.next_u64());
                 return (bucket::destination_for(&self.upper_bounds, bucket), None);
@@ -83,16 +83,18 @@ impl Rule {
         }
         .filter(|k| !k.is_empty());
         let mut set_cookie = None;
-        let bucket = match (key, &sticky.key, sticky.assign_cookie_max_age_s) {
+        let bucket = match (key, &sticky.key, &sticky.assign_cookie) {
             (Some(_), _, _) if fixed => return (0, None),
             (Some(key), _, _) => self.bucket_of_key(&key),
-            (None, StickyKey::Cookie(cookie), Some(max_age)) => {
-                let id = rng.hex_id();
-                set_cookie = Some(format!(
-                    "{cookie}={id}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
-                ));
-                self.bucket_of_key(id.as_bytes())
-            }
+            // A new user's id comes from the OS (never the sampling generator); without one
+            // the user is bucketed at random and gets no cookie this time.
+            (None, StickyKey::Cookie(cookie), Some(attributes)) => match rng.user_id() {
+                Some(id) => {
+                    set_cookie = Some(format!("{cookie}={id}{attributes}"));
+                    self.bucket_of_key(id.as_bytes())
+                }
+                None => bucket::bucket_of_random(self.hash, rng.next_u64()),
+            },
             (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
         };
         (
@@ -270,6 +272,46 @@ mod tests {
         let again = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(10), &[]));
         assert_eq!(again.destination, r.destination);
         assert_eq!(again.set_cookie, None);
+    }
+
+    #[test]
+    fn assigned_ids_come_from_the_os_not_the_sampling_seed() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","sticky":{"cookie":"uid","assign_cookie":true},
+               "destinations":[{"name":"a","cluster":"a"},{"name":"b","cluster":"b"}]}]}"#,
+        );
+        let h = headers(&[]);
+        // Same seed, same request: a PRNG-derived id would repeat; OS ids do not.
+        let ids: Vec<String> = (0..2)
+            .map(|_| {
+                let r = routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(1), &[]));
+                r.set_cookie.unwrap()
+            })
+            .collect();
+        assert_ne!(ids[0], ids[1]);
+        // No OS randomness: no id at all (never a guessable one), the request is still routed.
+        let mut rng = Rng::with_id_source(1, |_| false);
+        let picks: Vec<Routed> = (0..200)
+            .map(|_| routed(p.decide(&Request::new(&h, None), &mut rng, &[])))
+            .collect();
+        assert!(picks.iter().all(|r| r.set_cookie.is_none()));
+        assert!(picks.iter().any(|r| r.destination == 0) && picks.iter().any(|r| r.destination == 1));
+    }
+
+    #[test]
+    fn assigned_cookie_attributes_follow_the_config() {
+        let p = plan(
+            r#"{"rules":[{"name":"r","sticky":{"cookie":"__Host-uid","assign_cookie":true,
+               "cookie_secure":true,"cookie_same_site":"Strict","cookie_max_age_s":1},
+               "destinations":[{"name":"a","cluster":"a"}]}]}"#,
+        );
+        let r = routed(p.decide(&Request::new(&[], None), &mut Rng::from_seed(1), &[]));
+        let cookie = r.set_cookie.unwrap();
+        assert!(cookie.starts_with("__Host-uid="), "{cookie}");
+        assert!(
+            cookie.ends_with("; Path=/; Max-Age=1; HttpOnly; Secure; SameSite=Strict"),
+            "{cookie}"
+        );
     }
 
     #[test]

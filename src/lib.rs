@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod bucket;
 pub mod config;
+pub mod cookie;
 pub mod decision;
 pub mod matcher;
 pub mod metrics;

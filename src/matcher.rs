@@ -24,6 +24,25 @@ impl StringOp {
             (StringOp::OneOf(options), Some(v)) => options.iter().any(|o| o.as_slice() == v),
         }
     }
+
+    /// The same, ignoring ASCII case (host names: RFC 9110 4.2.3, `Shop.Example` is
+    /// `shop.example`).
+    fn holds_ignoring_case(&self, value: Option<&[u8]>) -> bool {
+        match (self, value) {
+            (StringOp::Present(wanted), v) => v.is_some() == *wanted,
+            (_, None) => false,
+            (StringOp::Exact(s), Some(v)) => v.eq_ignore_ascii_case(s),
+            (StringOp::Prefix(s), Some(v)) => {
+                v.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))
+            }
+            (StringOp::Suffix(s), Some(v)) => v
+                .len()
+                .checked_sub(s.len())
+                .and_then(|start| v.get(start..))
+                .is_some_and(|p| p.eq_ignore_ascii_case(s)),
+            (StringOp::OneOf(options), Some(v)) => options.iter().any(|o| v.eq_ignore_ascii_case(o)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +64,7 @@ impl Condition {
             Condition::Cookie(name, op) => op.holds(request.cookie(name)),
             Condition::Query(name, op) => op.holds(request.query(name).as_deref()),
             Condition::Path(op) => op.holds(request.path()),
-            Condition::Authority(op) => op.holds(request.authority()),
+            Condition::Authority(op) => op.holds_ignoring_case(request.authority()),
             Condition::Methods(methods) => request
                 .method()
                 .is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
@@ -122,6 +141,19 @@ mod tests {
         };
         assert!(all.holds(&r));
         assert!(Matcher::default().holds(&r));
+        // Host names compare case-insensitively, whichever side has the capitals.
+        let h = req(&[(":authority", "Beta.SHOP.example.com")]);
+        let r2 = Request::new(&h, None);
+        for op in [
+            StringOp::Exact(b"beta.shop.Example.COM".to_vec()),
+            StringOp::Prefix(b"BETA.".to_vec()),
+            StringOp::Suffix(b".Example.Com".to_vec()),
+        ] {
+            assert!(Condition::Authority(op.clone()).holds(&r2), "{op:?}");
+            assert!(!Condition::Header(":authority".into(), op).holds(&r2));
+        }
+        assert!(!Condition::Authority(StringOp::Suffix(b"x.beta.shop.example.com".to_vec())).holds(&r2));
+        assert!(!Condition::Authority(StringOp::Prefix(b"beta.shop.example.com.x".to_vec())).holds(&r2));
         let wrong_method = Condition::Methods(vec![b"GET".to_vec()]);
         assert!(!wrong_method.holds(&r));
         let no_route = Request::new(&h, None);

@@ -6,9 +6,10 @@ use crate::breaker::{BreakerPolicy, StatusMatch};
 use crate::bucket::{self, FINE_BUCKETS, UNLEASH_BUCKETS};
 use crate::config::{
     self, BreakerConfig, ConfigError, DestinationConfig, FailureStatus, HashKind, MatchConfig,
-    NamedMatchConfig, PluginConfig, RuleConfig, ShadowConfig, StickyConfig, StringMatchConfig,
-    DEFAULT_COOKIE_MAX_AGE_S,
+    NamedMatchConfig, PluginConfig, RuleConfig, SameSite, ShadowConfig, StickyConfig,
+    StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
 };
+use crate::cookie;
 use crate::matcher::{Condition, Matcher, StringOp};
 use crate::shadow::sample_threshold;
 use std::time::Duration;
@@ -108,8 +109,9 @@ pub enum StickyKey {
 #[derive(Debug)]
 pub struct Sticky {
     pub key: StickyKey,
-    /// When set (cookie keys only): Max-Age of the cookie assigned to users who have none.
-    pub assign_cookie_max_age_s: Option<u64>,
+    /// When set (cookie keys only): what follows `<name>=<id>` in the `Set-Cookie` of users
+    /// who have no cookie yet (`cookie::attributes`).
+    pub assign_cookie: Option<String>,
 }
 
 impl Plan {
@@ -119,11 +121,11 @@ impl Plan {
     }
 
     pub fn compile(config: PluginConfig) -> Result<Plan, ConfigError> {
-        let cluster_header = header_name("cluster_header", &config.cluster_header)?;
+        let cluster_header = routing_header_name("cluster_header", &config.cluster_header)?;
         let variant_header = if config.variant_header.is_empty() {
             None
         } else {
-            let name = header_name("variant_header", &config.variant_header)?;
+            let name = routing_header_name("variant_header", &config.variant_header)?;
             if name == cluster_header {
                 return Err(ConfigError::new(
                     "variant_header",
@@ -550,8 +552,12 @@ fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, Confi
     }
 }
 
-fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigError> {
-    let key = match (sticky.header, sticky.cookie, sticky.query) {
+fn compile_sticky(path: &str, mut sticky: StickyConfig) -> Result<Sticky, ConfigError> {
+    let key = match (
+        sticky.header.take(),
+        sticky.cookie.take(),
+        sticky.query.take(),
+    ) {
         (Some(h), None, None) => StickyKey::Header(header_name(&field(path, "header"), &h)?),
         (None, Some(c), None) => {
             check_cookie_name(&field(path, "cookie"), &c)?;
@@ -570,25 +576,99 @@ fn compile_sticky(path: &str, sticky: StickyConfig) -> Result<Sticky, ConfigErro
             ))
         }
     };
-    let is_cookie = matches!(key, StickyKey::Cookie(_));
-    if sticky.assign_cookie && !is_cookie {
+    let cookie_name = match &key {
+        StickyKey::Cookie(name) => Some(name.as_str()),
+        _ => None,
+    };
+    if sticky.assign_cookie && cookie_name.is_none() {
         return Err(ConfigError::new(
             field(path, "assign_cookie"),
             "only applies to a cookie user key (\"cookie\": NAME)",
         ));
     }
-    if sticky.cookie_max_age_s.is_some() && !sticky.assign_cookie {
+    let cookie_only = [
+        ("cookie_max_age_s", sticky.cookie_max_age_s.is_some()),
+        ("cookie_secure", sticky.cookie_secure.is_some()),
+        ("cookie_domain", sticky.cookie_domain.is_some()),
+        ("cookie_same_site", sticky.cookie_same_site.is_some()),
+    ];
+    for (name, given) in cookie_only {
+        if given && !sticky.assign_cookie {
+            return Err(ConfigError::new(
+                field(path, name),
+                "only applies with \"assign_cookie\": true",
+            ));
+        }
+    }
+    let assign_cookie = match cookie_name.filter(|_| sticky.assign_cookie) {
+        Some(name) => Some(compile_assigned_cookie(path, name, &sticky)?),
+        None => None,
+    };
+    Ok(Sticky { key, assign_cookie })
+}
+
+/// The attributes of the cookie the filter assigns, checked so browsers keep it: a cookie a
+/// browser drops would give the user a new id, and maybe a new version, on every request.
+fn compile_assigned_cookie(
+    path: &str,
+    name: &str,
+    sticky: &StickyConfig,
+) -> Result<String, ConfigError> {
+    let max_age = sticky
+        .cookie_max_age_s
+        .unwrap_or(DEFAULT_COOKIE_MAX_AGE_S);
+    if max_age == 0 {
         return Err(ConfigError::new(
             field(path, "cookie_max_age_s"),
-            "only applies with \"assign_cookie\": true",
+            "must be at least 1 (Max-Age=0 deletes the cookie at once)",
         ));
     }
-    Ok(Sticky {
-        key,
-        assign_cookie_max_age_s: sticky
-            .assign_cookie
-            .then(|| sticky.cookie_max_age_s.unwrap_or(DEFAULT_COOKIE_MAX_AGE_S)),
-    })
+    let secure = sticky.cookie_secure.unwrap_or(false);
+    let same_site = sticky.cookie_same_site.unwrap_or_default();
+    if same_site == SameSite::None && !secure {
+        return Err(ConfigError::new(
+            field(path, "cookie_same_site"),
+            "\"None\" requires \"cookie_secure\": true (browsers reject SameSite=None cookies without Secure)",
+        ));
+    }
+    for prefix in ["__Host-", "__Secure-"] {
+        if cookie::has_prefix(name, prefix) && !secure {
+            return Err(ConfigError::new(
+                field(path, "cookie"),
+                format!("\"{name}\" requires \"cookie_secure\": true (browsers reject {prefix} cookies without Secure)"),
+            ));
+        }
+    }
+    let domain = sticky.cookie_domain.as_deref();
+    if let Some(domain) = domain {
+        if cookie::has_prefix(name, "__Host-") {
+            return Err(ConfigError::new(
+                field(path, "cookie_domain"),
+                format!("must not be set for \"{name}\" (browsers reject __Host- cookies with a Domain)"),
+            ));
+        }
+        check_cookie_domain(&field(path, "cookie_domain"), domain)?;
+    }
+    Ok(cookie::attributes(max_age, domain, secure, same_site))
+}
+
+/// A host name (letters, digits, `-`, `.`; an optional leading `.` that browsers ignore): the
+/// value is written into `Set-Cookie` as it is, so nothing may end the attribute early.
+fn check_cookie_domain(path: &str, domain: &str) -> Result<(), ConfigError> {
+    let host = domain.strip_prefix('.').unwrap_or(domain);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("\"{domain}\" is not a domain name"),
+        ))
+    }
 }
 
 fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
@@ -739,6 +819,80 @@ fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
     Ok(name.to_ascii_lowercase())
 }
 
+/// Request headers that Envoy, proxies or browsers give a meaning to. The filter overwrites or
+/// removes `cluster_header` and `variant_header` on every request, so naming one of these would
+/// clobber the request (`host`, `cookie`), break its framing (`content-length`) or let a
+/// browser-controlled value collide with routing.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "cookie",
+    "set-cookie",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "via",
+    "date",
+    "origin",
+    "referer",
+    "authorization",
+    "cache-control",
+    "pragma",
+    "range",
+    "accept",
+    "accept-encoding",
+    "accept-charset",
+    "accept-language",
+    "user-agent",
+    "dnt",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-client-cert",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+];
+
+/// Prefixes of the same kind: Envoy's own control headers, the Fetch standard's forbidden
+/// `sec-`/`proxy-` names, CORS and conditional requests, Zipkin trace context.
+const RESERVED_HEADER_PREFIXES: &[&str] =
+    &["x-envoy-", "sec-", "proxy-", "access-control-", "if-", "x-b3-"];
+
+/// `cluster_header` / `variant_header`: a valid header name that is neither a pseudo-header
+/// nor one of the reserved names above, in lower case.
+fn routing_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let lower = header_name(path, name)?;
+    if lower.starts_with(':') {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is a pseudo-header: use a header name of your own"),
+        ));
+    }
+    let reserved = RESERVED_HEADERS.contains(&lower.as_str())
+        || RESERVED_HEADER_PREFIXES
+            .iter()
+            .any(|p| lower.starts_with(p));
+    if reserved {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "\"{name}\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own"
+            ),
+        ));
+    }
+    Ok(lower)
+}
+
 fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
@@ -804,12 +958,8 @@ mod tests {
         assert_eq!(plan.rules[1].salt_colon, b"checkout-2026-11:");
         assert_eq!(plan.rules[0].salt_colon, b"employees:");
         assert_eq!(
-            plan.rules[1]
-                .sticky
-                .as_ref()
-                .unwrap()
-                .assign_cookie_max_age_s,
-            Some(2_592_000)
+            plan.rules[1].sticky.as_ref().unwrap().assign_cookie.as_deref(),
+            Some("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax")
         );
         assert!(plan.needs_request_headers);
         assert!(!plan.needs_route_name);
@@ -925,6 +1075,82 @@ mod tests {
             (
                 rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"a;b"}},{DESTS}}}"#)),
                 "rules[0].sticky.cookie: \"a;b\" is not a valid cookie name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":0}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_max_age_s: must be at least 1 (Max-Age=0 deletes the cookie at once)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_secure":true}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_secure: only applies with \"assign_cookie\": true",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_domain":"example.com"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_domain: only applies with \"assign_cookie\": true",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_same_site":"Strict"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_same_site: only applies with \"assign_cookie\": true",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_same_site":"None"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_same_site: \"None\" requires \"cookie_secure\": true (browsers reject SameSite=None cookies without Secure)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_same_site":"lax"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_same_site: \"lax\" is not one of \"Lax\", \"Strict\", \"None\"",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_secure":"yes"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_secure: must be true or false, got a string",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__Host-uid","assign_cookie":true}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie: \"__Host-uid\" requires \"cookie_secure\": true (browsers reject __Host- cookies without Secure)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__secure-uid","assign_cookie":true,"cookie_secure":false}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie: \"__secure-uid\" requires \"cookie_secure\": true (browsers reject __Secure- cookies without Secure)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__Host-uid","assign_cookie":true,"cookie_secure":true,"cookie_domain":"example.com"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_domain: must not be set for \"__Host-uid\" (browsers reject __Host- cookies with a Domain)",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_domain":"example.com; Secure"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_domain: \"example.com; Secure\" is not a domain name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_domain":""}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_domain: \"\" is not a domain name",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_secure":true,"cookie_samesite":"None"}},{DESTS}}}"#)),
+                "rules[0].sticky.cookie_samesite: unknown field, expected one of: header, cookie, query, assign_cookie, cookie_max_age_s, cookie_secure, cookie_domain, cookie_same_site",
+            ),
+            (
+                r#"{"cluster_header":":authority"}"#.into(),
+                "cluster_header: \":authority\" is a pseudo-header: use a header name of your own",
+            ),
+            (
+                r#"{"cluster_header":"Host"}"#.into(),
+                "cluster_header: \"Host\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+            ),
+            (
+                r#"{"variant_header":"cookie"}"#.into(),
+                "variant_header: \"cookie\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+            ),
+            (
+                r#"{"variant_header":"content-length"}"#.into(),
+                "variant_header: \"content-length\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+            ),
+            (
+                r#"{"cluster_header":"x-envoy-upstream-alt-stat-name"}"#.into(),
+                "cluster_header: \"x-envoy-upstream-alt-stat-name\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+            ),
+            (
+                r#"{"variant_header":"Sec-Fetch-Site"}"#.into(),
+                "variant_header: \"Sec-Fetch-Site\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
             ),
             (
                 r#"{"cluster_header":"bad header"}"#.into(),

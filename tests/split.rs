@@ -289,6 +289,11 @@ fn rules_apply_in_order_and_every_match_operator_works() {
         case("GET", "/", &[("host", "beta.shop.example")]),
         decided("authority")
     );
+    // Hosts are case-insensitive: Envoy hands the Host over as the client wrote it.
+    assert_eq!(
+        case("GET", "/", &[("host", "BETA.Shop.Example")]),
+        decided("authority")
+    );
     assert_eq!(case("GET", "/api/orders", &[]), decided("route"));
     assert_eq!(case("GET", "/prefixed/x", &[]), decided("p-prefix"));
     assert_eq!(case("GET", "/nothing", &[]), None);
@@ -346,6 +351,84 @@ fn assign_cookie_gives_every_new_user_an_id_and_keeps_them_there() {
     // Cookies go to users of every version, so shares do not drift.
     let on_canary = landed.iter().filter(|b| **b == "canary").count();
     assert_binomial(on_canary, landed.len(), 0.5, "new users on canary");
+}
+
+#[test]
+fn a_response_that_assigns_a_cookie_is_kept_out_of_shared_caches() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"rules":[
+        {"name":"secure","match":{"path":{"prefix":"/secure"}},
+         "sticky":{"cookie":"__Host-uid","assign_cookie":true,"cookie_secure":true,
+                   "cookie_same_site":"None","cookie_max_age_s":3600},
+         "destinations":[{"name":"stable","cluster":"stable"}]},
+        {"name":"checkout","sticky":{"cookie":"uid","assign_cookie":true,"cookie_domain":"shop.example"},
+         "destinations":[{"name":"stable","cluster":"stable"}]}]}"#;
+    let envoy = Envoy::start(spec(config, &stable, &canary));
+    // The upstream's Cache-Control (none, or a value) -> what the client gets, as one list.
+    let cache_control = |upstream: Option<&str>, cookie: Option<&str>| {
+        let mut headers = Vec::new();
+        if let Some(cc) = upstream {
+            headers.push(("x-respond-cache-control", cc));
+        }
+        if let Some(c) = cookie {
+            headers.push(("cookie", c));
+        }
+        let r = envoy.get("/", &headers);
+        assert_eq!(r.backend(), "stable", "{r:?}");
+        // Envoy folds repeated Cache-Control lines into one (`max-age=60,private`).
+        let directives: Vec<String> = r
+            .all("cache-control")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|d| d.trim().to_string())
+            .collect();
+        (directives.join(", "), r.all("set-cookie").len())
+    };
+    assert_eq!(cache_control(None, None), ("private".to_string(), 1));
+    assert_eq!(
+        cache_control(Some("max-age=60"), None),
+        ("max-age=60, private".to_string(), 1)
+    );
+    assert_eq!(
+        cache_control(Some("public, max-age=60"), None),
+        ("public, max-age=60, private".to_string(), 1)
+    );
+    // Already out of shared caches: left as the upstream sent it.
+    for kept in ["no-store", "Private, max-age=5"] {
+        assert_eq!(cache_control(Some(kept), None), (kept.to_string(), 1));
+    }
+    // No cookie assigned: the response is none of the filter's business.
+    assert_eq!(
+        cache_control(Some("max-age=60"), Some("uid=known")),
+        ("max-age=60".to_string(), 0)
+    );
+    assert_eq!(cache_control(None, Some("uid=known")), (String::new(), 0));
+
+    // The attributes asked for, in the documented order.
+    let r = envoy.get("/", &[]);
+    let cookie = r.all("set-cookie")[0].to_string();
+    assert!(
+        cookie.starts_with("uid=")
+            && cookie.ends_with("; Path=/; Domain=shop.example; Max-Age=2592000; HttpOnly; SameSite=Lax"),
+        "{cookie}"
+    );
+    let r = envoy.get("/secure", &[]);
+    let cookie = r.all("set-cookie")[0].to_string();
+    assert!(
+        cookie.starts_with("__Host-uid=")
+            && cookie.ends_with("; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=None"),
+        "{cookie}"
+    );
+    assert_eq!(r.all("cache-control"), vec!["private"]);
+    // Every new user gets an id of their own (128 bits from the OS, per worker VM).
+    let ids: std::collections::HashSet<String> = (0..40)
+        .map(|_| {
+            let r = envoy.get("/", &[]);
+            let c = r.all("set-cookie")[0].to_string();
+            c.split(';').next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 40);
 }
 
 #[test]
@@ -474,6 +557,14 @@ fn bad_configurations_stop_envoy_with_the_reason_in_its_log() {
         (
             r#"{"rules":[{"name":"r","sticky":{"header":"x-user","assign_cookie":true},"destinations":[{"name":"a","cluster":"c"}]}]}"#,
             "rules[0].sticky.assign_cookie: only applies to a cookie user key (\"cookie\": NAME)",
+        ),
+        (
+            r#"{"rules":[{"name":"r","sticky":{"cookie":"__Host-uid","assign_cookie":true},"destinations":[{"name":"a","cluster":"c"}]}]}"#,
+            "rules[0].sticky.cookie: \"__Host-uid\" requires \"cookie_secure\": true (browsers reject __Host- cookies without Secure)",
+        ),
+        (
+            r#"{"cluster_header":"host"}"#,
+            "cluster_header: \"host\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
         ),
     ];
     for (config, reason) in cases {

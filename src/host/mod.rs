@@ -135,21 +135,17 @@ impl SplitRoot {
         SplitRoot {
             active: None,
             retired: Vec::new(),
-            rng: Rc::new(RefCell::new(Rng::from_seed(entropy_seed()))),
+            rng: Rc::new(RefCell::new(Rng::from_seed(crate::rng::sampling_seed(now_nanos)))),
             shadow: Rc::new(RefCell::new(ShadowState::new(0, 0))),
         }
     }
 }
 
-/// A per-VM seed: WASI randomness, or the clock if that is unavailable.
-fn entropy_seed() -> u64 {
-    let mut buf = [0u8; 8];
-    match getrandom::fill(&mut buf) {
-        Ok(()) => u64::from_le_bytes(buf),
-        Err(_) => now()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0x5eed, |d| d.as_nanos() as u64),
-    }
+fn now_nanos() -> Option<u64> {
+    now()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as u64)
 }
 
 impl Context for SplitRoot {
@@ -447,6 +443,7 @@ impl HttpContext for SplitStream {
             if let Some(cookie) = &additions.set_cookie {
                 let _ =
                     hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", cookie);
+                keep_from_shared_caches();
             }
             if let Some(debug) = &additions.debug {
                 let _ = hostcalls::set_map_value(
@@ -493,6 +490,21 @@ impl Drop for SplitStream {
         {
             shadow.on_stream_end(&self.active, &mut state);
         }
+    }
+}
+
+/// A response that assigns a user id must not be stored by shared caches, or one user's id
+/// (and version) would be handed to everyone the cache serves. Reads the first
+/// `Cache-Control` value (one host call, only on responses that assign a cookie) and, unless
+/// it already says `private` or `no-store`, adds a `Cache-Control: private` field line: lines
+/// of one field combine as a comma-separated list (RFC 9110 5.3), so every directive the
+/// upstream set is kept.
+fn keep_from_shared_caches() {
+    let existing = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "cache-control")
+        .ok()
+        .flatten();
+    if !crate::cookie::kept_from_shared_caches(existing.as_deref()) {
+        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "cache-control", "private");
     }
 }
 

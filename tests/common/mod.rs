@@ -100,7 +100,8 @@ pub struct BackendState {
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`
-/// (status 500 for requests carrying `x-fail: 1`).
+/// (status 500 for requests carrying `x-fail: 1`; `cache-control: V` for requests carrying
+/// `x-respond-cache-control: V`).
 #[derive(Clone)]
 pub struct Backend {
     pub addr: SocketAddr,
@@ -207,11 +208,14 @@ async fn handle(
     } else {
         st.status.load(Ordering::SeqCst)
     };
-    let response = hyper::Response::builder()
+    let mut response = hyper::Response::builder()
         .status(status)
-        .header("x-backend", st.name.as_str())
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
+        .header("x-backend", st.name.as_str());
+    // A client can ask for the response's Cache-Control, to script caching cases.
+    if let Some(cc) = parts.headers.get("x-respond-cache-control") {
+        response = response.header("cache-control", cc);
+    }
+    let response = response.body(Full::new(Bytes::from(body))).unwrap();
     Ok(response)
 }
 
