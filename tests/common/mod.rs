@@ -275,6 +275,10 @@ pub struct EnvoySpec {
     pub concurrency: u32,
     /// Upstream timeout of the routes.
     pub route_timeout: Duration,
+    /// Another Wasm module than the filter under test (tests/panic-module).
+    pub wasm: Option<PathBuf>,
+    /// The Wasm plugin's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`).
+    pub failure_policy: Option<String>,
 }
 
 impl EnvoySpec {
@@ -284,6 +288,8 @@ impl EnvoySpec {
             clusters: Vec::new(),
             concurrency: 2,
             route_timeout: Duration::from_secs(5),
+            wasm: None,
+            failure_policy: None,
         }
     }
 
@@ -333,6 +339,11 @@ impl EnvoySpec {
             .collect();
         let config = serde_json::to_string(&self.plugin_config).unwrap();
         let timeout = format!("{}s", self.route_timeout.as_secs_f64());
+        let failure_policy = self
+            .failure_policy
+            .as_deref()
+            .map(|p| format!("failure_policy: {p}"))
+            .unwrap_or_default();
         format!(
             r#"{STATS_CONFIG}
 # Histograms are merged on each stats flush: flush often so tests see them quickly.
@@ -375,6 +386,7 @@ static_resources:
               config:
                 name: traffic-split
                 root_id: traffic-split
+                {failure_policy}
                 vm_config:
                   vm_id: traffic-split
                   runtime: envoy.wasm.runtime.v8
@@ -436,7 +448,8 @@ impl Envoy {
         let slot = SlotGuard::acquire();
         let dir = test_dir();
         let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, spec.yaml(&wasm_path())).unwrap();
+        let wasm = spec.wasm.clone().unwrap_or_else(wasm_path);
+        std::fs::write(&config_path, spec.yaml(&wasm)).unwrap();
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let log_file = std::fs::File::create(&log_path).unwrap();
