@@ -599,6 +599,48 @@ fn an_empty_configuration_loads_and_only_strips_routing_headers() {
     assert!(envoy.log().contains("no rules configured"));
 }
 
+/// The filter matches `:path` exactly as Envoy hands it over; it decodes nothing itself. With
+/// the shipped configs' `normalize_path` and `merge_slashes`, Envoy has already removed dot
+/// segments, merged slashes and decoded percent-encoded unreserved characters, so every
+/// spelling of a path meets the same rule.
+#[test]
+fn path_rules_see_the_path_as_envoy_normalised_it() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"debug_header":true,"rules":[{"name":"checkout",
+        "match":{"path":{"prefix":"/checkout"}},
+        "destinations":[{"name":"canary","cluster":"canary"}]}]}"#;
+    let spellings = ["/checkout", "/%63heckout", "//checkout", "/x/../checkout", "/./checkout"];
+    let decided = |envoy: &Envoy, path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+        let response = raw_request(envoy, head.as_bytes());
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        response.contains("x-split-decision: rule=checkout")
+    };
+    let raw = Envoy::start(spec(config, &stable, &canary));
+    let seen: Vec<bool> = spellings.iter().map(|p| decided(&raw, p)).collect();
+    // Without normalisation only the literal spelling matches the rule.
+    assert_eq!(seen, [true, false, false, false, false], "{spellings:?}");
+    drop(raw);
+    let mut normalised = spec(config, &stable, &canary);
+    normalised.normalize_path = true;
+    let normalised = Envoy::start(normalised);
+    for path in spellings {
+        assert!(decided(&normalised, path), "{path}");
+    }
+}
+
+#[test]
+fn shipped_configs_normalise_paths_and_reload_a_failed_vm() {
+    let demo = include_str!("../envoy/demo.yaml");
+    for line in [
+        "normalize_path: true",
+        "merge_slashes: true",
+        "failure_policy: FAIL_RELOAD",
+    ] {
+        assert!(demo.contains(line), "envoy/demo.yaml lacks {line:?}");
+    }
+}
+
 #[test]
 fn shipped_configs_carry_the_stats_tags_block_verbatim() {
     let block: String = STATS_CONFIG

@@ -279,6 +279,8 @@ pub struct EnvoySpec {
     pub wasm: Option<PathBuf>,
     /// The Wasm plugin's `failure_policy` (`FAIL_CLOSED`, `FAIL_OPEN`, `FAIL_RELOAD`).
     pub failure_policy: Option<String>,
+    /// The connection manager's `normalize_path` and `merge_slashes` (the shipped configs').
+    pub normalize_path: bool,
 }
 
 impl EnvoySpec {
@@ -290,6 +292,7 @@ impl EnvoySpec {
             route_timeout: Duration::from_secs(5),
             wasm: None,
             failure_policy: None,
+            normalize_path: false,
         }
     }
 
@@ -344,6 +347,7 @@ impl EnvoySpec {
             .as_deref()
             .map(|p| format!("failure_policy: {p}"))
             .unwrap_or_default();
+        let normalize = self.normalize_path;
         format!(
             r#"{STATS_CONFIG}
 # Histograms are merged on each stats flush: flush often so tests see them quickly.
@@ -362,6 +366,8 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          normalize_path: {normalize}
+          merge_slashes: {normalize}
           route_config:
             name: local
             virtual_hosts:
