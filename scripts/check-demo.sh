@@ -26,6 +26,7 @@ grep -qi "x-split-decision: rule=employees; variant=canary" <<<"$emp" || fail "n
 grep -qi "x-seen-variant: canary" <<<"$emp" || fail "upstream did not see the variant: $emp"
 checkout=$(curl -si http://127.0.0.1:10000/checkout)
 grep -qiE "^set-cookie: uid=[0-9a-f]{32}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax" <<<"$checkout" || fail "no cookie: $checkout"
+grep -qiE "^cache-control: private" <<<"$checkout" || fail "a cookie-assigning response is cacheable by shared caches: $checkout"
 pay=$(curl -s -X POST -d 'card=4242' http://127.0.0.1:10000/checkout/pay)
 grep -qE "^(stable \(v1\)|canary \(v2\))$" <<<"$pay" || fail "the client saw something other than the primary: $pay"
 codes=""
