@@ -6,7 +6,12 @@ use crate::config::SameSite;
 /// What follows `<name>=<id>` in the `Set-Cookie` value, built once per configuration.
 /// With the defaults: `; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax` (the README's and
 /// scripts/check-demo.sh's format); `Domain` comes after `Path`, `Secure` after `HttpOnly`.
-pub fn attributes(max_age_s: u64, domain: Option<&str>, secure: bool, same_site: SameSite) -> String {
+pub fn attributes(
+    max_age_s: u64,
+    domain: Option<&str>,
+    secure: bool,
+    same_site: SameSite,
+) -> String {
     let mut out = String::from("; Path=/");
     if let Some(domain) = domain {
         out.push_str("; Domain=");
@@ -123,7 +128,10 @@ mod tests {
             "privately",
             "no-store-ish",
         ] {
-            assert!(!kept_from_shared_caches(Some(shared.as_bytes())), "{shared}");
+            assert!(
+                !kept_from_shared_caches(Some(shared.as_bytes())),
+                "{shared}"
+            );
         }
         assert!(!kept_from_shared_caches(None));
         assert!(!kept_from_shared_caches(Some(b"\xff\"")));

@@ -295,7 +295,9 @@ mod tests {
             .map(|_| routed(p.decide(&Request::new(&h, None), &mut rng, &[])))
             .collect();
         assert!(picks.iter().all(|r| r.set_cookie.is_none()));
-        assert!(picks.iter().any(|r| r.destination == 0) && picks.iter().any(|r| r.destination == 1));
+        assert!(
+            picks.iter().any(|r| r.destination == 0) && picks.iter().any(|r| r.destination == 1)
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@ impl StringOp {
                 .checked_sub(s.len())
                 .and_then(|start| v.get(start..))
                 .is_some_and(|p| p.eq_ignore_ascii_case(s)),
-            (StringOp::OneOf(options), Some(v)) => options.iter().any(|o| v.eq_ignore_ascii_case(o)),
+            (StringOp::OneOf(options), Some(v)) => {
+                options.iter().any(|o| v.eq_ignore_ascii_case(o))
+            }
         }
     }
 }
@@ -152,8 +154,12 @@ mod tests {
             assert!(Condition::Authority(op.clone()).holds(&r2), "{op:?}");
             assert!(!Condition::Header(":authority".into(), op).holds(&r2));
         }
-        assert!(!Condition::Authority(StringOp::Suffix(b"x.beta.shop.example.com".to_vec())).holds(&r2));
-        assert!(!Condition::Authority(StringOp::Prefix(b"beta.shop.example.com.x".to_vec())).holds(&r2));
+        assert!(
+            !Condition::Authority(StringOp::Suffix(b"x.beta.shop.example.com".to_vec())).holds(&r2)
+        );
+        assert!(
+            !Condition::Authority(StringOp::Prefix(b"beta.shop.example.com.x".to_vec())).holds(&r2)
+        );
         let wrong_method = Condition::Methods(vec![b"GET".to_vec()]);
         assert!(!wrong_method.holds(&r));
         let no_route = Request::new(&h, None);

@@ -614,9 +614,7 @@ fn compile_assigned_cookie(
     name: &str,
     sticky: &StickyConfig,
 ) -> Result<String, ConfigError> {
-    let max_age = sticky
-        .cookie_max_age_s
-        .unwrap_or(DEFAULT_COOKIE_MAX_AGE_S);
+    let max_age = sticky.cookie_max_age_s.unwrap_or(DEFAULT_COOKIE_MAX_AGE_S);
     if max_age == 0 {
         return Err(ConfigError::new(
             field(path, "cookie_max_age_s"),
@@ -865,8 +863,14 @@ const RESERVED_HEADERS: &[&str] = &[
 
 /// Prefixes of the same kind: Envoy's own control headers, the Fetch standard's forbidden
 /// `sec-`/`proxy-` names, CORS and conditional requests, Zipkin trace context.
-const RESERVED_HEADER_PREFIXES: &[&str] =
-    &["x-envoy-", "sec-", "proxy-", "access-control-", "if-", "x-b3-"];
+const RESERVED_HEADER_PREFIXES: &[&str] = &[
+    "x-envoy-",
+    "sec-",
+    "proxy-",
+    "access-control-",
+    "if-",
+    "x-b3-",
+];
 
 /// `cluster_header` / `variant_header`: a valid header name that is neither a pseudo-header
 /// nor one of the reserved names above, in lower case.
@@ -958,7 +962,12 @@ mod tests {
         assert_eq!(plan.rules[1].salt_colon, b"checkout-2026-11:");
         assert_eq!(plan.rules[0].salt_colon, b"employees:");
         assert_eq!(
-            plan.rules[1].sticky.as_ref().unwrap().assign_cookie.as_deref(),
+            plan.rules[1]
+                .sticky
+                .as_ref()
+                .unwrap()
+                .assign_cookie
+                .as_deref(),
             Some("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax")
         );
         assert!(plan.needs_request_headers);

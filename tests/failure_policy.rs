@@ -27,7 +27,13 @@ fn panic_module() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
             .arg(root.join("tests/panic-module/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target)
@@ -81,7 +87,11 @@ fn filter_then_panic(envoy: &Envoy, backend: &Backend) -> String {
         (503, "", ""),
         "the panicking request"
     );
-    assert_eq!(backend.count(), 1, "the panicking request reached the upstream");
+    assert_eq!(
+        backend.count(),
+        1,
+        "the panicking request reached the upstream"
+    );
     vm
 }
 
@@ -91,7 +101,10 @@ fn fail_closed_answers_503_to_everything_after_the_vm_dies() {
     let envoy = start("FAIL_CLOSED", &backend);
     filter_then_panic(&envoy, &backend);
     for _ in 0..8 {
-        assert_eq!(probe(&envoy, &[]), Some((503, String::new(), String::new())));
+        assert_eq!(
+            probe(&envoy, &[]),
+            Some((503, String::new(), String::new()))
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     // 2 s later nothing got through, and nothing was reloaded.
@@ -124,7 +137,10 @@ fn fail_reload_answers_503_for_the_backoff_then_filters_again_in_a_new_vm() {
     let died = Instant::now();
     let mut refused = 0;
     let reloaded = loop {
-        assert!(died.elapsed() < Duration::from_secs(10), "no reload in 10 s");
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "no reload in 10 s"
+        );
         match probe(&envoy, &[]).unwrap() {
             (503, filtered, upstream) if filtered.is_empty() && upstream.is_empty() => refused += 1,
             (200, vm, upstream) => {
@@ -141,8 +157,14 @@ fn fail_reload_answers_503_for_the_backoff_then_filters_again_in_a_new_vm() {
     assert_ne!(reloaded, dead_vm, "the same VM answered after dying");
     // Envoy's default reload backoff is 1 s: requests right after the death were refused,
     // each one counted as a reload skipped for the backoff.
-    assert!(refused > 0 && after >= Duration::from_millis(900), "{refused} refused, {after:?}");
-    assert_eq!(envoy.counter("wasm.traffic-split.vm_reload_backoff"), refused);
+    assert!(
+        refused > 0 && after >= Duration::from_millis(900),
+        "{refused} refused, {after:?}"
+    );
+    assert_eq!(
+        envoy.counter("wasm.traffic-split.vm_reload_backoff"),
+        refused
+    );
     assert_eq!(envoy.counter("wasm.traffic-split.vm_reload_success"), 1);
     // And it keeps filtering.
     for _ in 0..3 {

@@ -409,7 +409,9 @@ fn a_response_that_assigns_a_cookie_is_kept_out_of_shared_caches() {
     let cookie = r.all("set-cookie")[0].to_string();
     assert!(
         cookie.starts_with("uid=")
-            && cookie.ends_with("; Path=/; Domain=shop.example; Max-Age=2592000; HttpOnly; SameSite=Lax"),
+            && cookie.ends_with(
+                "; Path=/; Domain=shop.example; Max-Age=2592000; HttpOnly; SameSite=Lax"
+            ),
         "{cookie}"
     );
     let r = envoy.get("/secure", &[]);
@@ -609,7 +611,13 @@ fn path_rules_see_the_path_as_envoy_normalised_it() {
     let config = r#"{"debug_header":true,"rules":[{"name":"checkout",
         "match":{"path":{"prefix":"/checkout"}},
         "destinations":[{"name":"canary","cluster":"canary"}]}]}"#;
-    let spellings = ["/checkout", "/%63heckout", "//checkout", "/x/../checkout", "/./checkout"];
+    let spellings = [
+        "/checkout",
+        "/%63heckout",
+        "//checkout",
+        "/x/../checkout",
+        "/./checkout",
+    ];
     let decided = |envoy: &Envoy, path: &str| {
         let head = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
         let response = raw_request(envoy, head.as_bytes());

@@ -135,7 +135,9 @@ impl SplitRoot {
         SplitRoot {
             active: None,
             retired: Vec::new(),
-            rng: Rc::new(RefCell::new(Rng::from_seed(crate::rng::sampling_seed(now_nanos)))),
+            rng: Rc::new(RefCell::new(Rng::from_seed(crate::rng::sampling_seed(
+                now_nanos,
+            )))),
             shadow: Rc::new(RefCell::new(ShadowState::new(0, 0))),
         }
     }
