@@ -433,6 +433,57 @@ fn a_response_that_assigns_a_cookie_is_kept_out_of_shared_caches() {
     assert_eq!(ids.len(), 40);
 }
 
+/// Taking WASI `random_get` away from the module (Envoy's capability restriction) is the real
+/// "getrandom fails": then no id is assigned, never a guessable one, requests are still split,
+/// and the worker says so once in the log.
+#[test]
+fn without_os_randomness_no_id_is_assigned_and_the_log_says_so_once() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"rules":[{"name":"checkout","sticky":{"cookie":"uid","assign_cookie":true},
+        "destinations":[{"name":"canary","cluster":"canary","weight":50},
+                        {"name":"stable","cluster":"stable","weight":50}]}]}"#;
+    let module = std::fs::read(wasm_path()).unwrap();
+    let imports = wasm_imports(&module);
+    assert!(
+        imports.iter().any(|(_, f)| f == "random_get"),
+        "{imports:?}"
+    );
+    let mut allowed: Vec<String> = imports
+        .into_iter()
+        .filter(|(_, f)| f != "random_get")
+        .map(|(_, f)| f)
+        .collect();
+    allowed.extend(wasm_exports(&module));
+    let mut spec = spec(config, &stable, &canary);
+    spec.capabilities = Some(allowed);
+    spec.concurrency = 1;
+    let envoy = Envoy::start(spec);
+    let answers: Vec<Resp> = (0..60).map(|_| envoy.get("/", &[])).collect();
+    for r in &answers {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.all("set-cookie").is_empty(), "{r:?}");
+        assert!(r.all("cache-control").is_empty(), "{r:?}");
+    }
+    // Still split (at random): both versions answer.
+    let on_canary = answers.iter().filter(|r| r.backend() == "canary").count();
+    assert!(
+        on_canary > 0 && on_canary < answers.len(),
+        "{on_canary} of 60 on canary"
+    );
+    let log = envoy.log();
+    let said = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    // One worker VM: one line for 60 requests.
+    assert_eq!(
+        said("getrandom failed: no cookie ids are assigned"),
+        1,
+        "{log}"
+    );
+    assert!(
+        said("getrandom failed: sampling is seeded from the clock") >= 1,
+        "{log}"
+    );
+}
+
 #[test]
 fn a_client_can_never_choose_the_cluster() {
     let (stable, canary) = two_backends();
@@ -694,6 +745,23 @@ fn a_repeated_user_key_header_counts_by_its_first_value() {
 
 /// The export names of a Wasm module (its export section), read without a Wasm library.
 fn wasm_exports(module: &[u8]) -> Vec<String> {
+    wasm_names(module, 7)
+}
+
+/// Imported functions as `module.name`.
+fn wasm_imports(module: &[u8]) -> Vec<(String, String)> {
+    wasm_names(module, 2)
+        .into_iter()
+        .map(|n| {
+            let (m, f) = n.split_once('\0').unwrap();
+            (m.to_string(), f.to_string())
+        })
+        .collect()
+}
+
+/// The names of the export section (7) or of the import section (2; `module\0name`, functions
+/// only: the filter imports nothing else).
+fn wasm_names(module: &[u8], wanted: u8) -> Vec<String> {
     fn leb(buf: &[u8], at: &mut usize) -> usize {
         let (mut value, mut shift) = (0usize, 0);
         loop {
@@ -706,22 +774,31 @@ fn wasm_exports(module: &[u8]) -> Vec<String> {
             }
         }
     }
+    fn name(module: &[u8], pos: &mut usize) -> String {
+        let len = leb(module, pos);
+        let name = String::from_utf8(module[*pos..*pos + len].to_vec()).unwrap();
+        *pos += len;
+        name
+    }
     assert_eq!(&module[..4], b"\0asm");
     let mut at = 8;
     while at < module.len() {
         let section = module[at];
         at += 1;
         let size = leb(module, &mut at);
-        if section == 7 {
+        if section == wanted {
             let mut pos = at;
             let count = leb(module, &mut pos);
             return (0..count)
                 .map(|_| {
-                    let len = leb(module, &mut pos);
-                    let name = String::from_utf8(module[pos..pos + len].to_vec()).unwrap();
-                    pos += len + 1; // the name, then the kind byte
-                    leb(module, &mut pos); // the index
-                    name
+                    let mut full = name(module, &mut pos);
+                    if wanted == 2 {
+                        full = format!("{full}\0{}", name(module, &mut pos));
+                        assert_eq!(module[pos], 0, "{full}: only function imports expected");
+                    }
+                    pos += 1; // the kind byte
+                    leb(module, &mut pos); // the index (or function type)
+                    full
                 })
                 .collect();
         }

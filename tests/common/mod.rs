@@ -281,6 +281,9 @@ pub struct EnvoySpec {
     pub failure_policy: Option<String>,
     /// The connection manager's `normalize_path` and `merge_slashes` (the shipped configs').
     pub normalize_path: bool,
+    /// When set, the only host functions and callbacks the module may use
+    /// (`capability_restriction_config`): a way to take a host call away from it.
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl EnvoySpec {
@@ -293,6 +296,7 @@ impl EnvoySpec {
             wasm: None,
             failure_policy: None,
             normalize_path: false,
+            capabilities: None,
         }
     }
 
@@ -348,6 +352,17 @@ impl EnvoySpec {
             .map(|p| format!("failure_policy: {p}"))
             .unwrap_or_default();
         let normalize = self.normalize_path;
+        let capabilities = self
+            .capabilities
+            .as_ref()
+            .map(|names| {
+                let allowed: Vec<String> = names.iter().map(|n| format!("{n}: {{}}")).collect();
+                format!(
+                    "capability_restriction_config: {{ allowed_capabilities: {{ {} }} }}",
+                    allowed.join(", ")
+                )
+            })
+            .unwrap_or_default();
         format!(
             r#"{STATS_CONFIG}
 # Histograms are merged on each stats flush: flush often so tests see them quickly.
@@ -393,6 +408,7 @@ static_resources:
                 name: traffic-split
                 root_id: traffic-split
                 {failure_policy}
+                {capabilities}
                 vm_config:
                   vm_id: traffic-split
                   runtime: envoy.wasm.runtime.v8
