@@ -30,6 +30,18 @@ pub struct PluginConfig {
     pub max_in_flight: u64,
     /// Shadow bulkhead, per worker: request body bytes held for shadow copies.
     pub max_buffered_body_bytes: u64,
+    pub clear_route_cache: RouteCacheMode,
+}
+
+/// When the filter asks Envoy to re-pick the route after changing the routing header.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCacheMode {
+    /// Rely on Envoy clearing the route cache itself on header changes, which it does for the
+    /// ABI this module declares (0.2.1); call explicitly only for a newer ABI.
+    #[default]
+    Auto,
+    /// Call `clear_route_cache` after every routing-header change, whatever the host does.
+    Always,
 }
 
 impl Default for PluginConfig {
@@ -41,6 +53,7 @@ impl Default for PluginConfig {
             rules: Vec::new(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
+            clear_route_cache: RouteCacheMode::Auto,
         }
     }
 }
@@ -216,6 +229,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "rules",
             "max_in_flight",
             "max_buffered_body_bytes",
+            "clear_route_cache",
         ],
     )?;
     let defaults = PluginConfig::default();
@@ -234,6 +248,15 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
         max_buffered_body_bytes: top
             .integer("max_buffered_body_bytes", u64::from(u32::MAX))?
             .unwrap_or(defaults.max_buffered_body_bytes),
+        clear_route_cache: top
+            .choice(
+                "clear_route_cache",
+                &[
+                    ("auto", RouteCacheMode::Auto),
+                    ("always", RouteCacheMode::Always),
+                ],
+            )?
+            .unwrap_or_default(),
     })
 }
 

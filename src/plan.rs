@@ -6,8 +6,8 @@ use crate::breaker::{BreakerPolicy, StatusMatch};
 use crate::bucket::{self, FINE_BUCKETS, UNLEASH_BUCKETS};
 use crate::config::{
     self, BreakerConfig, ConfigError, DestinationConfig, FailureStatus, HashKind, MatchConfig,
-    NamedMatchConfig, PluginConfig, RuleConfig, SameSite, ShadowConfig, StickyConfig,
-    StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
+    NamedMatchConfig, PluginConfig, RouteCacheMode, RuleConfig, SameSite, ShadowConfig,
+    StickyConfig, StringMatchConfig, DEFAULT_COOKIE_MAX_AGE_S,
 };
 use crate::cookie;
 use crate::matcher::{Condition, Matcher, StringOp};
@@ -37,6 +37,8 @@ pub struct Plan {
     pub max_buffered_body_bytes: usize,
     /// Every destination with a breaker, in plan order; `Destination::breaker_slot` indexes it.
     pub breakers: Vec<BreakerRef>,
+    /// When to call Envoy's `clear_route_cache` after a routing-header change.
+    pub clear_route_cache: RouteCacheMode,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -184,7 +186,48 @@ impl Plan {
             max_in_flight: config.max_in_flight as usize,
             max_buffered_body_bytes: config.max_buffered_body_bytes as usize,
             breakers,
+            clear_route_cache: config.clear_route_cache,
         })
+    }
+}
+
+impl Plan {
+    /// Rules with effects beyond routing (assigning a cookie, shadowing, a breaker) that are
+    /// not scoped to a host or an Envoy route: on a shared gateway such a rule acts on every
+    /// app behind it (docs/deploy.md). Logged as warnings at load; the configuration stays valid.
+    pub fn unscoped_side_effects(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                let scoped = rule
+                    .matcher
+                    .conditions
+                    .iter()
+                    .any(|c| matches!(c, Condition::Authority(_) | Condition::RouteNames(_)));
+                let mut effects = Vec::new();
+                if rule
+                    .sticky
+                    .as_ref()
+                    .is_some_and(|s| s.assign_cookie_max_age_s.is_some())
+                {
+                    effects.push("sticky.assign_cookie");
+                }
+                if !rule.shadows.is_empty() {
+                    effects.push("shadow");
+                }
+                if rule.destinations.iter().any(|d| d.breaker.is_some()) {
+                    effects.push("breaker");
+                }
+                (!scoped && !effects.is_empty()).then(|| {
+                    format!(
+                        "rule \"{}\" has {} but no match.authority or match.route_names: \
+                         on a shared gateway it acts on every host",
+                        rule.name,
+                        effects.join(", ")
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -998,7 +1041,7 @@ mod tests {
             (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
             (
                 r#"{"rulez": []}"#.into(),
-                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes",
+                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
@@ -1416,5 +1459,58 @@ mod tests {
         .unwrap();
         assert!(plan.needs_route_name);
         assert!(!plan.needs_request_headers);
+    }
+
+    #[test]
+    fn clear_route_cache_is_auto_by_default_and_always_on_request() {
+        assert_eq!(
+            Plan::from_json(b"{}").unwrap().clear_route_cache,
+            RouteCacheMode::Auto
+        );
+        for (json, mode) in [
+            (r#"{"clear_route_cache":"auto"}"#, RouteCacheMode::Auto),
+            (r#"{"clear_route_cache":"always"}"#, RouteCacheMode::Always),
+        ] {
+            assert_eq!(
+                Plan::from_json(json.as_bytes()).unwrap().clear_route_cache,
+                mode
+            );
+        }
+        let err = Plan::from_json(br#"{"clear_route_cache":"never"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"clear_route_cache: "never" is not one of "auto", "always""#
+        );
+        let err = Plan::from_json(br#"{"clear_route_cache":true}"#).unwrap_err();
+        assert_eq!(err.path, "clear_route_cache");
+    }
+
+    #[test]
+    fn rules_with_side_effects_and_no_host_or_route_scope_are_reported() {
+        let plan = Plan::from_json(
+            br#"{ "rules": [
+              { "name": "plain", "destinations": [ { "name": "a", "cluster": "a" } ] },
+              { "name": "cookie", "sticky": { "cookie": "uid", "assign_cookie": true },
+                "destinations": [ { "name": "a", "cluster": "a" } ] },
+              { "name": "cookie-scoped", "match": { "authority": { "exact": "shop.example.com" } },
+                "sticky": { "cookie": "uid", "assign_cookie": true },
+                "destinations": [ { "name": "a", "cluster": "a" } ] },
+              { "name": "copies", "destinations": [ { "name": "a", "cluster": "a" } ],
+                "shadow": [ { "name": "s", "cluster": "s" } ] },
+              { "name": "copies-routed", "match": { "route_names": ["checkout"] },
+                "destinations": [ { "name": "a", "cluster": "a" } ], "shadow": [ { "name": "s", "cluster": "s" } ] },
+              { "name": "breaks", "sticky": { "header": "x-user-id" },
+                "destinations": [
+                  { "name": "canary", "cluster": "c", "weight": 1, "fallback": "stable",
+                    "breaker": { "failure_ratio": 0.5 } },
+                  { "name": "stable", "cluster": "s", "weight": 1 } ] }
+            ] }"#,
+        )
+        .unwrap();
+        let warnings = plan.unscoped_side_effects();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].starts_with("rule \"cookie\" has sticky.assign_cookie but"));
+        assert!(warnings[1].starts_with("rule \"copies\" has shadow but"));
+        assert!(warnings[2].starts_with("rule \"breaks\" has breaker but"));
     }
 }

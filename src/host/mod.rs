@@ -4,13 +4,14 @@
 //! Host calls per routed request: one header-map read (only when a rule looks at the request),
 //! the routing-header write, the variant-header write (unless disabled), and response-header
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
-//! the ABI needs it: see `HOST_CLEARS_ROUTE_CACHE_ITSELF`). Metrics
+//! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow.rs`).
 
 mod breaker;
 mod shadow;
 
+use crate::config::RouteCacheMode;
 use crate::decision::{Decision, Routed};
 use crate::metrics::{
     shadow_metric, BreakerEvent, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
@@ -202,6 +203,7 @@ impl RootContext for SplitRoot {
             plan.shadow_targets.len(),
             plan.cluster_header
         );
+        log_platform_checks(&plan);
         {
             let mut shadow = self.shadow.borrow_mut();
             shadow.bulkhead.max_in_flight = plan.max_in_flight;
@@ -284,7 +286,7 @@ impl SplitStream {
         if let Some(variant_header) = &plan.variant_header {
             set_request_header(variant_header, Some(&dest.name));
         }
-        clear_route_cache();
+        clear_route_cache(plan.clear_route_cache);
         self.active
             .counters
             .borrow_mut()
@@ -316,7 +318,7 @@ impl SplitStream {
             if let Some(variant_header) = &plan.variant_header {
                 set_request_header(variant_header, None);
             }
-            clear_route_cache();
+            clear_route_cache(plan.clear_route_cache);
         }
         self.active.counters.borrow_mut().count_unmatched();
     }
@@ -524,9 +526,42 @@ fn set_request_header(name: &str, value: Option<&str>) {
 /// (a forged routing header never wins) prove the route follows the filter's header.
 pub(crate) const HOST_CLEARS_ROUTE_CACHE_ITSELF: bool = true;
 
-/// Makes Envoy re-pick the route after the routing header changed, whatever the ABI version.
-fn clear_route_cache() {
-    if !HOST_CLEARS_ROUTE_CACHE_ITSELF {
+/// Makes Envoy re-pick the route after the routing header changed: explicitly with
+/// `clear_route_cache: "always"`, or in `"auto"` only where the ABI needs it.
+fn clear_route_cache(mode: RouteCacheMode) {
+    if mode == RouteCacheMode::Always || !HOST_CLEARS_ROUTE_CACHE_ITSELF {
         let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    }
+}
+
+/// Load-time checks of the platform, logged once per configuration: rules that would act on
+/// every host of a shared gateway, and the route-cache mode. Whether Envoy clears the route
+/// cache by itself cannot be observed without a request (no host call reports it; it follows
+/// from the ABI the module declares), but whether it offers the explicit call can: from the
+/// root context the call has no stream to act on, so it is a harmless probe.
+fn log_platform_checks(plan: &Plan) {
+    for warning in plan.unscoped_side_effects() {
+        log::warn!("traffic-split: {warning}");
+    }
+    let offered = hostcalls::call_foreign_function("clear_route_cache", None).is_ok();
+    let mode = match plan.clear_route_cache {
+        RouteCacheMode::Auto => "auto",
+        RouteCacheMode::Always => "always",
+    };
+    let by_itself = if HOST_CLEARS_ROUTE_CACHE_ITSELF {
+        "yes (ABI 0.2.1)"
+    } else {
+        "no"
+    };
+    if offered {
+        log::info!(
+            "traffic-split: clear_route_cache={mode}; host clears on header changes: {by_itself}; \
+             explicit clear_route_cache: available"
+        );
+    } else {
+        log::warn!(
+            "traffic-split: clear_route_cache={mode}; host clears on header changes: {by_itself}; \
+             explicit clear_route_cache: NOT available in this host"
+        );
     }
 }

@@ -284,6 +284,8 @@ pub struct EnvoySpec {
     /// When set, the only host functions and callbacks the module may use
     /// (`capability_restriction_config`): a way to take a host call away from it.
     pub capabilities: Option<Vec<String>>,
+    /// Text replacements applied to the generated bootstrap, in order (see `EnvoySpec::patch`).
+    pub patches: Vec<(String, String)>,
 }
 
 impl EnvoySpec {
@@ -297,7 +299,16 @@ impl EnvoySpec {
             failure_policy: None,
             normalize_path: false,
             capabilities: None,
+            patches: Vec::new(),
         }
+    }
+
+    /// Replaces `from` by `to` in the generated bootstrap (e.g. a filter before the Wasm
+    /// filter, a remote `code` source). Starting Envoy panics if `from` is not found, so a
+    /// patch never silently stops applying.
+    pub fn patch(mut self, from: &str, to: &str) -> Self {
+        self.patches.push((from.to_string(), to.to_string()));
+        self
     }
 
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
@@ -363,7 +374,7 @@ impl EnvoySpec {
                 )
             })
             .unwrap_or_default();
-        format!(
+        let mut yaml = format!(
             r#"{STATS_CONFIG}
 # Histograms are merged on each stats flush: flush often so tests see them quickly.
 stats_flush_interval: 0.5s
@@ -422,7 +433,15 @@ static_resources:
   clusters:{clusters}
 "#,
             wasm = wasm.display(),
-        )
+        );
+        for (from, to) in &self.patches {
+            assert!(
+                yaml.contains(from.as_str()),
+                "patch target not in the bootstrap: {from}"
+            );
+            yaml = yaml.replacen(from.as_str(), to, 1);
+        }
+        yaml
     }
 }
 
