@@ -48,7 +48,7 @@ backends: stable on :8001, canary on :8002, shadow on :8003. Logs in run/. Ctrl-
 
 A sticky user (20% of users are on the canary; the same user always lands on the same one):
   curl -si -H 'x-user-id: alice' http://127.0.0.1:10000/ | grep -iE '^x-(backend|split)|v[12]'
-  for u in alice bob carol dave erin frank; do curl -s -H "x-user-id: $u" http://127.0.0.1:10000/; done
+  for u in alice bob carol dave erin frank heidi mallory; do curl -s -H "x-user-id: $u" http://127.0.0.1:10000/; done
 
 A forced employee (the "employees" rule sends them to the canary, whatever their user id):
   curl -si -H 'x-employee: true' http://127.0.0.1:10000/ | grep -iE '^x-(backend|split)|v[12]'
