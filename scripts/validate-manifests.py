@@ -10,10 +10,10 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
 - Every YAML document under deploy/ is either a Kubernetes manifest or an Envoy bootstrap
   (deploy/compose/); anything else is a failure, so nothing goes unchecked.
 - Kubernetes manifests: `spec` against the `openAPIV3Schema` of the CRD version matching the
-  manifest's apiVersion, from ../shared/schemas (or $SCHEMAS_DIR). Unknown fields are errors (as
-  with `kubectl apply --validate=strict`) except where the CRD preserves unknown fields;
-  `x-kubernetes-*` extensions such as CEL rules are not evaluated. Without the schemas directory
-  this part is skipped with a notice, or fails when $CI is set.
+  manifest's apiVersion, from the vendored schemas/ (or $SCHEMAS_DIR; sources in
+  schemas/README.md). Unknown fields are errors (as with `kubectl apply --validate=strict`)
+  except where the CRD preserves unknown fields; `x-kubernetes-*` extensions such as CEL rules
+  are not evaluated. A missing schemas directory is a failure.
 - Every embedded traffic-split configuration -- WasmPlugin `spec.pluginConfig`,
   EnvoyExtensionPolicy `spec.wasm[].config`, and the Wasm filter's `configuration.value` in
   deploy/compose/envoy.yaml and envoy/*.yaml -- is written to a temporary JSON file and checked
@@ -22,13 +22,21 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
 - Cross-checks the manifests cannot express: every destination `cluster` of an Istio config has
   a VirtualService route on the routing header and a default route, whose subsets exist; every
   Istio shadow cluster is an `outbound|port|subset|host` name whose subset exists; every
-  destination of an Envoy Gateway config has an HTTPRoute rule matching it, plus a default rule.
-- docker-compose.yml: it parses, every bind-mount source exists in the repository (except
-  target/traffic_split.wasm, which `make wasm` builds), every Envoy config under deploy/compose/
-  is mounted, its upstream host names are compose service names or aliases, and its filter
-  configuration and stats_config equal those of envoy/demo.yaml and envoy/stats_config.yaml.
+  destination of an Envoy Gateway config has an HTTPRoute rule matching it, plus a default rule;
+  every rule of a shipped Istio/Envoy Gateway config is scoped (match.authority or
+  match.route_names: a gateway serves other hosts too); a module fetched over http(s) has a
+  sha256; the WasmPlugin runs in phase STATS (after authorization, before the router).
+- docker-compose.yml: `docker compose config` where Docker Compose is installed, else the
+  Compose Specification's JSON schema (schemas/compose-spec.json); every bind-mount source
+  exists; every Envoy config under deploy/compose/ is mounted; its upstream host names are
+  compose service names or aliases; its filter configuration and stats_config equal those of
+  envoy/demo.yaml and envoy/stats_config.yaml; every image is pinned to the Envoy version the
+  tests run (the Makefile's ENVOY_VERSION), never a moving tag.
 - `envoy --mode validate` on deploy/compose/*.yaml, on a temporary copy in which every path the
-  compose file mounts (/etc/envoy/...) is replaced by the repository file it mounts.
+  compose file mounts (/etc/envoy/...) is replaced by the repository file it mounts, and the
+  module the Dockerfile copies into the image by target/traffic_split.wasm.
+- Dockerfile and deploy/oci/Dockerfile: the same build stage, with the Makefile's strip list and
+  wasm-opt flags; the OCI image's last stage is FROM scratch with one COPY to plugin.wasm.
 """
 
 import json
@@ -46,11 +54,14 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
     sys.exit(f"validate-manifests: {missing}: run `make validate`, or pip install jsonschema pyyaml")
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS_DIR = Path(os.environ.get("SCHEMAS_DIR") or ROOT.parent / "shared" / "schemas")
+SCHEMAS_DIR = Path(os.environ.get("SCHEMAS_DIR") or ROOT / "schemas")
+COMPOSE_SCHEMA = ROOT / "schemas" / "compose-spec.json"
+# Files the envoy image carries (./Dockerfile's envoy stage), by the repository file they are.
+IMAGE_FILES = {"/etc/envoy/traffic_split.wasm": "target/traffic_split.wasm"}
 ENVOY = Path(os.environ.get("ENVOY") or ROOT / ".venv" / "bin" / "envoy")
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 CHECK_CONFIG = TARGET_DIR / "debug" / "examples" / "check_config"
-BUILT_FILES = {"target/traffic_split.wasm"}  # mounted by docker-compose.yml, built by `make wasm`
+BUILT_FILES = {"target/traffic_split.wasm"}  # built by `make wasm`
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 DEFAULT_CLUSTER_HEADER = "x-split-cluster"  # docs/configuration.md
 
@@ -290,6 +301,30 @@ def config_clusters(config):
     return header, destinations, shadows
 
 
+def check_scope(where, name, config):
+    """A gateway serves other hosts too: every shipped rule names its host or route."""
+    unscoped = [str(rule.get("name")) for rule in config.get("rules") or []
+                if not ((rule.get("match") or {}).get("authority") or (rule.get("match") or {}).get("route_names"))]
+    if unscoped:
+        report("FAIL", where, f"{name}: rule(s) {', '.join(unscoped)} have no match.authority or match.route_names: "
+               "on a shared gateway they act on every host")
+    else:
+        report("ok", where, f"{name}: every rule is scoped by match.authority or match.route_names")
+
+
+def check_module_source(where, name, url, sha256):
+    """A module fetched over http(s) is pinned by the sha256 of its bytes (`make sha256`)."""
+    if str(url).startswith(("http://", "https://")):
+        if re.fullmatch(r"[0-9a-f]{64}", str(sha256 or "")):
+            report("ok", where, f"{name}: {url} pinned by sha256 {sha256[:12]}…")
+        else:
+            report("FAIL", where, f"{name}: {url} has no sha256 (run `make sha256` after `make wasm`)")
+    elif str(url).startswith("oci://") and "@sha256:" not in str(url) and not sha256:
+        report("FAIL", where, f"{name}: {url} is a tag: pin the image by digest (@sha256:…) or set sha256 to it")
+    else:
+        report("ok", where, f"{name}: module {url}")
+
+
 def fqdn(host, namespace):
     return host if "." in host else f"{host}.{namespace}.svc.cluster.local"
 
@@ -332,6 +367,14 @@ def cross_check_istio(where, docs):
                     if exact is not None:
                         routed.add(exact)
         name = f"WasmPlugin {plugin['metadata'].get('namespace', 'default')}/{plugin['metadata']['name']}"
+        check_scope(where, name, config)
+        spec = plugin.get("spec", {})
+        check_module_source(where, name, spec.get("url"), spec.get("sha256"))
+        if spec.get("phase") != "STATS":
+            report("FAIL", where, f"{name}: phase {spec.get('phase')!r}: use STATS, which runs after JWT and RBAC "
+                   "and before the router (docs/deploy.md)")
+        else:
+            report("ok", where, f"{name}: phase STATS (after authentication and authorization, before the router)")
         unrouted = [c for c in destinations if c not in routed]
         if unrouted:
             report("FAIL", where, f"{name}: no VirtualService route matches {header} exactly {', '.join(unrouted)}")
@@ -373,6 +416,14 @@ def cross_check_gateway(where, docs):
             report("FAIL", where, f"{name}: targets an HTTPRoute that is not in {where}")
             continue
         for i, wasm in enumerate(policy.get("spec", {}).get("wasm") or []):
+            check_scope(where, f"{name} wasm[{i}]", wasm.get("config") or {})
+            code = wasm.get("code") or {}
+            source = code.get("http") if code.get("type") == "HTTP" else code.get("image")
+            source = source or {}
+            url = source.get("url", "")
+            if code.get("type") == "Image" and not str(url).startswith("oci://"):
+                url = f"oci://{url}"
+            check_module_source(where, f"{name} wasm[{i}]", url, source.get("sha256"))
             header, destinations, shadows = config_clusters(wasm.get("config") or {})
             for target in targets:
                 values = set()
@@ -431,6 +482,8 @@ def check_compose():
         report("FAIL", where, "no services")
         return {}
     report("ok", where, f"parses: services {', '.join(services)}")
+    check_compose_spec(path, compose)
+    check_compose_images(where, services)
     missing, mounted_by = [], {}
     for name, service in services.items():
         if not service.get("image") and not service.get("build"):
@@ -443,13 +496,73 @@ def check_compose():
     if missing:
         report("FAIL", where, f"mounted file(s) missing from the repository: {', '.join(missing)}")
     else:
-        report("ok", where, "every mounted file exists (target/traffic_split.wasm is built by `make wasm`)")
+        report("ok", where, "every mounted file exists")
     names = set()
     for name, service in services.items():
         names.add(name)
         for net in (service.get("networks") or {}).values() if isinstance(service.get("networks"), dict) else []:
             names.update((net or {}).get("aliases") or [])
     return {"services": services, "mounted_by": mounted_by, "names": names}
+
+
+def check_compose_spec(path, compose):
+    """`docker compose config` where Docker Compose v2 is installed; else the Compose
+    Specification's JSON schema, vendored in schemas/."""
+    where = rel(path)
+    try:
+        version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True,
+                                 check=False, timeout=30)
+        has_compose = version.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        has_compose = False
+    if has_compose:
+        run = subprocess.run(["docker", "compose", "-f", str(path), "config", "--quiet"], cwd=ROOT,
+                             capture_output=True, text=True, check=False, timeout=120)
+        if run.returncode == 0:
+            report("ok", where, f"docker compose config ({version.stdout.strip()})")
+        else:
+            report("FAIL", where, f"docker compose config: {(run.stderr or run.stdout).strip()}")
+        return
+    if not COMPOSE_SCHEMA.exists():
+        report("FAIL", where, f"no Docker Compose here and no {rel(COMPOSE_SCHEMA)}")
+        return
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        shown = "; ".join(f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:5])
+        report("FAIL", where, f"Compose Specification schema: {shown}")
+    else:
+        report("ok", where, f"matches the Compose Specification schema ({rel(COMPOSE_SCHEMA)}; "
+               "no Docker Compose here for `docker compose config`)")
+
+
+def makefile_var(name):
+    """A variable of the Makefile as written (continuation lines joined)."""
+    text = (ROOT / "Makefile").read_text(encoding="utf-8").replace("\\\n", " ")
+    m = re.search(rf"^{name}\s*[:?]?=\s*(.*)$", text, re.M)
+    return " ".join(m.group(1).split()) if m else None
+
+
+def check_compose_images(where, services):
+    """Every Envoy image is the version the tests run, never a moving tag."""
+    wanted = f"envoyproxy/envoy:v{makefile_var('ENVOY_VERSION')}"
+    for name, service in services.items():
+        image = service.get("image")
+        if service.get("build"):
+            build = service["build"] if isinstance(service["build"], dict) else {"context": service["build"]}
+            dockerfile = ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+            if not dockerfile.exists():
+                report("FAIL", where, f"service {name}: builds {rel(dockerfile)}, which does not exist")
+                continue
+            text = dockerfile.read_text(encoding="utf-8")
+            if f"ARG ENVOY_IMAGE={wanted}" in text:
+                report("ok", where, f"service {name}: built by {rel(dockerfile)} on {wanted}")
+            else:
+                report("FAIL", where, f"service {name}: {rel(dockerfile)} does not build on {wanted} (ARG ENVOY_IMAGE)")
+        elif image != wanted:
+            report("FAIL", where, f"service {name}: image {image!r}, not {wanted} (the Envoy the tests run)")
+        else:
+            report("ok", where, f"service {name}: image {image}")
 
 
 def upstream_hosts(bootstrap):
@@ -472,11 +585,14 @@ def check_compose_envoy(path, compose):
     service = compose["services"][mounts[0][0]]
     text = path.read_text(encoding="utf-8")
     # The container paths this service mounts, longest first, replaced by the repository files.
-    for source, target in sorted(compose_mounts(service), key=lambda m: -len(m[1])):
+    mapped = list(compose_mounts(service))
+    if service.get("build"):
+        mapped += [(repo, container) for container, repo in IMAGE_FILES.items()]
+    for source, target in sorted(mapped, key=lambda m: -len(m[1])):
         text = text.replace(target, str(ROOT / os.path.normpath(source)))
     leftover = sorted(set(re.findall(r"/etc/envoy/[^\s\"',};]+", text)))
     if leftover:
-        report("FAIL", where, f"refers to {', '.join(leftover)}, which service {mounts[0][0]} does not mount")
+        report("FAIL", where, f"refers to {', '.join(leftover)}, which service {mounts[0][0]} neither mounts nor builds in")
         return
     bootstrap = yaml.load(text, Loader=Loader)
     unknown = sorted(h for h in upstream_hosts(bootstrap)
@@ -526,21 +642,65 @@ def compare_with_demo(path, bootstrap):
             report("FAIL", where, "stats_config differs from envoy/stats_config.yaml's")
 
 
-def check_dockerfile(path):
-    where = rel(path)
-    instructions = [line.split(None, 1) for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
-    copies = [args.split() for op, *rest in instructions if op.upper() == "COPY" for args in rest]
-    froms = [rest for op, *rest in instructions if op.upper() == "FROM"]
-    if froms != [["scratch"]] or len(copies) != 1 or len(instructions) != 2:
-        report("FAIL", where, "a Wasm image is FROM scratch plus exactly one COPY (one layer)")
-        return
-    sources = copies[0][:-1]
-    missing = [s for s in sources if s not in BUILT_FILES and not (ROOT / s).exists()]
-    if missing or not copies[0][-1].endswith("plugin.wasm"):
-        report("FAIL", where, f"COPY must copy the built filter to plugin.wasm (missing: {', '.join(missing) or '-'})")
-    else:
-        report("ok", where, f"FROM scratch, one COPY {' '.join(copies[0])} (not built here: no Docker engine)")
+def dockerfile_stages(path):
+    """[(FROM line, [instruction lines])] with continuation lines joined, comments dropped."""
+    stages, lines, current = [], [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        current = f"{current} {line[:-1].strip()}" if line.endswith("\\") else f"{current} {line}"
+        if not line.endswith("\\"):
+            lines.append(" ".join(current.split()))
+            current = ""
+    for line in lines:
+        if line.upper().startswith("FROM "):
+            stages.append((line, []))
+        elif stages:
+            stages[-1][1].append(line)
+    return stages
+
+
+def check_dockerfiles():
+    """./Dockerfile and deploy/oci/Dockerfile build the module as `make wasm` does."""
+    strip = makefile_var("UNUSED_CALLBACKS")
+    flags = makefile_var("WASM_OPT_FLAGS")
+    build_stages = {}
+    for path in [ROOT / "Dockerfile", *sorted((ROOT / "deploy").rglob("Dockerfile"))]:
+        where = rel(path)
+        if not path.exists():
+            report("FAIL", where, "missing")
+            continue
+        stages = dockerfile_stages(path)
+        build = next((body for head, body in stages if head.endswith(" AS build")), None)
+        if build is None:
+            report("FAIL", where, "no `AS build` stage (the module is built from source, not copied from the host)")
+            continue
+        build_stages[where] = build
+        text = " ".join(build)
+        problems = [what for what, ok in [
+            ("rustup target add wasm32-wasip1", "rustup target add wasm32-wasip1" in text),
+            ("cargo build --release --locked --target wasm32-wasip1", "cargo build --release --locked --target wasm32-wasip1" in text),
+            (f"strip-exports.py ... {strip}", f"/tmp/stripped.wasm {strip}" in text),
+            (f"wasm-opt {flags}", f"wasm-opt {flags}" in text),
+        ] if not ok]
+        if problems:
+            report("FAIL", where, f"build stage lacks the Makefile's: {'; '.join(problems)}")
+        else:
+            report("ok", where, "build stage: wasm32-wasip1, the Makefile's strip list and wasm-opt flags")
+        if path.parent == ROOT / "deploy" / "oci":
+            head, body = stages[-1]
+            copies = [line for line in body if line.upper().startswith("COPY ")]
+            others = [line for line in body if not line.upper().startswith(("COPY ", "LABEL "))]
+            if head != "FROM scratch" or len(copies) != 1 or others or not copies[0].endswith("plugin.wasm") \
+                    or "--from=build" not in copies[0]:
+                report("FAIL", where, "the image is FROM scratch plus exactly one COPY --from=build … plugin.wasm (one layer)")
+            else:
+                report("ok", where, f"final stage FROM scratch, one layer: {copies[0]} (not built here: no Docker engine)")
+    if len(set(map(tuple, build_stages.values()))) > 1:
+        report("FAIL", "Dockerfile", f"build stages differ between {', '.join(build_stages)}: keep them equal")
+    elif len(build_stages) > 1:
+        report("ok", "Dockerfile", f"build stage identical in {', '.join(build_stages)}")
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -550,11 +710,9 @@ def main():
     crds = None
     if SCHEMAS_DIR.is_dir():
         crds = load_crd_schemas()
-        print(f"CRD schemas: {len(crds)} kind/version pairs from {SCHEMAS_DIR}", flush=True)
-    elif os.environ.get("CI"):
-        report("FAIL", rel(SCHEMAS_DIR), "CRD schemas directory missing (set SCHEMAS_DIR)")
+        print(f"CRD schemas: {len(crds)} kind/version pairs from {rel(SCHEMAS_DIR)}", flush=True)
     else:
-        print(f"CRD schemas: none at {SCHEMAS_DIR} (set SCHEMAS_DIR): schema checks are skipped", flush=True)
+        report("FAIL", rel(SCHEMAS_DIR), "CRD schemas directory missing (vendored in schemas/, or set SCHEMAS_DIR)")
 
     configs = Configs()
     compose = check_compose()
@@ -595,8 +753,7 @@ def main():
         for doc in load_all(path):
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
-    for path in sorted((ROOT / "deploy").rglob("Dockerfile")):
-        check_dockerfile(path)
+    check_dockerfiles()
 
     for directory, docs in sorted(by_dir.items()):
         kinds = {d.get("kind") for _, d in docs}
