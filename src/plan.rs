@@ -208,7 +208,7 @@ impl Plan {
                 if rule
                     .sticky
                     .as_ref()
-                    .is_some_and(|s| s.assign_cookie_max_age_s.is_some())
+                    .is_some_and(|s| s.assign_cookie.is_some())
                 {
                     effects.push("sticky.assign_cookie");
                 }
