@@ -20,6 +20,19 @@ pub const DEFAULT_SHADOW_PERCENT: f64 = 100.0;
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_SHADOW_HOST_SUFFIX: &str = "-shadow";
 pub const DEFAULT_SHADOW_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Upper bound of `max_buffered_body_bytes` and of a shadow's `max_body_bytes`. The bytes live in
+/// the VM's linear memory (at most 4 GiB on wasm32, shared with everything else, and a failed
+/// allocation aborts the VM), and a growing body vector may briefly hold twice its length.
+pub const MAX_SHADOW_BUFFER_BYTES: u64 = 256 * 1024 * 1024;
+/// What a shadow copy never carries unless `remove_headers` says otherwise: credentials. The
+/// shadow is the least-trusted backend (new code, often a test deployment).
+pub const DEFAULT_SHADOW_REMOVE_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-forwarded-client-cert",
+];
 
 pub struct PluginConfig {
     pub cluster_header: String,
@@ -28,9 +41,12 @@ pub struct PluginConfig {
     pub rules: Vec<RuleConfig>,
     /// Shadow bulkhead, per worker: outstanding shadow copies.
     pub max_in_flight: u64,
-    /// Shadow bulkhead, per worker: request body bytes held for shadow copies.
+    /// Shadow bulkhead, per worker: bytes held for shadow copies (header copies and bodies).
     pub max_buffered_body_bytes: u64,
     pub clear_route_cache: RouteCacheMode,
+    /// Signs the shadow marker of copies so that other instances can trust it (see
+    /// `shadow::MarkerKey`); `None`: copies carry `x-shadow-request: true`.
+    pub shadow_marker_secret: Option<String>,
 }
 
 /// When the filter asks Envoy to re-pick the route after changing the routing header.
@@ -54,6 +70,7 @@ impl Default for PluginConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             clear_route_cache: RouteCacheMode::Auto,
+            shadow_marker_secret: None,
         }
     }
 }
@@ -230,6 +247,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "max_in_flight",
             "max_buffered_body_bytes",
             "clear_route_cache",
+            "shadow_marker_secret",
         ],
     )?;
     let defaults = PluginConfig::default();
@@ -246,7 +264,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             .integer("max_in_flight", u64::from(u32::MAX))?
             .unwrap_or(defaults.max_in_flight),
         max_buffered_body_bytes: top
-            .integer("max_buffered_body_bytes", u64::from(u32::MAX))?
+            .integer("max_buffered_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
             .unwrap_or(defaults.max_buffered_body_bytes),
         clear_route_cache: top
             .choice(
@@ -257,6 +275,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
                 ],
             )?
             .unwrap_or_default(),
+        shadow_marker_secret: top.string("shadow_marker_secret")?,
     })
 }
 
@@ -323,9 +342,15 @@ fn shadow(path: &str, value: &Value) -> Result<ShadowConfig> {
         methods: o.list("methods", string_item)?,
         include_body: o.boolean("include_body")?.unwrap_or(true),
         max_body_bytes: o
-            .integer("max_body_bytes", u64::from(u32::MAX))?
+            .integer("max_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
             .unwrap_or(DEFAULT_SHADOW_MAX_BODY_BYTES),
-        remove_headers: o.list("remove_headers", string_item)?.unwrap_or_default(),
+        // An explicit list replaces the default; `[]` forwards every header (a deliberate opt-in).
+        remove_headers: o.list("remove_headers", string_item)?.unwrap_or_else(|| {
+            DEFAULT_SHADOW_REMOVE_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect()
+        }),
         compare: o.boolean("compare")?.unwrap_or(false),
         compare_body: o.boolean("compare_body")?.unwrap_or(false),
     })

@@ -11,7 +11,7 @@ use crate::config::{
 };
 use crate::cookie;
 use crate::matcher::{Condition, Matcher, StringOp};
-use crate::shadow::sample_threshold;
+use crate::shadow::{sample_threshold, MarkerKey};
 use std::time::Duration;
 
 pub const MAX_DESTINATIONS: usize = 16;
@@ -34,7 +34,9 @@ pub struct Plan {
     pub shadow_targets: Vec<ShadowTarget>,
     /// Shadow bulkhead, per worker.
     pub max_in_flight: usize,
-    pub max_buffered_body_bytes: usize,
+    pub max_buffered_body_bytes: u64,
+    /// Signs and verifies the shadow marker (`shadow_marker_secret`); `None`: unsigned marker.
+    pub marker_key: Option<MarkerKey>,
     /// Every destination with a breaker, in plan order; `Destination::breaker_slot` indexes it.
     pub breakers: Vec<BreakerRef>,
     /// When to call Envoy's `clear_route_cache` after a routing-header change.
@@ -68,7 +70,7 @@ pub struct ShadowPolicy {
     /// Method tokens as configured (methods are case-sensitive, RFC 9110); `None` = every method.
     pub methods: Option<Vec<Vec<u8>>>,
     pub include_body: bool,
-    pub max_body_bytes: usize,
+    pub max_body_bytes: u64,
     /// Lower-case header names.
     pub remove_headers: Vec<String>,
     pub compare: bool,
@@ -166,6 +168,11 @@ impl Plan {
                 "must be at least 1 (use \"percent\": 0 to turn shadowing off)",
             ));
         }
+        let marker_key = config
+            .shadow_marker_secret
+            .as_deref()
+            .map(compile_marker_secret)
+            .transpose()?;
         let needs_route_name = rules
             .iter()
             .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
@@ -184,7 +191,8 @@ impl Plan {
             needs_route_name,
             shadow_targets,
             max_in_flight: config.max_in_flight as usize,
-            max_buffered_body_bytes: config.max_buffered_body_bytes as usize,
+            max_buffered_body_bytes: config.max_buffered_body_bytes,
+            marker_key,
             breakers,
             clear_route_cache: config.clear_route_cache,
         })
@@ -386,11 +394,24 @@ fn compile_shadow(
         host_suffix: shadow.host_suffix,
         methods,
         include_body: shadow.include_body,
-        max_body_bytes: shadow.max_body_bytes as usize,
+        max_body_bytes: shadow.max_body_bytes,
         remove_headers,
         compare: shadow.compare,
         compare_body: shadow.compare_body,
     })
+}
+
+/// A secret shared by every instance of the deployment: long enough not to be guessed, and
+/// printable so it survives YAML, JSON and Istio's `pluginConfig` unchanged.
+fn compile_marker_secret(secret: &str) -> Result<MarkerKey, ConfigError> {
+    let len = secret.len();
+    if !(16..=256).contains(&len) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "shadow_marker_secret",
+            format!("must be 16 to 256 visible ASCII characters, got {len} characters"),
+        ));
+    }
+    Ok(MarkerKey::from_secret(secret.as_bytes()))
 }
 
 fn compile_methods(path: &str, methods: Vec<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
@@ -1041,7 +1062,7 @@ mod tests {
             (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
             (
                 r#"{"rulez": []}"#.into(),
-                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache",
+                "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache, shadow_marker_secret",
             ),
             (
                 rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
@@ -1344,6 +1365,22 @@ mod tests {
                 "rules[0].shadow[0].mirror: unknown field, expected one of: name, cluster, percent, timeout_ms, host_suffix, methods, include_body, max_body_bytes, remove_headers, compare, compare_body",
             ),
             (r#"{"rules": {}}"#.into(), "rules: must be an array, got an object"),
+            (
+                r#"{"max_buffered_body_bytes": 4294967295}"#.into(),
+                "max_buffered_body_bytes: must be a whole number from 0 to 268435456, got 4294967295",
+            ),
+            (
+                rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","max_body_bytes":268435457}}]}}"#)),
+                "rules[0].shadow[0].max_body_bytes: must be a whole number from 0 to 268435456, got 268435457",
+            ),
+            (
+                r#"{"shadow_marker_secret": "short"}"#.into(),
+                "shadow_marker_secret: must be 16 to 256 visible ASCII characters, got 5 characters",
+            ),
+            (
+                r#"{"shadow_marker_secret": "sixteen chars with spaces"}"#.into(),
+                "shadow_marker_secret: must be 16 to 256 visible ASCII characters, got 25 characters",
+            ),
             (r#"{"debug_header": "yes"}"#.into(), "debug_header: must be true or false, got a string"),
             (rule(r#"{"name":"r"}"#), "rules[0].destinations: is required"),
             (rule(r#"{"name":7,"destinations":[]}"#), "rules[0].name: must be a string, got a number"),

@@ -5,11 +5,20 @@
 use crate::plan::ShadowPolicy;
 use crate::request::HeaderPair;
 
-/// The marker every shadow copy carries.
-pub const SHADOW_MARKER: (&str, &str) = ("x-shadow-request", "true");
+/// The header every shadow copy carries, so the shadow's application can skip side effects.
+pub const SHADOW_MARKER: &str = "x-shadow-request";
+/// Its value without `shadow_marker_secret`.
+pub const UNSIGNED_MARKER: &str = "true";
+/// How long a signed marker stays valid after its copy was dispatched: a copy crosses the next
+/// instance within its `timeout_ms`; the rest is room for clock skew between hosts.
+pub const MARKER_MAX_AGE_S: u64 = 60;
+
+/// Approximate per-header overhead of a header copy beyond its name and value bytes (the two
+/// `String`s, and Envoy's header entry once dispatched), counted by the bulkhead.
+const HEADER_OVERHEAD: u64 = 32;
 
 /// Hop-by-hop headers describe one connection, not the request: never copied.
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -17,8 +26,132 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
     "te",
     "trailer",
-    "proxy-authorization",
 ];
+
+/// The key that signs and verifies shadow markers, derived from `shadow_marker_secret`.
+///
+/// A signed marker is `<unix seconds>.<16 hex digits>`: SipHash-2-4 (a keyed PRF designed as a
+/// MAC for short inputs) of the dispatch time under this key. Only an instance that knows the
+/// secret can produce one; a value seen on a copy can be replayed for `MARKER_MAX_AGE_S`
+/// seconds at most.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MarkerKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for MarkerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MarkerKey(..)") // never print the key
+    }
+}
+
+/// SipHash-2-4 of `data` under (k0, k1). `SipHasher` is deprecated only as a `HashMap` hasher
+/// (not as a primitive); it is the standard library's SipHash-2-4 and costs no extra code.
+#[allow(deprecated)]
+fn siphash(k0: u64, k1: u64, data: &[&[u8]]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    for part in data {
+        h.write(part);
+    }
+    h.finish()
+}
+
+impl MarkerKey {
+    pub fn from_secret(secret: &[u8]) -> MarkerKey {
+        MarkerKey {
+            k0: siphash(0x7472_6166_6669_6331, 0x7368_6164_6f77_6b30, &[secret]),
+            k1: siphash(0x7472_6166_6669_6332, 0x7368_6164_6f77_6b31, &[secret]),
+        }
+    }
+
+    fn tag(&self, timestamp: &[u8]) -> u64 {
+        siphash(
+            self.k0,
+            self.k1,
+            &[b"traffic-split shadow marker v1:", timestamp],
+        )
+    }
+
+    /// The marker value of a copy dispatched at `now_s` (unix seconds).
+    pub fn sign(&self, now_s: u64) -> String {
+        let ts = now_s.to_string();
+        format!("{ts}.{:016x}", self.tag(ts.as_bytes()))
+    }
+
+    /// Whether `value` was signed with this key at most `MARKER_MAX_AGE_S` seconds from `now_s`
+    /// (either way: hosts' clocks differ). The tag is compared in constant time.
+    pub fn verify(&self, value: &[u8], now_s: u64) -> bool {
+        let Some(dot) = value.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (Some(ts), Some(tag)) = (value.get(..dot), value.get(dot + 1..)) else {
+            return false;
+        };
+        let Some(signed_at) = parse_decimal(ts) else {
+            return false;
+        };
+        if signed_at.abs_diff(now_s) > MARKER_MAX_AGE_S || tag.len() != 16 {
+            return false;
+        }
+        let expected = format!("{:016x}", self.tag(ts));
+        let diff = expected
+            .bytes()
+            .zip(tag.iter())
+            .fold(0u8, |acc, (a, &b)| acc | (a ^ b));
+        diff == 0
+    }
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// What a request's `x-shadow-request` header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// No marker: an ordinary request.
+    Absent,
+    /// A copy made by an instance sharing this deployment's secret: kept, and never copied
+    /// again.
+    Verified,
+    /// Anything else (a client's, or an unsigned copy's): removed before the request goes
+    /// upstream. The request is not copied either: whoever sent it can only opt its own
+    /// request out of shadowing, and an unsigned copy from another instance is not copied again.
+    Untrusted,
+}
+
+pub fn check_marker(value: Option<&[u8]>, key: Option<&MarkerKey>, now_s: Option<u64>) -> Marker {
+    match (value, key, now_s) {
+        (None, _, _) => Marker::Absent,
+        (Some(v), Some(key), Some(now)) if key.verify(v, now) => Marker::Verified,
+        (Some(_), _, _) => Marker::Untrusted,
+    }
+}
+
+/// The marker value a copy dispatched at `now_s` carries.
+pub fn marker_value(key: Option<&MarkerKey>, now_s: Option<u64>) -> String {
+    match (key, now_s) {
+        (Some(key), Some(now)) => key.sign(now),
+        // No clock: an unverifiable marker, which the next instance removes (never a forgery).
+        (Some(_), None) => "unsigned".to_string(),
+        (None, _) => UNSIGNED_MARKER.to_string(),
+    }
+}
+
+/// Bytes a header copy holds, as the bulkhead counts them.
+pub fn header_bytes(headers: &[(String, String)]) -> u64 {
+    headers
+        .iter()
+        .map(|(n, v)| n.len() as u64 + v.len() as u64 + HEADER_OVERHEAD)
+        .sum()
+}
 
 impl ShadowPolicy {
     /// Whether this request is copied: method allowed and sampled in (`draw` uniform u64).
@@ -32,9 +165,10 @@ impl ShadowPolicy {
     }
 
     /// The headers of the copy: the request's headers without hop-by-hop ones, the configured
-    /// `remove_headers` and the routing headers, with `host_suffix` added to `:authority` and
-    /// the shadow marker. Values that are not UTF-8 cannot be sent by the host API and are left
-    /// out. Without a body, `content-length` is left out too.
+    /// `remove_headers`, the routing headers and any shadow marker, with `host_suffix` added to
+    /// `:authority`. The marker is added at dispatch (`marker_value`). Values that are not
+    /// UTF-8 cannot be sent by the host API and are left out. Without a body, `content-length`
+    /// is left out too.
     pub fn copy_headers(
         &self,
         headers: &[HeaderPair],
@@ -47,7 +181,7 @@ impl ShadowPolicy {
             let skip = HOP_BY_HOP.contains(&name)
                 || routing_headers.contains(&name)
                 || self.remove_headers.iter().any(|r| r == name)
-                || name == SHADOW_MARKER.0
+                || name == SHADOW_MARKER
                 || (!with_body && name == "content-length");
             if skip {
                 continue;
@@ -62,7 +196,6 @@ impl ShadowPolicy {
             };
             out.push((name.to_string(), value));
         }
-        out.push((SHADOW_MARKER.0.to_string(), SHADOW_MARKER.1.to_string()));
         out
     }
 }
@@ -94,26 +227,31 @@ pub fn sample_threshold(percent: f64) -> u64 {
 }
 
 /// Outstanding shadow copies (collecting their body, queued, or awaiting the shadow's answer)
-/// and buffered body bytes, per worker. Both are bounded: beyond them copies are dropped.
+/// and the bytes they hold, per worker. Both are bounded: beyond them copies are dropped.
+///
+/// A copy holds its header copy and its body from the moment it is made until its call
+/// completes: the VM keeps them until dispatch, then Envoy keeps its own copy until the answer
+/// (or failure) arrives. Bytes are u64: wasm32's usize would wrap at 4 GiB.
 pub struct Bulkhead {
     pub max_in_flight: usize,
-    pub max_buffered_bytes: usize,
+    pub max_held_bytes: u64,
     in_flight: usize,
-    buffered_bytes: usize,
+    held_bytes: u64,
 }
 
 impl Bulkhead {
-    pub fn new(max_in_flight: usize, max_buffered_bytes: usize) -> Self {
+    pub fn new(max_in_flight: usize, max_held_bytes: u64) -> Self {
         Bulkhead {
             max_in_flight,
-            max_buffered_bytes,
+            max_held_bytes,
             in_flight: 0,
-            buffered_bytes: 0,
+            held_bytes: 0,
         }
     }
 
-    pub fn try_start_copy(&mut self) -> bool {
-        if self.in_flight < self.max_in_flight {
+    /// Takes a slot and holds `bytes` (the header copy) for a new copy, or neither.
+    pub fn try_start_copy(&mut self, bytes: u64) -> bool {
+        if self.in_flight < self.max_in_flight && self.try_hold(bytes) {
             self.in_flight += 1;
             true
         } else {
@@ -121,30 +259,98 @@ impl Bulkhead {
         }
     }
 
-    pub fn end_copy(&mut self) {
+    /// Gives back a copy's slot and everything it held.
+    pub fn end_copy(&mut self, held: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.release(held);
     }
 
-    pub fn try_buffer(&mut self, bytes: usize) -> bool {
-        match self.buffered_bytes.checked_add(bytes) {
-            Some(total) if total <= self.max_buffered_bytes => {
-                self.buffered_bytes = total;
+    pub fn try_hold(&mut self, bytes: u64) -> bool {
+        match self.held_bytes.checked_add(bytes) {
+            Some(total) if total <= self.max_held_bytes => {
+                self.held_bytes = total;
                 true
             }
             _ => false,
         }
     }
 
-    pub fn release_buffer(&mut self, bytes: usize) {
-        self.buffered_bytes = self.buffered_bytes.saturating_sub(bytes);
+    pub fn release(&mut self, bytes: u64) {
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    pub fn buffered_bytes(&self) -> usize {
-        self.buffered_bytes
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+}
+
+/// A small map from u64 keys, kept sorted: lookups are binary searches. Keys handed out in
+/// increasing order (as the shadow code does) make an insert a push. Far smaller in Wasm than
+/// `BTreeMap` or `HashMap`.
+pub struct Keyed<T> {
+    entries: Vec<(u64, T)>,
+}
+
+impl<T> Default for Keyed<T> {
+    fn default() -> Self {
+        Keyed {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> Keyed<T> {
+    pub fn insert(&mut self, key: u64, value: T) {
+        match self.entries.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(at) => {
+                if let Some(slot) = self.entries.get_mut(at) {
+                    slot.1 = value;
+                }
+            }
+            Err(at) => self.entries.insert(at, (key, value)),
+        }
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut T> {
+        let at = self.entries.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        self.entries.get_mut(at).map(|(_, v)| v)
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.entries.binary_search_by_key(&key, |(k, _)| *k).is_ok()
+    }
+
+    pub fn remove(&mut self, key: u64) -> Option<T> {
+        let at = self.entries.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        Some(self.entries.remove(at).1)
+    }
+
+    /// Removes and returns every entry `expired` says is due (a sweep, on the tick).
+    pub fn take_if(&mut self, mut expired: impl FnMut(&T) -> bool) -> Vec<(u64, T)> {
+        if !self.entries.iter().any(|(_, v)| expired(v)) {
+            return Vec::new();
+        }
+        let (gone, kept) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|(_, v)| expired(v));
+        self.entries = kept;
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().map(|(_, v)| v)
     }
 }
 
@@ -200,47 +406,54 @@ impl Digest {
 }
 
 /// Pairs primary and shadow answers of the same request, whichever arrives first. Entries
-/// live until the primary is known (or gone) and every expected shadow answered (or failed).
-/// At most one entry per outstanding copy (the bulkhead bounds them), so a vector scanned
-/// linearly is enough, and much smaller in Wasm than a hash map.
-#[derive(Default)]
+/// live until the primary is known (or gone) and every expected shadow answered (or failed), or
+/// until their deadline: a primary that streams for an hour (SSE, a download) does not keep a
+/// record for an hour. At most `capacity` records (per worker); found by binary search.
 pub struct CompareBook {
-    entries: Vec<(u64, Entry)>,
+    entries: Keyed<Entry>,
+    pub capacity: usize,
 }
 
-#[derive(Default)]
 struct Entry {
     primary: Option<Option<Answer>>,
     expected_shadows: usize,
     /// Shadow answers waiting for the primary: (shadow target, answer).
     waiting: Vec<(usize, Answer)>,
+    deadline_ms: u64,
 }
 
 /// A finished comparison: which shadow target, and what it found.
 pub type Finding = (usize, Verdict);
 
 impl CompareBook {
-    /// A request will be compared with `shadows` copies.
-    pub fn open(&mut self, key: u64, shadows: usize) {
-        self.entries.push((
-            key,
-            Entry {
-                expected_shadows: shadows,
-                ..Entry::default()
-            },
-        ));
+    pub fn new(capacity: usize) -> Self {
+        CompareBook {
+            entries: Keyed::default(),
+            capacity,
+        }
     }
 
-    fn get_mut(&mut self, key: u64) -> Option<&mut Entry> {
-        self.entries
-            .iter_mut()
-            .find(|(k, _)| *k == key)
-            .map(|(_, e)| e)
+    /// A request will be compared with `shadows` copies, until `deadline_ms` at the latest.
+    /// False (nothing is compared) when the book is full.
+    pub fn open(&mut self, key: u64, shadows: usize, deadline_ms: u64) -> bool {
+        if self.entries.len() >= self.capacity {
+            return false;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                primary: None,
+                expected_shadows: shadows,
+                waiting: Vec::new(),
+                deadline_ms,
+            },
+        );
+        true
     }
 
     /// A copy will never answer (dropped or failed): nothing to compare for it.
     pub fn shadow_gone(&mut self, key: u64) {
-        if let Some(e) = self.get_mut(key) {
+        if let Some(e) = self.entries.get_mut(key) {
             e.expected_shadows = e.expected_shadows.saturating_sub(1);
         }
         self.tidy(key);
@@ -248,7 +461,7 @@ impl CompareBook {
 
     /// A shadow answered; returns the finding if the primary is already known.
     pub fn shadow_answered(&mut self, key: u64, target: usize, answer: Answer) -> Option<Finding> {
-        let e = self.get_mut(key)?;
+        let e = self.entries.get_mut(key)?;
         e.expected_shadows = e.expected_shadows.saturating_sub(1);
         let finding = match &e.primary {
             Some(Some(primary)) => Some((target, compare(primary, &answer))),
@@ -265,7 +478,7 @@ impl CompareBook {
     /// The primary answered (`None`: the client went away without an answer); returns the
     /// findings for the shadows that answered first.
     pub fn primary_done(&mut self, key: u64, answer: Option<Answer>) -> Vec<Finding> {
-        let Some(e) = self.get_mut(key) else {
+        let Some(e) = self.entries.get_mut(key) else {
             return Vec::new();
         };
         if e.primary.is_some() {
@@ -287,13 +500,18 @@ impl CompareBook {
         findings
     }
 
+    /// Forgets records past their deadline (nothing is compared for them); returns how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        self.entries.take_if(|e| e.deadline_ms <= now_ms).len()
+    }
+
     fn tidy(&mut self, key: u64) {
         let done = self
             .entries
-            .iter()
-            .position(|(k, e)| *k == key && e.primary.is_some() && e.expected_shadows == 0);
-        if let Some(index) = done {
-            self.entries.swap_remove(index);
+            .get_mut(key)
+            .is_some_and(|e| e.primary.is_some() && e.expected_shadows == 0);
+        if done {
+            self.entries.remove(key);
         }
     }
 
@@ -360,19 +578,52 @@ mod tests {
         let names: Vec<&str> = copy.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            vec![
-                ":method",
-                ":path",
-                ":authority",
-                "content-length",
-                "x-keep",
-                "x-shadow-request"
-            ]
+            vec![":method", ":path", ":authority", "content-length", "x-keep"]
         );
         assert_eq!(copy[2].1, "shop-shadow:8080");
-        assert_eq!(copy[5].1, "true");
         let without_body = p.copy_headers(&headers, &[], false);
         assert!(!without_body.iter().any(|(n, _)| n == "content-length"));
+    }
+
+    #[test]
+    fn credentials_stay_home_by_default_and_an_explicit_list_replaces_the_default() {
+        let headers: Vec<HeaderPair> = [
+            (":method", "GET"),
+            ("authorization", "Bearer t"),
+            ("proxy-authorization", "Basic p"),
+            ("cookie", "s=1"),
+            ("x-api-key", "k"),
+            ("x-forwarded-client-cert", "By=spiffe://x"),
+            ("x-keep", "1"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        let names = |p: &ShadowPolicy| -> Vec<String> {
+            p.copy_headers(&headers, &[], false)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        assert_eq!(names(&policy(r#"{"cluster":"s"}"#)), [":method", "x-keep"]);
+        // `[]`: everything travels, a deliberate opt-in.
+        assert_eq!(
+            names(&policy(r#"{"cluster":"s","remove_headers":[]}"#)),
+            [
+                ":method",
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "x-api-key",
+                "x-forwarded-client-cert",
+                "x-keep"
+            ]
+        );
+        // A list replaces the default: only what it names is removed.
+        assert_eq!(
+            names(&policy(r#"{"cluster":"s","remove_headers":["X-Keep"]}"#)).len(),
+            6
+        );
     }
 
     #[test]
@@ -390,21 +641,127 @@ mod tests {
     }
 
     #[test]
-    fn bulkhead_bounds_copies_and_bytes() {
-        let mut b = Bulkhead::new(2, 10);
-        assert!(b.try_start_copy());
-        assert!(b.try_start_copy());
-        assert!(!b.try_start_copy());
-        b.end_copy();
-        assert!(b.try_start_copy());
-        assert!(b.try_buffer(6));
-        assert!(!b.try_buffer(5));
-        b.release_buffer(6);
-        assert!(b.try_buffer(10));
-        b.end_copy();
-        b.end_copy();
-        b.end_copy();
-        assert_eq!(b.in_flight(), 0);
+    fn bulkhead_bounds_copies_and_everything_they_hold() {
+        let mut b = Bulkhead::new(2, 100);
+        assert!(b.try_start_copy(30));
+        assert!(b.try_start_copy(30));
+        assert!(!b.try_start_copy(0), "no third slot");
+        b.end_copy(30);
+        assert_eq!(b.held_bytes(), 30);
+        assert!(
+            !b.try_start_copy(71),
+            "headers alone would pass the byte bound"
+        );
+        assert_eq!(b.in_flight(), 1, "a refused copy takes no slot");
+        assert!(b.try_start_copy(20));
+        assert!(b.try_hold(50));
+        assert!(!b.try_hold(1));
+        b.end_copy(30 + 50);
+        assert_eq!(b.held_bytes(), 20);
+        b.end_copy(20);
+        b.end_copy(0);
+        assert_eq!((b.in_flight(), b.held_bytes()), (0, 0));
+        // Byte counts are u64 on every target: 5 GiB held is 5 GiB, not 1 GiB (wasm32 usize).
+        let mut big = Bulkhead::new(4, 6 << 30);
+        assert!(big.try_start_copy(5 << 30));
+        assert_eq!(big.held_bytes(), 5 << 30);
+        assert!(!big.try_hold(2 << 30));
+        assert!(!big.try_hold(u64::MAX), "overflow is a refusal, not a wrap");
+    }
+
+    #[test]
+    fn header_copies_are_counted_with_their_values() {
+        let h = vec![
+            ("a".to_string(), "xyz".to_string()),
+            ("bb".to_string(), String::new()),
+        ];
+        assert_eq!(header_bytes(&h), 4 + 2 + 2 * HEADER_OVERHEAD);
+        assert_eq!(header_bytes(&[]), 0);
+    }
+
+    #[test]
+    fn keyed_finds_by_binary_search_and_sweeps() {
+        let mut k: Keyed<&str> = Keyed::default();
+        for (key, v) in [(3, "c"), (1, "a"), (7, "g"), (5, "e")] {
+            k.insert(key, v);
+        }
+        assert_eq!(k.get_mut(5).copied(), Some("e"));
+        assert!(k.contains(1) && !k.contains(2));
+        assert_eq!(k.remove(3), Some("c"));
+        assert_eq!(k.remove(3), None);
+        k.insert(7, "G");
+        assert_eq!(k.len(), 3);
+        let gone = k.take_if(|v| *v != "a");
+        assert_eq!(gone, vec![(5, "e"), (7, "G")]);
+        assert_eq!(k.len(), 1);
+        assert!(k.take_if(|_| false).is_empty());
+    }
+
+    #[test]
+    fn signed_markers_verify_only_with_the_key_and_only_while_fresh() {
+        let key = MarkerKey::from_secret(b"0123456789abcdef-deployment");
+        let other = MarkerKey::from_secret(b"0123456789abcdef-elsewhere!");
+        let now = 1_800_000_000;
+        let value = key.sign(now);
+        assert!(value.starts_with("1800000000."), "{value}");
+        assert_eq!(value.len(), 10 + 1 + 16);
+        assert!(key.verify(value.as_bytes(), now));
+        assert!(key.verify(value.as_bytes(), now + MARKER_MAX_AGE_S));
+        assert!(
+            key.verify(value.as_bytes(), now - MARKER_MAX_AGE_S),
+            "clock skew"
+        );
+        assert!(
+            !key.verify(value.as_bytes(), now + MARKER_MAX_AGE_S + 1),
+            "replayed late"
+        );
+        assert!(
+            !other.verify(value.as_bytes(), now),
+            "another deployment's key"
+        );
+        // Tampering with the time or the tag fails.
+        let later = value.replacen("1800000000", "1800000001", 1);
+        assert!(!key.verify(later.as_bytes(), now));
+        let mut tag_flipped = value.clone().into_bytes();
+        let last = tag_flipped.len() - 1;
+        tag_flipped[last] = if tag_flipped[last] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        assert!(!key.verify(&tag_flipped, now));
+        for junk in [
+            &b""[..],
+            b"true",
+            b".",
+            b"1800000000.",
+            b"x.0123456789abcdef",
+            b"99999999999999999999.0123456789abcdef",
+        ] {
+            assert!(!key.verify(junk, now), "{junk:?}");
+        }
+        // Markers as the filter sees them.
+        assert_eq!(check_marker(None, Some(&key), Some(now)), Marker::Absent);
+        assert_eq!(
+            check_marker(Some(value.as_bytes()), Some(&key), Some(now)),
+            Marker::Verified
+        );
+        assert_eq!(
+            check_marker(Some(b"true"), Some(&key), Some(now)),
+            Marker::Untrusted
+        );
+        assert_eq!(
+            check_marker(Some(value.as_bytes()), None, Some(now)),
+            Marker::Untrusted
+        );
+        assert_eq!(
+            check_marker(Some(value.as_bytes()), Some(&key), None),
+            Marker::Untrusted
+        );
+        assert_eq!(marker_value(None, Some(now)), "true");
+        assert_eq!(marker_value(Some(&key), Some(now)), value);
+        assert!(!key.verify(marker_value(Some(&key), None).as_bytes(), now));
+        assert_eq!(format!("{key:?}"), "MarkerKey(..)");
     }
 
     #[test]
@@ -441,9 +798,9 @@ mod tests {
             body_digest: None,
         };
         let err = Answer { status: 500, ..ok };
-        let mut book = CompareBook::default();
+        let mut book = CompareBook::new(8);
         // Shadow first, then primary.
-        book.open(1, 2);
+        book.open(1, 2, u64::MAX);
         assert_eq!(book.shadow_answered(1, 0, err), None);
         let findings = book.primary_done(1, Some(ok));
         assert_eq!(findings.len(), 1);
@@ -454,13 +811,36 @@ mod tests {
         assert_eq!(late, (1, Verdict::default()));
         assert!(book.is_empty());
         // A failed shadow and a vanished client leave nothing behind.
-        book.open(2, 1);
+        book.open(2, 1, u64::MAX);
         book.shadow_gone(2);
         assert!(book.primary_done(2, None).is_empty());
         assert!(book.is_empty());
-        book.open(3, 1);
+        book.open(3, 1, u64::MAX);
         assert!(book.primary_done(3, None).is_empty());
         assert_eq!(book.shadow_answered(3, 0, ok), None);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn compare_records_are_bounded_and_expire() {
+        let ok = Answer {
+            status: 200,
+            latency_ms: 3,
+            body_digest: None,
+        };
+        let mut book = CompareBook::new(2);
+        assert!(book.open(1, 1, 1_000));
+        assert!(book.open(2, 1, 5_000));
+        assert!(!book.open(3, 1, 5_000), "full");
+        // The shadow answered; the primary (a long download) has not finished.
+        assert_eq!(book.shadow_answered(1, 0, ok), None);
+        assert_eq!(book.expire(999), 0);
+        assert_eq!(book.expire(1_000), 1);
+        assert_eq!(book.len(), 1);
+        // Gone: the primary's late end finds nothing and compares nothing.
+        assert!(book.primary_done(1, Some(ok)).is_empty());
+        assert!(book.open(3, 1, 5_000), "room again");
+        assert_eq!(book.expire(u64::MAX), 2);
         assert!(book.is_empty());
     }
 

@@ -6,7 +6,9 @@
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
 //! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
-//! own calls only on the requests it copies (see `shadow.rs`).
+//! own calls only on the requests it copies (see `shadow.rs`). A client-sent `x-shadow-request`
+//! is removed from every request: found in the header map when it was read (a removal only when
+//! present), else one removal call per request (a read, with `shadow_marker_secret`).
 
 mod breaker;
 mod shadow;
@@ -20,6 +22,7 @@ use crate::metrics::{
 use crate::plan::Plan;
 use crate::request::Request;
 use crate::rng::Rng;
+use crate::shadow::Marker;
 use breaker::Breakers;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -139,7 +142,7 @@ impl SplitRoot {
             rng: Rc::new(RefCell::new(Rng::from_seed(crate::rng::sampling_seed(
                 now_nanos,
             )))),
-            shadow: Rc::new(RefCell::new(ShadowState::new(0, 0))),
+            shadow: Rc::new(RefCell::new(ShadowState::new())),
         }
     }
 }
@@ -204,11 +207,7 @@ impl RootContext for SplitRoot {
             plan.cluster_header
         );
         log_platform_checks(&plan);
-        {
-            let mut shadow = self.shadow.borrow_mut();
-            shadow.bulkhead.max_in_flight = plan.max_in_flight;
-            shadow.bulkhead.max_buffered_bytes = plan.max_buffered_body_bytes;
-        }
+        self.shadow.borrow_mut().configure(&plan);
         // Breaker records are keyed by plugin name too, so two filter configurations sharing
         // a VM id never share a breaker.
         let scope = hostcalls::get_property(vec!["plugin_name"])
@@ -226,6 +225,7 @@ impl RootContext for SplitRoot {
     fn on_tick(&mut self) {
         // A fallback: copies are normally dispatched from on_queue_ready right away.
         shadow::dispatch_queued(&self.shadow);
+        self.shadow.borrow_mut().on_tick(now_ms());
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
             active.flush();
@@ -385,6 +385,9 @@ impl HttpContext for SplitStream {
             None
         };
         let request = Request::new(&headers, route_name.as_deref());
+        // Every request loses a shadow marker that does not verify; a verified one (a copy from
+        // another instance) is kept, and the copy is never copied again.
+        let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
         let decision = plan.decide(
             &request,
             &mut self.rng.borrow_mut(),
@@ -396,7 +399,7 @@ impl HttpContext for SplitStream {
                 if let Some(rule) = plan
                     .rules
                     .get(routed.rule)
-                    .filter(|r| !r.shadows.is_empty())
+                    .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
                 {
                     self.shadow = StreamShadow::start(
                         &active,

@@ -10,18 +10,29 @@
 //!   event. The tick dispatches anything left as a fallback.
 //! - The primary is never held back: bodies are copied chunk by chunk while they pass, and
 //!   every callback returns `Continue`.
+//! - Everything a copy holds lives in the root's state, never in the stream: the tick can then
+//!   abandon a copy whose body is still arriving after `timeout_ms` and free its bytes at once,
+//!   whatever the stream does next. The tick also refreshes a coarse clock the streams read, so
+//!   deadlines cost no host call per request.
 
-use super::{now, Active};
+use super::{now, now_ms, Active};
 use crate::metrics::{ShadowEvent, SHADOW_DISPATCH_DELAY};
-use crate::plan::{Rule, ShadowPolicy};
+use crate::plan::{Plan, Rule, ShadowPolicy};
 use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
-use crate::shadow::{Answer, Bulkhead, CompareBook, Digest, Finding};
+use crate::shadow::{
+    check_marker, header_bytes, marker_value, Answer, Bulkhead, CompareBook, Digest, Finding,
+    Keyed, Marker, SHADOW_MARKER,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
+
+/// A comparison waits this long beyond its slowest shadow's `timeout_ms` for the primary to
+/// finish; past it, nothing is compared for that request (a long download or SSE stream).
+pub(super) const COMPARE_GRACE_MS: u64 = 60_000;
 
 /// Per-VM (per-worker) shadow state, shared by the root context and the streams.
 pub(super) struct ShadowState {
@@ -33,10 +44,33 @@ pub(super) struct ShadowState {
     shadowed_requests: u64,
     pub queue_id: Option<u32>,
     book: CompareBook,
+    /// Keys of shadowed streams (collections and comparisons), increasing.
     next_key: u64,
-    /// Dispatched calls awaiting their answer, by token (at most `max_in_flight`: a vector is
-    /// enough, and far smaller in Wasm than a hash map).
-    calls: Vec<(u32, Call)>,
+    /// Copies still collecting their request body, by stream key.
+    collecting: Keyed<Collection>,
+    /// Dispatched calls awaiting their answer, by token.
+    calls: Keyed<Call>,
+    /// Milliseconds since the epoch, refreshed by the tick and each dispatch round (0: never).
+    clock_ms: u64,
+}
+
+/// One stream's copies that wait for the request body, and the body so far.
+struct Collection {
+    active: Rc<Active>,
+    rule: usize,
+    body: Vec<u8>,
+    copies: Vec<Collecting>,
+    compare_key: Option<u64>,
+}
+
+/// A copy still collecting the request body.
+struct Collecting {
+    shadow: usize,
+    headers: Vec<(String, String)>,
+    /// Bytes this copy holds in the bulkhead: its headers and the body so far.
+    held: u64,
+    /// Past it the copy is abandoned (`dropped`): a slow upload must not hold a slot forever.
+    deadline_ms: u64,
 }
 
 /// A complete copy, waiting for the root context to dispatch it.
@@ -46,6 +80,7 @@ struct Job {
     shadow: usize,
     headers: Vec<(String, String)>,
     body: Option<Rc<Vec<u8>>>,
+    held: u64,
     compare_key: Option<u64>,
     ready_at: Option<SystemTime>,
 }
@@ -54,6 +89,8 @@ struct Call {
     active: Rc<Active>,
     rule: usize,
     shadow: usize,
+    /// Envoy keeps its copy of the request until the call completes: still counted.
+    held: u64,
     compare_key: Option<u64>,
     sent_at: Option<SystemTime>,
 }
@@ -69,17 +106,36 @@ impl ShadowState {
         self.shadowed_requests % DELAY_SAMPLE == 1
     }
 
-    pub fn new(max_in_flight: usize, max_buffered_bytes: usize) -> Self {
+    pub fn new() -> Self {
         ShadowState {
-            bulkhead: Bulkhead::new(max_in_flight, max_buffered_bytes),
+            bulkhead: Bulkhead::new(0, 0),
             jobs: Vec::new(),
             wake_pending: false,
             shadowed_requests: 0,
             queue_id: None,
-            book: CompareBook::default(),
+            book: CompareBook::new(0),
             next_key: 0,
-            calls: Vec::new(),
+            collecting: Keyed::default(),
+            calls: Keyed::default(),
+            clock_ms: 0,
         }
+    }
+
+    /// A new configuration's bounds.
+    pub fn configure(&mut self, plan: &Plan) {
+        self.bulkhead.max_in_flight = plan.max_in_flight;
+        self.bulkhead.max_held_bytes = plan.max_buffered_body_bytes;
+        // Every record waits for at least one copy when it opens; the same bound keeps records
+        // of long primaries from piling up.
+        self.book.capacity = plan.max_in_flight;
+    }
+
+    /// The coarse clock (ms): read from the host only before the first tick.
+    fn clock(&mut self) -> u64 {
+        if self.clock_ms == 0 {
+            self.clock_ms = now_ms().unwrap_or(0);
+        }
+        self.clock_ms
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -92,6 +148,94 @@ impl ShadowState {
             }
         }
     }
+
+    /// A copy that will never be sent: its slot and bytes return, and its comparison is off.
+    fn give_up(
+        &mut self,
+        active: &Active,
+        target: usize,
+        held: u64,
+        key: Option<u64>,
+        dropped: bool,
+    ) {
+        if dropped {
+            active.count_shadow(target, ShadowEvent::Dropped);
+        }
+        self.bulkhead.end_copy(held);
+        if let Some(key) = key {
+            self.book.shadow_gone(key);
+        }
+    }
+
+    /// Root context, every tick: abandons copies whose body is still arriving past their
+    /// deadline (counted `dropped`), and forgets comparisons past theirs.
+    pub fn on_tick(&mut self, now_ms: Option<u64>) {
+        if let Some(now) = now_ms {
+            self.clock_ms = now;
+        }
+        let now = self.clock_ms;
+        if !self.collecting.is_empty() {
+            let mut expired = Vec::new();
+            for c in self.collecting.values_mut() {
+                c.copies.retain(|copy| {
+                    let keep = copy.deadline_ms > now;
+                    if !keep {
+                        expired.push((
+                            Rc::clone(&c.active),
+                            c.rule,
+                            copy.shadow,
+                            copy.held,
+                            c.compare_key,
+                        ));
+                    }
+                    keep
+                });
+            }
+            // Collections with no copy left free their body now.
+            drop(self.collecting.take_if(|c| c.copies.is_empty()));
+            for (active, rule, shadow, held, key) in expired {
+                let target = policy(&active, rule, shadow).map(|p| p.target);
+                match target {
+                    Some(target) => self.give_up(&active, target, held, key, true),
+                    None => self.bulkhead.end_copy(held),
+                }
+            }
+        }
+        if !self.book.is_empty() {
+            self.book.expire(now);
+        }
+    }
+}
+
+/// Removes a shadow marker that does not verify from the request, before it goes upstream
+/// (a client must never make a real request look like a copy), and says what it found.
+/// `headers`: the request's header map when the filter read it, else `None` (then the marker
+/// costs one host call per request: a removal, or a read when a secret is configured).
+pub(super) fn screen_marker(plan: &Plan, headers: Option<&Request>) -> Marker {
+    let read;
+    let value = match headers {
+        Some(request) => request.header(SHADOW_MARKER),
+        None if plan.marker_key.is_some() => {
+            read = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, SHADOW_MARKER)
+                .ok()
+                .flatten();
+            read.as_deref()
+        }
+        None => {
+            // Nothing can verify: remove whatever is there.
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
+            return Marker::Absent;
+        }
+    };
+    let now_s = match (value, &plan.marker_key) {
+        (Some(_), Some(_)) => now_ms().map(|ms| ms / 1000),
+        _ => None,
+    };
+    let marker = check_marker(value, plan.marker_key.as_ref(), now_s);
+    if marker == Marker::Untrusted {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
+    }
+    marker
 }
 
 /// Root context only (`on_queue_ready`, `on_tick`): dispatches every queued copy, so the
@@ -113,6 +257,9 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
         return; // most ticks: no clock read, nothing to do
     }
     let now = now();
+    if let Some(ms) = now.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        state.borrow_mut().clock_ms = ms.as_millis() as u64;
+    }
     loop {
         let jobs = std::mem::take(&mut state.borrow_mut().jobs);
         if jobs.is_empty() {
@@ -126,45 +273,48 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
 
 fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>) {
     let Some(policy) = policy(&job.active, job.rule, job.shadow) else {
-        state.borrow_mut().bulkhead.end_copy();
+        state.borrow_mut().bulkhead.end_copy(job.held);
         return;
     };
     if let (Some(ready), Some(now), Some(id)) = (job.ready_at, now, job.active.dispatch_delay_id) {
         let delay = now.duration_since(ready).unwrap_or(Duration::ZERO);
         let _ = hostcalls::record_metric(id, delay.as_micros() as u64);
     }
+    // Signed at dispatch, so the next instance sees a fresh timestamp.
+    let now_s = now
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let marker = marker_value(job.active.plan.marker_key.as_ref(), now_s);
     let headers: Vec<(&str, &str)> = job
         .headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain(std::iter::once((SHADOW_MARKER, marker.as_str())))
         .collect();
     let body = job.body.as_deref().map(Vec::as_slice);
     let result =
         hostcalls::dispatch_http_call(&policy.cluster, headers, body, vec![], policy.timeout);
+    drop(job.headers);
+    drop(job.body);
     let mut s = state.borrow_mut();
-    if let Some(body) = &job.body {
-        // The last copy of a body dispatched: Envoy holds its own copy now.
-        if Rc::strong_count(body) == 1 {
-            s.bulkhead.release_buffer(body.len());
-        }
-    }
     match result {
         Ok(token) => {
             job.active.count_shadow(policy.target, ShadowEvent::Sent);
-            s.calls.push((
-                token,
+            s.calls.insert(
+                u64::from(token),
                 Call {
                     active: Rc::clone(&job.active),
                     rule: job.rule,
                     shadow: job.shadow,
+                    held: job.held,
                     compare_key: job.compare_key,
                     sent_at: now,
                 },
-            ));
+            );
         }
         Err(_) => {
             job.active.count_shadow(policy.target, ShadowEvent::Failed);
-            s.bulkhead.end_copy();
+            s.bulkhead.end_copy(job.held);
             if let Some(key) = job.compare_key {
                 s.book.shadow_gone(key);
             }
@@ -172,25 +322,53 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>) {
     }
 }
 
+/// One header of the shadow's answer, with the single-value host call (the map getter would
+/// read every header, and the SDK unwraps header names as UTF-8).
+fn call_response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Exactly `len` bytes of a buffer, or `None`: a short read is a failure, never a truncated
+/// copy or digest.
+fn read_exact(buffer: BufferType, len: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(buffer, 0, len)
+        .ok()
+        .flatten()
+        .filter(|bytes| bytes.len() == len)
+}
+
 impl ShadowState {
     /// Root context: the shadow answered (or failed) for `token`.
     pub fn on_call_response(&mut self, token: u32, body_size: usize) {
-        let Some(index) = self.calls.iter().position(|(t, _)| *t == token) else {
+        let Some(call) = self.calls.remove(u64::from(token)) else {
             return;
         };
-        let (_, call) = self.calls.swap_remove(index);
-        self.bulkhead.end_copy();
+        self.bulkhead.end_copy(call.held);
         let Some(policy) = policy(&call.active, call.rule, call.shadow) else {
             return;
         };
-        // One read of the (small) response header map answers both questions.
-        let headers =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
-        let status = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-        let Some(status) = status.filter(|_| !is_local_failure(&headers)) else {
+        let status = call_response_header(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
+            .filter(|_| !is_local_failure());
+        let body_digest = match (status, call.compare_key) {
+            (Some(_), Some(_))
+                if policy.compare_body && body_size as u64 <= policy.max_body_bytes =>
+            {
+                if body_size == 0 {
+                    Some(Some(Digest::default().value()))
+                } else {
+                    read_exact(BufferType::HttpCallResponseBody, body_size).map(|body| {
+                        let mut digest = Digest::default();
+                        digest.update(&body);
+                        Some(digest.value())
+                    })
+                }
+            }
+            _ => Some(None),
+        };
+        let (Some(status), Some(body_digest)) = (status, body_digest) else {
             call.active.count_shadow(policy.target, ShadowEvent::Failed);
             if let Some(key) = call.compare_key {
                 self.book.shadow_gone(key);
@@ -206,15 +384,6 @@ impl ShadowState {
         let Some(key) = call.compare_key else {
             return;
         };
-        let body_digest = (policy.compare_body && body_size <= policy.max_body_bytes).then(|| {
-            let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let mut digest = Digest::default();
-            digest.update(&body);
-            digest.value()
-        });
         let answer = Answer {
             status,
             latency_ms,
@@ -230,10 +399,8 @@ impl ShadowState {
 /// local reply of its own. Those are failures of the shadow, not answers to compare. The
 /// reliable marker is the absence of `x-envoy-upstream-service-time`, which Envoy's router adds
 /// to every response that really came from the upstream.
-fn is_local_failure(headers: &[(String, Vec<u8>)]) -> bool {
-    !headers
-        .iter()
-        .any(|(n, _)| n == "x-envoy-upstream-service-time")
+fn is_local_failure() -> bool {
+    call_response_header("x-envoy-upstream-service-time").is_none()
 }
 
 fn policy(active: &Active, rule: usize, shadow: usize) -> Option<&ShadowPolicy> {
@@ -264,31 +431,34 @@ fn apply(active: &Active, findings: &[Finding]) {
     }
 }
 
-/// A copy still collecting the request body.
-struct Collecting {
-    shadow: usize,
-    headers: Vec<(String, String)>,
-}
-
-/// What one request's stream does for shadowing.
+/// What one request's stream does for shadowing. The copies themselves live in the root's
+/// state (`ShadowState::collecting`), under `key`.
 pub(super) struct StreamShadow {
-    rule: usize,
-    collecting: Vec<Collecting>,
-    body: Vec<u8>,
+    key: u64,
+    /// Copies of this stream may still be collecting the body.
+    collecting: bool,
     compare: Option<PrimaryWatch>,
 }
 
 /// The primary side of a comparison.
 struct PrimaryWatch {
-    key: u64,
     started: Option<SystemTime>,
     /// Shadow targets compared on this request (for the primary latency histogram).
     targets: Vec<usize>,
     /// Body digest while the primary body passes (only with `compare_body`).
-    digest: Option<(Digest, usize, usize)>,
+    body: Option<BodyWatch>,
     status: Option<u16>,
     latency_ms: u64,
     done: bool,
+}
+
+struct BodyWatch {
+    digest: Digest,
+    /// Bytes seen (u64: a long download passes 4 GiB).
+    seen: u64,
+    limit: u64,
+    /// A read came back short: no digest for this body.
+    broken: bool,
 }
 
 impl StreamShadow {
@@ -314,25 +484,22 @@ impl StreamShadow {
             if !policy.selects(method, rng.next_u64()) {
                 continue;
             }
-            if !state.bulkhead.try_start_copy() {
+            let with_body = policy.include_body && !end_of_stream;
+            let copy = policy.copy_headers(headers, &routing, with_body);
+            let held = header_bytes(&copy);
+            if !state.bulkhead.try_start_copy(held) {
                 active.count_shadow(policy.target, ShadowEvent::Dropped);
                 continue;
             }
-            let with_body = policy.include_body && !end_of_stream;
-            copies.push((
-                index,
-                with_body,
-                policy.copy_headers(headers, &routing, with_body),
-            ));
+            copies.push((index, policy, with_body, copy, held));
         }
         if copies.is_empty() {
             return None;
         }
-        let compared: Vec<usize> = copies
-            .iter()
-            .filter_map(|(i, _, _)| rule.shadows.get(*i).filter(|p| p.compare))
-            .map(|p| p.target)
-            .collect();
+        state.next_key += 1;
+        let key = state.next_key;
+        let compared: Vec<&ShadowPolicy> =
+            copies.iter().map(|c| c.1).filter(|p| p.compare).collect();
         // The clock is read only when something needs it: a comparison (the primary's latency)
         // or a sampled dispatch-delay measurement.
         let sampled = state.sample_delay();
@@ -342,35 +509,48 @@ impl StreamShadow {
             None
         };
         let ready_at = started.filter(|_| sampled);
-        let compare = (!compared.is_empty()).then(|| {
-            state.next_key += 1;
-            state.book.open(state.next_key, compared.len());
-            let body_limit = rule
-                .shadows
+        let needs_deadline = !compared.is_empty() || copies.iter().any(|c| c.2);
+        let clock = if needs_deadline { state.clock() } else { 0 };
+        let compare = if compared.is_empty() {
+            None
+        } else {
+            let longest = compared
+                .iter()
+                .map(|p| p.timeout.as_millis() as u64)
+                .max()
+                .unwrap_or(0);
+            let opened = state
+                .book
+                .open(key, compared.len(), clock + longest + COMPARE_GRACE_MS);
+            let body_limit = compared
                 .iter()
                 .filter(|p| p.compare_body)
                 .map(|p| p.max_body_bytes)
                 .max();
-            PrimaryWatch {
-                key: state.next_key,
+            opened.then(|| PrimaryWatch {
                 started,
-                targets: compared,
-                digest: body_limit.map(|limit| (Digest::default(), 0, limit)),
+                targets: compared.iter().map(|p| p.target).collect(),
+                body: body_limit.map(|limit| BodyWatch {
+                    digest: Digest::default(),
+                    seen: 0,
+                    limit,
+                    broken: false,
+                }),
                 status: None,
                 latency_ms: 0,
                 done: false,
-            }
-        });
-        let key = compare.as_ref().map(|c| c.key);
-        let mut stream = StreamShadow {
-            rule: rule_index,
-            collecting: Vec::new(),
-            body: Vec::new(),
-            compare,
+            })
         };
-        for (shadow, with_body, headers) in copies {
+        let compare_key = compare.as_ref().map(|_| key);
+        let mut collection = Vec::new();
+        for (shadow, policy, with_body, headers, held) in copies {
             if with_body {
-                stream.collecting.push(Collecting { shadow, headers });
+                collection.push(Collecting {
+                    shadow,
+                    headers,
+                    held,
+                    deadline_ms: clock + policy.timeout.as_millis() as u64,
+                });
             } else {
                 state.enqueue(Job {
                     active: Rc::clone(active),
@@ -378,12 +558,30 @@ impl StreamShadow {
                     shadow,
                     headers,
                     body: None,
-                    compare_key: key,
+                    held,
+                    compare_key,
                     ready_at,
                 });
             }
         }
-        Some(stream)
+        let collecting = !collection.is_empty();
+        if collecting {
+            state.collecting.insert(
+                key,
+                Collection {
+                    active: Rc::clone(active),
+                    rule: rule_index,
+                    body: Vec::new(),
+                    copies: collection,
+                    compare_key,
+                },
+            );
+        }
+        Some(StreamShadow {
+            key,
+            collecting,
+            compare,
+        })
     }
 
     /// A request body chunk passed (`chunk_size` bytes, already on its way upstream).
@@ -394,42 +592,59 @@ impl StreamShadow {
         chunk_size: usize,
         end_of_stream: bool,
     ) {
-        if self.collecting.is_empty() {
+        if !self.collecting {
+            return;
+        }
+        if !state.collecting.contains(self.key) {
+            // Abandoned by the tick (past its deadline): nothing more to read.
+            self.collecting = false;
             return;
         }
         if chunk_size > 0 {
-            let chunk = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, chunk_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let new_len = self.body.len() + chunk.len();
-            // Copies whose body limit is passed are dropped whole: never a truncated copy.
-            let key = self.compare.as_ref().map(|c| c.key);
-            let rule = self.rule;
-            self.collecting.retain(|c| {
-                let Some(policy) = policy(active, rule, c.shadow) else {
-                    return false;
-                };
-                let keep = new_len <= policy.max_body_bytes;
-                if !keep {
-                    drop_copy(active, state, policy, key);
+            let chunk = read_exact(BufferType::HttpRequestBody, chunk_size);
+            let now = state.clock();
+            let ShadowState {
+                collecting,
+                bulkhead,
+                book,
+                ..
+            } = state;
+            let Some(c) = collecting.get_mut(self.key) else {
+                return;
+            };
+            let new_len = c.body.len() as u64 + chunk_size as u64;
+            let mut gone = Vec::new();
+            // Copies whose body limit is passed are dropped whole: never a truncated copy. So
+            // are copies past their deadline, and all of them when the body cannot be read.
+            c.copies.retain_mut(|copy| {
+                let limit = policy(active, c.rule, copy.shadow).map_or(0, |p| p.max_body_bytes);
+                let keep = chunk.is_some()
+                    && copy.deadline_ms > now
+                    && new_len <= limit
+                    && bulkhead.try_hold(chunk_size as u64);
+                if keep {
+                    copy.held += chunk_size as u64;
+                } else {
+                    gone.push((copy.shadow, copy.held));
                 }
                 keep
             });
-            if !self.collecting.is_empty() {
-                if state.bulkhead.try_buffer(chunk.len()) {
-                    self.body.extend_from_slice(&chunk);
-                } else {
-                    for c in std::mem::take(&mut self.collecting) {
-                        if let Some(policy) = policy(active, rule, c.shadow) {
-                            drop_copy(active, state, policy, key);
-                        }
-                    }
+            for (shadow, held) in gone {
+                if let Some(p) = policy(active, c.rule, shadow) {
+                    active.count_shadow(p.target, ShadowEvent::Dropped);
+                }
+                bulkhead.end_copy(held);
+                if let Some(key) = c.compare_key {
+                    book.shadow_gone(key);
                 }
             }
-            if self.collecting.is_empty() {
-                state.bulkhead.release_buffer(self.body.len());
-                self.body = Vec::new();
+            if c.copies.is_empty() {
+                collecting.remove(self.key);
+                self.collecting = false;
+                return;
+            }
+            if let Some(chunk) = chunk {
+                c.body.extend_from_slice(&chunk);
             }
         }
         if end_of_stream {
@@ -439,20 +654,31 @@ impl StreamShadow {
 
     /// The request is complete (end of body, or trailers): queue the copies that waited for it.
     pub fn finish_request(&mut self, active: &Rc<Active>, state: &mut ShadowState) {
-        if self.collecting.is_empty() {
+        if !self.collecting {
             return;
         }
-        let body = Rc::new(std::mem::take(&mut self.body));
+        self.collecting = false;
+        let Some(c) = state.collecting.remove(self.key) else {
+            return; // abandoned by the tick
+        };
+        let body = Rc::new(c.body);
         let ready_at = if state.sample_delay() { now() } else { None };
-        let key = self.compare.as_ref().map(|c| c.key);
-        for c in std::mem::take(&mut self.collecting) {
+        let now = state.clock();
+        for copy in c.copies {
+            if copy.deadline_ms <= now {
+                if let Some(p) = policy(active, c.rule, copy.shadow) {
+                    state.give_up(active, p.target, copy.held, c.compare_key, true);
+                }
+                continue;
+            }
             state.enqueue(Job {
                 active: Rc::clone(active),
-                rule: self.rule,
-                shadow: c.shadow,
-                headers: c.headers,
+                rule: c.rule,
+                shadow: copy.shadow,
+                headers: copy.headers,
                 body: Some(Rc::clone(&body)),
-                compare_key: key,
+                held: copy.held,
+                compare_key: c.compare_key,
                 ready_at,
             });
         }
@@ -464,7 +690,7 @@ impl StreamShadow {
     }
 
     pub fn watches_response_body(&self) -> bool {
-        self.compare.as_ref().is_some_and(|c| c.digest.is_some())
+        self.compare.as_ref().is_some_and(|c| c.body.is_some())
     }
 
     pub fn on_response_headers(
@@ -481,7 +707,7 @@ impl StreamShadow {
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
         watch.latency_ms = elapsed_ms(watch.started);
-        if watch.digest.is_none() || end_of_stream {
+        if watch.body.is_none() || end_of_stream {
             self.finish_primary(active, state);
         }
     }
@@ -496,14 +722,13 @@ impl StreamShadow {
         let Some(watch) = &mut self.compare else {
             return;
         };
-        if let Some((digest, seen, limit)) = &mut watch.digest {
-            *seen += chunk_size;
-            if *seen <= *limit && chunk_size > 0 {
-                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, chunk_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                digest.update(&chunk);
+        if let Some(body) = &mut watch.body {
+            body.seen = body.seen.saturating_add(chunk_size as u64);
+            if body.seen <= body.limit && chunk_size > 0 && !body.broken {
+                match read_exact(BufferType::HttpResponseBody, chunk_size) {
+                    Some(chunk) => body.digest.update(&chunk),
+                    None => body.broken = true,
+                }
             }
         }
         if end_of_stream {
@@ -523,10 +748,10 @@ impl StreamShadow {
             status,
             latency_ms: watch.latency_ms,
             body_digest: watch
-                .digest
+                .body
                 .as_ref()
-                .filter(|(_, seen, limit)| seen <= limit)
-                .map(|(d, _, _)| d.value()),
+                .filter(|b| b.seen <= b.limit && !b.broken)
+                .map(|b| b.digest.value()),
         });
         if answer.is_some() {
             for target in &watch.targets {
@@ -535,38 +760,33 @@ impl StreamShadow {
                 }
             }
         }
-        let findings = state.book.primary_done(watch.key, answer);
+        let findings = state.book.primary_done(self.key, answer);
         apply(active, &findings);
     }
 
     /// The stream is over: whatever did not finish is released, never leaked.
     pub fn on_stream_end(&mut self, active: &Rc<Active>, state: &mut ShadowState) {
         // A request that never completed: its copies were never sent. Not counted as drops
-        // (those are for oversized bodies and a full bulkhead), but their capacity returns.
-        let key = self.compare.as_ref().map(|c| c.key);
-        for _ in std::mem::take(&mut self.collecting) {
-            state.bulkhead.end_copy();
-            if let Some(key) = key {
-                state.book.shadow_gone(key);
+        // (those are for oversized bodies, a full bulkhead and deadlines), but their capacity
+        // returns.
+        if self.collecting {
+            self.collecting = false;
+            if let Some(c) = state.collecting.remove(self.key) {
+                for copy in c.copies {
+                    state.bulkhead.end_copy(copy.held);
+                    if let Some(key) = c.compare_key {
+                        state.book.shadow_gone(key);
+                    }
+                }
             }
         }
-        state.bulkhead.release_buffer(self.body.len());
-        self.body = Vec::new();
         if let Some(watch) = &mut self.compare {
             if !watch.done {
                 watch.done = true;
-                let findings = state.book.primary_done(watch.key, None);
+                let findings = state.book.primary_done(self.key, None);
                 apply(active, &findings);
             }
         }
-    }
-}
-
-fn drop_copy(active: &Active, state: &mut ShadowState, policy: &ShadowPolicy, key: Option<u64>) {
-    active.count_shadow(policy.target, ShadowEvent::Dropped);
-    state.bulkhead.end_copy();
-    if let Some(key) = key {
-        state.book.shadow_gone(key);
     }
 }
 
