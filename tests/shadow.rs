@@ -534,3 +534,333 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
     assert_eq!(wait_count(&shadow, 3), 3);
     assert!(shadow.received().iter().all(|r| r.body == b"whole"));
 }
+
+/// The credentials a client may send, and what `remove_headers` does with them.
+const CREDENTIALS: [(&str, &str); 4] = [
+    ("authorization", "Bearer secret"),
+    ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+    ("cookie", "session=abc"),
+    ("x-api-key", "k-123"),
+];
+
+#[test]
+fn credentials_never_reach_the_shadow_unless_remove_headers_is_emptied() {
+    let stable = Backend::start("stable");
+    let guarded = Backend::start("guarded");
+    let open = Backend::start("open");
+    // Default `remove_headers` on one target; `[]` (forward everything) on the other.
+    let cfg = config(
+        r#"{"cluster":"guarded"},{"cluster":"open","remove_headers":[]}"#,
+        "",
+    );
+    let envoy = Envoy::start(
+        EnvoySpec::new(&cfg)
+            .cluster("stable", stable.addr)
+            .cluster("guarded", guarded.addr)
+            .cluster("open", open.addr),
+    );
+    let mut req = envoy
+        .request("POST", "/pay")
+        .set("x-forwarded-client-cert", "By=spiffe://x;Hash=1")
+        .set("x-keep", "kept");
+    for (n, v) in CREDENTIALS {
+        req = req.set(n, v);
+    }
+    let r = Resp::from(req.send_string("body"));
+    assert_eq!((r.status, r.backend()), (200, "stable"));
+    assert_eq!(wait_count(&guarded, 1), 1);
+    assert_eq!(wait_count(&open, 1), 1);
+    let primary = &stable.received()[0];
+    let guarded_copy = &guarded.received()[0];
+    let open_copy = &open.received()[0];
+    for (n, v) in CREDENTIALS {
+        // The primary keeps them; the default strips them; `[]` forwards them untouched.
+        assert_eq!(primary.header(n), Some(v), "primary {n}");
+        assert_eq!(
+            guarded_copy.header(n),
+            None,
+            "default {n}: {guarded_copy:?}"
+        );
+        assert_eq!(open_copy.header(n), Some(v), "[] {n}");
+    }
+    // Envoy's connection manager sanitizes a client's XFCC by default (never reaches anyone);
+    // a copy never carries it either way.
+    assert_eq!(guarded_copy.header("x-forwarded-client-cert"), None);
+    assert_eq!(guarded_copy.header("x-keep"), Some("kept"));
+    assert_eq!(guarded_copy.body, b"body");
+    assert_eq!(open_copy.header("x-shadow-request"), Some("true"));
+}
+
+const SECRET: &str = "e2e-deployment-secret-0123456789";
+
+/// A marker a client made up: the unsigned value, and a well-formed but wrongly signed one.
+fn forged_markers() -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    vec!["true".to_string(), format!("{now}.0123456789abcdef")]
+}
+
+#[test]
+fn a_forged_shadow_marker_never_reaches_the_primary() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    // Three ways the filter meets a request: a rule that reads headers and shadows (with and
+    // without a secret), and a plan that reads no header at all (with and without a secret).
+    let shadowing = |secret: &str| {
+        format!(
+            r#"{{{secret}"rules":[{{"name":"main","match":{{"path":{{"prefix":"/s"}}}},
+                "destinations":[{{"name":"stable","cluster":"stable"}}],"shadow":[{{"cluster":"shadow"}}]}}]}}"#
+        )
+    };
+    let blind = |secret: &str| {
+        format!(
+            r#"{{{secret}"rules":[{{"name":"main","destinations":[{{"name":"stable","cluster":"stable"}}]}}]}}"#
+        )
+    };
+    let with_secret = format!(r#""shadow_marker_secret":"{SECRET}","#);
+    let configs = [
+        ("shadowing", shadowing("")),
+        ("shadowing+secret", shadowing(&with_secret)),
+        ("blind", blind("")),
+        ("blind+secret", blind(&with_secret)),
+    ];
+    let mut requests = 0;
+    for (what, cfg) in &configs {
+        let envoy = Envoy::start(
+            EnvoySpec::new(cfg)
+                .cluster("stable", stable.addr)
+                .cluster("shadow", shadow.addr),
+        );
+        for path in ["/s/routed", "/unmatched"] {
+            for forged in forged_markers() {
+                let r = envoy.get(path, &[("x-shadow-request", &forged)]);
+                assert_eq!((r.status, r.backend()), (200, "stable"), "{what} {path}");
+                requests += 1;
+            }
+        }
+        // The forger's only power: its own request is not copied.
+        if what.starts_with("shadowing") {
+            assert_eq!(metric(&envoy, "shadow", "sent"), 0, "{what}");
+            assert_eq!(metric(&envoy, "shadow", "dropped"), 0, "{what}");
+            // An honest request on the same path is copied (the rule does shadow).
+            assert_eq!(envoy.get("/s/honest", &[]).status, 200);
+            requests += 1;
+            assert_eq!(wait_metric(&envoy, "shadow", "sent", 1), 1, "{what}");
+        }
+    }
+    let primaries = stable.received();
+    assert_eq!(primaries.len(), requests);
+    for p in &primaries {
+        assert_eq!(
+            p.header("x-shadow-request"),
+            None,
+            "reached the primary: {p:?}"
+        );
+    }
+    assert_eq!(
+        shadow.count(),
+        2,
+        "only the two honest requests were copied"
+    );
+    assert!(shadow.received().iter().all(|c| c.uri == "/s/honest"));
+}
+
+/// An outer Envoy shadows to an inner one (another instance of the filter, itself shadowing
+/// everything it routes): the copy must reach the inner application once and never be copied
+/// again.
+fn chained(outer_secret: &str, inner_secret: &str) -> (Vec<Received>, Backend, u64) {
+    let stable = Backend::start("stable");
+    let inner_app = Backend::start("inner-app");
+    let inner_shadow = Backend::start("inner-shadow");
+    let secret = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!(r#""shadow_marker_secret":"{s}","#)
+        }
+    };
+    let inner_cfg = format!(
+        r#"{{{}"rules":[{{"name":"inner","destinations":[{{"name":"app","cluster":"inner-app"}}],
+            "shadow":[{{"cluster":"inner-shadow"}}]}}]}}"#,
+        secret(inner_secret)
+    );
+    let outer_cfg = format!(
+        r#"{{{}"rules":[{{"name":"outer","destinations":[{{"name":"stable","cluster":"stable"}}],
+            "shadow":[{{"name":"inner","cluster":"inner","host_suffix":""}}]}}]}}"#,
+        secret(outer_secret)
+    );
+    let (inner, outer) = Envoy::start_pair(
+        EnvoySpec::new(&inner_cfg)
+            .cluster("inner-app", inner_app.addr)
+            .cluster("inner-shadow", inner_shadow.addr),
+        |inner| {
+            EnvoySpec::new(&outer_cfg)
+                .cluster("stable", stable.addr)
+                .cluster("inner", inner.listener)
+        },
+    );
+    let n = 5;
+    for _ in 0..n {
+        let r = outer.get("/chain", &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+    }
+    assert_eq!(wait_metric(&outer, "inner", "responses", n), n);
+    assert_eq!(wait_count(&inner_app, n as usize), n as usize);
+    // The inner instance does shadow what it routes: a direct request is copied.
+    assert_eq!(inner.get("/direct", &[]).backend(), "inner-app");
+    assert_eq!(wait_count(&inner_shadow, 1), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let copied_again = inner.counter("traffic_split.shadow.inner-shadow.sent") - 1;
+    let app = inner_app
+        .received()
+        .into_iter()
+        .filter(|r| r.uri == "/chain")
+        .collect();
+    (app, inner_shadow, copied_again)
+}
+
+#[test]
+fn a_copy_is_never_copied_again_and_a_shared_secret_keeps_its_marker() {
+    let (app, inner_shadow, copied_again) = chained(SECRET, SECRET);
+    assert_eq!(copied_again, 0);
+    assert!(inner_shadow.received().iter().all(|r| r.uri == "/direct"));
+    // The inner application still knows each copy for what it is: a signed marker.
+    for copy in &app {
+        let marker = copy.header("x-shadow-request").unwrap_or_default();
+        let (ts, tag) = marker.split_once('.').unwrap_or_default();
+        assert!(
+            ts.parse::<u64>().is_ok() && tag.len() == 16,
+            "not a signed marker: {copy:?}"
+        );
+    }
+}
+
+#[test]
+fn without_a_shared_secret_a_copy_loses_its_marker_but_is_still_not_copied_again() {
+    for (outer, inner) in [("", ""), (SECRET, "another-deployment-secret-987654")] {
+        let (app, inner_shadow, copied_again) = chained(outer, inner);
+        assert_eq!(copied_again, 0, "{outer:?} → {inner:?}");
+        assert!(inner_shadow.received().iter().all(|r| r.uri == "/direct"));
+        // The inner instance cannot tell it from a forgery: removed.
+        assert!(app.iter().all(|r| r.header("x-shadow-request").is_none()));
+    }
+}
+
+#[test]
+fn a_copy_still_collecting_its_body_after_timeout_ms_is_abandoned_and_counted_dropped() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(
+        r#"{"cluster":"shadow","timeout_ms":300}"#,
+        r#""max_in_flight":1,"#,
+    );
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1; // one worker: its only slot is what the slow upload holds
+    let envoy = Envoy::start(spec);
+    let part = body_of(10_000);
+    std::thread::scope(|s| {
+        let upload = s.spawn(|| {
+            let body = SlowBody {
+                parts: vec![part.clone(), part.clone()],
+                pause: Duration::from_millis(1500),
+                sent_parts: 0,
+                offset: 0,
+            };
+            Resp::from(
+                ureq::AgentBuilder::new()
+                    .build()
+                    .post(&envoy.url("/upload"))
+                    .send(body),
+            )
+        });
+        // Well past timeout_ms (and a tick), while the upload still pauses: the slot is free.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(wait_metric(&envoy, "shadow", "dropped", 1), 1);
+        let r = envoy.get("/meanwhile", &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+        let up = upload.join().unwrap();
+        assert_eq!((up.status, up.backend()), (200, "stable"));
+    });
+    assert_eq!(wait_count(&shadow, 1), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let copies = shadow.received();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].uri, "/meanwhile");
+    assert_eq!(metric(&envoy, "shadow", "dropped"), 1);
+    assert_eq!(metric(&envoy, "shadow", "sent"), 1);
+    // The primary got its whole body.
+    let upload = stable
+        .received()
+        .into_iter()
+        .find(|r| r.uri == "/upload")
+        .unwrap();
+    assert_eq!(upload.body.len(), 20_000);
+}
+
+/// Envoy buffers the whole answer of a dispatched call (`AsyncRequestSharedImpl::onData`) up to
+/// the runtime key `http.async_response_buffer_limit` (default 32 MiB), then resets the call.
+/// With the limit at 1 MiB (docs/operations.md), eight 50 MB shadow answers in flight at once
+/// leave Envoy's peak resident memory where it was, and each counts as `failed`.
+#[test]
+fn a_50_mb_shadow_answer_does_not_grow_envoy_memory() {
+    const MB: usize = 1_000_000;
+    let limit: u64 = std::env::var("SHADOW_RESPONSE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20);
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    shadow.set_body(&"x".repeat(50 * MB));
+    shadow.set_delay(Duration::from_millis(300)); // the eight answers overlap
+    let cfg = config(
+        r#"{"cluster":"shadow","timeout_ms":20000,"compare":true,"compare_body":true}"#,
+        "",
+    );
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1;
+    if limit > 0 {
+        spec.runtime
+            .push(("http.async_response_buffer_limit".to_string(), limit));
+    }
+    let envoy = Envoy::start(spec);
+    // One answer first, so the baseline includes whatever a first call allocates for good.
+    assert_eq!(envoy.get("/", &[]).status, 200);
+    let first = wait_metric(&envoy, "shadow", "failed", 1) + metric(&envoy, "shadow", "responses");
+    assert_eq!(first, 1);
+    let base_hwm = envoy.proc_status_kb("VmHWM");
+    let n = 8;
+    for _ in 0..n {
+        assert_eq!(envoy.get("/", &[]).backend(), "stable");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&envoy, "shadow", "failed") + metric(&envoy, "shadow", "responses") < n + 1
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hwm = envoy.proc_status_kb("VmHWM");
+    let allocated = envoy.counter("server.memory_allocated");
+    eprintln!(
+        "async_response_buffer_limit {limit}: Envoy peak RSS {base_hwm} kB -> {hwm} kB (+{} kB) \
+         after {n} x 50 MB shadow answers; server.memory_allocated {allocated}; failed {}, responses {}",
+        hwm.saturating_sub(base_hwm),
+        metric(&envoy, "shadow", "failed"),
+        metric(&envoy, "shadow", "responses"),
+    );
+    // Over the limit: the call is reset, a failure of the shadow, never compared.
+    assert_eq!(metric(&envoy, "shadow", "failed"), n + 1);
+    assert_eq!(metric(&envoy, "shadow", "responses"), 0);
+    assert_eq!(metric(&envoy, "shadow", "body_mismatch"), 0);
+    // Eight answers buffered whole would add 400 MB; at the limit they add next to nothing.
+    assert!(
+        hwm.saturating_sub(base_hwm) < 32 * 1024,
+        "Envoy's peak RSS grew {} kB",
+        hwm.saturating_sub(base_hwm)
+    );
+}

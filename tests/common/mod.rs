@@ -256,13 +256,24 @@ impl SlotGuard {
         *used += 1;
         SlotGuard
     }
+
+    fn acquire_two() -> (SlotGuard, SlotGuard) {
+        let s = slots();
+        let mut used = s.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + 2 > MAX_ENVOYS {
+            used = s.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 2;
+        (SlotGuard, SlotGuard)
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         let s = slots();
         *s.used.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        s.freed.notify_one();
+        // notify_all: a waiter for two slots must not swallow the wake-up a one-slot waiter needs.
+        s.freed.notify_all();
     }
 }
 
@@ -286,6 +297,8 @@ pub struct EnvoySpec {
     pub capabilities: Option<Vec<String>>,
     /// Text replacements applied to the generated bootstrap, in order (see `EnvoySpec::patch`).
     pub patches: Vec<(String, String)>,
+    /// Envoy runtime keys (`layered_runtime` static layer), e.g. buffer limits.
+    pub runtime: Vec<(String, u64)>,
 }
 
 impl EnvoySpec {
@@ -300,6 +313,7 @@ impl EnvoySpec {
             normalize_path: false,
             capabilities: None,
             patches: Vec::new(),
+            runtime: Vec::new(),
         }
     }
 
@@ -374,9 +388,19 @@ impl EnvoySpec {
                 )
             })
             .unwrap_or_default();
+        let runtime = if self.runtime.is_empty() {
+            String::new()
+        } else {
+            let keys: String = self
+                .runtime
+                .iter()
+                .map(|(k, v)| format!("\n      {k}: {v}"))
+                .collect();
+            format!("layered_runtime:\n  layers:\n  - name: static\n    static_layer:{keys}\n")
+        };
         let mut yaml = format!(
             r#"{STATS_CONFIG}
-# Histograms are merged on each stats flush: flush often so tests see them quickly.
+{runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.
 stats_flush_interval: 0.5s
 admin:
   address:
@@ -485,8 +509,40 @@ impl Envoy {
         }
     }
 
+    /// Two Envoys that run at the same time (the second usually sends to the first): both
+    /// slots are taken at once, so two tests doing this can never wait on each other.
+    pub fn start_pair(
+        first: EnvoySpec,
+        second: impl FnOnce(&Envoy) -> EnvoySpec,
+    ) -> (Envoy, Envoy) {
+        let (a, b) = SlotGuard::acquire_two();
+        let first = Envoy::try_start_in(first, a)
+            .unwrap_or_else(|f| panic!("first Envoy did not start: {}", f.log));
+        let second = Envoy::try_start_in(second(&first), b)
+            .unwrap_or_else(|f| panic!("second Envoy did not start: {}", f.log));
+        (first, second)
+    }
+
+    /// Envoy's process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A line of /proc/<pid>/status in kB (`VmRSS`, `VmHWM`: peak resident memory).
+    pub fn proc_status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+
     pub fn try_start(spec: EnvoySpec) -> Result<Envoy, StartFailure> {
-        let slot = SlotGuard::acquire();
+        Envoy::try_start_in(spec, SlotGuard::acquire())
+    }
+
+    fn try_start_in(spec: EnvoySpec, slot: SlotGuard) -> Result<Envoy, StartFailure> {
         let dir = test_dir();
         let config_path = dir.join("envoy.yaml");
         let wasm = spec.wasm.clone().unwrap_or_else(wasm_path);
