@@ -158,13 +158,13 @@ impl Context for SplitRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         self.shadow
             .borrow_mut()
-            .on_call_response(token_id, body_size);
+            .on_call_response(token_id, num_headers, body_size);
     }
 }
 

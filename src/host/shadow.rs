@@ -341,7 +341,10 @@ fn read_exact(buffer: BufferType, len: usize) -> Option<Vec<u8>> {
 
 impl ShadowState {
     /// Root context: the shadow answered (or failed) for `token`.
-    pub fn on_call_response(&mut self, token: u32, body_size: usize) {
+    /// `num_headers` is 0 when the call failed without an answer (reset, timeout, over
+    /// Envoy's response buffer limit): then there is no header map to read, and the SDK's
+    /// single-value getter would panic on the host's `BadArgument`.
+    pub fn on_call_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
         let Some(call) = self.calls.remove(u64::from(token)) else {
             return;
         };
@@ -349,7 +352,9 @@ impl ShadowState {
         let Some(policy) = policy(&call.active, call.rule, call.shadow) else {
             return;
         };
-        let status = call_response_header(":status")
+        let status = (num_headers > 0)
+            .then(|| call_response_header(":status"))
+            .flatten()
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
             .filter(|_| !is_local_failure());
         let body_digest = match (status, call.compare_key) {
