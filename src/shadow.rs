@@ -762,6 +762,11 @@ mod tests {
         assert_eq!(marker_value(Some(&key), Some(now)), value);
         assert!(!key.verify(marker_value(Some(&key), None).as_bytes(), now));
         assert_eq!(format!("{key:?}"), "MarkerKey(..)");
+        // Through the configuration: the same secret gives the same key on every instance.
+        let plan = |json: &str| Plan::from_json(json.as_bytes()).unwrap().marker_key;
+        let configured = plan(r#"{"shadow_marker_secret":"0123456789abcdef-deployment"}"#);
+        assert_eq!(configured.as_ref(), Some(&key));
+        assert_eq!(plan("{}"), None);
     }
 
     #[test]
