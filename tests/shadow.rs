@@ -511,7 +511,7 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
     // Announce 1000 bytes, send 100, leave: the copy holds the worker's only slot until the
     // stream ends. The module exports no on_log/on_done, so this proves the stream's cleanup
     // runs when Envoy deletes the context.
-    for _ in 0..3 {
+    for i in 0..3 {
         let mut client = std::net::TcpStream::connect(&authority).unwrap();
         client
             .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
@@ -519,7 +519,8 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
         client.write_all(&body_of(100)).unwrap();
         std::thread::sleep(Duration::from_millis(150));
         drop(client);
-        std::thread::sleep(Duration::from_millis(150));
+        // Room for Envoy to see the close on a loaded machine (2 shared cores).
+        std::thread::sleep(Duration::from_millis(400));
         // The slot is free again: the next request is shadowed, not dropped.
         let r = Resp::from(
             ureq::AgentBuilder::new()
@@ -528,6 +529,15 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
                 .send_bytes(b"whole"),
         );
         assert_eq!((r.status, r.backend()), (200, "stable"));
+        // That copy holds the only slot until the shadow answers: wait, or the next round's
+        // copy would be dropped for a full bulkhead (not what this test is about).
+        assert_eq!(
+            wait_metric(&envoy, "shadow", "responses", i + 1),
+            i + 1,
+            "round {i}: sent {} dropped {}",
+            metric(&envoy, "shadow", "sent"),
+            metric(&envoy, "shadow", "dropped")
+        );
     }
     assert_eq!(wait_metric(&envoy, "shadow", "sent", 3), 3);
     assert_eq!(metric(&envoy, "shadow", "dropped"), 0);
@@ -659,6 +669,8 @@ fn a_forged_shadow_marker_never_reaches_the_primary() {
             "reached the primary: {p:?}"
         );
     }
+    assert_eq!(wait_count(&shadow, 2), 2);
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         shadow.count(),
         2,
