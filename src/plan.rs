@@ -923,6 +923,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
     "b3",
+    "baggage",
+    // The filter's own shadow marker: it screens and rewrites this header on every request.
+    "x-shadow-request",
 ];
 
 /// Prefixes of the same kind: Envoy's own control headers, the Fetch standard's forbidden
@@ -1208,6 +1211,10 @@ mod tests {
             (
                 r#"{"cluster_header":"Host"}"#.into(),
                 "cluster_header: \"Host\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+            ),
+            (
+                r#"{"cluster_header":"x-shadow-request"}"#.into(),
+                "cluster_header: \"x-shadow-request\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
             ),
             (
                 r#"{"variant_header":"cookie"}"#.into(),
