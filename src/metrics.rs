@@ -93,9 +93,12 @@ pub enum ShadowEvent {
     StatusMismatch,
     ClassMismatch,
     BodyMismatch,
+    /// Sent, but Envoy cancelled the call before it answered: the configuration that sent it
+    /// was replaced and its root context deleted (see `host::SplitRoot`'s `Drop`).
+    Cancelled,
 }
 
-const SHADOW_EVENTS: [(ShadowEvent, &str); 7] = [
+const SHADOW_EVENTS: [(ShadowEvent, &str); 8] = [
     (ShadowEvent::Sent, "sent"),
     (ShadowEvent::Responses, "responses"),
     (ShadowEvent::Failed, "failed"),
@@ -103,6 +106,7 @@ const SHADOW_EVENTS: [(ShadowEvent, &str); 7] = [
     (ShadowEvent::StatusMismatch, "status_mismatch"),
     (ShadowEvent::ClassMismatch, "class_mismatch"),
     (ShadowEvent::BodyMismatch, "body_mismatch"),
+    (ShadowEvent::Cancelled, "cancelled"),
 ];
 
 pub fn shadow_metric(target: &str, what: &str) -> String {
@@ -294,16 +298,17 @@ mod tests {
         )
         .unwrap();
         let names = ShadowCounters::names(&plan);
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 16);
         assert_eq!(names[0], "traffic_split.shadow.v3.sent");
         assert_eq!(names[6], "traffic_split.shadow.v3.body_mismatch");
-        assert_eq!(names[10], "traffic_split.shadow.v4.dropped");
+        assert_eq!(names[7], "traffic_split.shadow.v3.cancelled");
+        assert_eq!(names[11], "traffic_split.shadow.v4.dropped");
         let mut c = ShadowCounters::for_plan(&plan);
         c.count(1, ShadowEvent::Dropped);
         c.count(0, ShadowEvent::Sent);
         c.count(0, ShadowEvent::Sent);
         let mut seen = Vec::new();
         c.flush(|slot, delta| seen.push((slot, delta)));
-        assert_eq!(seen, vec![(0, 2), (10, 1)]);
+        assert_eq!(seen, vec![(0, 2), (11, 1)]);
     }
 }

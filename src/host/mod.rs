@@ -28,7 +28,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use shadow::{ShadowState, StreamShadow};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +38,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SplitRoot::new()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(SplitRoot::new(id)) });
 }}
 
 /// A compiled configuration in force, with its metric ids and the counts not yet flushed.
@@ -126,24 +126,121 @@ fn now_ms() -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// What every root context of this VM (one VM per worker) shares. Envoy creates a root context
+/// per configuration (each ECDS update) and deletes the old one once its last stream ends, so
+/// what must outlive a configuration lives here, not in the root.
+struct Vm {
+    rng: Rc<RefCell<Rng>>,
+    /// Queued copies and calls in flight, whichever root dispatched them. Its shared-queue
+    /// name is one per VM, registered again by each new root context: Envoy then returns the
+    /// same queue and hands its doorbell to the newest root. A name per root context would
+    /// leave one registration behind per reload and worker.
+    shadow: Rc<RefCell<ShadowState>>,
+    /// Configurations no root context serves any more that streams, queued copies or calls
+    /// still use: any root's tick flushes them until their last user is gone.
+    retired: RefCell<Vec<Rc<Active>>>,
+    /// Root contexts serving a configuration (configured, not being deleted).
+    serving: Cell<usize>,
+}
+
+thread_local! {
+    static VM: Rc<Vm> = {
+        let mut rng = Rng::from_seed(crate::rng::sampling_seed(now_nanos));
+        let mut shadow = ShadowState::new();
+        // Each worker's VM gets its own queue name: with one shared name every doorbell would
+        // wake a single worker, and copies must be dispatched by the worker that made them.
+        shadow.queue_name = format!("traffic-split-shadow-{}", rng.hex_id());
+        Rc::new(Vm {
+            rng: Rc::new(RefCell::new(rng)),
+            shadow: Rc::new(RefCell::new(shadow)),
+            retired: RefCell::new(Vec::new()),
+            serving: Cell::new(0),
+        })
+    };
+}
+
+/// Ticks a replaced root context waits past its calls' longest timeout before it lets Envoy
+/// delete it anyway (whatever is still in flight then is counted `cancelled`).
+const DRAIN_SLACK_TICKS: u32 = 10;
+
 struct SplitRoot {
+    id: u32,
     active: Option<Rc<Active>>,
-    /// Configurations replaced while streams still used them: flushed until the last one ends.
-    retired: Vec<Rc<Active>>,
+    vm: Rc<Vm>,
     rng: Rc<RefCell<Rng>>,
     shadow: Rc<RefCell<ShadowState>>,
+    /// Counted in `Vm::serving`.
+    serving: bool,
+    /// Envoy asked to delete this root (`on_done`) while its calls were in flight: ticks left
+    /// before it gives up waiting and calls `proxy_done` anyway.
+    draining: Option<u32>,
 }
 
 impl SplitRoot {
-    fn new() -> Self {
+    fn new(id: u32) -> Self {
+        let vm = VM.with(Rc::clone);
         SplitRoot {
+            id,
             active: None,
-            retired: Vec::new(),
-            rng: Rc::new(RefCell::new(Rng::from_seed(crate::rng::sampling_seed(
-                now_nanos,
-            )))),
-            shadow: Rc::new(RefCell::new(ShadowState::new())),
+            rng: Rc::clone(&vm.rng),
+            shadow: Rc::clone(&vm.shadow),
+            vm,
+            serving: false,
+            draining: None,
         }
+    }
+
+    fn stop_serving(&mut self) {
+        if std::mem::take(&mut self.serving) {
+            self.vm.serving.set(self.vm.serving.get().saturating_sub(1));
+        }
+    }
+
+    /// Whether this root must still run: calls it dispatched are in flight, or copies are
+    /// queued and no other root context is left to dispatch them.
+    fn has_work(&self) -> bool {
+        let mut shadow = self.shadow.borrow_mut();
+        shadow.in_flight_of(self.id).0 > 0 || (self.vm.serving.get() == 0 && shadow.has_queued())
+    }
+
+    /// A tick while Envoy waits for this root to finish: ends the wait (`proxy_done`, then
+    /// Envoy deletes the root) once the work is done or the bound has passed.
+    fn drain_tick(&mut self, left: u32) {
+        if self.vm.serving.get() == 0 {
+            shadow::dispatch_queued(&self.shadow, self.id);
+        }
+        if left > 0 && self.has_work() {
+            self.draining = Some(left - 1);
+            return;
+        }
+        self.draining = None;
+        log::info!(
+            "traffic-split: replaced configuration done (root context {})",
+            self.id
+        );
+        // Called once, only after `on_done` returned false: Envoy holds this root as pending.
+        let _ = hostcalls::done();
+    }
+}
+
+impl Drop for SplitRoot {
+    /// `proxy_on_delete` of a root context (SDK 0.2.5 drops it there): the last moment its
+    /// counts can reach Envoy. Envoy cancels the calls this root dispatched right after.
+    fn drop(&mut self) {
+        self.stop_serving();
+        if let Ok(mut shadow) = self.shadow.try_borrow_mut() {
+            shadow.cancel_calls_of(self.id);
+        }
+        if let Some(active) = self.active.take() {
+            if let Ok(mut breakers) = active.breakers.try_borrow_mut() {
+                breakers.publish_all(&active.plan);
+            }
+            active.flush();
+            if Rc::strong_count(&active) > 1 {
+                self.vm.retired.borrow_mut().push(active);
+            }
+        }
+        log::info!("traffic-split: root context {} deleted", self.id);
     }
 }
 
@@ -166,6 +263,28 @@ impl Context for SplitRoot {
             .borrow_mut()
             .on_call_response(token_id, num_headers, body_size);
     }
+
+    /// Envoy is about to delete this root context (its configuration was replaced and its last
+    /// stream ended). Deleting it would cancel the shadow calls it dispatched: it asks Envoy to
+    /// wait (false) until they are answered, at most their longest timeout plus a margin.
+    fn on_done(&mut self) -> bool {
+        self.stop_serving();
+        if !self.has_work() {
+            return true;
+        }
+        let (_, longest) = self.shadow.borrow_mut().in_flight_of(self.id);
+        let ticks = longest.as_millis() / TICK.as_millis().max(1);
+        self.draining = Some(
+            u32::try_from(ticks)
+                .unwrap_or(u32::MAX)
+                .saturating_add(DRAIN_SLACK_TICKS),
+        );
+        log::info!(
+            "traffic-split: root context {} waits for its shadow calls",
+            self.id
+        );
+        false
+    }
 }
 
 impl RootContext for SplitRoot {
@@ -175,10 +294,12 @@ impl RootContext for SplitRoot {
             crate::VERSION,
             env!("TRAFFIC_SPLIT_GIT_HASH")
         );
-        // Each worker's VM gets its own queue name: with one shared name every doorbell would
-        // wake a single worker, and copies must be dispatched by the worker that made them.
-        let name = format!("traffic-split-shadow-{}", self.rng.borrow_mut().hex_id());
-        self.shadow.borrow_mut().queue_id = hostcalls::register_shared_queue(&name).ok();
+        // The newest configuration's root takes the VM's shadow queue over (the first copy
+        // registers it: see `ShadowState::enqueue`).
+        let mut shadow = self.shadow.borrow_mut();
+        if shadow.queue_id.is_some() {
+            shadow.register_queue();
+        }
         true
     }
 
@@ -216,28 +337,37 @@ impl RootContext for SplitRoot {
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
         if let Some(previous) = self.active.replace(Rc::new(Active::new(plan, &scope))) {
-            self.retired.push(previous);
+            self.vm.retired.borrow_mut().push(previous);
+        }
+        if !std::mem::replace(&mut self.serving, true) {
+            self.vm.serving.set(self.vm.serving.get() + 1);
         }
         let _ = hostcalls::set_tick_period(TICK);
         true
     }
 
     fn on_tick(&mut self) {
-        // A fallback: copies are normally dispatched from on_queue_ready right away.
-        shadow::dispatch_queued(&self.shadow);
+        if let Some(left) = self.draining {
+            self.drain_tick(left);
+        } else if self.serving {
+            // A fallback: copies are normally dispatched from on_queue_ready right away.
+            shadow::dispatch_queued(&self.shadow, self.id);
+        }
         self.shadow.borrow_mut().on_tick(now_ms());
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
             active.flush();
         }
-        for retired in &self.retired {
-            retired.flush();
+        let mut retired = self.vm.retired.borrow_mut();
+        for r in retired.iter() {
+            r.breakers.borrow_mut().publish_all(&r.plan);
+            r.flush();
         }
-        self.retired.retain(|r| Rc::strong_count(r) > 1);
+        retired.retain(|r| Rc::strong_count(r) > 1);
     }
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
-        shadow::dispatch_queued(&self.shadow);
+        shadow::dispatch_queued(&self.shadow, self.id);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -43,6 +43,8 @@ pub(super) struct ShadowState {
     /// Counts shadowed requests, to time one in `DELAY_SAMPLE` from complete to dispatched.
     shadowed_requests: u64,
     pub queue_id: Option<u32>,
+    /// This VM's shared-queue name (see `host::Vm`), registered at its first copy.
+    pub queue_name: String,
     book: CompareBook,
     /// Keys of shadowed streams (collections and comparisons), increasing.
     next_key: u64,
@@ -86,6 +88,8 @@ struct Job {
 }
 
 struct Call {
+    /// The root context that dispatched it: Envoy cancels the call when that root is deleted.
+    root: u32,
     active: Rc<Active>,
     rule: usize,
     shadow: usize,
@@ -113,6 +117,7 @@ impl ShadowState {
             wake_pending: false,
             shadowed_requests: 0,
             queue_id: None,
+            queue_name: String::new(),
             book: CompareBook::new(0),
             next_key: 0,
             collecting: Keyed::default(),
@@ -138,7 +143,53 @@ impl ShadowState {
         self.clock_ms
     }
 
+    /// Registers this VM's queue (again), making the current context's root its owner: Envoy
+    /// returns the same queue for the same name, and calls that root's `on_queue_ready`.
+    pub fn register_queue(&mut self) {
+        self.queue_id = hostcalls::register_shared_queue(&self.queue_name).ok();
+        log::info!("traffic-split: shadow queue {:?}", self.queue_id);
+    }
+
+    /// Copies complete but not dispatched yet.
+    pub fn has_queued(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// How many calls `root` dispatched are still awaiting their answer, and the longest
+    /// timeout among them (Envoy answers each within its timeout: a bound on the wait).
+    pub fn in_flight_of(&mut self, root: u32) -> (usize, Duration) {
+        self.calls.values_mut().filter(|c| c.root == root).fold(
+            (0, Duration::ZERO),
+            |(n, longest), c| {
+                let timeout =
+                    policy(&c.active, c.rule, c.shadow).map_or(Duration::ZERO, |p| p.timeout);
+                (n + 1, longest.max(timeout))
+            },
+        )
+    }
+
+    /// `root` is being deleted: Envoy cancels the calls it dispatched and their callbacks never
+    /// run. Each is counted `cancelled` (so `sent == responses + failed + cancelled` holds) and
+    /// its slot and bytes return.
+    pub fn cancel_calls_of(&mut self, root: u32) {
+        for (_, call) in self.calls.take_if(|c| c.root == root) {
+            self.bulkhead.end_copy(call.held);
+            if let Some(policy) = policy(&call.active, call.rule, call.shadow) {
+                call.active
+                    .count_shadow(policy.target, ShadowEvent::Cancelled);
+            }
+            if let Some(key) = call.compare_key {
+                self.book.shadow_gone(key);
+            }
+        }
+    }
+
     fn enqueue(&mut self, job: Job) {
+        if self.queue_id.is_none() {
+            // Only at the first copy: the main thread's VMs (one per configuration, for its
+            // validation) never see a stream and so never register a queue they would leave.
+            self.register_queue();
+        }
         self.jobs.push(job);
         if !self.wake_pending {
             if let Some(queue) = self.queue_id {
@@ -241,7 +292,7 @@ pub(super) fn screen_marker(plan: &Plan, headers: Option<&Request>) -> Marker {
 /// Root context only (`on_queue_ready`, `on_tick`): dispatches every queued copy, so the
 /// answers come back to the root context. No borrow of the state is held across the host
 /// call: Envoy may answer a call that fails at once (no healthy host) before it returns.
-pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
+pub(super) fn dispatch_queued(state: &RefCell<ShadowState>, root: u32) {
     let rung = {
         let mut s = state.borrow_mut();
         let rung = s.wake_pending.then_some(s.queue_id).flatten();
@@ -266,12 +317,12 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>) {
             break;
         }
         for job in jobs {
-            dispatch(state, job, now);
+            dispatch(state, job, now, root);
         }
     }
 }
 
-fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>) {
+fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, root: u32) {
     let Some(policy) = policy(&job.active, job.rule, job.shadow) else {
         state.borrow_mut().bulkhead.end_copy(job.held);
         return;
@@ -303,6 +354,7 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>) {
             s.calls.insert(
                 u64::from(token),
                 Call {
+                    root,
                     active: Rc::clone(&job.active),
                     rule: job.rule,
                     shadow: job.shadow,

@@ -297,8 +297,38 @@ pub struct EnvoySpec {
     pub capabilities: Option<Vec<String>>,
     /// Text replacements applied to the generated bootstrap, in order (see `EnvoySpec::patch`).
     pub patches: Vec<(String, String)>,
+    /// Deliver the filter through ECDS from a watched file, as Istio does (see `ecds`).
+    pub ecds: bool,
     /// Envoy runtime keys (`layered_runtime` static layer), e.g. buffer limits.
     pub runtime: Vec<(String, u64)>,
+}
+
+/// The ECDS resource file (a watched directory's `ecds.yaml`) holding the filter's config.
+fn ecds_resources(wasm: &Path, plugin_config: &str, version: u64) -> String {
+    serde_json::json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "traffic-split",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "traffic-split",
+                    "root_id": "traffic-split",
+                    "vm_config": {
+                        "vm_id": "traffic-split",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": { "local": { "filename": wasm.display().to_string() } }
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": plugin_config
+                    }
+                }
+            }
+        }]
+    })
+    .to_string()
 }
 
 impl EnvoySpec {
@@ -313,8 +343,23 @@ impl EnvoySpec {
             normalize_path: false,
             capabilities: None,
             patches: Vec::new(),
+            ecds: false,
             runtime: Vec::new(),
         }
+    }
+
+    /// The filter comes through ECDS (`config_discovery` + `path_config_source`, a watched
+    /// file): `Envoy::reconfigure` then swaps its configuration live, as an Istio WasmPlugin
+    /// change does. (`failure_policy` and `capabilities` apply to the static filter only.)
+    pub fn ecds(mut self) -> Self {
+        self.ecds = true;
+        self
+    }
+
+    /// Loads this module instead of the one under test (e.g. a variant of it).
+    pub fn wasm(mut self, path: &Path) -> Self {
+        self.wasm = Some(path.to_path_buf());
+        self
     }
 
     /// Replaces `from` by `to` in the generated bootstrap (e.g. a filter before the Wasm
@@ -336,7 +381,7 @@ impl EnvoySpec {
         self
     }
 
-    fn yaml(&self, wasm: &Path) -> String {
+    fn yaml(&self, wasm: &Path, dir: &Path) -> String {
         let default_cluster = self
             .clusters
             .first()
@@ -398,8 +443,41 @@ impl EnvoySpec {
                 .collect();
             format!("layered_runtime:\n  layers:\n  - name: static\n    static_layer:{keys}\n")
         };
+        let wasm_filter = if self.ecds {
+            format!(
+                r#"          - name: traffic-split
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source:
+                  path: {dir}/ecds.yaml
+                  watched_directory: {{ path: {dir} }}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]"#,
+                dir = dir.display()
+            )
+        } else {
+            format!(
+                r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: traffic-split
+                root_id: traffic-split
+                {failure_policy}
+                {capabilities}
+                vm_config:
+                  vm_id: traffic-split
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}"#,
+                wasm = wasm.display(),
+            )
+        };
         let mut yaml = format!(
             r#"{STATS_CONFIG}
+node: {{ id: traffic-split-test, cluster: traffic-split-test }}
 {runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.
 stats_flush_interval: 0.5s
 admin:
@@ -436,27 +514,12 @@ static_resources:
                 match: {{ prefix: "/" }}
                 route: {{ cluster: {default_cluster}, timeout: {timeout} }}
           http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: traffic-split
-                root_id: traffic-split
-                {failure_policy}
-                {capabilities}
-                vm_config:
-                  vm_id: traffic-split
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
+{wasm_filter}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:{clusters}
-"#,
-            wasm = wasm.display(),
+"#
         );
         for (from, to) in &self.patches {
             assert!(
@@ -470,6 +533,8 @@ static_resources:
 }
 
 pub struct Envoy {
+    /// The module it loaded.
+    pub wasm: PathBuf,
     child: Child,
     pub admin: SocketAddr,
     pub listener: SocketAddr,
@@ -546,7 +611,14 @@ impl Envoy {
         let dir = test_dir();
         let config_path = dir.join("envoy.yaml");
         let wasm = spec.wasm.clone().unwrap_or_else(wasm_path);
-        std::fs::write(&config_path, spec.yaml(&wasm)).unwrap();
+        std::fs::write(&config_path, spec.yaml(&wasm, &dir)).unwrap();
+        if spec.ecds {
+            std::fs::write(
+                dir.join("ecds.yaml"),
+                ecds_resources(&wasm, &spec.plugin_config, 0),
+            )
+            .unwrap();
+        }
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let log_file = std::fs::File::create(&log_path).unwrap();
@@ -616,6 +688,7 @@ impl Envoy {
             let ready = agent.get(&format!("http://{admin}/ready")).call().is_ok();
             if ready {
                 return Ok(Envoy {
+                    wasm,
                     child,
                     admin,
                     listener,
@@ -625,6 +698,35 @@ impl Envoy {
                 });
             }
         }
+    }
+
+    /// ECDS only (`EnvoySpec::ecds`): publishes a new filter configuration the way a watched
+    /// file is updated (write aside, rename over), then waits until Envoy applied it; returns
+    /// false if Envoy rejected it or did not apply it within 5 s.
+    pub fn reconfigure(&self, plugin_config: &str, version: u64) -> bool {
+        let stat = |what: &str| {
+            self.stats()
+                .get(&format!(
+                    "extension_config_discovery.http_filter.traffic-split.{what}"
+                ))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (reloads, fails) = (stat("config_reload"), stat("config_fail"));
+        let staged = self.dir.join("ecds.staged.yaml");
+        std::fs::write(&staged, ecds_resources(&self.wasm, plugin_config, version)).unwrap();
+        std::fs::rename(&staged, self.dir.join("ecds.yaml")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if stat("config_fail") > fails {
+                return false;
+            }
+            if stat("config_reload") > reloads {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,205 @@
+//! End-to-end: live configuration changes. The filter comes through ECDS from a watched file
+//! (`config_discovery` + `path_config_source`), as an Istio WasmPlugin change does, and its
+//! configuration is swapped under steady load while slow shadow calls are in flight.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Every request goes to `stable` and is copied to `slow`. `pad` makes each configuration a
+/// new one for Envoy (a new root context) without changing what it does or its metric names.
+fn config(pad: usize) -> String {
+    format!(
+        r#"{{"rules":[{{"name":"main","destinations":[{{"name":"stable","cluster":"stable"}}],
+            "shadow":[{{"name":"slow","cluster":"slow","percent":100,"timeout_ms":3000}}]}}]}}{}"#,
+        " ".repeat(pad)
+    )
+}
+
+const SWAPS: usize = 24;
+const CLIENTS: usize = 3;
+/// Per client thread: the load stops at this count even if the swaps take longer.
+const MAX_REQUESTS_PER_CLIENT: u64 = 4000;
+
+fn shadow(envoy: &Envoy, what: &str) -> u64 {
+    envoy.counter(&format!("traffic_split.shadow.slow.{what}"))
+}
+
+#[test]
+fn configuration_swaps_under_load_lose_no_request_and_no_count() {
+    let stable = Backend::start("stable");
+    let slow = Backend::start("slow");
+    // Slower than a swap (every ~0.2 s): every swap replaces a configuration whose root
+    // context has shadow calls in flight.
+    slow.set_delay(Duration::from_millis(600));
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config(0))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("slow", slow.addr),
+    );
+    assert_eq!(envoy.get("/", &[]).backend(), "stable");
+
+    let stop = AtomicBool::new(false);
+    let ok = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            s.spawn(|| {
+                for _ in 0..MAX_REQUESTS_PER_CLIENT {
+                    if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    match envoy.request("GET", "/load").call() {
+                        Ok(r) if r.status() == 200 && r.header("x-backend") == Some("stable") => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        for swap in 1..=SWAPS {
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(
+                envoy.reconfigure(&config(swap), swap as u64),
+                "swap {swap} was not applied"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let requests = ok.load(Ordering::SeqCst) + 1; // + the first request
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "client errors during the swaps"
+    );
+
+    // The dust settles: every copy answered (0.6 s), every replaced root context deleted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sent = shadow(&envoy, "sent");
+        let ended = shadow(&envoy, "responses")
+            + shadow(&envoy, "failed")
+            + envoy
+                .try_counter("traffic_split.shadow.slow.cancelled")
+                .unwrap_or(0);
+        if (sent + shadow(&envoy, "dropped") == requests && ended == sent)
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = envoy.settled_counter("traffic_split.shadow.slow.sent");
+    let responses = envoy.settled_counter("traffic_split.shadow.slow.responses");
+    let failed = envoy.settled_counter("traffic_split.shadow.slow.failed");
+    let cancelled = envoy.settled_counter("traffic_split.shadow.slow.cancelled");
+    let dropped = envoy.settled_counter("traffic_split.shadow.slow.dropped");
+    let routed = envoy.settled_counter("traffic_split.rule.main.destination.stable.requests");
+    let summary = format!(
+        "{requests} requests, {SWAPS} swaps: routed {routed}, shadow sent {sent}, \
+         responses {responses}, failed {failed}, cancelled {cancelled}, dropped {dropped}, \
+         the shadow received {}",
+        slow.count()
+    );
+    eprintln!("{summary}");
+    // Nothing lost: every decision and every copy of every configuration reached Envoy's stats.
+    assert_eq!(routed, requests, "{summary}");
+    assert_eq!(sent + dropped, requests, "{summary}");
+    assert_eq!(sent, responses + failed + cancelled, "{summary}");
+    // Replaced configurations wait for their calls instead of having Envoy cancel them.
+    assert_eq!((cancelled, failed, dropped), (0, 0, 0), "{summary}");
+    assert_eq!(slow.count() as u64, sent, "{summary}");
+    assert!(sent > 200, "too little load to prove anything: {summary}");
+    // Each replaced root context really did wait for its calls (proxy_on_done), and was
+    // deleted afterwards (its Drop ran, on proxy_on_delete).
+    let log = envoy.log();
+    let waited = log.matches("waits for its shadow calls").count();
+    let deleted = log
+        .lines()
+        .filter(|l| l.contains("traffic-split: root context") && l.ends_with(" deleted"))
+        .count();
+    let finished = log.matches("replaced configuration done").count();
+    eprintln!(
+        "root contexts: {waited} waited for their calls, {finished} finished, {deleted} deleted"
+    );
+    assert!(
+        waited > 0,
+        "no root context waited for its calls: {summary}"
+    );
+    assert_eq!(
+        finished, waited,
+        "a waiting root context never called proxy_done"
+    );
+    assert!(
+        deleted > SWAPS,
+        "root contexts deleted: {deleted}: {summary}"
+    );
+}
+
+/// Each worker's VM has one shadow queue: a new configuration's root context registers the same
+/// name again (Envoy returns the same queue and hands it to the newest root) instead of leaving
+/// a registration behind per reload and worker. The main thread's VMs, one per configuration
+/// for its validation, never see a stream and register none.
+#[test]
+fn configuration_swaps_reuse_each_workers_shadow_queue() {
+    let stable = Backend::start("stable");
+    let slow = Backend::start("slow");
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config(0))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("slow", slow.addr),
+    );
+    let swaps = 6;
+    for swap in 1..=swaps {
+        // Copies made under each configuration reach the shadow.
+        for _ in 0..4 {
+            assert_eq!(envoy.get("/", &[]).backend(), "stable");
+        }
+        assert!(envoy.reconfigure(&config(swap), swap as u64));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.count() < 4 * swaps && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(slow.count(), 4 * swaps);
+    // `[time][thread][level][wasm] ... traffic-split: shadow queue Some(Q)`, per thread.
+    let mut queues: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut registrations = 0;
+    for line in envoy.log().lines() {
+        let Some((_, queue)) = line.split_once("traffic-split: shadow queue ") else {
+            continue;
+        };
+        let thread = line.split('[').nth(2).unwrap_or("").to_string();
+        queues.entry(thread).or_default().insert(queue.to_string());
+        registrations += 1;
+    }
+    // At least one worker registered at its first copy and again for each later swap.
+    assert!(
+        registrations >= swaps,
+        "{registrations} registrations: {queues:?}"
+    );
+    assert!(
+        queues.len() <= 2,
+        "queues registered by more than the 2 workers: {queues:?}"
+    );
+    for (thread, ids) in &queues {
+        assert_eq!(ids.len(), 1, "thread {thread} registered queues {ids:?}");
+    }
+}
