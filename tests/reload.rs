@@ -203,3 +203,93 @@ fn configuration_swaps_reuse_each_workers_shadow_queue() {
         assert_eq!(ids.len(), 1, "thread {thread} registered queues {ids:?}");
     }
 }
+
+fn breaker_config(pad: usize) -> String {
+    format!(
+        r#"{{"rules":[{{"name":"checkout","sticky":{{"header":"x-user-id"}},"destinations":[
+            {{"name":"canary","cluster":"canary","weight":50,"fallback":"stable",
+              "breaker":{{"failure_ratio":0.6,"min_requests":20,"window_s":30,"open_s":30}}}},
+            {{"name":"stable","cluster":"stable","weight":50}}]}}]}}{}"#,
+        " ".repeat(pad)
+    )
+}
+
+/// Users the bucketing puts on the canary (weights 50/50, salt = rule name).
+fn canary_users(n: usize) -> Vec<String> {
+    use traffic_split::bucket::{bucket_of_hash, destination_for, murmur3_of, upper_bounds};
+    use traffic_split::config::HashKind;
+    let bounds = upper_bounds(HashKind::Fine, &[50, 50]);
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| {
+            let b = bucket_of_hash(HashKind::Fine, murmur3_of(b"checkout:", u.as_bytes()));
+            destination_for(&bounds, b) == 0
+        })
+        .take(n)
+        .collect()
+}
+
+/// Outcomes of requests that a replaced configuration decided, answered after the swap, still
+/// count for the breaker: 20 successes then 20 failures is 50%, under the 60% that opens it.
+/// Were the 20 successes lost with the old configuration, the failures alone (100%) would.
+#[test]
+fn breaker_outcomes_of_a_replaced_configuration_still_count() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let envoy = Envoy::start(
+        EnvoySpec::new(&breaker_config(0))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let users = canary_users(20);
+    canary.set_delay(Duration::from_millis(500));
+    std::thread::scope(|s| {
+        let calls: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let url = envoy.url("/");
+                s.spawn(move || {
+                    // A fresh connection each: both workers take a share.
+                    Resp::from(
+                        ureq::AgentBuilder::new()
+                            .build()
+                            .get(&url)
+                            .set("x-user-id", user)
+                            .call(),
+                    )
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(envoy.reconfigure(&breaker_config(1), 1));
+        for call in calls {
+            let r = call.join().unwrap();
+            assert_eq!((r.status, r.backend()), (200, "canary"));
+        }
+    });
+    canary.set_delay(Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(300)); // a few ticks: outcomes published
+    for user in &users {
+        let r = Resp::from(
+            ureq::AgentBuilder::new()
+                .build()
+                .get(&envoy.url("/"))
+                .set("x-user-id", user)
+                .set("x-fail", "1")
+                .call(),
+        );
+        assert_eq!((r.status, r.backend()), (500, "canary"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        envoy.counter("traffic_split.breaker.checkout.canary.opened"),
+        0,
+        "the breaker opened: the replaced configuration's successes were lost"
+    );
+    // Still closed: canary users are still served by the canary.
+    assert_eq!(
+        envoy.get("/", &[("x-user-id", &users[0])]).backend(),
+        "canary"
+    );
+}

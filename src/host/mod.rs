@@ -294,12 +294,6 @@ impl RootContext for SplitRoot {
             crate::VERSION,
             env!("TRAFFIC_SPLIT_GIT_HASH")
         );
-        // The newest configuration's root takes the VM's shadow queue over (the first copy
-        // registers it: see `ShadowState::enqueue`).
-        let mut shadow = self.shadow.borrow_mut();
-        if shadow.queue_id.is_some() {
-            shadow.register_queue();
-        }
         true
     }
 
@@ -328,7 +322,16 @@ impl RootContext for SplitRoot {
             plan.cluster_header
         );
         log_platform_checks(&plan);
-        self.shadow.borrow_mut().configure(&plan);
+        {
+            let mut shadow = self.shadow.borrow_mut();
+            shadow.configure(&plan);
+            // The newest configuration's root takes the VM's shadow queue over (the first
+            // copy registers it: see `ShadowState::enqueue`). Only once the configuration is
+            // accepted: a rejected one's root is deleted and would take the doorbell along.
+            if shadow.queue_id.is_some() {
+                shadow.register_queue();
+            }
+        }
         // Breaker records are keyed by plugin name too, so two filter configurations sharing
         // a VM id never share a breaker.
         let scope = hostcalls::get_property(vec!["plugin_name"])
