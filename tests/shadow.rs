@@ -509,8 +509,8 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
         .trim_end_matches('/')
         .to_string();
     // Announce 1000 bytes, send 100, leave: the copy holds the worker's only slot until the
-    // stream ends. The module exports no on_log/on_done, so this proves the stream's cleanup
-    // runs when Envoy deletes the context.
+    // stream ends. The module exports no on_log, and its on_done does nothing for a stream, so
+    // this proves the stream's cleanup runs when Envoy deletes the context.
     for i in 0..3 {
         let mut client = std::net::TcpStream::connect(&authority).unwrap();
         client
