@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Instructions Envoy executes per request with a given .wasm, counted by callgrind: a measure
+# that load on a shared machine does not move (unlike CPU time), for small A/B questions such as
+# what one more exported callback costs.
+#
+#   bench/callgrind.sh A.wasm [B.wasm ...]
+#
+# Per module: Envoy (--concurrency 1, a direct_response route, the filter with a sticky 50/50
+# rule) runs under callgrind with instrumentation off; after a warm-up, instrumentation is on
+# for N1 then, in a second Envoy, N2 keep-alive requests (one curl each). Instructions per
+# request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and the fixed part cancel out.
+# Environment: CG_ROUNDS (2), CG_N1 (200), CG_N2 (600), CG_PORT (18431), ENVOY_REAL (the
+# Envoy binary itself: valgrind must not run the .venv's Python launcher).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+ENVOY_REAL=${ENVOY_REAL:-$(ls "$ROOT"/.venv/lib/python3*/site-packages/envoy/_bin/envoy | head -1)}
+ROUNDS=${CG_ROUNDS:-2}
+N1=${CG_N1:-200}
+N2=${CG_N2:-600}
+PORT=${CG_PORT:-18431}
+WORK=$(mktemp -d /tmp/traffic-split-callgrind.XXXXXX)
+[ $# -ge 1 ] || { sed -n 2,13p "$0"; exit 2; }
+
+config() { # WASM
+    cat <<YAML
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+static_resources:
+  listeners:
+  - name: main
+    address: { socket_address: { address: 127.0.0.1, port_value: $PORT } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                direct_response: { status: 200, body: { inline_string: "ok" } }
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: traffic-split
+                root_id: traffic-split
+                vm_config:
+                  vm_id: traffic-split
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "$1" } }
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}'
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+YAML
+}
+
+# Prints the instructions counted over N requests.
+count() { # WASM N
+    local out=$WORK/cg.out pid
+    config "$1" > "$WORK/envoy.yaml"
+    rm -f "$out"*
+    ( exec nice valgrind --tool=callgrind --smc-check=all-non-file --instr-atstart=no \
+        --callgrind-out-file="$out" "$ENVOY_REAL" -c "$WORK/envoy.yaml" --concurrency 1 \
+        --disable-hot-restart -l error > "$WORK/envoy.log" 2>&1 ) &
+    pid=$!
+    for _ in $(seq 1 300); do
+        curl -s -o /dev/null -m 5 "http://127.0.0.1:$PORT/warm" && break
+        sleep 1
+    done
+    curl -s -o /dev/null -H 'x-user-id: w' "http://127.0.0.1:$PORT/w[1-50]"
+    sleep 1
+    callgrind_control -i on "$pid" > /dev/null 2>&1
+    curl -s -o /dev/null -H 'x-user-id: u' "http://127.0.0.1:$PORT/r[1-$2]"
+    callgrind_control -i off "$pid" > /dev/null 2>&1
+    callgrind_control -d "$pid" > /dev/null 2>&1
+    sleep 1
+    kill "$pid"
+    wait "$pid" 2> /dev/null || true
+    grep -h '^totals:' "$out".1 | awk '{print $2}'
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    for wasm in "$@"; do
+        a=$(count "$wasm" "$N1")
+        b=$(count "$wasm" "$N2")
+        echo "round $round $(basename "$wasm"): $(( (b - a) / (N2 - N1) )) instructions/request (Ir $a at $N1, $b at $N2)"
+    done
+done
+rm -rf "$WORK"
