@@ -12,6 +12,7 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,19 +35,40 @@ fn shadow(envoy: &Envoy, what: &str) -> u64 {
     envoy.counter(&format!("traffic_split.shadow.slow.{what}"))
 }
 
-#[test]
-fn configuration_swaps_under_load_lose_no_request_and_no_count() {
+/// What one run of swaps under load left in Envoy's stats, once the dust settled.
+struct Swapped {
+    requests: u64,
+    routed: u64,
+    sent: u64,
+    responses: u64,
+    failed: u64,
+    cancelled: u64,
+    dropped: u64,
+    /// Copies the shadow backend received.
+    received: u64,
+    /// Root contexts that waited for their calls, finished waiting, were deleted.
+    waited: usize,
+    finished: usize,
+    deleted: usize,
+    summary: String,
+}
+
+/// Steady load from a few clients, `SWAPS` configuration swaps through ECDS while shadow calls
+/// (slower than a swap) are in flight; zero client errors; then the settled counters.
+fn swap_under_load(wasm: Option<&Path>) -> Swapped {
     let stable = Backend::start("stable");
     let slow = Backend::start("slow");
     // Slower than a swap (every ~0.2 s): every swap replaces a configuration whose root
     // context has shadow calls in flight.
     slow.set_delay(Duration::from_millis(600));
-    let envoy = Envoy::start(
-        EnvoySpec::new(&config(0))
-            .ecds()
-            .cluster("stable", stable.addr)
-            .cluster("slow", slow.addr),
-    );
+    let mut spec = EnvoySpec::new(&config(0))
+        .ecds()
+        .cluster("stable", stable.addr)
+        .cluster("slow", slow.addr);
+    if let Some(wasm) = wasm {
+        spec = spec.wasm(wasm);
+    }
+    let envoy = Envoy::start(spec);
     assert_eq!(envoy.get("/", &[]).backend(), "stable");
 
     let stop = AtomicBool::new(false);
@@ -111,45 +133,91 @@ fn configuration_swaps_under_load_lose_no_request_and_no_count() {
     let cancelled = envoy.settled_counter("traffic_split.shadow.slow.cancelled");
     let dropped = envoy.settled_counter("traffic_split.shadow.slow.dropped");
     let routed = envoy.settled_counter("traffic_split.rule.main.destination.stable.requests");
-    let summary = format!(
-        "{requests} requests, {SWAPS} swaps: routed {routed}, shadow sent {sent}, \
-         responses {responses}, failed {failed}, cancelled {cancelled}, dropped {dropped}, \
-         the shadow received {}",
-        slow.count()
-    );
-    eprintln!("{summary}");
-    // Nothing lost: every decision and every copy of every configuration reached Envoy's stats.
-    assert_eq!(routed, requests, "{summary}");
-    assert_eq!(sent + dropped, requests, "{summary}");
-    assert_eq!(sent, responses + failed + cancelled, "{summary}");
-    // Replaced configurations wait for their calls instead of having Envoy cancel them.
-    assert_eq!((cancelled, failed, dropped), (0, 0, 0), "{summary}");
-    assert_eq!(slow.count() as u64, sent, "{summary}");
-    assert!(sent > 200, "too little load to prove anything: {summary}");
-    // Each replaced root context really did wait for its calls (proxy_on_done), and was
-    // deleted afterwards (its Drop ran, on proxy_on_delete).
+    let received = slow.count() as u64;
     let log = envoy.log();
     let waited = log.matches("waits for its shadow calls").count();
+    let finished = log.matches("replaced configuration done").count();
     let deleted = log
         .lines()
         .filter(|l| l.contains("traffic-split: root context") && l.ends_with(" deleted"))
         .count();
-    let finished = log.matches("replaced configuration done").count();
-    eprintln!(
-        "root contexts: {waited} waited for their calls, {finished} finished, {deleted} deleted"
+    let summary = format!(
+        "{requests} requests, {SWAPS} swaps: routed {routed}, shadow sent {sent}, \
+         responses {responses}, failed {failed}, cancelled {cancelled}, dropped {dropped}, \
+         the shadow received {received}; root contexts: {waited} waited for their calls, \
+         {finished} finished waiting, {deleted} deleted"
     );
+    eprintln!("{summary}");
+    Swapped {
+        requests,
+        routed,
+        sent,
+        responses,
+        failed,
+        cancelled,
+        dropped,
+        received,
+        waited,
+        finished,
+        deleted,
+        summary,
+    }
+}
+
+#[test]
+fn configuration_swaps_under_load_lose_no_request_and_no_count() {
+    let r = swap_under_load(None);
+    let summary = &r.summary;
+    // Nothing lost: every decision and every copy of every configuration reached Envoy's stats.
+    assert_eq!(r.routed, r.requests, "{summary}");
+    assert_eq!(r.sent + r.dropped, r.requests, "{summary}");
+    assert_eq!(r.sent, r.responses + r.failed + r.cancelled, "{summary}");
+    // Replaced configurations wait for their calls instead of having Envoy cancel them.
+    assert_eq!((r.cancelled, r.failed, r.dropped), (0, 0, 0), "{summary}");
+    assert_eq!(r.received, r.sent, "{summary}");
+    assert!(r.sent > 200, "too little load to prove anything: {summary}");
+    // Each replaced root context with calls in flight waited for them (proxy_on_done), ended
+    // the wait (proxy_done), and was deleted afterwards (its Drop ran, on proxy_on_delete).
     assert!(
-        waited > 0,
+        r.waited > 0,
         "no root context waited for its calls: {summary}"
     );
     assert_eq!(
-        finished, waited,
+        r.finished, r.waited,
         "a waiting root context never called proxy_done"
     );
-    assert!(
-        deleted > SWAPS,
-        "root contexts deleted: {deleted}: {summary}"
-    );
+    assert!(r.deleted > SWAPS, "{summary}");
+}
+
+/// The same module without its `proxy_on_done` export (`scripts/strip-exports.py`): Envoy then
+/// deletes a replaced root context as soon as its last stream ends and cancels its calls, as
+/// it did before the filter waited for them. Every cancelled call is still counted, from the
+/// root context's `Drop` (proxy_on_delete): the accounting holds, with `cancelled` > 0.
+#[test]
+fn calls_envoy_cancels_on_a_swap_are_counted_cancelled() {
+    let dir = std::env::temp_dir().join(format!("traffic-split-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stripped = dir.join("no-on-done.wasm");
+    let strip = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/strip-exports.py"
+        ))
+        .arg(wasm_path())
+        .arg(&stripped)
+        .arg("proxy_on_done")
+        .status()
+        .unwrap();
+    assert!(strip.success());
+    let r = swap_under_load(Some(&stripped));
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = &r.summary;
+    assert_eq!(r.routed, r.requests, "{summary}");
+    assert_eq!(r.sent + r.dropped, r.requests, "{summary}");
+    assert_eq!(r.sent, r.responses + r.failed + r.cancelled, "{summary}");
+    assert!(r.cancelled > 0, "no call was cancelled: {summary}");
+    assert_eq!(r.waited, 0, "{summary}");
+    assert!(r.deleted > SWAPS, "{summary}");
 }
 
 /// Each worker's VM has one shadow queue: a new configuration's root context registers the same
