@@ -3,7 +3,14 @@
 //! The breaker's record is shared by every worker of the Envoy process (the host keeps it in
 //! shared data, updated with compare-and-swap); each worker adds the outcomes it saw since its
 //! last publish and moves the state machine on. This module is the pure part: the record, its
-//! transitions (with an injected clock) and its byte encoding.
+//! transitions (with an injected clock), its byte encoding, its shared-data key, and the publish
+//! algorithm over any compare-and-swap store (`SharedStore`; the host's is Envoy shared data).
+//!
+//! Time is a monotonic clock in milliseconds, shared by the whole process (the host reads the
+//! WASI monotonic clock, which Envoy serves from its steady clock): a wall-clock step cannot
+//! stretch or shorten an open period. Should time still appear to go backwards (a record from
+//! another clock), it counts as no time elapsed and the open period restarts from now: it
+//! never lasts more than `open_s` after the step.
 //!
 //! closed → open: within the last `window_s` seconds, requests ≥ `min_requests` and
 //!   failures / requests ≥ `failure_ratio`.
@@ -188,11 +195,25 @@ impl Record {
         }
     }
 
-    /// Drops buckets that left the window (`slice` is the current bucket number).
+    /// Drops buckets that left the window (`slice` is the current bucket number), and buckets
+    /// from the future (a clock that went backwards, or another bucket width): they would
+    /// otherwise stay in the window until time caught up.
     fn prune(&mut self, policy: &BreakerPolicy, slice: u64) {
         let slices = policy.window_s.div_ceil(policy.bucket_s());
         let oldest = slice.saturating_sub(slices.saturating_sub(1));
-        self.buckets.retain(|b| b.second >= oldest);
+        self.buckets
+            .retain(|b| b.second >= oldest && b.second <= slice);
+    }
+
+    /// A record whose state began after `now_ms` was written with a clock ahead of ours: its
+    /// state restarts now, so an open period never lasts more than `open_s` past the step.
+    /// Returns whether the record changed.
+    pub fn rebase_clock(&mut self, now_ms: u64) -> bool {
+        if self.since_ms > now_ms {
+            self.since_ms = now_ms;
+            return true;
+        }
+        false
     }
 
     /// Moves the state machine on at `now_ms`; returns the transition, if any.
@@ -238,10 +259,14 @@ impl Record {
         copy.advance(policy, now_ms).is_some()
     }
 
-    /// Little-endian bytes: state, generation, since, probes, then the buckets.
+    /// Little-endian bytes: the format tag, state, bucket count, generation, since, probes, then
+    /// the buckets.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33 + self.buckets.len() * 24);
+        let mut out = Vec::with_capacity(HEADER_LEN + self.buckets.len() * 24);
+        out.extend_from_slice(&FORMAT);
         out.push(self.state as u8);
+        // At most MAX_BUCKETS (60) by construction; a longer list would not decode anyway.
+        out.push(u8::try_from(self.buckets.len()).unwrap_or(u8::MAX));
         for v in [
             self.generation,
             self.since_ms,
@@ -258,13 +283,18 @@ impl Record {
         out
     }
 
-    /// `None` for bytes this version did not write: the caller starts afresh.
+    /// `None` for any bytes this version would not have written (another format, truncated,
+    /// trailing bytes, more buckets than a window holds, buckets out of order, more failures
+    /// than requests): the caller then treats the record as absent. Never panics.
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let (&state, rest) = bytes.split_first()?;
-        let mut words = rest.chunks_exact(8);
-        if !words.remainder().is_empty() {
+        let rest = bytes.strip_prefix(&FORMAT)?;
+        let (&state, rest) = rest.split_first()?;
+        let (&count, rest) = rest.split_first()?;
+        // The exact length, so a record cut at a bucket boundary is not misread as shorter.
+        if u64::from(count) > MAX_BUCKETS || rest.len() != 32 + usize::from(count) * 24 {
             return None;
         }
+        let mut words = rest.chunks_exact(8);
         let mut next = || -> Option<u64> {
             let word: [u8; 8] = words.next()?.try_into().ok()?;
             Some(u64::from_le_bytes(word))
@@ -277,14 +307,186 @@ impl Record {
             probe_failures: next()?,
             buckets: Vec::new(),
         };
+        if record.probe_failures > record.probe_requests {
+            return None;
+        }
         while let Some(second) = next() {
-            record.buckets.push(Bucket {
+            let bucket = Bucket {
                 second,
                 requests: next()?,
                 failures: next()?,
-            });
+            };
+            let in_order = record.buckets.last().is_none_or(|b| b.second < second);
+            if !in_order
+                || bucket.failures > bucket.requests
+                || record.buckets.len() as u64 >= MAX_BUCKETS
+            {
+                return None;
+            }
+            record.buckets.push(bucket);
         }
         Some(record)
+    }
+}
+
+/// First bytes of every encoded record: a tag and the format version. Records of another
+/// format (an older build sharing the `vm_id` during an upgrade) decode as absent.
+const FORMAT: [u8; 2] = [b'B', 2];
+/// Format tag, state and bucket-count bytes, and the four header words.
+const HEADER_LEN: usize = FORMAT.len() + 2 + 4 * 8;
+
+/// Identifies one filter instance among those sharing a `vm_id` (one shared-data namespace):
+/// the plugin's name and root id, and the listener direction and metadata Envoy hands it (Envoy
+/// itself gives filters differing in any of these, or in configuration, their own root
+/// context). The configuration is left out on purpose, so a breaker survives updates.
+/// Length-prefixed parts, hashed (FNV-1a, 64 bits) into 16 hex digits.
+pub fn instance_scope(parts: &[&[u8]]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for part in parts {
+        eat(&(part.len() as u64).to_le_bytes());
+        eat(part);
+    }
+    format!("{hash:016x}")
+}
+
+/// The shared-data key of one breaker's record: the instance, rule and destination, and the
+/// cluster, so a destination repointed to another cluster (another version) starts afresh
+/// rather than inheriting the old version's state. Rule and destination names never contain
+/// a `/`; the cluster comes last, so any cluster name keeps keys apart.
+pub fn record_key(scope: &str, rule: &str, destination: &str, cluster: &str) -> String {
+    format!("traffic-split/breaker/v2/{scope}/{rule}/{destination}/{cluster}")
+}
+
+/// Envoy's shared data, or a test double: values with a compare-and-swap token.
+pub trait SharedStore {
+    /// The value and its token, `Ok(None)` when the key has none, `Err` when the read failed.
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()>;
+    /// Writes if the value still has token `cas` (`None`: unconditionally).
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetResult {
+    Written,
+    /// Another writer got there first.
+    Conflict,
+    Failed,
+}
+
+/// Writes an empty record under `key` unless one is there already. Called at configure time,
+/// before this configuration serves a request, so that every later update is a real
+/// compare-and-swap: Envoy's shared data has no create-if-absent, and a write to an absent key
+/// is unconditional. Envoy configures a new plugin first on the main thread (its configuration
+/// check) and only then on the workers, so creation does not race with the workers' updates.
+pub fn create_record(store: &mut impl SharedStore, key: &str) -> bool {
+    match store.get(key) {
+        Ok(Some(_)) => true,
+        Ok(None) => store.set(key, &Record::default().encode(), None) == SetResult::Written,
+        Err(()) => false,
+    }
+}
+
+/// Compare-and-swap attempts in one publish before it backs off.
+pub const PUBLISH_ATTEMPTS: u32 = 3;
+/// Back-off after a publish lost every attempt: doubles from the first to the last value.
+pub const BACKOFF_MIN_MS: u64 = 10;
+pub const BACKOFF_MAX_MS: u64 = 320;
+
+/// One worker's side of one breaker: what it last saw of the shared record, the outcomes it
+/// has not published yet, and its back-off after lost races.
+#[derive(Debug, Clone, Default)]
+pub struct Publisher {
+    /// The shared record as last read or written.
+    pub record: Record,
+    pub pending: Outcomes,
+    /// When this worker last read or wrote the shared record.
+    pub synced_ms: u64,
+    /// No publish before this time (after lost races).
+    retry_at_ms: u64,
+    backoff_ms: u64,
+}
+
+/// What one `Publisher::publish` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Published {
+    /// The shared record was read (and written if needed): `Publisher::record` is fresh.
+    pub synced: bool,
+    /// The state change this publish made (only the writer that made it reports it).
+    pub transition: Option<Transition>,
+    /// Compare-and-swap writes that lost to another worker.
+    pub conflicts: u32,
+}
+
+impl Publisher {
+    /// Whether a publish may run now (not backing off after lost races).
+    pub fn may_publish(&self, now_ms: u64) -> bool {
+        now_ms >= self.retry_at_ms
+    }
+
+    /// Merges the pending outcomes into the shared record under `key` and moves it on, with
+    /// compare-and-swap. A lost race is retried with the fresh record up to
+    /// `PUBLISH_ATTEMPTS` times; then the publish backs off (`BACKOFF_MIN_MS`, doubling up to
+    /// `BACKOFF_MAX_MS`) and keeps its outcomes for later, so a contended record never costs
+    /// a retry loop on every response.
+    pub fn publish(
+        &mut self,
+        store: &mut impl SharedStore,
+        key: &str,
+        policy: &BreakerPolicy,
+        now_ms: u64,
+    ) -> Published {
+        let mut done = Published::default();
+        if !self.may_publish(now_ms) {
+            return done;
+        }
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let (mut record, cas) = match store.get(key) {
+                Ok(Some((bytes, cas))) => (Record::decode(&bytes).unwrap_or_default(), cas),
+                // Created at configure time, so absent only if something removed it: create it
+                // again (an empty record: nothing of ours is lost if that write races) and
+                // update it with compare-and-swap like any other.
+                Ok(None) => {
+                    if store.set(key, &Record::default().encode(), None) != SetResult::Written {
+                        return done;
+                    }
+                    continue;
+                }
+                Err(()) => return done,
+            };
+            let merges = self.pending.requests > 0 && self.pending.generation == record.generation;
+            record.merge(policy, now_ms, &self.pending);
+            let rebased = record.rebase_clock(now_ms);
+            let transition = record.advance(policy, now_ms);
+            if merges || rebased || transition.is_some() {
+                match store.set(key, &record.encode(), Some(cas)) {
+                    SetResult::Written => {}
+                    SetResult::Conflict => {
+                        done.conflicts += 1;
+                        continue;
+                    }
+                    SetResult::Failed => return done,
+                }
+            }
+            self.pending = Outcomes {
+                generation: record.generation,
+                ..Outcomes::default()
+            };
+            self.synced_ms = now_ms;
+            self.backoff_ms = 0;
+            self.record = record;
+            done.synced = true;
+            done.transition = transition;
+            return done;
+        }
+        self.backoff_ms = (self.backoff_ms * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+        self.retry_at_ms = now_ms.saturating_add(self.backoff_ms);
+        done
     }
 }
 
@@ -396,7 +598,7 @@ mod tests {
         }
         assert_eq!(r.buckets.len(), 60);
         assert_eq!(r.counts(), (600, 60));
-        assert!(r.encode().len() <= 33 + 60 * 24);
+        assert!(r.encode().len() <= HEADER_LEN + 60 * 24);
     }
 
     #[test]
@@ -494,17 +696,17 @@ mod tests {
             buckets: vec![
                 Bucket {
                     second: 5,
-                    requests: 6,
-                    failures: 7,
+                    requests: 7,
+                    failures: 6,
                 },
                 Bucket {
                     second: 8,
-                    requests: 9,
-                    failures: 10,
+                    requests: 10,
+                    failures: 9,
                 },
             ],
-            probe_requests: 11,
-            probe_failures: 12,
+            probe_requests: 12,
+            probe_failures: 11,
         };
         assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
         assert_eq!(
@@ -512,12 +714,373 @@ mod tests {
             Some(Record::default())
         );
         assert_eq!(Record::decode(&[]), None);
-        assert_eq!(Record::decode(&[9; 33]), None);
+        assert_eq!(Record::decode(&[9; 36]), None);
         let mut truncated = r.encode();
         truncated.pop();
         assert_eq!(Record::decode(&truncated), None);
-        truncated.truncate(33 + 8);
+        truncated.truncate(HEADER_LEN + 8);
         assert_eq!(Record::decode(&truncated), None);
+    }
+
+    fn sample() -> Record {
+        Record {
+            state: State::Closed,
+            generation: 4,
+            since_ms: T0,
+            buckets: vec![
+                Bucket {
+                    second: 5,
+                    requests: 6,
+                    failures: 1,
+                },
+                Bucket {
+                    second: 8,
+                    requests: 9,
+                    failures: 9,
+                },
+            ],
+            probe_requests: 0,
+            probe_failures: 0,
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_of_a_record_is_no_record() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            assert_eq!(Record::decode(&bytes[..len]), None, "first {len} bytes");
+        }
+        for extra in 1..=24 {
+            let mut longer = bytes.clone();
+            longer.extend(std::iter::repeat_n(0u8, extra));
+            // A whole extra bucket of zeros is out of order (second 0 after 8): rejected too.
+            assert_eq!(Record::decode(&longer), None, "{extra} extra bytes");
+        }
+    }
+
+    #[test]
+    fn garbage_and_records_of_other_formats_are_no_record() {
+        // The previous format (no tag): state byte, then words. Must not be misread.
+        let mut old_format = vec![1u8];
+        for v in [3u64, T0, 0, 0] {
+            old_format.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(Record::decode(&old_format), None);
+        let mut other_version = sample().encode();
+        other_version[1] = 3;
+        assert_eq!(Record::decode(&other_version), None);
+        let mut bad_state = sample().encode();
+        bad_state[2] = 7;
+        assert_eq!(Record::decode(&bad_state), None);
+        let mut bad_count = sample().encode();
+        bad_count[3] = 1;
+        assert_eq!(
+            Record::decode(&bad_count),
+            None,
+            "one bucket announced, two present"
+        );
+        // Inconsistent contents.
+        let mut r = sample();
+        r.buckets[1].failures = 10;
+        assert_eq!(Record::decode(&r.encode()), None, "failures > requests");
+        let mut r = sample();
+        r.buckets.swap(0, 1);
+        assert_eq!(Record::decode(&r.encode()), None, "buckets out of order");
+        let mut r = sample();
+        r.buckets[1].second = 5;
+        assert_eq!(Record::decode(&r.encode()), None, "a bucket twice");
+        let r = Record {
+            probe_requests: 1,
+            probe_failures: 2,
+            ..sample()
+        };
+        assert_eq!(Record::decode(&r.encode()), None, "probe failures > probes");
+        let r = Record {
+            buckets: (0..=MAX_BUCKETS)
+                .map(|second| Bucket {
+                    second,
+                    requests: 1,
+                    failures: 0,
+                })
+                .collect(),
+            ..sample()
+        };
+        assert_eq!(
+            Record::decode(&r.encode()),
+            None,
+            "more buckets than a window"
+        );
+        // Pseudo-random bytes of every length up to three buckets: never a panic, and
+        // whatever decodes re-encodes to the very same bytes (nothing misread or dropped).
+        let mut x: u64 = 0x1234_5678;
+        for len in 0..(HEADER_LEN + 3 * 24 + 2) {
+            for _ in 0..200 {
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                if len >= 4 {
+                    bytes[0] = b'B';
+                    bytes[1] = 2;
+                    bytes[2] %= 4;
+                    // Mostly the right bucket count for the length, to reach the contents.
+                    if bytes[3] % 4 != 0 {
+                        bytes[3] = (len.saturating_sub(HEADER_LEN) / 24) as u8;
+                    }
+                }
+                if let Some(r) = Record::decode(&bytes) {
+                    assert_eq!(r.encode(), bytes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_backward_clock_step_never_stretches_an_open_period() {
+        let p = policy();
+        // Opened at T0 + 1 h by a clock that then stepped back one hour.
+        let mut r = Record {
+            state: State::Open,
+            generation: 1,
+            since_ms: T0 + 3_600_000,
+            ..Record::default()
+        };
+        assert!(r.rebase_clock(T0));
+        assert_eq!(r.advance(&p, T0 + 29_999), None);
+        let t = r.advance(&p, T0 + 30_000).map(|t| t.to);
+        assert_eq!(
+            t,
+            Some(State::HalfOpen),
+            "open for open_s after the step, not 1 h more"
+        );
+        assert!(!r.rebase_clock(T0 + 30_000));
+    }
+
+    #[test]
+    fn buckets_from_the_future_leave_the_window() {
+        let p = policy();
+        let mut r = Record::default();
+        // 30 failures counted at T0 + 1 h, then the clock is at T0.
+        r.merge(&p, T0 + 3_600_000, &outcomes(&r, 30, 30));
+        r.merge(&p, T0, &outcomes(&r, 1, 0));
+        assert_eq!(r.counts(), (1, 0));
+        assert_eq!(r.advance(&p, T0), None);
+    }
+
+    #[test]
+    fn keys_keep_instances_and_clusters_apart() {
+        let a = instance_scope(&[b"traffic-split", b"root", b"0", b""]);
+        assert_eq!(a, instance_scope(&[b"traffic-split", b"root", b"0", b""]));
+        assert_eq!(a.len(), 16);
+        // Another listener direction, metadata, name or root id: another instance.
+        for other in [
+            instance_scope(&[b"traffic-split", b"root", b"1", b""]),
+            instance_scope(&[b"traffic-split", b"root", b"0", b"md"]),
+            instance_scope(&[b"other", b"root", b"0", b""]),
+            instance_scope(&[b"traffic-split", b"root2", b"0", b""]),
+            // Parts are length-prefixed: moving bytes between parts changes the scope.
+            instance_scope(&[b"traffic-spli", b"troot", b"0", b""]),
+        ] {
+            assert_ne!(a, other);
+        }
+        let key = record_key(&a, "checkout", "canary", "checkout-v2");
+        assert_eq!(
+            key,
+            format!("traffic-split/breaker/v2/{a}/checkout/canary/checkout-v2")
+        );
+        assert_ne!(key, record_key(&a, "checkout", "canary", "checkout-v3"));
+        assert_ne!(key, record_key(&a, "checkout", "stable", "checkout-v2"));
+    }
+
+    /// Envoy's shared data as the host sees it: a write to an absent key, or without a token,
+    /// is unconditional; each write gets a new token.
+    #[derive(Default)]
+    struct Mem {
+        values: std::collections::HashMap<String, (Vec<u8>, u32)>,
+        next_cas: u32,
+        gets: usize,
+        /// Every write's token argument.
+        writes: Vec<Option<u32>>,
+        /// Makes this many writes lose, as if another worker wrote first.
+        lose: usize,
+    }
+
+    impl Mem {
+        fn bump(&mut self, key: &str) {
+            self.next_cas += 1;
+            if let Some(v) = self.values.get_mut(key) {
+                v.1 = self.next_cas;
+            }
+        }
+    }
+
+    impl SharedStore for Mem {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+            self.gets += 1;
+            Ok(self.values.get(key).cloned())
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult {
+            self.writes.push(cas);
+            if self.lose > 0 {
+                self.lose -= 1;
+                self.bump(key);
+                return SetResult::Conflict;
+            }
+            if let (Some(cas), Some((_, current))) = (cas, self.values.get(key)) {
+                if cas != *current {
+                    return SetResult::Conflict;
+                }
+            }
+            self.next_cas += 1;
+            self.values
+                .insert(key.to_string(), (value.to_vec(), self.next_cas));
+            SetResult::Written
+        }
+    }
+
+    /// A store shared by two workers, where `worker_b` runs between worker A's read and write.
+    struct Racing<'a> {
+        mem: &'a std::cell::RefCell<Mem>,
+        before_set: Option<Box<dyn FnOnce() + 'a>>,
+    }
+
+    impl SharedStore for Racing<'_> {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+            self.mem.borrow_mut().get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult {
+            if let Some(run) = self.before_set.take() {
+                run();
+            }
+            self.mem.borrow_mut().set(key, value, cas)
+        }
+    }
+
+    fn tripping(p: &BreakerPolicy) -> Publisher {
+        let mut w = Publisher::default();
+        for _ in 0..p.min_requests {
+            w.pending.add(0, true);
+        }
+        w
+    }
+
+    #[test]
+    fn two_workers_tripping_at_once_make_one_transition() {
+        let p = policy();
+        let mem = std::cell::RefCell::new(Mem::default());
+        assert!(create_record(&mut *mem.borrow_mut(), "k"));
+        assert!(create_record(&mut *mem.borrow_mut(), "k"), "idempotent");
+        assert_eq!(
+            mem.borrow().writes,
+            vec![None],
+            "created once, unconditionally"
+        );
+        let mut a = tripping(&p);
+        let mut b = tripping(&p);
+        let b_result = std::cell::Cell::new(Published::default());
+        let mut store = Racing {
+            mem: &mem,
+            before_set: Some(Box::new(|| {
+                let mut plain = Racing {
+                    mem: &mem,
+                    before_set: None,
+                };
+                b_result.set(b.publish(&mut plain, "k", &p, T0));
+            })),
+        };
+        let a_result = a.publish(&mut store, "k", &p, T0);
+        let b_result = b_result.get();
+        // B wrote first and opened it; A lost its write, re-read, found it open, and its
+        // failures (counted while closed) are stale: one transition in all.
+        assert_eq!(b_result.transition.map(|t| t.to), Some(State::Open));
+        assert_eq!(a_result.transition, None);
+        assert_eq!(a_result.conflicts, 1);
+        assert!(a_result.synced);
+        assert_eq!(a.record.generation, 1);
+        assert_eq!(
+            a.pending,
+            Outcomes {
+                generation: 1,
+                requests: 0,
+                failures: 0
+            }
+        );
+        // Every write after the creation was a compare-and-swap.
+        assert!(mem.borrow().writes[1..].iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn a_lost_race_keeps_the_outcomes_for_the_retry() {
+        let p = policy();
+        let mut mem = Mem::default();
+        create_record(&mut mem, "k");
+        let mut w = Publisher::default();
+        for _ in 0..5 {
+            w.pending.add(0, true);
+        }
+        mem.lose = 1;
+        let r = w.publish(&mut mem, "k", &p, T0);
+        assert_eq!((r.synced, r.conflicts), (true, 1));
+        let stored = Record::decode(&mem.values["k"].0).unwrap();
+        assert_eq!(stored.counts(), (5, 5));
+    }
+
+    #[test]
+    fn publishes_that_keep_losing_back_off_without_touching_the_store() {
+        let p = policy();
+        let mut mem = Mem::default();
+        create_record(&mut mem, "k");
+        let mut w = Publisher::default();
+        w.pending.add(0, true);
+        mem.lose = usize::MAX;
+        let r = w.publish(&mut mem, "k", &p, T0);
+        assert_eq!((r.synced, r.conflicts), (false, PUBLISH_ATTEMPTS));
+        assert_eq!(w.pending.requests, 1, "outcomes kept for later");
+        // Responses during the back-off cost no shared-data call at all.
+        let (gets, writes) = (mem.gets, mem.writes.len());
+        for t in 0..BACKOFF_MIN_MS {
+            assert!(!w.may_publish(T0 + t));
+            assert_eq!(w.publish(&mut mem, "k", &p, T0 + t), Published::default());
+        }
+        assert_eq!((mem.gets, mem.writes.len()), (gets, writes));
+        // Then it tries again, and backs off twice as long after losing again.
+        assert!(w.may_publish(T0 + BACKOFF_MIN_MS));
+        let r = w.publish(&mut mem, "k", &p, T0 + BACKOFF_MIN_MS);
+        assert_eq!(r.conflicts, PUBLISH_ATTEMPTS);
+        assert!(!w.may_publish(T0 + 3 * BACKOFF_MIN_MS - 1));
+        assert!(w.may_publish(T0 + 3 * BACKOFF_MIN_MS));
+        // The back-off is bounded, and a success resets it.
+        let mut now = T0 + 3 * BACKOFF_MIN_MS;
+        for _ in 0..10 {
+            w.publish(&mut mem, "k", &p, now);
+            now += BACKOFF_MAX_MS;
+        }
+        assert!(w.may_publish(now));
+        mem.lose = 0;
+        let r = w.publish(&mut mem, "k", &p, now);
+        assert!(r.synced);
+        w.pending.add(0, true);
+        mem.lose = usize::MAX;
+        w.publish(&mut mem, "k", &p, now);
+        assert!(w.may_publish(now + BACKOFF_MIN_MS));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_replaced_with_compare_and_swap() {
+        let p = policy();
+        let mut mem = Mem::default();
+        mem.values.insert("k".into(), (vec![0xff; 7], 41));
+        mem.next_cas = 41;
+        let mut w = Publisher::default();
+        w.pending.add(0, true);
+        let r = w.publish(&mut mem, "k", &p, T0);
+        assert!(r.synced);
+        assert_eq!(mem.writes, vec![Some(41)]);
+        assert_eq!(Record::decode(&mem.values["k"].0).unwrap().counts(), (1, 1));
     }
 
     #[test]

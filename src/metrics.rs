@@ -188,12 +188,15 @@ pub enum BreakerEvent {
     /// A request sent to the fallback because this destination's breaker was open (or
     /// half-open and the request was not a probe).
     Rerouted,
+    /// A compare-and-swap write of the shared record that lost to another worker's.
+    PublishConflicts,
 }
 
-const BREAKER_EVENTS: [(BreakerEvent, &str); 3] = [
+const BREAKER_EVENTS: [(BreakerEvent, &str); 4] = [
     (BreakerEvent::Opened, "opened"),
     (BreakerEvent::Closed, "closed"),
     (BreakerEvent::Rerouted, "rerouted"),
+    (BreakerEvent::PublishConflicts, "publish_conflicts"),
 ];
 
 pub fn breaker_metric(rule: &str, destination: &str, what: &str) -> String {
@@ -281,13 +284,16 @@ mod tests {
                 "traffic_split.breaker.r.canary.opened",
                 "traffic_split.breaker.r.canary.closed",
                 "traffic_split.breaker.r.canary.rerouted",
+                "traffic_split.breaker.r.canary.publish_conflicts",
             ]
         );
         let mut c = BreakerCounters::for_plan(&plan);
         c.count(0, BreakerEvent::Rerouted);
+        c.count(0, BreakerEvent::PublishConflicts);
+        c.count(0, BreakerEvent::PublishConflicts);
         let mut seen = Vec::new();
         c.flush(|slot, delta| seen.push((slot, delta)));
-        assert_eq!(seen, vec![(2, 1)]);
+        assert_eq!(seen, vec![(2, 1), (3, 2)]);
     }
 
     #[test]

@@ -279,3 +279,178 @@ fn below_min_requests_or_just_under_the_ratio_nothing_trips() {
     assert_eq!(send("ratio", &users[1], false).backend(), "stable");
     assert_eq!(state("volume"), 0, "the other rule's breaker is its own");
 }
+
+/// One request on a fresh connection to listener `i`.
+fn fresh_on(envoy: &Envoy, i: usize, user: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = ureq::AgentBuilder::new()
+        .build()
+        .get(&envoy.url_on(i, "/"))
+        .set("x-user-id", user);
+    for (n, v) in headers {
+        req = req.set(n, v);
+    }
+    Resp::from(req.call())
+}
+
+#[test]
+fn filter_instances_sharing_a_vm_id_with_a_destination_on_another_cluster_keep_their_own_breakers()
+{
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let breaker = r#"{"failure_ratio":0.5,"min_requests":10,"window_s":10,"open_s":30}"#;
+    // Two filter instances with the same name, root id and vm_id, so one VM per worker runs
+    // both and they share one shared-data namespace. The second listener's configuration has
+    // the same rule and destination names, with the destination on another cluster (the same
+    // backend): another version, which must not inherit the first one's open breaker. The
+    // same holds for a destination repointed by a configuration update: the record's key is
+    // the instance, rule, destination and cluster.
+    let envoy = Envoy::start(
+        EnvoySpec::new(&breaker_config("canary", breaker))
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr)
+            .cluster("canary-b", canary.addr)
+            .listener(&breaker_config("canary-b", breaker), None),
+    );
+    let users = canary_users(20);
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 20 && sent < 400 {
+        let r = fresh_on(
+            &envoy,
+            0,
+            &users[sent % users.len()],
+            &[("x-fail", "canary")],
+        );
+        sent += 1;
+        if r.status == 500 {
+            in_a_row = 0;
+        } else {
+            assert_eq!(r.backend(), "stable");
+            in_a_row += 1;
+        }
+    }
+    assert_eq!(in_a_row, 20, "the main listener's breaker never opened");
+    // Several ticks: every worker's other instance has read the shared data by now.
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, user) in users.iter().enumerate() {
+        let r = fresh_on(&envoy, 1, user, &[]);
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, "canary"),
+            "request {i}: the other instance's open breaker leaked"
+        );
+    }
+    // And the main listener's breaker is still open.
+    for user in &users[..5] {
+        assert_eq!(fresh_on(&envoy, 0, user, &[]).backend(), "stable");
+    }
+    let log = envoy.log();
+    assert_eq!(log.matches("(cluster canary) opened: ").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("(cluster canary-b) opened: ").count(),
+        0,
+        "{log}"
+    );
+}
+
+/// Breakers r0..r{n-1}, each on its own rule (header x-case) with all traffic on the canary.
+fn storm_config(rules: usize) -> String {
+    let rules: Vec<String> = (0..rules)
+        .map(|i| {
+            format!(
+                r#"{{"name":"r{i}","match":{{"headers":[{{"name":"x-case","exact":"r{i}"}}]}},"destinations":[
+                {{"name":"canary","cluster":"canary","weight":1,"fallback":"stable",
+                  "breaker":{{"failure_ratio":0.5,"min_requests":1,"window_s":10,"open_s":2,"half_open_percent":100}}}},
+                {{"name":"stable","cluster":"stable","weight":0}}]}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"rules":[{}]}}"#, rules.join(","))
+}
+
+/// `n` requests at once (each thread on its own connection, released together).
+fn burst(envoy: &Envoy, n: usize, headers: &[(&str, &str)]) -> Vec<Resp> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let mut req = agent.get(&envoy.url("/"));
+                    for (name, value) in headers {
+                        req = req.set(name, value);
+                    }
+                    barrier.wait();
+                    Resp::from(req.call())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_failure_storm_on_four_workers_makes_each_transition_once() {
+    const RULES: usize = 24;
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let mut spec = EnvoySpec::new(&storm_config(RULES))
+        .cluster("stable", stable.addr)
+        .cluster("canary", canary.addr);
+    spec.concurrency = 4;
+    let envoy = Envoy::start(spec);
+    // Every breaker's first failures reach the four workers at once: each worker trips it
+    // (min_requests 1) and publishes at the same moment as the others.
+    for i in 0..RULES {
+        let case = format!("r{i}");
+        let answers = burst(&envoy, 8, &[("x-case", &case), ("x-fail", "1")]);
+        assert!(answers.iter().any(|r| r.status == 500), "{case}");
+    }
+    for i in 0..RULES {
+        let name = format!("traffic_split.breaker.r{i}.canary.opened");
+        assert_eq!(envoy.wait_counter(&name, 1), 1, "{name}");
+    }
+    // After open_s every breaker half-opens (all traffic probes) and closes on a success.
+    std::thread::sleep(Duration::from_millis(2200));
+    for i in 0..RULES {
+        let case = format!("r{i}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while envoy.counter(&format!("traffic_split.breaker.r{i}.canary.closed")) == 0
+            && Instant::now() < deadline
+        {
+            let answers = burst(&envoy, 4, &[("x-case", &case)]);
+            assert!(answers.iter().all(|r| r.status == 200), "{case}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let log = envoy.log();
+    let mut disagreements = Vec::new();
+    for i in 0..RULES {
+        let counter =
+            |what: &str| envoy.counter(&format!("traffic_split.breaker.r{i}.canary.{what}"));
+        let lines = |what: &str| {
+            log.matches(&format!("breaker r{i}/canary (cluster canary) {what}"))
+                .count()
+        };
+        // The record went closed → open → half-open → closed: generation 3, one line each.
+        let seen = (
+            lines("opened:"),
+            lines("half-open"),
+            lines("closed:"),
+            lines("re-opened"),
+            counter("opened"),
+            counter("closed"),
+            counter("state"),
+        );
+        if seen != (1, 1, 1, 0, 1, 1, 0) {
+            disagreements.push(format!("r{i}: {seen:?}"));
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "(opened, half-open, closed, re-opened lines; opened, closed counters; state):\n{}",
+        disagreements.join("\n")
+    );
+}

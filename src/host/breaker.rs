@@ -1,8 +1,10 @@
 //! Host side of the per-destination breakers.
 //!
-//! Each breaker's record lives in Envoy shared data (one key per destination, shared by every
-//! worker of the process) and is updated with compare-and-swap. A worker decides requests from
-//! its cached view (no host call per request), counts outcomes locally, and publishes them:
+//! Each breaker's record lives in Envoy shared data (one key per filter instance, rule,
+//! destination and cluster: `crate::breaker::record_key`, shared by every worker of the
+//! process). It is created when a configuration is loaded, so every later update is a
+//! compare-and-swap (`crate::breaker::Publisher`). A worker decides requests from its cached
+//! view (no host call per request), counts outcomes locally, and publishes them:
 //! - on every tick (`TICK`, 100 ms), which is also when it learns the other workers' changes;
 //! - at once, from the response that would change the state (the failure that crosses the
 //!   threshold, the last probe), so a failing version is cut off after about `min_requests`
@@ -10,11 +12,17 @@
 //! - on failures, at most every `FAILURE_SYNC_MS`, so during a failure storm every worker
 //!   learns within that time that another one tripped the breaker.
 //!
+//! A publish that keeps losing compare-and-swap races backs off (and counts
+//! `publish_conflicts`) instead of retrying under Envoy's shared-data lock on every response.
+//!
 //! Healthy steady state costs no host call per request; a failing destination costs at most
-//! two shared-data calls per worker per 50 ms.
+//! a few shared-data calls per worker per 50 ms.
 
 use super::now_ms;
-use crate::breaker::{percent_text, BreakerView, Outcomes, Record, State, Transition};
+use crate::breaker::{
+    create_record, instance_scope, percent_text, record_key, BreakerView, Publisher, SetResult,
+    SharedStore, State, Transition,
+};
 use crate::metrics::{breaker_metric, BreakerCounters, BreakerEvent, BREAKER_STATE};
 use crate::plan::{BreakerRef, Plan};
 use proxy_wasm::hostcalls;
@@ -22,6 +30,69 @@ use proxy_wasm::types::{MetricType, Status};
 
 /// On failures, a worker syncs with the shared record at most this often (besides the tick).
 const FAILURE_SYNC_MS: u64 = 50;
+
+/// Envoy shared data (per process and `vm_id`).
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), Some(cas))) => Ok(Some((bytes, cas))),
+            Ok((None, _)) => Ok(None),
+            // A value without a token could only be written unconditionally: not here.
+            Ok((Some(_), None)) | Err(_) => Err(()),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => SetResult::Written,
+            Err(Status::CasMismatch) => SetResult::Conflict,
+            Err(_) => SetResult::Failed,
+        }
+    }
+}
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI `clock_time_get`; Envoy serves clock 1 (monotonic) from its steady clock.
+    #[link_name = "clock_time_get"]
+    fn wasi_clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u16;
+}
+
+/// The breakers' clock: monotonic milliseconds, the same for every worker of the process, so a
+/// wall-clock step neither stretches nor cuts an open period. proxy-wasm's own time call
+/// (ABI 0.2.1) is the wall clock; WASI's monotonic clock is the one Envoy offers. Falls back to
+/// the wall clock if the host lacks it (then `Record::rebase_clock` bounds a backward step).
+pub(super) fn clock_ms() -> Option<u64> {
+    let mut ns: u64 = 0;
+    // SAFETY: the import writes one u64 to the pointer it is given, a live local here.
+    let errno = unsafe { wasi_clock_time_get(1, 1_000_000, &mut ns) };
+    if errno == 0 && ns > 0 {
+        Some(ns / 1_000_000)
+    } else {
+        now_ms()
+    }
+}
+
+/// This filter instance among those sharing the `vm_id` (see `crate::breaker::instance_scope`).
+/// Read once per configuration.
+pub(super) fn scope() -> String {
+    let property = |path: &str| {
+        hostcalls::get_property(vec![path])
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    let parts = [
+        property("plugin_name"),
+        property("plugin_root_id"),
+        property("listener_direction"),
+        property("listener_metadata"),
+    ];
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    instance_scope(&refs)
+}
 
 /// Per configuration: what this worker knows of each breaker slot.
 pub(super) struct Breakers {
@@ -35,37 +106,57 @@ pub(super) struct Breakers {
 struct Slot {
     at: BreakerRef,
     key: String,
-    /// The shared record as last read or written.
-    record: Record,
-    pending: Outcomes,
-    /// When this worker last read or wrote the shared record (ms).
-    synced_ms: u64,
+    publisher: Publisher,
     gauge_id: Option<u32>,
+    /// Where this slot's gauge records who reports it (see `claim_gauges`).
+    owner_key: String,
     gauge_shown: Option<State>,
 }
 
+/// Shared-data key naming the record whose state a `state` gauge reports.
+fn gauge_owner_key(gauge: &str) -> String {
+    format!("traffic-split/breaker/v2/gauge/{gauge}")
+}
+
+/// Shared-data key listing the `state` gauges of an instance's current configuration.
+fn gauge_list_key(scope: &str) -> String {
+    format!("traffic-split/breaker/v2/{scope}/gauges")
+}
+
 impl Breakers {
-    /// `scope` keeps two filter configurations sharing a VM id apart (the plugin name).
+    /// Called from `on_configure`, before this configuration serves a request: creates the
+    /// shared records, and hands the `state` gauges to this configuration's breakers.
     pub fn new(plan: &Plan, scope: &str) -> Breakers {
         let names = BreakerCounters::breaker_names(plan);
-        let slots = plan
+        let slots: Vec<Slot> = plan
             .breakers
             .iter()
             .zip(&names)
-            .map(|(at, (rule, dest))| Slot {
-                at: *at,
-                key: format!("traffic-split/{scope}/breaker/{rule}/{dest}"),
-                record: Record::default(),
-                pending: Outcomes::default(),
-                synced_ms: 0,
-                gauge_id: hostcalls::define_metric(
-                    MetricType::Gauge,
-                    &breaker_metric(rule, dest, BREAKER_STATE),
-                )
-                .ok(),
-                gauge_shown: None,
+            .map(|(at, (rule, dest))| {
+                let cluster = plan
+                    .rules
+                    .get(at.rule)
+                    .and_then(|r| r.destinations.get(at.destination))
+                    .map_or("", |d| d.cluster.as_str());
+                let key = record_key(scope, rule, dest, cluster);
+                create_record(&mut HostStore, &key);
+                let gauge = breaker_metric(rule, dest, BREAKER_STATE);
+                Slot {
+                    at: *at,
+                    key,
+                    publisher: Publisher::default(),
+                    gauge_id: hostcalls::define_metric(MetricType::Gauge, &gauge).ok(),
+                    owner_key: gauge_owner_key(&gauge),
+                    gauge_shown: None,
+                }
             })
             .collect();
+        let gauges: Vec<String> = names
+            .iter()
+            .map(|(rule, dest)| breaker_metric(rule, dest, BREAKER_STATE))
+            .collect();
+        clear_removed_gauges(scope, &gauges);
+        claim_gauges(plan, &slots);
         Breakers {
             views: vec![BreakerView::default(); plan.breakers.len()],
             slots,
@@ -82,32 +173,36 @@ impl Breakers {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
-        s.pending.add(generation, failed);
-        let half_open = s.record.state == State::HalfOpen;
+        s.publisher.pending.add(generation, failed);
+        let half_open = s.publisher.record.state == State::HalfOpen;
         if !(failed || half_open) {
             return;
         }
         let Some(policy) = policy(plan, s.at) else {
             return;
         };
-        let Some(now) = now_ms() else {
+        let Some(now) = clock_ms() else {
             return;
         };
         // During a failure storm, sync at most every FAILURE_SYNC_MS even without a crossing
         // here: that is how a worker learns quickly that another one already tripped.
-        if s.record.would_advance(policy, now, &s.pending)
-            || now.saturating_sub(s.synced_ms) >= FAILURE_SYNC_MS
+        let p = &s.publisher;
+        if p.may_publish(now)
+            && (p.record.would_advance(policy, now, &p.pending)
+                || now.saturating_sub(p.synced_ms) >= FAILURE_SYNC_MS)
         {
             self.publish(plan, slot, now);
         }
     }
 
-    /// Tick: publish every slot's outcomes and learn the shared state.
+    /// Publishes every slot's outcomes and learns the shared state: on every tick, and (for
+    /// the root-context lifecycle) before a configuration's root context goes away, so no
+    /// outcome it counted is lost. Slots backing off after lost races are skipped.
     pub fn publish_all(&mut self, plan: &Plan) {
         if self.slots.is_empty() {
             return;
         }
-        let Some(now) = now_ms() else {
+        let Some(now) = clock_ms() else {
             return;
         };
         for slot in 0..self.slots.len() {
@@ -115,8 +210,6 @@ impl Breakers {
         }
     }
 
-    /// Merges this worker's outcomes into the shared record and moves it on, with
-    /// compare-and-swap; a lost race is retried with the fresh record.
     fn publish(&mut self, plan: &Plan, slot: usize, now: u64) {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
@@ -124,52 +217,131 @@ impl Breakers {
         let Some(policy) = policy(plan, s.at) else {
             return;
         };
-        for _attempt in 0..4 {
-            let Ok((bytes, cas)) = hostcalls::get_shared_data(&s.key) else {
-                return;
-            };
-            let mut record = bytes
-                .as_deref()
-                .and_then(Record::decode)
-                .unwrap_or_default();
-            let merges = s.pending.requests > 0 && s.pending.generation == record.generation;
-            record.merge(policy, now, &s.pending);
-            let transition = record.advance(policy, now);
-            if merges || transition.is_some() {
-                match hostcalls::set_shared_data(&s.key, Some(&record.encode()), cas) {
-                    Ok(()) => {}
-                    Err(Status::CasMismatch) => continue,
-                    Err(_) => return,
-                }
-            }
-            s.pending = Outcomes {
-                generation: record.generation,
-                ..Outcomes::default()
-            };
-            s.synced_ms = now;
-            if let Some(view) = self.views.get_mut(slot) {
-                *view = BreakerView {
-                    state: record.state,
-                    generation: record.generation,
-                };
-            }
-            if s.gauge_shown != Some(record.state) {
-                if let Some(id) = s.gauge_id {
-                    let _ = hostcalls::record_metric(id, record.state as u64);
-                }
-                s.gauge_shown = Some(record.state);
-            }
-            s.record = record;
-            if let Some(t) = transition {
-                log_transition(plan, s.at, &t);
-                match t.to {
-                    State::Open => self.counters.count(slot, BreakerEvent::Opened),
-                    State::Closed => self.counters.count(slot, BreakerEvent::Closed),
-                    State::HalfOpen => {}
-                }
-            }
+        let done = s.publisher.publish(&mut HostStore, &s.key, policy, now);
+        for _ in 0..done.conflicts {
+            self.counters.count(slot, BreakerEvent::PublishConflicts);
+        }
+        if !done.synced {
             return;
         }
+        let state = s.publisher.record.state;
+        if let Some(view) = self.views.get_mut(slot) {
+            *view = BreakerView {
+                state,
+                generation: s.publisher.record.generation,
+            };
+        }
+        if s.gauge_shown != Some(state) {
+            // Only the configuration that owns the gauge reports it: a replaced configuration
+            // still draining its streams must not overwrite its successor's state.
+            if let (Some(id), true) = (s.gauge_id, owns(&s.owner_key, &s.key)) {
+                let _ = hostcalls::record_metric(id, state as u64);
+            }
+            s.gauge_shown = Some(state);
+        }
+        if let Some(t) = done.transition {
+            log_transition(plan, s.at, &t);
+            match t.to {
+                State::Open => self.counters.count(slot, BreakerEvent::Opened),
+                State::Closed => self.counters.count(slot, BreakerEvent::Closed),
+                State::HalfOpen => {}
+            }
+        }
+    }
+}
+
+fn owns(owner_key: &str, record_key: &str) -> bool {
+    matches!(hostcalls::get_shared_data(owner_key), Ok((Some(owner), _)) if owner == record_key.as_bytes())
+}
+
+/// A breaker removed from an instance's configuration leaves no `state` gauge stuck at its
+/// last value (an alert on `state != 0` must clear): the gauges the previous configuration of
+/// this instance had and this one lacks are set to 0, unless another instance reports them.
+fn clear_removed_gauges(scope: &str, gauges: &[String]) {
+    let list_key = gauge_list_key(scope);
+    let previous = hostcalls::get_shared_data(&list_key)
+        .ok()
+        .and_then(|(bytes, _)| bytes)
+        .unwrap_or_default();
+    let ours = format!("traffic-split/breaker/v2/{scope}/");
+    for removed in String::from_utf8_lossy(&previous)
+        .lines()
+        .filter(|name| !name.is_empty() && !gauges.iter().any(|g| g == name))
+    {
+        let owner_key = gauge_owner_key(removed);
+        let owned_here = matches!(
+            hostcalls::get_shared_data(&owner_key),
+            Ok((Some(owner), _)) if owner.starts_with(ours.as_bytes())
+        );
+        if owned_here {
+            if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, removed) {
+                let _ = hostcalls::record_metric(id, 0);
+            }
+            let _ = hostcalls::set_shared_data(&owner_key, Some(b""), None);
+            log::info!("traffic-split: breaker gauge {removed} set to 0: its breaker was removed");
+        }
+    }
+    let _ = hostcalls::set_shared_data(&list_key, Some(gauges.join("\n").as_bytes()), None);
+}
+
+/// Hands each `state` gauge to this configuration's breaker. Metric names carry the rule and
+/// destination only (a public contract), so two filter instances sharing a `vm_id` with the
+/// same rule and destination names share the gauge: the one configured last reports it, and
+/// the takeover is logged.
+fn claim_gauges(plan: &Plan, slots: &[Slot]) {
+    for s in slots {
+        let previous = hostcalls::get_shared_data(&s.owner_key)
+            .ok()
+            .and_then(|(bytes, _)| bytes)
+            .unwrap_or_default();
+        if previous == s.key.as_bytes() {
+            continue;
+        }
+        if !previous.is_empty() {
+            log_takeover(plan, s, &previous);
+        }
+        let _ = hostcalls::set_shared_data(&s.owner_key, Some(s.key.as_bytes()), None);
+    }
+}
+
+/// Record keys are `traffic-split/breaker/v2/<scope>/<rule>/<destination>/<cluster>`.
+fn log_takeover(plan: &Plan, s: &Slot, previous: &[u8]) {
+    let previous = String::from_utf8_lossy(previous);
+    let mut theirs = previous.splitn(7, '/').skip(3);
+    let mut ours = s.key.splitn(7, '/').skip(3);
+    let (their_scope, our_scope) = (theirs.next(), ours.next());
+    let their_cluster = theirs.nth(2).unwrap_or("");
+    let Some((rule, dest)) = plan
+        .rules
+        .get(s.at.rule)
+        .and_then(|r| Some((r, r.destinations.get(s.at.destination)?)))
+    else {
+        return;
+    };
+    if their_scope == our_scope {
+        // An update that repointed the destination, or another listener's configuration of
+        // this filter with the same rule and destination names: the two cannot be told apart.
+        log::info!(
+            "traffic-split: breaker {}/{}: its state gauge now reports cluster {}'s breaker \
+             (it reported cluster {their_cluster}'s: an earlier configuration, or another \
+             configuration of this filter with the same rule and destination names)",
+            rule.name,
+            dest.name,
+            dest.cluster
+        );
+    } else {
+        log::warn!(
+            "traffic-split: breaker {}/{}: another filter instance sharing this vm_id has a \
+             breaker with the same rule and destination names (cluster {their_cluster}); their \
+             records are separate but their metrics traffic_split.breaker.{}.{}.* are shared, \
+             and the state gauge now reports this instance's (cluster {}). Give the rules \
+             distinct names to tell them apart",
+            rule.name,
+            dest.name,
+            rule.name,
+            dest.name,
+            dest.cluster
+        );
     }
 }
 

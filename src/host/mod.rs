@@ -332,13 +332,9 @@ impl RootContext for SplitRoot {
                 shadow.register_queue();
             }
         }
-        // Breaker records are keyed by plugin name too, so two filter configurations sharing
-        // a VM id never share a breaker.
-        let scope = hostcalls::get_property(vec!["plugin_name"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_default();
+        // Breaker records are keyed by filter instance too (plugin name, root id, listener
+        // direction and metadata), so filter instances sharing a VM id never share a breaker.
+        let scope = breaker::scope();
         if let Some(previous) = self.active.replace(Rc::new(Active::new(plan, &scope))) {
             self.vm.retired.borrow_mut().push(previous);
         }

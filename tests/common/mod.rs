@@ -100,8 +100,8 @@ pub struct BackendState {
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`
-/// (status 500 for requests carrying `x-fail: 1`; `cache-control: V` for requests carrying
-/// `x-respond-cache-control: V`).
+/// (status 500 for requests carrying `x-fail: 1` or `x-fail: <name>`; `cache-control: V` for
+/// requests carrying `x-respond-cache-control: V`).
 #[derive(Clone)]
 pub struct Backend {
     pub addr: SocketAddr,
@@ -192,7 +192,11 @@ async fn handle(
     });
     st.count.fetch_add(1, Ordering::SeqCst);
     // A client can ask for a failure, to script exact failure ratios.
-    let forced_failure = parts.headers.get("x-fail").is_some_and(|v| v == "1");
+    // `x-fail: <name>` fails only at the backend of that name (not at a fallback).
+    let forced_failure = parts
+        .headers
+        .get("x-fail")
+        .is_some_and(|v| v == "1" || v.as_bytes() == st.name.as_bytes());
     let delay = st.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -301,6 +305,17 @@ pub struct EnvoySpec {
     pub ecds: bool,
     /// Envoy runtime keys (`layered_runtime` static layer), e.g. buffer limits.
     pub runtime: Vec<(String, u64)>,
+    /// More listeners after the main one, each with the filter in the same `vm_id` (never
+    /// through ECDS) but its own plugin configuration and, optionally, a `traffic_direction`
+    /// and another plugin name.
+    pub extra_listeners: Vec<ExtraListener>,
+}
+
+/// A listener after the main one (see `EnvoySpec::extra_listeners`).
+pub struct ExtraListener {
+    pub plugin_config: String,
+    pub direction: Option<&'static str>,
+    pub plugin_name: &'static str,
 }
 
 /// The ECDS resource file (a watched directory's `ecds.yaml`) holding the filter's config.
@@ -345,7 +360,29 @@ impl EnvoySpec {
             patches: Vec::new(),
             ecds: false,
             runtime: Vec::new(),
+            extra_listeners: Vec::new(),
         }
+    }
+
+    /// Another listener (see `extra_listeners`); `Envoy::listeners` has its address.
+    pub fn listener(mut self, plugin_config: &str, direction: Option<&'static str>) -> Self {
+        self.extra_listeners.push(ExtraListener {
+            plugin_config: plugin_config.to_string(),
+            direction,
+            plugin_name: "traffic-split",
+        });
+        self
+    }
+
+    /// Another listener whose filter has another plugin name (as a second Istio WasmPlugin
+    /// sharing the `vm_id` would).
+    pub fn listener_named(mut self, plugin_name: &'static str, plugin_config: &str) -> Self {
+        self.extra_listeners.push(ExtraListener {
+            plugin_config: plugin_config.to_string(),
+            direction: None,
+            plugin_name,
+        });
+        self
     }
 
     /// The filter comes through ECDS (`config_discovery` + `path_config_source`, a watched
@@ -414,7 +451,6 @@ impl EnvoySpec {
                 ),
             })
             .collect();
-        let config = serde_json::to_string(&self.plugin_config).unwrap();
         let timeout = format!("{}s", self.route_timeout.as_secs_f64());
         let failure_policy = self
             .failure_policy
@@ -443,25 +479,14 @@ impl EnvoySpec {
                 .collect();
             format!("layered_runtime:\n  layers:\n  - name: static\n    static_layer:{keys}\n")
         };
-        let wasm_filter = if self.ecds {
-            format!(
-                r#"          - name: traffic-split
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source:
-                  path: {dir}/ecds.yaml
-                  watched_directory: {{ path: {dir} }}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]"#,
-                dir = dir.display()
-            )
-        } else {
+        let static_filter = |plugin: &str, plugin_config: &str| {
+            let config = serde_json::to_string(plugin_config).unwrap();
             format!(
                 r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: traffic-split
+                name: {plugin}
                 root_id: traffic-split
                 {failure_policy}
                 {capabilities}
@@ -475,18 +500,28 @@ impl EnvoySpec {
                 wasm = wasm.display(),
             )
         };
-        let mut yaml = format!(
-            r#"{STATS_CONFIG}
-node: {{ id: traffic-split-test, cluster: traffic-split-test }}
-{runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.
-stats_flush_interval: 0.5s
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-static_resources:
-  listeners:
-  - name: main
-    address:
+        let wasm_filter = if self.ecds {
+            format!(
+                r#"          - name: traffic-split
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source:
+                  path: {dir}/ecds.yaml
+                  watched_directory: {{ path: {dir} }}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]"#,
+                dir = dir.display()
+            )
+        } else {
+            static_filter("traffic-split", &self.plugin_config)
+        };
+        let listener = |name: &str, wasm_filter: &str, direction: Option<&str>| {
+            let direction = direction
+                .map(|d| format!("    traffic_direction: {d}\n"))
+                .unwrap_or_default();
+            format!(
+                r#"  - name: {name}
+{direction}    address:
       socket_address: {{ address: 127.0.0.1, port_value: 0 }}
     filter_chains:
     - filters:
@@ -518,7 +553,25 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{clusters}
+"#
+            )
+        };
+        let mut listeners = listener("main", &wasm_filter, None);
+        for (i, extra) in self.extra_listeners.iter().enumerate() {
+            let filter = static_filter(extra.plugin_name, &extra.plugin_config);
+            listeners += &listener(&format!("extra{i}"), &filter, extra.direction);
+        }
+        let mut yaml = format!(
+            r#"{STATS_CONFIG}
+node: {{ id: traffic-split-test, cluster: traffic-split-test }}
+{runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.
+stats_flush_interval: 0.5s
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+{listeners}  clusters:{clusters}
 "#
         );
         for (from, to) in &self.patches {
@@ -538,6 +591,8 @@ pub struct Envoy {
     child: Child,
     pub admin: SocketAddr,
     pub listener: SocketAddr,
+    /// Every listener: the main one, then `EnvoySpec::extra_listeners` in order.
+    pub listeners: Vec<SocketAddr>,
     pub dir: PathBuf,
     agent: ureq::Agent,
     _slot: SlotGuard,
@@ -678,13 +733,26 @@ impl Envoy {
             else {
                 continue;
             };
-            let port = json["listener_statuses"][0]["local_address"]["socket_address"]
-                ["port_value"]
-                .as_u64();
-            let Some(port) = port.filter(|p| *p > 0) else {
+            let wanted = 1 + spec.extra_listeners.len();
+            let names = std::iter::once("main".to_string())
+                .chain((0..spec.extra_listeners.len()).map(|i| format!("extra{i}")));
+            let statuses = json["listener_statuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let listeners: Vec<SocketAddr> = names
+                .filter_map(|name| {
+                    let status = statuses.iter().find(|s| s["name"] == name.as_str())?;
+                    let port = status["local_address"]["socket_address"]["port_value"]
+                        .as_u64()
+                        .filter(|p| *p > 0)?;
+                    format!("127.0.0.1:{port}").parse().ok()
+                })
+                .collect();
+            if listeners.len() < wanted {
                 continue;
-            };
-            let listener: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            }
+            let listener = listeners[0];
             let ready = agent.get(&format!("http://{admin}/ready")).call().is_ok();
             if ready {
                 return Ok(Envoy {
@@ -692,6 +760,7 @@ impl Envoy {
                     child,
                     admin,
                     listener,
+                    listeners,
                     dir,
                     agent,
                     _slot: slot,
@@ -735,6 +804,11 @@ impl Envoy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.listener, path)
+    }
+
+    /// A URL on listener `i` (0 is the main one; see `EnvoySpec::listener`).
+    pub fn url_on(&self, i: usize, path: &str) -> String {
+        format!("http://{}{}", self.listeners[i], path)
     }
 
     /// A request through the filter.
