@@ -392,6 +392,46 @@ pub fn create_record(store: &mut impl SharedStore, key: &str) -> bool {
     }
 }
 
+/// The `state` gauge's name carries the rule and destination only (a public contract), so
+/// several breakers can map to one gauge: two configurations of an instance during an update,
+/// or instances sharing a `vm_id` with the same names. One record key at a time owns the gauge
+/// (shared data under `owner_key`): the configuration loaded last claims it at configure
+/// time, only the owner writes it, and a configuration going away that still owns it (no
+/// successor claimed it: its breaker was removed) sets it to 0, so a `state != 0` alert
+/// clears. Returns the previous owner when another one was replaced.
+pub fn claim_gauge(
+    store: &mut impl SharedStore,
+    owner_key: &str,
+    record_key: &str,
+) -> Option<String> {
+    let previous = match store.get(owner_key) {
+        Ok(Some((bytes, _))) => bytes,
+        Ok(None) => Vec::new(),
+        Err(()) => return None,
+    };
+    if previous == record_key.as_bytes() {
+        return None;
+    }
+    store.set(owner_key, record_key.as_bytes(), None);
+    (!previous.is_empty()).then(|| String::from_utf8_lossy(&previous).into_owned())
+}
+
+/// Whether `record_key` owns the gauge (see `claim_gauge`).
+pub fn owns_gauge(store: &mut impl SharedStore, owner_key: &str, record_key: &str) -> bool {
+    matches!(store.get(owner_key), Ok(Some((owner, _))) if owner == record_key.as_bytes())
+}
+
+/// A configuration going away gives its gauge up: `true` when it still owned it (the caller
+/// then sets the gauge to 0). Compare-and-swap, so a successor's claim in between wins.
+pub fn release_gauge(store: &mut impl SharedStore, owner_key: &str, record_key: &str) -> bool {
+    match store.get(owner_key) {
+        Ok(Some((owner, cas))) if owner == record_key.as_bytes() => {
+            store.set(owner_key, b"", Some(cas)) == SetResult::Written
+        }
+        _ => false,
+    }
+}
+
 /// Compare-and-swap attempts in one publish before it backs off.
 pub const PUBLISH_ATTEMPTS: u32 = 3;
 /// Back-off after a publish lost every attempt: doubles from the first to the last value.
@@ -1067,6 +1107,28 @@ mod tests {
         mem.lose = usize::MAX;
         w.publish(&mut mem, "k", &p, now);
         assert!(w.may_publish(now + BACKOFF_MIN_MS));
+    }
+
+    #[test]
+    fn the_state_gauge_is_released_only_by_its_last_owner() {
+        let mut mem = Mem::default();
+        let (gauge, old, new) = ("g", "k/old-cluster", "k/new-cluster");
+        assert_eq!(claim_gauge(&mut mem, gauge, old), None);
+        assert!(owns_gauge(&mut mem, gauge, old));
+        // An update keeps the breaker (here on another cluster): the new configuration claims
+        // the gauge, the old one stops writing it and leaves it alone when it goes away.
+        assert_eq!(claim_gauge(&mut mem, gauge, new), Some(old.to_string()));
+        assert_eq!(claim_gauge(&mut mem, gauge, new), None, "a second worker");
+        assert!(!owns_gauge(&mut mem, gauge, old));
+        assert!(!release_gauge(&mut mem, gauge, old));
+        assert!(owns_gauge(&mut mem, gauge, new));
+        // An update removes the breaker: nobody claims the gauge, so the configuration going
+        // away still owns it and releases it (the caller sets it to 0), once.
+        assert!(release_gauge(&mut mem, gauge, new));
+        assert!(!release_gauge(&mut mem, gauge, new), "the other workers");
+        assert!(!owns_gauge(&mut mem, gauge, new));
+        // Released, then claimed again: no previous owner to report.
+        assert_eq!(claim_gauge(&mut mem, gauge, old), None);
     }
 
     #[test]

@@ -20,8 +20,8 @@
 
 use super::now_ms;
 use crate::breaker::{
-    create_record, instance_scope, percent_text, record_key, BreakerView, Publisher, SetResult,
-    SharedStore, State, Transition,
+    claim_gauge, create_record, instance_scope, owns_gauge, percent_text, record_key,
+    release_gauge, BreakerView, Publisher, SetResult, SharedStore, State, Transition,
 };
 use crate::metrics::{breaker_metric, BreakerCounters, BreakerEvent, BREAKER_STATE};
 use crate::plan::{BreakerRef, Plan};
@@ -118,11 +118,6 @@ fn gauge_owner_key(gauge: &str) -> String {
     format!("traffic-split/breaker/v2/gauge/{gauge}")
 }
 
-/// Shared-data key listing the `state` gauges of an instance's current configuration.
-fn gauge_list_key(scope: &str) -> String {
-    format!("traffic-split/breaker/v2/{scope}/gauges")
-}
-
 impl Breakers {
     /// Called from `on_configure`, before this configuration serves a request: creates the
     /// shared records, and hands the `state` gauges to this configuration's breakers.
@@ -151,11 +146,6 @@ impl Breakers {
                 }
             })
             .collect();
-        let gauges: Vec<String> = names
-            .iter()
-            .map(|(rule, dest)| breaker_metric(rule, dest, BREAKER_STATE))
-            .collect();
-        clear_removed_gauges(scope, &gauges);
         claim_gauges(plan, &slots);
         Breakers {
             views: vec![BreakerView::default(); plan.breakers.len()],
@@ -234,7 +224,8 @@ impl Breakers {
         if s.gauge_shown != Some(state) {
             // Only the configuration that owns the gauge reports it: a replaced configuration
             // still draining its streams must not overwrite its successor's state.
-            if let (Some(id), true) = (s.gauge_id, owns(&s.owner_key, &s.key)) {
+            if let (Some(id), true) = (s.gauge_id, owns_gauge(&mut HostStore, &s.owner_key, &s.key))
+            {
                 let _ = hostcalls::record_metric(id, state as u64);
             }
             s.gauge_shown = Some(state);
@@ -250,57 +241,28 @@ impl Breakers {
     }
 }
 
-fn owns(owner_key: &str, record_key: &str) -> bool {
-    matches!(hostcalls::get_shared_data(owner_key), Ok((Some(owner), _)) if owner == record_key.as_bytes())
-}
-
-/// A breaker removed from an instance's configuration leaves no `state` gauge stuck at its
-/// last value (an alert on `state != 0` must clear): the gauges the previous configuration of
-/// this instance had and this one lacks are set to 0, unless another instance reports them.
-fn clear_removed_gauges(scope: &str, gauges: &[String]) {
-    let list_key = gauge_list_key(scope);
-    let previous = hostcalls::get_shared_data(&list_key)
-        .ok()
-        .and_then(|(bytes, _)| bytes)
-        .unwrap_or_default();
-    let ours = format!("traffic-split/breaker/v2/{scope}/");
-    for removed in String::from_utf8_lossy(&previous)
-        .lines()
-        .filter(|name| !name.is_empty() && !gauges.iter().any(|g| g == name))
-    {
-        let owner_key = gauge_owner_key(removed);
-        let owned_here = matches!(
-            hostcalls::get_shared_data(&owner_key),
-            Ok((Some(owner), _)) if owner.starts_with(ours.as_bytes())
-        );
-        if owned_here {
-            if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, removed) {
-                let _ = hostcalls::record_metric(id, 0);
+/// A configuration going away (its root context deleted, or replaced, and its last stream
+/// ended) sets to 0 the gauges it still owns: their breakers were removed, and no successor
+/// reports them any more (see `crate::breaker::claim_gauge`).
+impl Drop for Breakers {
+    fn drop(&mut self) {
+        for s in &self.slots {
+            if release_gauge(&mut HostStore, &s.owner_key, &s.key) {
+                if let Some(id) = s.gauge_id {
+                    let _ = hostcalls::record_metric(id, 0);
+                }
             }
-            let _ = hostcalls::set_shared_data(&owner_key, Some(b""), None);
-            log::info!("traffic-split: breaker gauge {removed} set to 0: its breaker was removed");
         }
     }
-    let _ = hostcalls::set_shared_data(&list_key, Some(gauges.join("\n").as_bytes()), None);
 }
 
-/// Hands each `state` gauge to this configuration's breaker. Metric names carry the rule and
-/// destination only (a public contract), so two filter instances sharing a `vm_id` with the
-/// same rule and destination names share the gauge: the one configured last reports it, and
-/// the takeover is logged.
+/// Hands each `state` gauge to this configuration's breaker (see
+/// `crate::breaker::claim_gauge`); a takeover from another breaker is logged.
 fn claim_gauges(plan: &Plan, slots: &[Slot]) {
     for s in slots {
-        let previous = hostcalls::get_shared_data(&s.owner_key)
-            .ok()
-            .and_then(|(bytes, _)| bytes)
-            .unwrap_or_default();
-        if previous == s.key.as_bytes() {
-            continue;
+        if let Some(previous) = claim_gauge(&mut HostStore, &s.owner_key, &s.key) {
+            log_takeover(plan, s, previous.as_bytes());
         }
-        if !previous.is_empty() {
-            log_takeover(plan, s, &previous);
-        }
-        let _ = hostcalls::set_shared_data(&s.owner_key, Some(s.key.as_bytes()), None);
     }
 }
 
