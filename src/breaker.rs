@@ -363,10 +363,14 @@ pub fn record_key(scope: &str, rule: &str, destination: &str, cluster: &str) -> 
     format!("traffic-split/breaker/v2/{scope}/{rule}/{destination}/{cluster}")
 }
 
+/// A shared-data read that failed (not a missing key: that is `Ok(None)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadFailed;
+
 /// Envoy's shared data, or a test double: values with a compare-and-swap token.
 pub trait SharedStore {
     /// The value and its token, `Ok(None)` when the key has none, `Err` when the read failed.
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()>;
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ReadFailed>;
     /// Writes if the value still has token `cas` (`None`: unconditionally).
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult;
 }
@@ -388,7 +392,7 @@ pub fn create_record(store: &mut impl SharedStore, key: &str) -> bool {
     match store.get(key) {
         Ok(Some(_)) => true,
         Ok(None) => store.set(key, &Record::default().encode(), None) == SetResult::Written,
-        Err(()) => false,
+        Err(ReadFailed) => false,
     }
 }
 
@@ -407,7 +411,7 @@ pub fn claim_gauge(
     let previous = match store.get(owner_key) {
         Ok(Some((bytes, _))) => bytes,
         Ok(None) => Vec::new(),
-        Err(()) => return None,
+        Err(ReadFailed) => return None,
     };
     if previous == record_key.as_bytes() {
         return None;
@@ -497,7 +501,7 @@ impl Publisher {
                     }
                     continue;
                 }
-                Err(()) => return done,
+                Err(ReadFailed) => return done,
             };
             let merges = self.pending.requests > 0 && self.pending.generation == record.generation;
             record.merge(policy, now_ms, &self.pending);
@@ -959,7 +963,7 @@ mod tests {
     }
 
     impl SharedStore for Mem {
-        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ReadFailed> {
             self.gets += 1;
             Ok(self.values.get(key).cloned())
         }
@@ -989,7 +993,7 @@ mod tests {
     }
 
     impl SharedStore for Racing<'_> {
-        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+        fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ReadFailed> {
             self.mem.borrow_mut().get(key)
         }
         fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult {

@@ -149,6 +149,8 @@ fn a_failing_canary_is_cut_off_then_probed_back_and_its_users_return() {
     assert_eq!(wait_stat(&envoy, "closed", 1), 1);
     assert_eq!(stat(&envoy, "state"), 0);
     let log = envoy.log();
+    // open_s was measured on Envoy's monotonic clock (WASI), not the wall clock.
+    assert!(!log.contains("no monotonic clock"), "{log}");
     assert!(log.contains(
         "(cluster canary) half-open after 2 s: 50.0% of its traffic goes through as probes; \
          it closes when fewer than 50.0% of 20 probes fail"

@@ -21,7 +21,7 @@
 use super::now_ms;
 use crate::breaker::{
     claim_gauge, create_record, instance_scope, owns_gauge, percent_text, record_key,
-    release_gauge, BreakerView, Publisher, SetResult, SharedStore, State, Transition,
+    release_gauge, BreakerView, Publisher, ReadFailed, SetResult, SharedStore, State, Transition,
 };
 use crate::metrics::{breaker_metric, BreakerCounters, BreakerEvent, BREAKER_STATE};
 use crate::plan::{BreakerRef, Plan};
@@ -35,12 +35,12 @@ const FAILURE_SYNC_MS: u64 = 50;
 struct HostStore;
 
 impl SharedStore for HostStore {
-    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ()> {
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ReadFailed> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(bytes), Some(cas))) => Ok(Some((bytes, cas))),
             Ok((None, _)) => Ok(None),
             // A value without a token could only be written unconditionally: not here.
-            Ok((Some(_), None)) | Err(_) => Err(()),
+            Ok((Some(_), None)) | Err(_) => Err(ReadFailed),
         }
     }
 
@@ -65,14 +65,14 @@ extern "C" {
 /// (ABI 0.2.1) is the wall clock; WASI's monotonic clock is the one Envoy offers. Falls back to
 /// the wall clock if the host lacks it (then `Record::rebase_clock` bounds a backward step).
 pub(super) fn clock_ms() -> Option<u64> {
+    monotonic_ms().or_else(now_ms)
+}
+
+fn monotonic_ms() -> Option<u64> {
     let mut ns: u64 = 0;
     // SAFETY: the import writes one u64 to the pointer it is given, a live local here.
     let errno = unsafe { wasi_clock_time_get(1, 1_000_000, &mut ns) };
-    if errno == 0 && ns > 0 {
-        Some(ns / 1_000_000)
-    } else {
-        now_ms()
-    }
+    (errno == 0 && ns > 0).then_some(ns / 1_000_000)
 }
 
 /// This filter instance among those sharing the `vm_id` (see `crate::breaker::instance_scope`).
@@ -147,6 +147,13 @@ impl Breakers {
             })
             .collect();
         claim_gauges(plan, &slots);
+        if !slots.is_empty() && monotonic_ms().is_none() {
+            log::warn!(
+                "traffic-split: the host has no monotonic clock: breakers use the wall clock, \
+                 and a backward step restarts an open period (it never lasts more than open_s \
+                 past the step)"
+            );
+        }
         Breakers {
             views: vec![BreakerView::default(); plan.breakers.len()],
             slots,
