@@ -397,39 +397,49 @@ pub fn create_record(store: &mut impl SharedStore, key: &str) -> bool {
 }
 
 /// The `state` gauge's name carries the rule and destination only (a public contract), so
-/// several breakers can map to one gauge: two configurations of an instance during an update,
-/// or instances sharing a `vm_id` with the same names. One record key at a time owns the gauge
-/// (shared data under `owner_key`): the configuration loaded last claims it at configure
+/// several breakers can map to one gauge: the old and new configuration of an instance during
+/// an update, or instances sharing a `vm_id` with the same names. One owner at a time reports
+/// it (shared data under `owner_key`): the configuration loaded last claims it at configure
 /// time, only the owner writes it, and a configuration going away that still owns it (no
 /// successor claimed it: its breaker was removed) sets it to 0, so a `state != 0` alert
-/// clears. Returns the previous owner when another one was replaced.
-pub fn claim_gauge(
-    store: &mut impl SharedStore,
-    owner_key: &str,
-    record_key: &str,
-) -> Option<String> {
+/// clears. An owner is a configuration's breaker: `gauge_owner`. Returns the previous owner
+/// when another one was replaced.
+pub fn claim_gauge(store: &mut impl SharedStore, owner_key: &str, owner: &str) -> Option<String> {
     let previous = match store.get(owner_key) {
         Ok(Some((bytes, _))) => bytes,
         Ok(None) => Vec::new(),
         Err(ReadFailed) => return None,
     };
-    if previous == record_key.as_bytes() {
+    if previous == owner.as_bytes() {
         return None;
     }
-    store.set(owner_key, record_key.as_bytes(), None);
+    store.set(owner_key, owner.as_bytes(), None);
     (!previous.is_empty()).then(|| String::from_utf8_lossy(&previous).into_owned())
 }
 
-/// Whether `record_key` owns the gauge (see `claim_gauge`).
-pub fn owns_gauge(store: &mut impl SharedStore, owner_key: &str, record_key: &str) -> bool {
-    matches!(store.get(owner_key), Ok(Some((owner, _))) if owner == record_key.as_bytes())
+/// A configuration's breaker, as a gauge owner: a digest of the whole configuration (the same
+/// on every worker; another after any update) and the record key. An update that keeps a
+/// breaker keeps its record key, and the old configuration going away must then not release
+/// the gauge its successor reports.
+pub fn gauge_owner(configuration: &[u8], record_key: &str) -> String {
+    format!("{}\n{record_key}", instance_scope(&[configuration]))
+}
+
+/// The record key of a `gauge_owner` value.
+pub fn owner_record_key(owner: &str) -> &str {
+    owner.split_once('\n').map_or(owner, |(_, key)| key)
+}
+
+/// Whether `owner` owns the gauge (see `claim_gauge`).
+pub fn owns_gauge(store: &mut impl SharedStore, owner_key: &str, owner: &str) -> bool {
+    matches!(store.get(owner_key), Ok(Some((current, _))) if current == owner.as_bytes())
 }
 
 /// A configuration going away gives its gauge up: `true` when it still owned it (the caller
 /// then sets the gauge to 0). Compare-and-swap, so a successor's claim in between wins.
-pub fn release_gauge(store: &mut impl SharedStore, owner_key: &str, record_key: &str) -> bool {
+pub fn release_gauge(store: &mut impl SharedStore, owner_key: &str, owner: &str) -> bool {
     match store.get(owner_key) {
-        Ok(Some((owner, cas))) if owner == record_key.as_bytes() => {
+        Ok(Some((current, cas))) if current == owner.as_bytes() => {
             store.set(owner_key, b"", Some(cas)) == SetResult::Written
         }
         _ => false,
@@ -1116,23 +1126,34 @@ mod tests {
     #[test]
     fn the_state_gauge_is_released_only_by_its_last_owner() {
         let mut mem = Mem::default();
-        let (gauge, old, new) = ("g", "k/old-cluster", "k/new-cluster");
-        assert_eq!(claim_gauge(&mut mem, gauge, old), None);
-        assert!(owns_gauge(&mut mem, gauge, old));
-        // An update keeps the breaker (here on another cluster): the new configuration claims
-        // the gauge, the old one stops writing it and leaves it alone when it goes away.
-        assert_eq!(claim_gauge(&mut mem, gauge, new), Some(old.to_string()));
-        assert_eq!(claim_gauge(&mut mem, gauge, new), None, "a second worker");
-        assert!(!owns_gauge(&mut mem, gauge, old));
-        assert!(!release_gauge(&mut mem, gauge, old));
-        assert!(owns_gauge(&mut mem, gauge, new));
-        // An update removes the breaker: nobody claims the gauge, so the configuration going
+        let gauge = "g";
+        let old = gauge_owner(b"config 1", "k/cluster-a");
+        assert_eq!(owner_record_key(&old), "k/cluster-a");
+        assert_eq!(claim_gauge(&mut mem, gauge, &old), None);
+        assert!(owns_gauge(&mut mem, gauge, &old));
+        // An update that keeps the breaker and its cluster (same record key): the new
+        // configuration claims the gauge; the old one, going away, leaves it alone.
+        let kept = gauge_owner(b"config 2", "k/cluster-a");
+        assert_ne!(kept, old);
+        assert_eq!(claim_gauge(&mut mem, gauge, &kept), Some(old.clone()));
+        assert_eq!(claim_gauge(&mut mem, gauge, &kept), None, "a second worker");
+        assert!(!owns_gauge(&mut mem, gauge, &old));
+        assert!(!release_gauge(&mut mem, gauge, &old));
+        assert!(owns_gauge(&mut mem, gauge, &kept));
+        // An update that repoints it to another cluster: the same.
+        let repointed = gauge_owner(b"config 3", "k/cluster-b");
+        assert_eq!(claim_gauge(&mut mem, gauge, &repointed), Some(kept.clone()));
+        assert!(!release_gauge(&mut mem, gauge, &kept));
+        // An update that removes it: nobody claims the gauge, so the configuration going
         // away still owns it and releases it (the caller sets it to 0), once.
-        assert!(release_gauge(&mut mem, gauge, new));
-        assert!(!release_gauge(&mut mem, gauge, new), "the other workers");
-        assert!(!owns_gauge(&mut mem, gauge, new));
+        assert!(release_gauge(&mut mem, gauge, &repointed));
+        assert!(
+            !release_gauge(&mut mem, gauge, &repointed),
+            "the other workers"
+        );
+        assert!(!owns_gauge(&mut mem, gauge, &repointed));
         // Released, then claimed again: no previous owner to report.
-        assert_eq!(claim_gauge(&mut mem, gauge, old), None);
+        assert_eq!(claim_gauge(&mut mem, gauge, &old), None);
     }
 
     #[test]

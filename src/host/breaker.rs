@@ -20,13 +20,14 @@
 
 use super::now_ms;
 use crate::breaker::{
-    claim_gauge, create_record, instance_scope, owns_gauge, percent_text, record_key,
-    release_gauge, BreakerView, Publisher, ReadFailed, SetResult, SharedStore, State, Transition,
+    claim_gauge, create_record, gauge_owner, instance_scope, owner_record_key, owns_gauge,
+    percent_text, record_key, release_gauge, BreakerView, Publisher, ReadFailed, SetResult,
+    SharedStore, State, Transition,
 };
 use crate::metrics::{breaker_metric, BreakerCounters, BreakerEvent, BREAKER_STATE};
 use crate::plan::{BreakerRef, Plan};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MetricType, Status};
+use proxy_wasm::types::{BufferType, MetricType, Status};
 
 /// On failures, a worker syncs with the shared record at most this often (besides the tick).
 const FAILURE_SYNC_MS: u64 = 50;
@@ -110,6 +111,8 @@ struct Slot {
     gauge_id: Option<u32>,
     /// Where this slot's gauge records who reports it (see `claim_gauges`).
     owner_key: String,
+    /// This configuration's breaker as the gauge's owner.
+    owner: String,
     gauge_shown: Option<State>,
 }
 
@@ -123,6 +126,15 @@ impl Breakers {
     /// shared records, and hands the `state` gauges to this configuration's breakers.
     pub fn new(plan: &Plan, scope: &str) -> Breakers {
         let names = BreakerCounters::breaker_names(plan);
+        // Still readable: this runs within on_configure.
+        let configuration = if plan.breakers.is_empty() {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
         let slots: Vec<Slot> = plan
             .breakers
             .iter()
@@ -138,6 +150,7 @@ impl Breakers {
                 let gauge = breaker_metric(rule, dest, BREAKER_STATE);
                 Slot {
                     at: *at,
+                    owner: gauge_owner(&configuration, &key),
                     key,
                     publisher: Publisher::default(),
                     gauge_id: hostcalls::define_metric(MetricType::Gauge, &gauge).ok(),
@@ -231,8 +244,10 @@ impl Breakers {
         if s.gauge_shown != Some(state) {
             // Only the configuration that owns the gauge reports it: a replaced configuration
             // still draining its streams must not overwrite its successor's state.
-            if let (Some(id), true) = (s.gauge_id, owns_gauge(&mut HostStore, &s.owner_key, &s.key))
-            {
+            if let (Some(id), true) = (
+                s.gauge_id,
+                owns_gauge(&mut HostStore, &s.owner_key, &s.owner),
+            ) {
                 let _ = hostcalls::record_metric(id, state as u64);
             }
             s.gauge_shown = Some(state);
@@ -254,7 +269,7 @@ impl Breakers {
 impl Drop for Breakers {
     fn drop(&mut self) {
         for s in &self.slots {
-            if release_gauge(&mut HostStore, &s.owner_key, &s.key) {
+            if release_gauge(&mut HostStore, &s.owner_key, &s.owner) {
                 if let Some(id) = s.gauge_id {
                     let _ = hostcalls::record_metric(id, 0);
                 }
@@ -267,8 +282,12 @@ impl Drop for Breakers {
 /// `crate::breaker::claim_gauge`); a takeover from another breaker is logged.
 fn claim_gauges(plan: &Plan, slots: &[Slot]) {
     for s in slots {
-        if let Some(previous) = claim_gauge(&mut HostStore, &s.owner_key, &s.key) {
-            log_takeover(plan, s, previous.as_bytes());
+        if let Some(previous) = claim_gauge(&mut HostStore, &s.owner_key, &s.owner) {
+            // The same record under a new configuration (an update): nothing to say.
+            let previous = owner_record_key(&previous);
+            if previous != s.key {
+                log_takeover(plan, s, previous.as_bytes());
+            }
         }
     }
 }
