@@ -478,6 +478,24 @@ pub struct Published {
 }
 
 impl Publisher {
+    /// Starts from the shared record as it is (at configure time), so a configuration that
+    /// replaces another decides its first requests with the breaker's current state rather
+    /// than as closed until its first publish.
+    pub fn load(store: &mut impl SharedStore, key: &str) -> Publisher {
+        let record = match store.get(key) {
+            Ok(Some((bytes, _))) => Record::decode(&bytes).unwrap_or_default(),
+            _ => Record::default(),
+        };
+        Publisher {
+            pending: Outcomes {
+                generation: record.generation,
+                ..Outcomes::default()
+            },
+            record,
+            ..Publisher::default()
+        }
+    }
+
     /// Whether a publish may run now (not backing off after lost races).
     pub fn may_publish(&self, now_ms: u64) -> bool {
         now_ms >= self.retry_at_ms
@@ -1154,6 +1172,28 @@ mod tests {
         assert!(!owns_gauge(&mut mem, gauge, &repointed));
         // Released, then claimed again: no previous owner to report.
         assert_eq!(claim_gauge(&mut mem, gauge, &old), None);
+    }
+
+    #[test]
+    fn a_new_configuration_starts_from_the_shared_state() {
+        let p = policy();
+        let mut mem = Mem::default();
+        create_record(&mut mem, "k");
+        let mut w = tripping(&p);
+        assert!(w.publish(&mut mem, "k", &p, T0).transition.is_some());
+        let fresh = Publisher::load(&mut mem, "k");
+        assert_eq!(
+            (fresh.record.state, fresh.record.generation),
+            (State::Open, 1)
+        );
+        assert_eq!(
+            fresh.pending.generation, 1,
+            "its outcomes count under the open state"
+        );
+        assert_eq!(
+            Publisher::load(&mut mem, "absent").record,
+            Record::default()
+        );
     }
 
     #[test]

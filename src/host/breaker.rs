@@ -151,8 +151,8 @@ impl Breakers {
                 Slot {
                     at: *at,
                     owner: gauge_owner(&configuration, &key),
+                    publisher: Publisher::load(&mut HostStore, &key),
                     key,
-                    publisher: Publisher::default(),
                     gauge_id: hostcalls::define_metric(MetricType::Gauge, &gauge).ok(),
                     owner_key: gauge_owner_key(&gauge),
                     gauge_shown: None,
@@ -168,7 +168,13 @@ impl Breakers {
             );
         }
         Breakers {
-            views: vec![BreakerView::default(); plan.breakers.len()],
+            views: slots
+                .iter()
+                .map(|s| BreakerView {
+                    state: s.publisher.record.state,
+                    generation: s.publisher.record.generation,
+                })
+                .collect(),
             slots,
             counters: BreakerCounters::for_plan(plan),
             counter_ids: BreakerCounters::names(plan)
