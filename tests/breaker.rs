@@ -464,3 +464,51 @@ fn a_failure_storm_on_four_workers_makes_each_transition_once() {
         .sum();
     eprintln!("{RULES} breakers, 4 workers: {conflicts} compare-and-swap writes lost and retried");
 }
+
+#[test]
+fn four_workers_lose_no_outcome() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    // Every request fails: 199 stay under min_requests, the 200th trips the breaker — only
+    // if not one outcome of the four workers was lost or counted twice.
+    let config = r#"{"rules":[{"name":"r0","destinations":[
+        {"name":"canary","cluster":"canary","weight":1,"fallback":"stable",
+         "breaker":{"failure_ratio":1.0,"min_requests":200,"window_s":60,"open_s":60}},
+        {"name":"stable","cluster":"stable","weight":0}]}]}"#;
+    let mut spec = EnvoySpec::new(config)
+        .cluster("stable", stable.addr)
+        .cluster("canary", canary.addr);
+    spec.concurrency = 4;
+    let envoy = Envoy::start(spec);
+    let mut failed = 0;
+    for burst_size in std::iter::repeat_n(8, 24).chain([7]) {
+        let answers = burst(&envoy, burst_size, &[("x-fail", "canary")]);
+        failed += answers.iter().filter(|r| r.status == 500).count();
+    }
+    assert_eq!(failed, 199);
+    std::thread::sleep(Duration::from_millis(500));
+    let opened = "traffic_split.breaker.r0.canary.opened";
+    assert_eq!(
+        envoy.counter(opened),
+        0,
+        "tripped below min_requests: counted twice"
+    );
+    assert_eq!(envoy.counter("traffic_split.breaker.r0.canary.state"), 0);
+    assert_eq!(burst(&envoy, 1, &[("x-fail", "canary")])[0].status, 500);
+    assert_eq!(
+        envoy.wait_counter(opened, 1),
+        1,
+        "the 200th failure did not trip: lost"
+    );
+    let log = envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("breaker r0/canary (cluster canary) opened: "))
+        .unwrap_or_else(|| panic!("no opened line:\n{log}"));
+    assert!(
+        line.contains("opened: 200 of 200 requests failed (100.0%)"),
+        "{line}"
+    );
+    let conflicts = envoy.counter("traffic_split.breaker.r0.canary.publish_conflicts");
+    eprintln!("200 failures over 4 workers: {conflicts} compare-and-swap writes lost and retried");
+}
