@@ -311,7 +311,8 @@ fn filter_instances_sharing_a_vm_id_with_a_destination_on_another_cluster_keep_t
             .cluster("stable", stable.addr)
             .cluster("canary", canary.addr)
             .cluster("canary-b", canary.addr)
-            .listener(&breaker_config("canary-b", breaker), None),
+            .listener(&breaker_config("canary-b", breaker), None)
+            .listener(&breaker_config("canary", breaker), Some("OUTBOUND")),
     );
     let users = canary_users(20);
     let mut in_a_row = 0;
@@ -342,9 +343,14 @@ fn filter_instances_sharing_a_vm_id_with_a_destination_on_another_cluster_keep_t
             "request {i}: the other instance's open breaker leaked"
         );
     }
-    // And the main listener's breaker is still open.
-    for user in &users[..5] {
-        assert_eq!(fresh_on(&envoy, 0, user, &[]).backend(), "stable");
+    // And the main listener's breaker is still open. The third listener repeats the main
+    // configuration verbatim (only its traffic direction differs): Envoy runs both with one
+    // root context per worker, one filter instance, so it follows the same breaker (as
+    // docs/configuration.md says).
+    for listener in [0, 2] {
+        for user in &users[..5] {
+            assert_eq!(fresh_on(&envoy, listener, user, &[]).backend(), "stable");
+        }
     }
     let log = envoy.log();
     assert_eq!(log.matches("(cluster canary) opened: ").count(), 1, "{log}");
