@@ -336,9 +336,10 @@ const FORMAT: [u8; 2] = [b'B', 2];
 const HEADER_LEN: usize = FORMAT.len() + 2 + 4 * 8;
 
 /// Identifies one filter instance among those sharing a `vm_id` (one shared-data namespace):
-/// the plugin's name and root id, and the listener direction and metadata Envoy hands it (Envoy
-/// itself gives filters differing in any of these, or in configuration, their own root
-/// context). The configuration is left out on purpose, so a breaker survives updates.
+/// the plugin's name and root id, and the listener direction and metadata Envoy hands it (the
+/// parts of Envoy's own plugin key besides the configuration; Envoy 1.40 was nevertheless seen
+/// running one root context for a configuration repeated on listeners that differ only in
+/// direction). The configuration is left out on purpose, so a breaker survives updates.
 /// Length-prefixed parts, hashed (FNV-1a, 64 bits) into 16 hex digits.
 pub fn instance_scope(parts: &[&[u8]]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -332,8 +332,8 @@ impl RootContext for SplitRoot {
                 shadow.register_queue();
             }
         }
-        // Breaker records are keyed by filter instance too (plugin name, root id, listener
-        // direction and metadata), so filter instances sharing a VM id never share a breaker.
+        // Breaker records are keyed by filter instance (plugin name, root id, listener
+        // direction and metadata) as well as rule, destination and cluster (`record_key`).
         let scope = breaker::scope();
         if let Some(previous) = self.active.replace(Rc::new(Active::new(plan, &scope))) {
             self.vm.retired.borrow_mut().push(previous);
