@@ -112,7 +112,7 @@ bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm fi
 	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) WASM_OPT_FLAGS="$(WASM_OPT_FLAGS)" ./bench/run.sh
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS  ?= config_bytes config_structured decision
+FUZZ_TARGETS  ?= config_bytes config_structured decision breaker_record
 .PHONY: fuzz
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (cargo fuzz, nightly; new inputs in target/fuzz-corpus/)
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -8,7 +8,7 @@
 
 use arbitrary::{Result, Unstructured};
 use serde_json::{Map, Value};
-use traffic_split::breaker::{BreakerView, State};
+use traffic_split::breaker::{BreakerView, Outcomes, Record, State};
 use traffic_split::decision::Decision;
 use traffic_split::plan::Plan;
 use traffic_split::request::{HeaderPair, Request};
@@ -17,6 +17,61 @@ use traffic_split::rng::Rng;
 /// Target `config_bytes`: any bytes → parse, validate, compile.
 pub fn config_bytes(data: &[u8]) {
     let _ = Plan::from_json(data);
+}
+
+/// Target `breaker_record`: any bytes as a breaker's shared-data record (written by another
+/// worker, another build, or nobody sane). Decoding gives a record or none, never a panic or a
+/// misread: whatever decodes re-encodes to the very same bytes. A decoded record then goes
+/// through the state machine (merge, clock rebase, advance) at the edges of time without
+/// overflowing, under the policy of a real configuration.
+pub fn breaker_record(data: &[u8]) {
+    let Some(record) = Record::decode(data) else {
+        return;
+    };
+    assert!(
+        record.encode() == data,
+        "a decoded record re-encodes to other bytes"
+    );
+    let Some(policy) = breaker_plan()
+        .rules
+        .first()
+        .and_then(|r| r.destinations.first()?.breaker.clone())
+    else {
+        panic!("the fixed breaker configuration no longer compiles");
+    };
+    for now in [
+        0,
+        1,
+        record.since_ms,
+        record.since_ms.saturating_add(1_000),
+        u64::MAX,
+    ] {
+        let mut r = record.clone();
+        let outcomes = Outcomes {
+            generation: r.generation,
+            requests: 3,
+            failures: 2,
+        };
+        let _ = r.would_advance(&policy, now, &outcomes);
+        r.merge(&policy, now, &outcomes);
+        r.rebase_clock(now);
+        let _ = r.advance(&policy, now);
+        let _ = r.counts();
+        assert!(
+            Record::decode(&r.encode()).as_ref() == Some(&r),
+            "a record the state machine produced does not round-trip"
+        );
+    }
+}
+
+fn breaker_plan() -> Plan {
+    let config = br#"{"rules":[{"name":"r","destinations":[
+        {"name":"canary","cluster":"c","fallback":"stable","breaker":{"window_s":3600,"min_requests":1}},
+        {"name":"stable","cluster":"s"}]}]}"#;
+    match Plan::from_json(config) {
+        Ok(plan) => plan,
+        Err(e) => panic!("fixed breaker plan: {e}"),
+    }
 }
 
 /// Target `config_structured`: a JSON configuration assembled from the real field names and

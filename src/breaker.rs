@@ -138,8 +138,8 @@ impl Outcomes {
                 ..Outcomes::default()
             };
         }
-        self.requests += 1;
-        self.failures += u64::from(failed);
+        self.requests = self.requests.saturating_add(1);
+        self.failures = self.failures.saturating_add(u64::from(failed));
     }
 }
 
@@ -164,8 +164,8 @@ impl Record {
                 self.prune(policy, second);
                 match self.buckets.last_mut() {
                     Some(b) if b.second == second => {
-                        b.requests += outcomes.requests;
-                        b.failures += outcomes.failures;
+                        b.requests = b.requests.saturating_add(outcomes.requests);
+                        b.failures = b.failures.saturating_add(outcomes.failures);
                     }
                     _ => self.buckets.push(Bucket {
                         second,
@@ -175,8 +175,8 @@ impl Record {
                 }
             }
             State::HalfOpen => {
-                self.probe_requests += outcomes.requests;
-                self.probe_failures += outcomes.failures;
+                self.probe_requests = self.probe_requests.saturating_add(outcomes.requests);
+                self.probe_failures = self.probe_failures.saturating_add(outcomes.failures);
             }
             // Requests decided while open went to the fallback: nothing of ours to count.
             State::Open => {}
@@ -186,10 +186,9 @@ impl Record {
     /// Requests and failures in the window (closed) or among the probes (half-open).
     pub fn counts(&self) -> (u64, u64) {
         match self.state {
-            State::Closed => self
-                .buckets
-                .iter()
-                .fold((0, 0), |(r, f), b| (r + b.requests, f + b.failures)),
+            State::Closed => self.buckets.iter().fold((0u64, 0u64), |(r, f), b| {
+                (r.saturating_add(b.requests), f.saturating_add(b.failures))
+            }),
             State::HalfOpen => (self.probe_requests, self.probe_failures),
             State::Open => (0, 0),
         }
@@ -224,7 +223,9 @@ impl Record {
         let (requests, failures) = self.counts();
         let to = match self.state {
             State::Closed if policy.trips(requests, failures) => State::Open,
-            State::Open if now_ms.saturating_sub(self.since_ms) >= policy.open_s * 1000 => {
+            State::Open
+                if now_ms.saturating_sub(self.since_ms) >= policy.open_s.saturating_mul(1000) =>
+            {
                 State::HalfOpen
             }
             State::HalfOpen if requests >= policy.min_requests => {
@@ -239,7 +240,8 @@ impl Record {
         let from = self.state;
         *self = Record {
             state: to,
-            generation: self.generation + 1,
+            // Only ever compared for equality: wrapping keeps it distinct from the last one.
+            generation: self.generation.wrapping_add(1),
             since_ms: now_ms,
             ..Record::default()
         };
@@ -565,7 +567,8 @@ impl Publisher {
 
 /// `failures` of `requests` as a percentage with one decimal, without float formatting.
 pub fn percent_text(failures: u64, requests: u64) -> String {
-    permille_text((failures * 1000).checked_div(requests).unwrap_or(0))
+    let permille = u128::from(failures) * 1000 / u128::from(requests.max(1));
+    permille_text(u64::try_from(permille).unwrap_or(u64::MAX))
 }
 
 /// "12.5%" from 125 (no float formatting in the VM: it would cost kilobytes of `.wasm`).
@@ -1195,6 +1198,47 @@ mod tests {
             Publisher::load(&mut mem, "absent").record,
             Record::default()
         );
+    }
+
+    #[test]
+    fn a_record_with_huge_counts_never_overflows() {
+        // Counts and generation another writer left at the top of the range: the state
+        // machine saturates (or, for the generation, wraps) instead of overflowing, which
+        // would panic in a checked build and misread in the VM.
+        let p = policy();
+        let huge = Record {
+            state: State::Closed,
+            generation: u64::MAX,
+            since_ms: T0,
+            buckets: vec![
+                Bucket {
+                    second: T0 / 1000 - 1,
+                    requests: u64::MAX,
+                    failures: u64::MAX,
+                },
+                Bucket {
+                    second: T0 / 1000,
+                    requests: u64::MAX - 1,
+                    failures: 0,
+                },
+            ],
+            probe_requests: 0,
+            probe_failures: 0,
+        };
+        let mut r = Record::decode(&huge.encode()).unwrap();
+        r.merge(&p, T0, &outcomes(&r, u64::MAX, u64::MAX));
+        assert_eq!(r.counts(), (u64::MAX, u64::MAX));
+        let t = r.advance(&p, T0).unwrap();
+        assert_eq!((t.to, r.generation), (State::Open, 0));
+        assert_eq!(percent_text(t.failures, t.requests), "100.0%");
+        let mut half_open = Record {
+            state: State::HalfOpen,
+            probe_requests: u64::MAX,
+            probe_failures: 1,
+            ..Record::default()
+        };
+        half_open.merge(&p, T0, &outcomes(&half_open, 5, 5));
+        assert_eq!(half_open.counts(), (u64::MAX, 6));
     }
 
     #[test]

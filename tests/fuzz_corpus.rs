@@ -43,3 +43,8 @@ fn config_structured_corpus() {
 fn decision_corpus() {
     replay("decision", harness::decision);
 }
+
+#[test]
+fn breaker_record_corpus() {
+    replay("breaker_record", harness::breaker_record);
+}
