@@ -518,3 +518,46 @@ fn four_workers_lose_no_outcome() {
     let conflicts = envoy.counter("traffic_split.breaker.r0.canary.publish_conflicts");
     eprintln!("200 failures over 4 workers: {conflicts} compare-and-swap writes lost and retried");
 }
+
+#[test]
+fn two_wasm_plugins_sharing_a_vm_id_keep_separate_breakers_and_say_their_metrics_are_shared() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let breaker = r#"{"failure_ratio":0.5,"min_requests":10,"window_s":10,"open_s":30}"#;
+    // The same configuration under another plugin name (a second WasmPlugin, same vm_id):
+    // rule, destination and cluster names all equal, the records still separate.
+    let config = breaker_config("canary", breaker);
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr)
+            .listener_named("traffic-split-other", &config),
+    );
+    let users = canary_users(20);
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 20 && sent < 400 {
+        let r = fresh_on(
+            &envoy,
+            0,
+            &users[sent % users.len()],
+            &[("x-fail", "canary")],
+        );
+        sent += 1;
+        in_a_row = if r.status == 500 { 0 } else { in_a_row + 1 };
+    }
+    assert_eq!(in_a_row, 20, "the main listener's breaker never opened");
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, user) in users.iter().enumerate() {
+        let r = fresh_on(&envoy, 1, user, &[]);
+        assert_eq!((r.status, r.backend()), (200, "canary"), "request {i}");
+    }
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "breaker checkout/canary: another filter instance sharing this vm_id has a breaker \
+             with the same rule and destination names (cluster canary)"
+        ),
+        "{log}"
+    );
+}
