@@ -504,11 +504,27 @@ impl Publisher {
         now_ms >= self.retry_at_ms
     }
 
+    /// `publish` from a response: skipped while backing off after lost races, so a contended
+    /// record never costs a retry loop under Envoy's shared-data lock on every response.
+    pub fn publish_if_due(
+        &mut self,
+        store: &mut impl SharedStore,
+        key: &str,
+        policy: &BreakerPolicy,
+        now_ms: u64,
+    ) -> Published {
+        if !self.may_publish(now_ms) {
+            return Published::default();
+        }
+        self.publish(store, key, policy, now_ms)
+    }
+
     /// Merges the pending outcomes into the shared record under `key` and moves it on, with
     /// compare-and-swap. A lost race is retried with the fresh record up to
-    /// `PUBLISH_ATTEMPTS` times; then the publish backs off (`BACKOFF_MIN_MS`, doubling up to
-    /// `BACKOFF_MAX_MS`) and keeps its outcomes for later, so a contended record never costs
-    /// a retry loop on every response.
+    /// `PUBLISH_ATTEMPTS` times; then the outcomes are kept for later and responses stop
+    /// publishing for a while (`publish_if_due`: `BACKOFF_MIN_MS`, doubling up to
+    /// `BACKOFF_MAX_MS`). The tick (and a configuration going away) publishes regardless: at
+    /// most once per tick, and nothing counted is left behind.
     pub fn publish(
         &mut self,
         store: &mut impl SharedStore,
@@ -517,9 +533,6 @@ impl Publisher {
         now_ms: u64,
     ) -> Published {
         let mut done = Published::default();
-        if !self.may_publish(now_ms) {
-            return done;
-        }
         for _ in 0..PUBLISH_ATTEMPTS {
             let (mut record, cas) = match store.get(key) {
                 Ok(Some((bytes, cas))) => (Record::decode(&bytes).unwrap_or_default(), cas),
@@ -1120,29 +1133,38 @@ mod tests {
         let (gets, writes) = (mem.gets, mem.writes.len());
         for t in 0..BACKOFF_MIN_MS {
             assert!(!w.may_publish(T0 + t));
-            assert_eq!(w.publish(&mut mem, "k", &p, T0 + t), Published::default());
+            assert_eq!(
+                w.publish_if_due(&mut mem, "k", &p, T0 + t),
+                Published::default()
+            );
         }
         assert_eq!((mem.gets, mem.writes.len()), (gets, writes));
         // Then it tries again, and backs off twice as long after losing again.
         assert!(w.may_publish(T0 + BACKOFF_MIN_MS));
-        let r = w.publish(&mut mem, "k", &p, T0 + BACKOFF_MIN_MS);
+        let r = w.publish_if_due(&mut mem, "k", &p, T0 + BACKOFF_MIN_MS);
         assert_eq!(r.conflicts, PUBLISH_ATTEMPTS);
         assert!(!w.may_publish(T0 + 3 * BACKOFF_MIN_MS - 1));
         assert!(w.may_publish(T0 + 3 * BACKOFF_MIN_MS));
         // The back-off is bounded, and a success resets it.
         let mut now = T0 + 3 * BACKOFF_MIN_MS;
         for _ in 0..10 {
-            w.publish(&mut mem, "k", &p, now);
+            w.publish_if_due(&mut mem, "k", &p, now);
             now += BACKOFF_MAX_MS;
         }
         assert!(w.may_publish(now));
         mem.lose = 0;
-        let r = w.publish(&mut mem, "k", &p, now);
+        let r = w.publish_if_due(&mut mem, "k", &p, now);
         assert!(r.synced);
         w.pending.add(0, true);
         mem.lose = usize::MAX;
-        w.publish(&mut mem, "k", &p, now);
+        w.publish_if_due(&mut mem, "k", &p, now);
         assert!(w.may_publish(now + BACKOFF_MIN_MS));
+        // The tick publishes even while backing off, so nothing counted is left behind.
+        mem.lose = 0;
+        assert!(!w.may_publish(now));
+        let r = w.publish(&mut mem, "k", &p, now);
+        assert!(r.synced);
+        assert_eq!(w.pending.requests, 0);
     }
 
     #[test]

@@ -213,7 +213,8 @@ impl Breakers {
 
     /// Publishes every slot's outcomes and learns the shared state: on every tick, and (for
     /// the root-context lifecycle) before a configuration's root context goes away, so no
-    /// outcome it counted is lost. Slots backing off after lost races are skipped.
+    /// outcome it counted is lost. Publishes slots backing off after lost races too: at most
+    /// once per call, which is what the back-off keeps responses to.
     pub fn publish_all(&mut self, plan: &Plan) {
         if self.slots.is_empty() {
             return;
