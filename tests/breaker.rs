@@ -561,3 +561,115 @@ fn two_wasm_plugins_sharing_a_vm_id_keep_separate_breakers_and_say_their_metrics
         "{log}"
     );
 }
+
+fn breaker_state(envoy: &Envoy) -> Option<u64> {
+    envoy.try_counter("traffic_split.breaker.checkout.canary.state")
+}
+
+/// Opens checkout/canary's breaker (its backend fails on `x-fail: canary`).
+fn open_canary_breaker(envoy: &Envoy, users: &[String]) {
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 20 && sent < 400 {
+        let r = fresh(envoy, &users[sent % users.len()], &[("x-fail", "canary")]);
+        sent += 1;
+        if r.status == 500 {
+            in_a_row = 0;
+        } else {
+            assert_eq!(r.backend(), "stable");
+            in_a_row += 1;
+        }
+    }
+    assert_eq!(in_a_row, 20, "the breaker never opened");
+}
+
+/// Polls the state gauge until it is `expected`; returns the last value seen.
+fn wait_state(envoy: &Envoy, expected: u64) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = breaker_state(envoy);
+        if state == Some(expected) || Instant::now() > deadline {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const UPDATE_BREAKER: &str = r#"{"failure_ratio":0.5,"min_requests":10,"window_s":10,"open_s":60}"#;
+
+#[test]
+fn an_update_that_removes_an_open_breaker_clears_its_state_gauge() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let envoy = Envoy::start(
+        EnvoySpec::new(&breaker_config("canary", UPDATE_BREAKER))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let users = canary_users(20);
+    open_canary_breaker(&envoy, &users);
+    assert_eq!(wait_state(&envoy, 1), Some(1));
+    // The same rule without the breaker: the canary takes its users again, and nothing is
+    // left to report the gauge, so `state != 0` must clear rather than stay 1 forever.
+    let without = r#"{"rules":[{"name":"checkout","sticky":{"header":"x-user-id"},"destinations":[
+        {"name":"canary","cluster":"canary","weight":50},{"name":"stable","cluster":"stable","weight":50}]}]}"#;
+    assert!(envoy.reconfigure(without, 1));
+    for user in &users {
+        assert_eq!(fresh(&envoy, user, &[]).backend(), "canary");
+    }
+    assert_eq!(
+        wait_state(&envoy, 0),
+        Some(0),
+        "the removed breaker's gauge is stuck"
+    );
+}
+
+#[test]
+fn an_update_repointing_the_destination_starts_it_closed_and_one_keeping_it_stays_open() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let envoy = Envoy::start(
+        EnvoySpec::new(&breaker_config("canary", UPDATE_BREAKER))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr)
+            .cluster("canary-b", canary.addr),
+    );
+    let users = canary_users(20);
+    open_canary_breaker(&envoy, &users);
+    assert_eq!(wait_state(&envoy, 1), Some(1));
+    // Another setting changes, the cluster stays: the same version, still open, and the
+    // gauge still says so after the previous configuration is gone.
+    let other_ratio = r#"{"failure_ratio":0.6,"min_requests":10,"window_s":10,"open_s":60}"#;
+    assert!(envoy.reconfigure(&breaker_config("canary", other_ratio), 1));
+    for user in &users {
+        assert_eq!(fresh(&envoy, user, &[]).backend(), "stable");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        breaker_state(&envoy),
+        Some(1),
+        "an update kept the breaker open"
+    );
+    // Repointed to another cluster: another version, which starts closed.
+    assert!(envoy.reconfigure(&breaker_config("canary-b", other_ratio), 2));
+    for (i, user) in users.iter().enumerate() {
+        let r = fresh(&envoy, user, &[]);
+        assert_eq!((r.status, r.backend()), (200, "canary"), "request {i}");
+    }
+    assert_eq!(wait_state(&envoy, 0), Some(0));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        breaker_state(&envoy),
+        Some(0),
+        "the old configuration reset the gauge"
+    );
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "breaker checkout/canary: its state gauge now reports cluster canary-b's breaker"
+        ),
+        "{log}"
+    );
+}
