@@ -6,8 +6,9 @@
 #   bench/callgrind.sh A.wasm [B.wasm ...]
 #
 # Per module: Envoy (--concurrency 1, a direct_response route, the filter with a sticky 50/50
-# rule) runs under callgrind with instrumentation off; after a warm-up, instrumentation is on
-# for N1 then, in a second Envoy, N2 keep-alive requests (one curl each). Instructions per
+# rule: `bench/run.sh --config callgrind`) runs under callgrind with instrumentation off; after
+# a warm-up, instrumentation is on for N1 then, in a second Envoy, N2 keep-alive requests (one
+# curl each). Instructions per
 # request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and the fixed part cancel out.
 # Environment: CG_ROUNDS (2), CG_N1 (200), CG_N2 (600), CG_PORT (18431), ENVOY_REAL (the
 # Envoy binary itself: valgrind must not run the .venv's Python launcher).
@@ -21,47 +22,11 @@ N1=${CG_N1:-200}
 N2=${CG_N2:-600}
 PORT=${CG_PORT:-18431}
 WORK=$(mktemp -d /tmp/traffic-split-callgrind.XXXXXX)
-[ $# -ge 1 ] || { sed -n 2,13p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
 
+# The Envoy config: the "callgrind" entry of bench/bench.py (the shared front template).
 config() { # WASM
-    cat <<YAML
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
-static_resources:
-  listeners:
-  - name: main
-    address: { socket_address: { address: 127.0.0.1, port_value: $PORT } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: { prefix: "/" }
-                direct_response: { status: 200, body: { inline_string: "ok" } }
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: traffic-split
-                root_id: traffic-split
-                vm_config:
-                  vm_id: traffic-split
-                  runtime: envoy.wasm.runtime.v8
-                  code: { local: { filename: "$1" } }
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}'
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-YAML
+    WASM=$1 CG_PORT=$PORT python3 "$HERE/bench.py" --config callgrind
 }
 
 # Prints the instructions counted over N requests.
