@@ -227,15 +227,16 @@ def front_config(s):
         filters = piece(PIECES / "lua-filter.yaml", script=PIECES / "split.lua")
     elif s.module:
         name = "noop" if s.module.startswith("noop") else "traffic-split"
-        filters = piece(TEMPLATES / "wasm-filter.yaml", name=name, options="", wasm=MODULES[s.module](),
+        filters = piece(TEMPLATES / "wasm-filter.yaml", name=name, id=name, options="", wasm=MODULES[s.module](),
                         configuration=json.dumps(s.configuration()))
+    listener = piece(TEMPLATES / "listener.yaml", name="main", options="", port=port, connection_manager="",
+                     routes=routes, http_filters=filters)
     clusters = "".join(
         piece(TEMPLATES / "cluster.yaml", name=name, port=port,
               options=(PIECES / "slow-cluster-options.yaml").read_text() if name == "slow" else "")
         for name, port in BACKENDS.items())
     return piece(TEMPLATES / "front.yaml", head=f'# bench/run.sh front Envoy for scenario "{s.name}": {s.about}',
-                 admin_port=admin, port=port, connection_manager="", routes=routes.rstrip("\n"),
-                 http_filters=filters.rstrip("\n"), clusters=clusters.rstrip("\n"))
+                 admin_port=admin, listeners=listener, clusters=clusters)
 
 
 # ---------------------------------------------------------------- processes

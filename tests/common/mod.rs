@@ -25,6 +25,76 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const STATS_CONFIG: &str = include_str!("../../envoy/stats_config.yaml");
+// The bootstrap and its pieces, shared with make bench (bench/bench.py).
+const FRONT: &str = include_str!("../../envoy/templates/front.yaml");
+const LISTENER: &str = include_str!("../../envoy/templates/listener.yaml");
+const WASM_FILTER: &str = include_str!("../../envoy/templates/wasm-filter.yaml");
+const ECDS_FILTER: &str = include_str!("../../envoy/templates/ecds-filter.yaml");
+const CLUSTER: &str = include_str!("../../envoy/templates/cluster.yaml");
+const ROUTES_SPLIT: &str = include_str!("../../envoy/templates/routes-split.yaml");
+
+/// Fills a template of envoy/templates/ by the rules bench/bench.py's `render` follows: a
+/// `{{name}}` alone on its line takes a block of lines indented to it (no line when empty),
+/// one inside a line a single-line value; the template's leading comment lines are dropped.
+/// A placeholder without a value, or a value no placeholder takes, panics.
+pub fn render(template: &str, values: &[(&str, &str)]) -> String {
+    let mut used = vec![false; values.len()];
+    let mut value = |name: &str| -> &str {
+        let i = values
+            .iter()
+            .position(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no value for placeholder {name}"));
+        used[i] = true;
+        values[i].1
+    };
+    // `{{name}}` at the start of `s`: the name and the length of the placeholder.
+    let placeholder = |s: &str| {
+        let name = s.strip_prefix("{{")?.split("}}").next()?;
+        let word = !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+        (word && s[2 + name.len()..].starts_with("}}")).then(|| (name.to_string(), name.len() + 4))
+    };
+    let mut out = String::new();
+    for line in template.lines().skip_while(|l| l.starts_with('#')) {
+        let trimmed = line.trim();
+        if let Some((name, _)) = placeholder(trimmed).filter(|(_, len)| *len == trimmed.len()) {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for l in value(&name).lines() {
+                if !l.is_empty() {
+                    out.push_str(indent);
+                }
+                out.push_str(l);
+                out.push('\n');
+            }
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("{{") {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            match placeholder(rest) {
+                Some((name, len)) => {
+                    let v = value(&name);
+                    assert!(
+                        !v.contains('\n'),
+                        "placeholder {name} inside a line takes one line"
+                    );
+                    out.push_str(v);
+                    rest = &rest[len..];
+                }
+                None => {
+                    out.push_str("{{");
+                    rest = &rest[2..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    for ((name, _), used) in values.iter().zip(used) {
+        assert!(used, "value without a placeholder: {name}");
+    }
+    out
+}
 
 fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -418,6 +488,9 @@ impl EnvoySpec {
         self
     }
 
+    /// The bootstrap: envoy/templates/front.yaml (make bench's too) with its listeners
+    /// (listener.yaml: the filter's routes, `/api` first then routes-split.yaml, and the Wasm
+    /// filter or its ECDS entry) and clusters, then the patches.
     fn yaml(&self, wasm: &Path, dir: &Path) -> String {
         let default_cluster = self
             .clusters
@@ -428,151 +501,98 @@ impl EnvoySpec {
             .clusters
             .iter()
             .map(|(name, addr)| match addr {
-                Some(addr) => format!(
-                    r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#,
-                    port = addr.port()
+                Some(addr) => render(
+                    CLUSTER,
+                    &[("name", name), ("port", &addr.port().to_string()), ("options", "")],
                 ),
                 None => format!(
-                    r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: {name} }}"#
+                    "- name: {name}\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment: {{ cluster_name: {name} }}\n"
                 ),
             })
             .collect();
         let timeout = format!("{}s", self.route_timeout.as_secs_f64());
-        let failure_policy = self
-            .failure_policy
-            .as_deref()
-            .map(|p| format!("failure_policy: {p}"))
-            .unwrap_or_default();
-        let normalize = self.normalize_path;
-        let capabilities = self
-            .capabilities
-            .as_ref()
-            .map(|names| {
-                let allowed: Vec<String> = names.iter().map(|n| format!("{n}: {{}}")).collect();
-                format!(
-                    "capability_restriction_config: {{ allowed_capabilities: {{ {} }} }}",
-                    allowed.join(", ")
-                )
-            })
-            .unwrap_or_default();
-        let runtime = if self.runtime.is_empty() {
-            String::new()
-        } else {
-            let keys: String = self
-                .runtime
-                .iter()
-                .map(|(k, v)| format!("\n      {k}: {v}"))
-                .collect();
-            format!("layered_runtime:\n  layers:\n  - name: static\n    static_layer:{keys}\n")
-        };
+        let routes = format!(
+            "- name: api\n  match: {{ prefix: \"/api\" }}\n  route: {{ cluster_header: x-split-cluster, timeout: {timeout} }}\n{}",
+            render(
+                ROUTES_SPLIT,
+                &[("timeout", &timeout), ("default_cluster", &default_cluster)]
+            )
+        );
+        let mut options = Vec::new();
+        if let Some(policy) = &self.failure_policy {
+            options.push(format!("failure_policy: {policy}"));
+        }
+        if let Some(names) = &self.capabilities {
+            let allowed: Vec<String> = names.iter().map(|n| format!("{n}: {{}}")).collect();
+            options.push(format!(
+                "capability_restriction_config: {{ allowed_capabilities: {{ {} }} }}",
+                allowed.join(", ")
+            ));
+        }
+        let options = options.join("\n");
+        let wasm = wasm.display().to_string();
         let static_filter = |plugin: &str, plugin_config: &str| {
             let config = serde_json::to_string(plugin_config).unwrap();
-            format!(
-                r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {plugin}
-                root_id: traffic-split
-                {failure_policy}
-                {capabilities}
-                vm_config:
-                  vm_id: traffic-split
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}"#,
-                wasm = wasm.display(),
+            render(
+                WASM_FILTER,
+                &[
+                    ("name", plugin),
+                    ("id", "traffic-split"),
+                    ("options", &options),
+                    ("wasm", &wasm),
+                    ("configuration", &config),
+                ],
+            )
+        };
+        let normalize = self.normalize_path;
+        let connection_manager = format!("normalize_path: {normalize}\nmerge_slashes: {normalize}");
+        let listener = |name: &str, wasm_filter: &str, direction: Option<&str>| {
+            let direction = direction
+                .map(|d| format!("traffic_direction: {d}"))
+                .unwrap_or_default();
+            render(
+                LISTENER,
+                &[
+                    ("name", name),
+                    ("options", &direction),
+                    ("port", "0"),
+                    ("connection_manager", &connection_manager),
+                    ("routes", &routes),
+                    ("http_filters", wasm_filter),
+                ],
             )
         };
         let wasm_filter = if self.ecds {
-            format!(
-                r#"          - name: traffic-split
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source:
-                  path: {dir}/ecds.yaml
-                  watched_directory: {{ path: {dir} }}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]"#,
-                dir = dir.display()
-            )
+            render(ECDS_FILTER, &[("dir", &dir.display().to_string())])
         } else {
             static_filter("traffic-split", &self.plugin_config)
-        };
-        let listener = |name: &str, wasm_filter: &str, direction: Option<&str>| {
-            let direction = direction
-                .map(|d| format!("    traffic_direction: {d}\n"))
-                .unwrap_or_default();
-            format!(
-                r#"  - name: {name}
-{direction}    address:
-      socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          normalize_path: {normalize}
-          merge_slashes: {normalize}
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - name: api
-                match: {{ prefix: "/api" }}
-                route: {{ cluster_header: x-split-cluster, timeout: {timeout} }}
-              - name: split
-                match:
-                  prefix: "/"
-                  headers: [{{ name: x-split-cluster, present_match: true }}]
-                route: {{ cluster_header: x-split-cluster, timeout: {timeout} }}
-              - name: default
-                match: {{ prefix: "/" }}
-                route: {{ cluster: {default_cluster}, timeout: {timeout} }}
-          http_filters:
-{wasm_filter}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-            )
         };
         let mut listeners = listener("main", &wasm_filter, None);
         for (i, extra) in self.extra_listeners.iter().enumerate() {
             let filter = static_filter(extra.plugin_name, &extra.plugin_config);
             listeners += &listener(&format!("extra{i}"), &filter, extra.direction);
         }
-        let mut yaml = format!(
-            r#"{STATS_CONFIG}
-node: {{ id: traffic-split-test, cluster: traffic-split-test }}
-{runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.
-stats_flush_interval: 0.5s
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-static_resources:
-  listeners:
-{listeners}  clusters:{clusters}
-"#
+        let runtime: String = self
+            .runtime
+            .iter()
+            .map(|(k, v)| format!("\n      {k}: {v}"))
+            .collect();
+        let runtime = if runtime.is_empty() {
+            runtime
+        } else {
+            format!("layered_runtime:\n  layers:\n  - name: static\n    static_layer:{runtime}\n")
+        };
+        let head = format!(
+            "{STATS_CONFIG}node: {{ id: traffic-split-test, cluster: traffic-split-test }}\n{runtime}# Histograms are merged on each stats flush: flush often so tests see them quickly.\nstats_flush_interval: 0.5s"
+        );
+        let mut yaml = render(
+            FRONT,
+            &[
+                ("head", &head),
+                ("admin_port", "0"),
+                ("listeners", &listeners),
+                ("clusters", &clusters),
+            ],
         );
         for (from, to) in &self.patches {
             assert!(
