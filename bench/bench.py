@@ -184,15 +184,15 @@ SCENARIOS = [
              routes="routes-weighted-mirror.yaml", mirror="slow"),
     Scenario("filter-shadow-slow", "filter + shadow 100% (compare: true) to a backend answering after 1 s",
              module="filter", config="filter.json", shadow=shadow("slow", True, 3000)),
-    # The no-op module making some of the filter's per-request host calls.
-    Scenario("probe-get", "(extra) wasm-noop + 1 read of the request header map",
-             module="noop", config="get_headers", extra=True),
-    Scenario("probe-set", "(extra) wasm-noop + 2 request header writes (x-split-cluster, x-split-variant)",
-             module="noop", config="set_headers", extra=True),
-    Scenario("probe-clear", "(extra) wasm-noop + 1 clear_route_cache foreign-function call",
-             module="noop", config="clear_route", extra=True),
-    Scenario("probe-all", "(extra) wasm-noop + the filter's host calls: header map read, 2 writes, clear_route_cache",
-             module="noop", config="get_headers,set_headers,clear_route", extra=True),
+    # The no-op module making some of the filter's per-request host calls (its configuration).
+    *(Scenario(f"probe-{name}", f"(extra) wasm-noop + {what}", module="noop", config=calls, extra=True)
+      for name, what, calls in [
+          ("get", "1 read of the request header map", "get_headers"),
+          ("set", "2 request header writes (x-split-cluster, x-split-variant)", "set_headers"),
+          ("clear", "1 clear_route_cache foreign-function call", "clear_route"),
+          ("all", "the filter's host calls: header map read, 2 writes, clear_route_cache",
+           "get_headers,set_headers,clear_route"),
+      ]),
     # A build of another commit side by side with this one in one run: what a change buys.
     Scenario("filter-baseline", "(extra) filter, with $WASM_BASELINE instead of $WASM (A/B a change)",
              module="baseline", config="filter.json", extra=True),
