@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Proves `make run` works and that the README's tour shows its real output: starts the demo, runs
-# the tour's commands in the README's order, and checks each answer against the text the README
-# shows (`shown` fails if the README no longer contains that text, so the two cannot drift).
-# Random or timing-dependent parts (timestamps, durations, cookie ids, the checkout visitors' 10%
-# draw, the breaker's exact counts) are checked by pattern or by sums. Used by `make test`.
+# the tour's commands in the README's order, one named step each, and checks each answer against
+# the text the README shows (`shown` fails if the README no longer contains that text, so the
+# two cannot drift). Random or timing-dependent parts (timestamps, durations, cookie ids, the
+# checkout visitors' 10% draw, the breaker's exact counts) are checked by pattern or by sums.
+# A failed check names its step and prints what was expected and what was received.
+# Used by `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
@@ -11,25 +13,73 @@ log=$(mktemp)
 demo=$!
 stop() { kill "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true; rm -f "$log"; }
 trap stop EXIT
+url=localhost:10000
+
+# ---------------------------------------------------------------- helpers
+
+STEP="(none)"
+step() { STEP=$1; echo "> [demo] $1"; }
+
+# fail WHAT [EXPECTED RECEIVED]: stops the check, naming the step, with the demo's logs.
+fail() {
+  echo "demo check FAILED at step \"$STEP\": $1"
+  if (($# == 3)); then
+    echo "--- expected:"; echo "$2"
+    echo "--- received:"; echo "$3"
+  fi
+  echo "--- make run output:"; cat "$log"
+  echo "--- run/envoy.log (tail):"; tail -30 run/envoy.log
+  exit 1
+}
+
+# expect WHAT EXPECTED RECEIVED: RECEIVED is exactly EXPECTED.
+expect() { [ "$2" = "$3" ] || fail "$1" "$2" "$3"; }
+
+# has_line WHAT REGEX TEXT: a line of TEXT matches REGEX (grep -E); lacks WHAT REGEX TEXT: none does.
+has_line() { grep -qE "$2" <<<"$3" || fail "$1" "a line matching: $2" "$3"; }
+lacks() { ! grep -qE "$2" <<<"$3" || fail "$1" "no line matching: $2" "$3"; }
+
+# readme_has TEXT: the README contains TEXT (a multi-line TEXT as a whole, which grep -F would
+# not check: it matches any one of the lines).
+readme_has() {
+  python3 -c 'import sys; sys.exit(sys.argv[1] not in open("README.md").read())' "$1" \
+    || fail "the README no longer shows the text below" "$1" "(not in README.md)"
+}
+
+# shown TEXT RECEIVED: TEXT is in the README's tour and RECEIVED is exactly TEXT.
+shown() { readme_has "$1"; expect "the demo's answer differs from the README's" "$1" "$2"; }
+
+# wait_for TRIES COMMAND...: runs COMMAND every 0.1 s until it succeeds, TRIES times at most;
+# silent either way (the strict check after it says what was received).
+wait_for() {
+  local tries=$1 _
+  shift
+  for _ in $(seq 1 "$tries"); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+
 # Read whole outputs before grepping: with pipefail, `curl | grep -q` fails when grep stops
 # reading early and curl gets SIGPIPE.
 prom() { curl -s http://127.0.0.1:9901/stats/prometheus; }
-fail() { echo "demo check FAILED: $*"; echo "--- make run output:"; cat "$log"; echo "--- run/envoy.log (tail):"; tail -30 run/envoy.log; exit 1; }
-# shown TEXT ACTUAL: TEXT is in the README's tour and ACTUAL is exactly TEXT.
-shown() {
-  # A multi-line text must appear as a whole (grep -F would match any one of its lines).
-  python3 -c 'import sys; sys.exit(sys.argv[1] not in open("README.md").read())' "$1" \
-    || fail "the README no longer shows: $1"
-  [ "$1" = "$2" ] || fail "the README shows:
-$1
-the demo answered:
-$2"
+metric() { prom | grep "^$1" || true; } # the exposition lines starting with $1
+in_file() { grep -qF "$2" "$1"; }       # in_file FILE TEXT
+metric_is() { [ "$(metric "$1")" = "$2" ]; }
+# The last line of a demo log without its [timestamp]; of run/access.log also without the
+# duration (its last field), which depends on the machine.
+last_entry() { tail -1 "$1" | sed 's/^\[[^]]*\] //'; }
+last_access() { last_entry run/access.log | sed 's/ [0-9]*ms$//'; }
+last_access_is() { [ "$(last_access)" = "$1" ]; }
+# The sum of traffic_split_rule_destination_requests over a rule's destinations.
+rule_requests() {
+  grep -F "traffic_split_rule_destination_requests{rule=\"$1\"," <<<"$2" | awk '{s += $2} END {print s + 0}'
 }
 
-for _ in $(seq 1 150); do grep -q "demo is running" "$log" && break; sleep 0.1; done
-grep -q "demo is running" "$log" || fail "the demo did not start"
-url=localhost:10000
+# ---------------------------------------------------------------- the tour
 
+step "the demo starts"
+wait_for 150 in_file "$log" "demo is running" || fail "make run did not print \"demo is running\" within 15 s"
+
+step "sticky users land on the same version"
 users=$(for u in alice bob carol dave erin frank heidi mallory; do curl -s -H "x-user-id: $u" $url/; done)
 shown "stable (v1)
 stable (v1)
@@ -40,59 +90,63 @@ stable (v1)
 canary (v2)
 canary (v2)" "$users"
 
+step "an employee is forced to the canary"
 emp=$(curl -si -H 'x-employee: true' $url/ | grep -iE '^x-(backend|split|seen)' | tr -d '\r')
 shown "x-backend: canary
 x-seen-variant: canary
 x-split-decision: rule=employees; variant=canary" "$emp"
 
+step "a checkout visitor gets a private user-id cookie"
 checkout=$(curl -si $url/checkout | grep -iE '^(set-cookie|cache-control)' | tr -d '\r')
-grep -qE '^set-cookie: uid=[0-9a-f]{32}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax$' <<<"$checkout" || fail "no cookie: $checkout"
-grep -qx 'cache-control: private' <<<"$checkout" || fail "a cookie-assigning response is cacheable by shared caches: $checkout"
-grep -qx 'cache-control: private' README.md || fail "README cache-control line"
-grep -qF "; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax" README.md || fail "README cookie line"
+has_line "no user-id cookie" '^set-cookie: uid=[0-9a-f]{32}; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax$' "$checkout"
+has_line "a cookie-assigning response is cacheable by shared caches" '^cache-control: private$' "$checkout"
+has_line "the README's cache-control line" '^cache-control: private$' "$(cat README.md)"
+readme_has "; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"
 
+step "checkout payments are shadowed and compared"
 pay=$(curl -s -X POST -d 'card=4242' $url/checkout/pay)
-grep -qE "^(stable \(v1\)|canary \(v2\))$" <<<"$pay" || fail "the client saw something other than the primary: $pay"
+has_line "the client saw something other than the primary" '^(stable \(v1\)|canary \(v2\))$' "$pay"
 copy='shadow got "POST /checkout/pay" host=localhost-shadow:10000 x-shadow-request=true content-length=9 answered 503'
-for _ in $(seq 1 50); do grep -qF "$copy" run/shadow-access.log && break; sleep 0.1; done
-shown "$copy" "$(tail -1 run/shadow-access.log | sed 's/^\[[^]]*\] //')"
-for _ in $(seq 1 30); do
-  mismatch=$(prom | grep '^traffic_split_shadow_class_mismatch' || true)
-  [ -n "$mismatch" ] && [ "${mismatch##* }" = 1 ] && break; sleep 0.1
-done
-shown 'traffic_split_shadow_class_mismatch{shadow="v3"} 1' "$mismatch"
+wait_for 50 in_file run/shadow-access.log "$copy" || true
+shown "$copy" "$(last_entry run/shadow-access.log)"
+mismatch='traffic_split_shadow_class_mismatch{shadow="v3"} 1'
+wait_for 30 metric_is traffic_split_shadow_class_mismatch "$mismatch" || true
+shown "$mismatch" "$(metric traffic_split_shadow_class_mismatch)"
 
+step "the canary's breaker opens on /unstable and holds"
 codes=$(for i in $(seq 1 60); do curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$i" $url/unstable; done)
-grep -q 500 <<<"$codes" || fail "the canary never failed on /unstable: $codes"
+has_line "the canary never failed on /unstable" 500 "$codes"
 # How many 500s pass before the breaker opens depends on timing (it opens on the next 100 ms
 # tick); that it opened is checked by its log line, and that it holds by a second round.
-for _ in $(seq 1 30); do grep -q 'breaker everyone/canary (cluster canary) opened' run/envoy.log && break; sleep 0.1; done
-sleep 0.5  # every worker learns of the open breaker within a tick (100 ms)
+opened='breaker everyone/canary (cluster canary) opened'
+wait_for 30 in_file run/envoy.log "$opened" || true
+sleep 0.5 # every worker learns of the open breaker within a tick (100 ms)
 after=""
 for i in $(seq 1 60); do after+="$(curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$i" $url/unstable) "; done
-grep -q 500 <<<"$after" && fail "the open breaker let canary failures through: $after"
-line=$(grep -o 'breaker everyone.*' run/envoy.log | head -1)
-grep -qE '^breaker everyone/canary \(cluster canary\) opened: [0-9]+ of [0-9]+ requests failed \([0-9.]+%\) in the last 10 s; its traffic goes to "stable" for 15 s$' <<<"$line" \
-  || fail "no breaker line in the log: $line"
-grep -qE '^breaker everyone/canary \(cluster canary\) opened: [0-9]+ of [0-9]+ requests failed' README.md || fail "README breaker line"
+lacks "the open breaker let canary failures through" 500 "$after"
+breaker_line='^breaker everyone/canary \(cluster canary\) opened: [0-9]+ of [0-9]+ requests failed'
+has_line "no breaker line in the log" \
+  "$breaker_line"' \([0-9.]+%\) in the last 10 s; its traffic goes to "stable" for 15 s$' \
+  "$(grep -o 'breaker everyone.*' run/envoy.log | head -1)"
+has_line "the README's breaker line" "$breaker_line" "$(cat README.md)"
 
-forged=$(curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' $url/)
-shown "stable (v1)" "$forged"
+step "a client cannot pick the version"
+shown "stable (v1)" "$(curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' $url/)"
 
-sleep 1  # metrics are flushed every 0.5 s
+step "the metrics count every decision"
+sleep 1 # metrics are flushed every 0.5 s
 metrics=$(prom)
 shown 'traffic_split_rule_destination_requests{rule="employees",destination="canary"} 1' \
   "$(grep '^traffic_split_rule_destination_requests{rule="employees"' <<<"$metrics")"
-count() { grep -F "traffic_split_rule_destination_requests{rule=\"$1\"," <<<"$metrics" | awk '{s += $2} END {print s + 0}'; }
 # checkout: the visit and the payment; everyone: 8 users + 60 + 60 on /unstable + alice.
-[ "$(count checkout)" = 2 ] || fail "checkout counts: $(grep checkout <<<"$metrics")"
-[ "$(count everyone)" = 129 ] || fail "everyone counts: $(grep everyone <<<"$metrics")"
-grep -q '^traffic_split_breaker_state{rule="everyone",destination="canary"} 1$' <<<"$metrics" || fail "breaker gauge"
+expect "requests counted for the checkout rule" 2 "$(rule_requests checkout "$metrics")"
+expect "requests counted for the everyone rule" 129 "$(rule_requests everyone "$metrics")"
+has_line "the breaker gauge" '^traffic_split_breaker_state\{rule="everyone",destination="canary"\} 1$' "$metrics"
 
-# Envoy flushes its access log every 250 ms in the demo.
-# The duration (last field) depends on the machine: compared without it.
+step "the access log shows each decision"
 last='"GET /" 200 cluster=stable variant=stable user=alice'
-for _ in $(seq 1 50); do tail -1 run/access.log | grep -qF "$last" && break; sleep 0.1; done
-shown "$last" "$(tail -1 run/access.log | sed -e 's/^\[[^]]*\] //' -e 's/ [0-9]*ms$//')"
-grep -q "cluster=canary variant=canary" run/access.log || fail "the employee's decision is not in the access log"
+wait_for 50 last_access_is "$last" || true # Envoy flushes it every 250 ms here
+shown "$last" "$(last_access)"
+has_line "the employee's decision is not in the access log" "cluster=canary variant=canary" "$(cat run/access.log)"
+
 echo "demo check ok: the README tour's outputs (sticky users, employee, cookie, shadow copy and comparison, breaker, forged header, metrics, access log)"
