@@ -156,19 +156,22 @@ def shadow(cluster, compare, timeout_ms):
     return {"cluster": cluster, "percent": 100, "compare": compare, "timeout_ms": timeout_ms}
 
 
-# The slow backend answers after 1 s: a 1 s timeout would race it and turn the answers into
-# timeouts (resets). 3 s lets them arrive, as the native mirror's do (route timeout).
 SCENARIOS = [
     Scenario("plain", "route straight to one cluster: the ceiling", routes="routes-plain.yaml"),
-    Scenario("native-weighted", "Envoy weighted_clusters 95/5, use_hash_policy + hash_policy on x-user-id (native sticky)",
+    Scenario("native-weighted",
+             "Envoy weighted_clusters 95/5, use_hash_policy + hash_policy on x-user-id (native sticky)",
              routes="routes-weighted-sticky.yaml"),
-    Scenario("native-random", "Envoy weighted_clusters 95/5, random per request", routes="routes-weighted-random.yaml"),
-    Scenario("lua", "Envoy Lua filter: hash of x-user-id -> bucket -> x-split-cluster, clearRouteCache; cluster_header route",
+    Scenario("native-random", "Envoy weighted_clusters 95/5, random per request",
+             routes="routes-weighted-random.yaml"),
+    Scenario("lua",
+             "Envoy Lua filter: hash of x-user-id -> bucket -> x-split-cluster, clearRouteCache; cluster_header route",
              lua=True),
     Scenario("wasm-noop", "a Rust proxy-wasm filter that does nothing (bench/wasm-noop)", module="noop"),
-    Scenario("wasm-noop-lean", "wasm-noop exporting only the callbacks a no-op needs (no request body, response, log, done)",
+    Scenario("wasm-noop-lean",
+             "wasm-noop exporting only the callbacks a no-op needs (no request body, response, log, done)",
              module="noop-lean"),
-    Scenario("filter", "traffic-split: sticky 95/5 on x-user-id behind 3 non-matching header rules; cluster_header route",
+    Scenario("filter",
+             "traffic-split: sticky 95/5 on x-user-id behind 3 non-matching header rules; cluster_header route",
              module="filter", config="filter.json"),
     Scenario("filter-sticky", "traffic-split with only the sticky 95/5 rule: the same job as native-weighted",
              module="filter", config="filter-sticky.json"),
@@ -182,6 +185,8 @@ SCENARIOS = [
              module="filter", config="filter.json", shadow=shadow("shadow", True, 1000)),
     Scenario("native-mirror-slow", "native-mirror to a backend answering after 1 s (reference for filter-shadow-slow)",
              routes="routes-weighted-mirror.yaml", mirror="slow"),
+    # The slow backend answers after 1 s: a 1 s timeout would race it and turn the answers into
+    # timeouts (resets). 3 s lets them arrive, as the native mirror's do (route timeout).
     Scenario("filter-shadow-slow", "filter + shadow 100% (compare: true) to a backend answering after 1 s",
              module="filter", config="filter.json", shadow=shadow("slow", True, 3000)),
     # The no-op module making some of the filter's per-request host calls (its configuration).
@@ -232,9 +237,9 @@ def front_config(s):
     listener = piece(TEMPLATES / "listener.yaml", name="main", options="", port=port, connection_manager="",
                      routes=routes, http_filters=filters)
     clusters = "".join(
-        piece(TEMPLATES / "cluster.yaml", name=name, port=port,
+        piece(TEMPLATES / "cluster.yaml", name=name, port=backend_port,
               options=(PIECES / "slow-cluster-options.yaml").read_text() if name == "slow" else "")
-        for name, port in BACKENDS.items())
+        for name, backend_port in BACKENDS.items())
     return piece(TEMPLATES / "front.yaml", head=f'# bench/run.sh front Envoy for scenario "{s.name}": {s.about}',
                  admin_port=admin, listeners=listener, clusters=clusters)
 
@@ -360,7 +365,8 @@ def validate():
             config.write_text(front_config(BY_NAME[name]))
         log = WORK / f"{name}.validate.log"
         with open(log, "w") as out:
-            rc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(config), "--disable-hot-restart", "-l", "error"],
+            rc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(config), "--disable-hot-restart",
+                                 "-l", "error"],
                                 stdout=out, stderr=subprocess.STDOUT).returncode
         print(f"ok   {name}" if rc == 0 else f"FAIL {name}: {first_error(log)}", flush=True)
         failed |= rc != 0
@@ -630,7 +636,8 @@ def main(args):
         print(__doc__.strip())
         return 0
 
-    names = args or os.environ.get("BENCH_SCENARIOS", "").split() or [s.name for s in SCENARIOS if not (s.extra or s.tool)]
+    default = [s.name for s in SCENARIOS if not (s.extra or s.tool)]
+    names = args or os.environ.get("BENCH_SCENARIOS", "").split() or default
     for n in names:
         if n not in BY_NAME or BY_NAME[n].tool:
             print(f"unknown scenario '{n}' (bench/run.sh --list)", file=sys.stderr)
