@@ -671,3 +671,5 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # bench/run.sh --help | head
+        sys.exit(0)
