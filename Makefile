@@ -130,6 +130,18 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (cargo fuzz, nightly; new input
 			| grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|Done)|panicked|ERROR|SUMMARY|artifact' ; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "fuzz $$t: FINDING (fuzz/artifacts/$$t/)"; exit 1; }; \
 	done
+	$(MAKE) fuzz-wasm32
+
+WASM32_REPLAY := fuzz/wasm32-replay/target/wasm32-wasip1/release/traffic-split-wasm32-replay.wasm
+.PHONY: fuzz-wasm32
+fuzz-wasm32: ## Replay the fuzz corpora through a wasm32 build (32-bit usize, overflow checks) under Node.js WASI
+	@command -v node >/dev/null || { echo "fuzz-wasm32 needs Node.js (apt-get install nodejs)"; exit 2; }
+	cd fuzz/wasm32-replay && cargo build --release --target $(WASM_TARGET)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		dirs="fuzz/corpus/$$t"; [ -d target/fuzz-corpus/$$t ] && dirs="$$dirs target/fuzz-corpus/$$t"; \
+		node --no-warnings fuzz/wasm32-replay/run.mjs $(WASM32_REPLAY) $$t $$dirs \
+			|| { echo "fuzz-wasm32 $$t: FINDING (a panic or trap in the 32-bit build)"; exit 1; }; \
+	done
 
 .PHONY: bench-decision
 bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns per decision)
