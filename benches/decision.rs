@@ -12,7 +12,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
-use traffic_split::decision::Decision;
+use traffic_split::plan::Decision;
 use traffic_split::plan::Plan;
 use traffic_split::request::Request;
 use traffic_split::rng::Rng;

@@ -9,7 +9,7 @@
 use arbitrary::{Result, Unstructured};
 use serde_json::{Map, Value};
 use traffic_split::breaker::{BreakerView, Outcomes, Record, State};
-use traffic_split::decision::Decision;
+use traffic_split::plan::Decision;
 use traffic_split::plan::Plan;
 use traffic_split::request::{HeaderPair, Request};
 use traffic_split::rng::Rng;

@@ -45,6 +45,22 @@ pub struct BreakerView {
     pub generation: u64,
 }
 
+impl BreakerView {
+    /// What `views` says of `slot`; a missing slot reads as closed.
+    pub fn of(views: &[BreakerView], slot: usize) -> BreakerView {
+        views.get(slot).copied().unwrap_or_default()
+    }
+}
+
+/// The breaker a request's outcome is counted for, and the generation the request was decided
+/// under (an outcome from an older generation does not count towards the current state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerTicket {
+    /// Index into `Plan::breakers`.
+    pub slot: usize,
+    pub generation: u64,
+}
+
 /// Which response statuses are failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusMatch {

@@ -10,7 +10,6 @@ pub mod breaker;
 pub mod bucket;
 pub mod config;
 pub mod cookie;
-pub mod decision;
 pub mod matcher;
 pub mod metrics;
 pub mod plan;

@@ -109,6 +109,17 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The sampling threshold for a percentage (0–100, decimals allowed) against a uniform u64.
+pub fn sample_threshold(percent: f64) -> u64 {
+    if percent >= 100.0 {
+        u64::MAX
+    } else if percent <= 0.0 {
+        0
+    } else {
+        (percent / 100.0 * 18_446_744_073_709_551_616.0) as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 )]
 
 use proptest::prelude::*;
-use traffic_split::decision::Decision;
+use traffic_split::plan::Decision;
 use traffic_split::plan::Plan;
 use traffic_split::request::{HeaderPair, Request};
 use traffic_split::rng::Rng;

@@ -18,16 +18,16 @@
 //! Healthy steady state costs no host call per request; a failing destination costs at most
 //! a few shared-data calls per worker per 50 ms.
 
-use super::now_ms;
+use super::{now_ms, plugin_configuration};
 use crate::breaker::{
     claim_gauge, create_record, gauge_owner, instance_scope, owner_record_key, owns_gauge,
-    percent_text, record_key, release_gauge, BreakerView, Publisher, ReadFailed, SetResult,
-    SharedStore, State, Transition,
+    percent_text, record_key, release_gauge, BreakerTicket, BreakerView, Publisher, ReadFailed,
+    SetResult, SharedStore, State, Transition,
 };
 use crate::metrics::{breaker_metric, BreakerCounters, BreakerEvent, BREAKER_STATE};
 use crate::plan::{BreakerRef, Plan};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MetricType, Status};
+use proxy_wasm::types::{MetricType, Status};
 
 /// On failures, a worker syncs with the shared record at most this often (besides the tick).
 const FAILURE_SYNC_MS: u64 = 50;
@@ -130,10 +130,7 @@ impl Breakers {
         let configuration = if plan.breakers.is_empty() {
             Vec::new()
         } else {
-            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+            plugin_configuration()
         };
         let slots: Vec<Slot> = plan
             .breakers
@@ -141,10 +138,8 @@ impl Breakers {
             .zip(&names)
             .map(|(at, (rule, dest))| {
                 let cluster = plan
-                    .rules
-                    .get(at.rule)
-                    .and_then(|r| r.destinations.get(at.destination))
-                    .map_or("", |d| d.cluster.as_str());
+                    .breaker_site(*at)
+                    .map_or("", |(_, d)| d.cluster.as_str());
                 let key = record_key(scope, rule, dest, cluster);
                 create_record(&mut HostStore, &key);
                 let gauge = breaker_metric(rule, dest, BREAKER_STATE);
@@ -184,17 +179,18 @@ impl Breakers {
         }
     }
 
-    /// A response for `slot`'s destination, decided under `generation`.
-    pub fn record_outcome(&mut self, plan: &Plan, slot: usize, generation: u64, failed: bool) {
+    /// A response for the destination of `ticket`'s breaker.
+    pub fn record_outcome(&mut self, plan: &Plan, ticket: BreakerTicket, failed: bool) {
+        let slot = ticket.slot;
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
-        s.publisher.pending.add(generation, failed);
+        s.publisher.pending.add(ticket.generation, failed);
         let half_open = s.publisher.record.state == State::HalfOpen;
         if !(failed || half_open) {
             return;
         }
-        let Some(policy) = policy(plan, s.at) else {
+        let Some(policy) = plan.breaker_policy(slot) else {
             return;
         };
         let Some(now) = clock_ms() else {
@@ -231,7 +227,7 @@ impl Breakers {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
-        let Some(policy) = policy(plan, s.at) else {
+        let Some(policy) = plan.breaker_policy(slot) else {
             return;
         };
         let done = s.publisher.publish(&mut HostStore, &s.key, policy, now);
@@ -306,11 +302,7 @@ fn log_takeover(plan: &Plan, s: &Slot, previous: &[u8]) {
     let mut ours = s.key.splitn(7, '/').skip(3);
     let (their_scope, our_scope) = (theirs.next(), ours.next());
     let their_cluster = theirs.nth(2).unwrap_or("");
-    let Some((rule, dest)) = plan
-        .rules
-        .get(s.at.rule)
-        .and_then(|r| Some((r, r.destinations.get(s.at.destination)?)))
-    else {
+    let Some((rule, dest)) = plan.breaker_site(s.at) else {
         return;
     };
     if their_scope == our_scope {
@@ -338,15 +330,6 @@ fn log_takeover(plan: &Plan, s: &Slot, previous: &[u8]) {
             dest.cluster
         );
     }
-}
-
-fn policy(plan: &Plan, at: BreakerRef) -> Option<&crate::breaker::BreakerPolicy> {
-    plan.rules
-        .get(at.rule)?
-        .destinations
-        .get(at.destination)?
-        .breaker
-        .as_ref()
 }
 
 /// One line per state change, at warn, so an operator reading Envoy's log sees why traffic

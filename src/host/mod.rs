@@ -13,13 +13,14 @@
 mod breaker;
 mod shadow;
 
+use crate::breaker::BreakerTicket;
 use crate::config::RouteCacheMode;
-use crate::decision::{Decision, Routed};
 use crate::metrics::{
     shadow_metric, BreakerEvent, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
     SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
+use crate::plan::{Decision, Routed};
 use crate::request::Request;
 use crate::rng::Rng;
 use crate::shadow::Marker;
@@ -298,10 +299,7 @@ impl RootContext for SplitRoot {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = plugin_configuration();
         let plan = match Plan::from_json(&bytes) {
             Ok(plan) => plan,
             Err(err) => {
@@ -377,7 +375,7 @@ impl RootContext for SplitRoot {
             shadow_state: Rc::clone(&self.shadow),
             respond: None,
             shadow: None,
-            breaker_outcome: None,
+            breaker_ticket: None,
         }))
     }
 
@@ -398,8 +396,8 @@ struct SplitStream {
     shadow_state: Rc<RefCell<ShadowState>>,
     respond: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
-    /// The breaker (slot, generation) this response's outcome is counted for.
-    breaker_outcome: Option<(usize, u64)>,
+    /// The breaker this response's outcome is counted for.
+    breaker_ticket: Option<BreakerTicket>,
 }
 
 impl SplitStream {
@@ -428,7 +426,7 @@ impl SplitStream {
                 }
             }
         }
-        self.breaker_outcome = routed.outcome;
+        self.breaker_ticket = routed.ticket;
         let debug = plan
             .debug_header
             .then(|| format!("rule={}; variant={}", rule.name, dest.name));
@@ -452,22 +450,13 @@ impl SplitStream {
         self.active.counters.borrow_mut().count_unmatched();
     }
 
-    /// Classifies the response for the breaker of `slot` and counts it.
-    fn count_outcome(&mut self, slot: usize, generation: u64) {
+    /// Classifies the response for the breaker of `ticket` and counts it.
+    fn count_outcome(&mut self, ticket: BreakerTicket) {
         let plan = &self.active.plan;
-        let Some(policy) = plan
-            .breakers
-            .get(slot)
-            .and_then(|at| plan.rules.get(at.rule)?.destinations.get(at.destination))
-            .and_then(|d| d.breaker.as_ref())
-        else {
+        let Some(policy) = plan.breaker_policy(ticket.slot) else {
             return;
         };
-        let Some(status) = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
-        else {
+        let Some(status) = status_of(MapType::HttpResponseHeaders) else {
             return;
         };
         // Envoy's own replies (connect failure, reset, timeout) are told apart by the response
@@ -483,8 +472,24 @@ impl SplitStream {
         self.active
             .breakers
             .borrow_mut()
-            .record_outcome(plan, slot, generation, failed);
+            .record_outcome(plan, ticket, failed);
     }
+}
+
+/// The plugin configuration's bytes (empty when there is none); readable within `on_configure`.
+fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The `:status` of a response header map (the stream's response, or a call's answer).
+fn status_of(map: MapType) -> Option<u16> {
+    let value = hostcalls::get_map_value_bytes(map, ":status")
+        .ok()
+        .flatten()?;
+    std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
 /// Whether the response being sent is a local reply of Envoy's rather than the upstream's.
@@ -589,8 +594,8 @@ impl HttpContext for SplitStream {
                 );
             }
         }
-        if let Some((slot, generation)) = self.breaker_outcome.take() {
-            self.count_outcome(slot, generation);
+        if let Some(ticket) = self.breaker_ticket.take() {
+            self.count_outcome(ticket);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(

@@ -15,14 +15,14 @@
 //!   whatever the stream does next. The tick also refreshes a coarse clock the streams read, so
 //!   deadlines cost no host call per request.
 
-use super::{now, now_ms, Active};
+use super::{now, now_ms, status_of, Active};
 use crate::metrics::{ShadowEvent, SHADOW_DISPATCH_DELAY};
-use crate::plan::{Plan, Rule, ShadowPolicy};
+use crate::plan::{Plan, Rule};
 use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
 use crate::shadow::{
     check_marker, header_bytes, marker_value, Answer, Bulkhead, CompareBook, Digest, Finding,
-    Keyed, Marker, SHADOW_MARKER,
+    Keyed, Marker, ShadowPolicy, SHADOW_MARKER,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -405,9 +405,8 @@ impl ShadowState {
             return;
         };
         let status = (num_headers > 0)
-            .then(|| call_response_header(":status"))
+            .then(|| status_of(MapType::HttpCallResponseHeaders))
             .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
             .filter(|_| !is_local_failure());
         let body_digest = match (status, call.compare_key) {
             (Some(_), Some(_))
@@ -461,7 +460,7 @@ fn is_local_failure() -> bool {
 }
 
 fn policy(active: &Active, rule: usize, shadow: usize) -> Option<&ShadowPolicy> {
-    active.plan.rules.get(rule)?.shadows.get(shadow)
+    active.plan.shadow_policy(rule, shadow)
 }
 
 fn elapsed_ms(since: Option<SystemTime>) -> u64 {
@@ -759,10 +758,7 @@ impl StreamShadow {
         let Some(watch) = &mut self.compare else {
             return;
         };
-        watch.status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        watch.status = status_of(MapType::HttpResponseHeaders);
         watch.latency_ms = elapsed_ms(watch.started);
         if watch.body.is_none() || end_of_stream {
             self.finish_primary(active, state);

@@ -1,8 +1,8 @@
-//! Request attributes → decision: which rule matched and which destination gets the request.
+//! What the plan does with a request: which rule matched and which destination gets it.
 
-use crate::breaker::{BreakerView, State};
+use super::{Plan, Rule, StickyKey};
+use crate::breaker::{BreakerTicket, BreakerView, State};
 use crate::bucket;
-use crate::plan::{Plan, Rule, StickyKey};
 use crate::request::Request;
 use crate::rng::Rng;
 use std::borrow::Cow;
@@ -23,9 +23,9 @@ pub struct Routed {
     pub set_cookie: Option<String>,
     /// Bit `i` set: destination `i`'s breaker sent this request on to its fallback.
     pub rerouted: u16,
-    /// The breaker (slot, generation) this request's outcome is counted for: the final
-    /// destination's, if it has one.
-    pub outcome: Option<(usize, u64)>,
+    /// The breaker this request's outcome is counted for: the final destination's, if it has
+    /// one.
+    pub ticket: Option<BreakerTicket>,
 }
 
 impl Plan {
@@ -41,20 +41,20 @@ impl Plan {
             if rule.matcher.holds(request) {
                 let (bucketed, set_cookie) = rule.pick(request, rng);
                 let (destination, rerouted) = rule.follow_breakers(bucketed, breakers, rng);
-                let outcome = rule
+                let ticket = rule
                     .destinations
                     .get(destination)
                     .and_then(|d| d.breaker_slot)
-                    .map(|slot| {
-                        let generation = breakers.get(slot).map_or(0, |v| v.generation);
-                        (slot, generation)
+                    .map(|slot| BreakerTicket {
+                        slot,
+                        generation: BreakerView::of(breakers, slot).generation,
                     });
                 return Decision::Routed(Routed {
                     rule: index,
                     destination,
                     set_cookie,
                     rerouted,
-                    outcome,
+                    ticket,
                 });
             }
         }
@@ -122,7 +122,7 @@ impl Rule {
             else {
                 break;
             };
-            let passes = match breakers.get(slot).map_or(State::Closed, |v| v.state) {
+            let passes = match BreakerView::of(breakers, slot).state {
                 State::Closed => true,
                 State::Open => false,
                 State::HalfOpen => rng.next_u64() < policy.half_open_threshold,
@@ -144,7 +144,6 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::{BreakerView, State};
     use crate::request::HeaderPair;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
@@ -391,12 +390,29 @@ mod tests {
         let open = [view(State::Open, 5), view(State::Closed, 0)];
         for h in &users {
             let r = routed(p.decide(&Request::new(h, None), &mut rng, &closed));
-            assert_eq!((r.destination, r.rerouted, r.outcome), (0, 0, Some((0, 4))));
+            assert_eq!(
+                (r.destination, r.rerouted, r.ticket),
+                (
+                    0,
+                    0,
+                    Some(BreakerTicket {
+                        slot: 0,
+                        generation: 4
+                    })
+                )
+            );
             let r = routed(p.decide(&Request::new(h, None), &mut rng, &open));
             // Stable has a breaker too: its outcome is counted for its own breaker.
             assert_eq!(
-                (r.destination, r.rerouted, r.outcome),
-                (1, 0b1, Some((1, 0)))
+                (r.destination, r.rerouted, r.ticket),
+                (
+                    1,
+                    0b1,
+                    Some(BreakerTicket {
+                        slot: 1,
+                        generation: 0
+                    })
+                )
             );
             let r = routed(p.decide(&Request::new(h, None), &mut rng, &closed));
             assert_eq!(r.destination, 0, "sticky users come back when it closes");
@@ -411,7 +427,7 @@ mod tests {
         let both_open = [view(State::Open, 1), view(State::Open, 1)];
         for h in &users {
             let r = routed(p.decide(&Request::new(h, None), &mut rng, &both_open));
-            assert_eq!((r.destination, r.rerouted, r.outcome), (2, 0b11, None));
+            assert_eq!((r.destination, r.rerouted, r.ticket), (2, 0b11, None));
         }
         let half_open = [view(State::HalfOpen, 2), view(State::Closed, 0)];
         let n = 10_000;
@@ -419,7 +435,15 @@ mod tests {
         let probes = (0..n)
             .map(|_| routed(p.decide(&Request::new(h, None), &mut rng, &half_open)))
             .filter(|r| r.destination == 0)
-            .inspect(|r| assert_eq!(r.outcome, Some((0, 2))))
+            .inspect(|r| {
+                assert_eq!(
+                    r.ticket,
+                    Some(BreakerTicket {
+                        slot: 0,
+                        generation: 2
+                    })
+                )
+            })
             .count();
         // Binomial(10000, 0.1): sd 30; 4 sigma.
         assert!((880..=1120).contains(&probes), "{probes} probes");

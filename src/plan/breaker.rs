@@ -1,0 +1,79 @@
+//! `destinations[].breaker`: thresholds and the statuses that count as failures.
+
+use super::fields::field;
+use crate::breaker::{BreakerPolicy, StatusMatch};
+use crate::config::{BreakerConfig, ConfigError, FailureStatus};
+use crate::rng::sample_threshold;
+pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, ConfigError> {
+    if b.failure_ratio <= 0.0 {
+        return Err(ConfigError::new(
+            field(path, "failure_ratio"),
+            "must be above 0 (a share of failed requests, e.g. 0.2)",
+        ));
+    }
+    for (field, value) in [
+        ("min_requests", b.min_requests),
+        ("window_s", b.window_s),
+        ("open_s", b.open_s),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if b.half_open_percent <= 0.0 {
+        return Err(ConfigError::new(
+            field(path, "half_open_percent"),
+            "must be above 0, or the breaker could never close again",
+        ));
+    }
+    if b.failure_statuses.is_empty() {
+        return Err(ConfigError::new(
+            field(path, "failure_statuses"),
+            "must list at least one status or class",
+        ));
+    }
+    let mut failure_statuses = Vec::with_capacity(b.failure_statuses.len());
+    for (i, status) in b.failure_statuses.iter().enumerate() {
+        failure_statuses.push(status_match(
+            &format!("{path}.failure_statuses[{i}]"),
+            status,
+        )?);
+    }
+    Ok(BreakerPolicy {
+        failure_ratio: b.failure_ratio,
+        min_requests: b.min_requests,
+        window_s: b.window_s,
+        open_s: b.open_s,
+        half_open_threshold: sample_threshold(b.half_open_percent),
+        half_open_permille: (b.half_open_percent * 10.0).round() as u64,
+        failure_statuses,
+        count_local_replies: b.count_local_replies,
+    })
+}
+
+pub(super) fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, ConfigError> {
+    let bad = |shown: &str| {
+        ConfigError::new(
+            path,
+            format!("\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
+        )
+    };
+    match status {
+        FailureStatus::Code(code) => match u16::try_from(*code) {
+            Ok(code) if (100..=599).contains(&code) => Ok(StatusMatch::Exact(code)),
+            _ => Err(bad(&code.to_string())),
+        },
+        FailureStatus::Text(text) => match text.as_bytes() {
+            [class @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                Ok(StatusMatch::Class(u16::from(class - b'0')))
+            }
+            _ => match text.parse::<u16>() {
+                Ok(code) if (100..=599).contains(&code) => Ok(StatusMatch::Exact(code)),
+                _ => Err(bad(text)),
+            },
+        },
+    }
+}

@@ -1,0 +1,151 @@
+//! Field-format checks shared by the compile steps: names, header and cookie names, clusters.
+
+use super::MAX_NAME_LEN;
+use crate::config::ConfigError;
+/// The path of `name` inside the object at `path` (one function instead of a `format!` at
+/// every error site keeps the `.wasm` smaller).
+pub(super) fn field(path: &str, name: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1 + name.len());
+    out.push_str(path);
+    out.push('.');
+    out.push_str(name);
+    out
+}
+
+/// Rule and destination names appear in metric names: `[A-Za-z0-9_-]{1,64}`.
+pub(super) fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("\"{name}\" must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_-]"),
+        ))
+    }
+}
+
+/// RFC 9110 token characters (header names, methods, cookie names).
+pub(super) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Validates a header name and returns it in lower case (Envoy's header maps are lower case).
+pub(super) fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let body = name.strip_prefix(':').unwrap_or(name);
+    if body.is_empty() || !body.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is not a valid header name"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// Request headers that Envoy, proxies or browsers give a meaning to. The filter overwrites or
+/// removes `cluster_header` and `variant_header` on every request, so naming one of these would
+/// clobber the request (`host`, `cookie`), break its framing (`content-length`) or let a
+/// browser-controlled value collide with routing.
+pub(super) const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "cookie",
+    "set-cookie",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "via",
+    "date",
+    "origin",
+    "referer",
+    "authorization",
+    "cache-control",
+    "pragma",
+    "range",
+    "accept",
+    "accept-encoding",
+    "accept-charset",
+    "accept-language",
+    "user-agent",
+    "dnt",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-client-cert",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "baggage",
+    // The filter's own shadow marker: it screens and rewrites this header on every request.
+    "x-shadow-request",
+];
+
+/// Prefixes of the same kind: Envoy's own control headers, the Fetch standard's forbidden
+/// `sec-`/`proxy-` names, CORS and conditional requests, Zipkin trace context.
+pub(super) const RESERVED_HEADER_PREFIXES: &[&str] = &[
+    "x-envoy-",
+    "sec-",
+    "proxy-",
+    "access-control-",
+    "if-",
+    "x-b3-",
+];
+
+/// `cluster_header` / `variant_header`: a valid header name that is neither a pseudo-header
+/// nor one of the reserved names above, in lower case.
+pub(super) fn routing_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let lower = header_name(path, name)?;
+    if lower.starts_with(':') {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is a pseudo-header: use a header name of your own"),
+        ));
+    }
+    let reserved = RESERVED_HEADERS.contains(&lower.as_str())
+        || RESERVED_HEADER_PREFIXES
+            .iter()
+            .any(|p| lower.starts_with(p));
+    if reserved {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "\"{name}\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own"
+            ),
+        ));
+    }
+    Ok(lower)
+}
+
+pub(super) fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{name}\" is not a valid cookie name"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cluster is written into a request header: it must be a non-empty, visible-ASCII value.
+pub(super) fn check_cluster(path: &str, cluster: &str) -> Result<(), ConfigError> {
+    if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            path,
+            format!("\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}

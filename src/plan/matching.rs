@@ -1,0 +1,124 @@
+//! `rules[].match`: the conditions a request must meet, cheapest first.
+
+use super::fields::{check_cookie_name, field, header_name, is_token_byte};
+use crate::config::{ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
+use crate::matcher::{Condition, Matcher, StringOp};
+pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
+    let mut conditions = Vec::new();
+    // Cheap conditions first: a rule that fails on the method never parses cookies or query.
+    if let Some(methods) = m.methods {
+        conditions.push(Condition::Methods(compile_methods(
+            &field(path, "methods"),
+            methods,
+        )?));
+    }
+    if let Some(p) = m.path {
+        conditions.push(Condition::Path(string_op(&field(path, "path"), p)?));
+    }
+    if let Some(a) = m.authority {
+        conditions.push(Condition::Authority(string_op(
+            &field(path, "authority"),
+            a,
+        )?));
+    }
+    for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
+        let hpath = format!("{path}.headers[{i}]");
+        let name = header_name(&field(&hpath, "name"), &h.name)?;
+        conditions.push(Condition::Header(name, named_op(&hpath, h)?));
+    }
+    for (i, c) in m.cookies.unwrap_or_default().into_iter().enumerate() {
+        let cpath = format!("{path}.cookies[{i}]");
+        check_cookie_name(&field(&cpath, "name"), &c.name)?;
+        conditions.push(Condition::Cookie(c.name.clone(), named_op(&cpath, c)?));
+    }
+    for (i, q) in m.query.unwrap_or_default().into_iter().enumerate() {
+        let qpath = format!("{path}.query[{i}]");
+        if q.name.is_empty() {
+            return Err(ConfigError::new(field(&qpath, "name"), "must not be empty"));
+        }
+        conditions.push(Condition::Query(q.name.clone(), named_op(&qpath, q)?));
+    }
+    if let Some(routes) = m.route_names {
+        let rpath = field(path, "route_names");
+        non_empty_list(&rpath, &routes)?;
+        conditions.push(Condition::RouteNames(
+            routes.into_iter().map(String::into_bytes).collect(),
+        ));
+    }
+    Ok(Matcher { conditions })
+}
+
+pub(super) fn compile_methods(
+    path: &str,
+    methods: Vec<String>,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
+    non_empty_list(path, &methods)?;
+    for (i, method) in methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(is_token_byte) {
+            return Err(ConfigError::new(
+                format!("{path}[{i}]"),
+                format!("\"{method}\" is not an HTTP method token"),
+            ));
+        }
+    }
+    Ok(methods.into_iter().map(String::into_bytes).collect())
+}
+
+pub(super) fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "must not be empty (omit the field to match everything)",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
+    let m = m.op;
+    let ops = [
+        m.exact.map(|s| StringOp::Exact(s.into_bytes())),
+        m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
+        m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+        m.one_of
+            .map(|v| StringOp::OneOf(v.into_iter().map(String::into_bytes).collect())),
+        m.present.map(StringOp::Present),
+    ];
+    let op = exactly_one(
+        path,
+        ops,
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+    )?;
+    if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
+        return Err(ConfigError::new(
+            field(path, "one_of"),
+            "must list at least one value",
+        ));
+    }
+    Ok(op)
+}
+
+pub(super) fn string_op(path: &str, m: StringMatchConfig) -> Result<StringOp, ConfigError> {
+    let ops = [
+        m.exact.map(|s| StringOp::Exact(s.into_bytes())),
+        m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
+        m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+    ];
+    exactly_one(
+        path,
+        ops,
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\"",
+    )
+}
+
+pub(super) fn exactly_one<const N: usize>(
+    path: &str,
+    ops: [Option<StringOp>; N],
+    reason: &str,
+) -> Result<StringOp, ConfigError> {
+    let mut given = ops.into_iter().flatten();
+    match (given.next(), given.next()) {
+        (Some(op), None) => Ok(op),
+        _ => Err(ConfigError::new(path, reason)),
+    }
+}

@@ -1,0 +1,245 @@
+//! The compiled, immutable plan the filter runs, and how it is built from the typed
+//! configuration (`config`): `Plan::compile` checks what no single field can (uniqueness,
+//! references, bounds) with one step per concern below. Everything that can be checked is
+//! checked here, once, so the request path never meets a surprise: a plan that exists is a plan
+//! that is safe to run. `decide` is what the plan does with a request.
+
+mod breaker;
+mod decide;
+mod fields;
+mod matching;
+mod rule;
+mod shadow;
+mod sticky;
+#[cfg(test)]
+mod tests;
+
+pub use decide::{Decision, Routed};
+pub use shadow::default_shadow_name;
+
+use crate::breaker::BreakerPolicy;
+use crate::bucket::FINE_BUCKETS;
+use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
+use crate::matcher::{Condition, Matcher};
+use crate::shadow::{MarkerKey, ShadowPolicy, ShadowTarget};
+use fields::{field, routing_header_name};
+use rule::compile_rule;
+use shadow::compile_marker_secret;
+
+pub const MAX_DESTINATIONS: usize = 16;
+pub const MAX_SHADOWS_PER_RULE: usize = 8;
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug)]
+pub struct Plan {
+    /// Lower-case header the chosen cluster is written to.
+    pub cluster_header: String,
+    /// Lower-case header the chosen destination name is written to; `None` when disabled.
+    pub variant_header: Option<String>,
+    pub debug_header: bool,
+    pub rules: Vec<Rule>,
+    /// Whether any rule reads request attributes (then the host reads the header map once).
+    pub needs_request_headers: bool,
+    /// Whether any rule matches on Envoy's route name (then the host reads that property).
+    pub needs_route_name: bool,
+    /// Every shadow target by metric name (rules refer to them by index).
+    pub shadow_targets: Vec<ShadowTarget>,
+    /// Shadow bulkhead, per worker.
+    pub max_in_flight: usize,
+    pub max_buffered_body_bytes: u64,
+    /// Signs and verifies the shadow marker (`shadow_marker_secret`); `None`: unsigned marker.
+    pub marker_key: Option<MarkerKey>,
+    /// Every destination with a breaker, in plan order; `Destination::breaker_slot` indexes it.
+    pub breakers: Vec<BreakerRef>,
+    /// When to call Envoy's `clear_route_cache` after a routing-header change.
+    pub clear_route_cache: RouteCacheMode,
+}
+
+/// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerRef {
+    pub rule: usize,
+    pub destination: usize,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub sticky: Option<Sticky>,
+    pub hash: HashKind,
+    /// `"<salt>:"`, the prefix hashed before the user key.
+    pub salt_colon: Vec<u8>,
+    pub destinations: Vec<Destination>,
+    /// Exclusive upper bucket bound per destination (see `bucket::upper_bounds`).
+    pub upper_bounds: Vec<u32>,
+    pub shadows: Vec<ShadowPolicy>,
+}
+
+#[derive(Debug)]
+pub struct Destination {
+    pub name: String,
+    pub cluster: String,
+    pub weight: u32,
+    /// Index of the destination that takes this one's traffic while its breaker is open.
+    pub fallback: Option<usize>,
+    pub breaker: Option<BreakerPolicy>,
+    /// Index into `Plan::breakers` when this destination has a breaker.
+    pub breaker_slot: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug)]
+pub struct Sticky {
+    pub key: StickyKey,
+    /// When set (cookie keys only): what follows `<name>=<id>` in the `Set-Cookie` of users
+    /// who have no cookie yet (`cookie::attributes`).
+    pub assign_cookie: Option<String>,
+}
+
+impl Plan {
+    /// Parses and validates a JSON plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        Plan::compile(config::parse(bytes)?)
+    }
+
+    pub fn compile(config: PluginConfig) -> Result<Plan, ConfigError> {
+        let cluster_header = routing_header_name("cluster_header", &config.cluster_header)?;
+        let variant_header = if config.variant_header.is_empty() {
+            None
+        } else {
+            let name = routing_header_name("variant_header", &config.variant_header)?;
+            if name == cluster_header {
+                return Err(ConfigError::new(
+                    "variant_header",
+                    "must differ from cluster_header",
+                ));
+            }
+            Some(name)
+        };
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut shadow_targets = Vec::new();
+        for (i, rule) in config.rules.into_iter().enumerate() {
+            let path = format!("rules[{i}]");
+            if rules.iter().any(|r: &Rule| r.name == rule.name) {
+                return Err(ConfigError::new(
+                    field(&path, "name"),
+                    format!("duplicate rule name \"{}\"", rule.name),
+                ));
+            }
+            rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
+        }
+        let mut breakers = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            for (d, dest) in rule.destinations.iter_mut().enumerate() {
+                if dest.breaker.is_some() {
+                    dest.breaker_slot = Some(breakers.len());
+                    breakers.push(BreakerRef {
+                        rule: r,
+                        destination: d,
+                    });
+                }
+            }
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                "must be at least 1 (use \"percent\": 0 to turn shadowing off)",
+            ));
+        }
+        let marker_key = config
+            .shadow_marker_secret
+            .as_deref()
+            .map(compile_marker_secret)
+            .transpose()?;
+        let needs_route_name = rules
+            .iter()
+            .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
+        // Shadow copies carry the request's headers, so a rule with shadows needs them too.
+        let needs_request_headers = rules.iter().any(|r| {
+            r.matcher.conditions.iter().any(|c| !c.needs_route_name())
+                || r.sticky.is_some()
+                || !r.shadows.is_empty()
+        });
+        Ok(Plan {
+            cluster_header,
+            variant_header,
+            debug_header: config.debug_header,
+            rules,
+            needs_request_headers,
+            needs_route_name,
+            shadow_targets,
+            max_in_flight: config.max_in_flight as usize,
+            max_buffered_body_bytes: config.max_buffered_body_bytes,
+            marker_key,
+            breakers,
+            clear_route_cache: config.clear_route_cache,
+        })
+    }
+}
+
+impl Plan {
+    /// The rule and destination breaker `at` sits on.
+    pub fn breaker_site(&self, at: BreakerRef) -> Option<(&Rule, &Destination)> {
+        let rule = self.rules.get(at.rule)?;
+        Some((rule, rule.destinations.get(at.destination)?))
+    }
+
+    /// The policy of breaker `slot` (an index into `breakers`).
+    pub fn breaker_policy(&self, slot: usize) -> Option<&BreakerPolicy> {
+        let at = *self.breakers.get(slot)?;
+        self.breaker_site(at)?.1.breaker.as_ref()
+    }
+
+    /// The `shadow`-th shadow of rule `rule`.
+    pub fn shadow_policy(&self, rule: usize, shadow: usize) -> Option<&ShadowPolicy> {
+        self.rules.get(rule)?.shadows.get(shadow)
+    }
+
+    /// Rules with effects beyond routing (assigning a cookie, shadowing, a breaker) that are
+    /// not scoped to a host or an Envoy route: on a shared gateway such a rule acts on every
+    /// app behind it (docs/deploy.md). Logged as warnings at load; the configuration stays valid.
+    pub fn unscoped_side_effects(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                let scoped = rule
+                    .matcher
+                    .conditions
+                    .iter()
+                    .any(|c| matches!(c, Condition::Authority(_) | Condition::RouteNames(_)));
+                let mut effects = Vec::new();
+                if rule
+                    .sticky
+                    .as_ref()
+                    .is_some_and(|s| s.assign_cookie.is_some())
+                {
+                    effects.push("sticky.assign_cookie");
+                }
+                if !rule.shadows.is_empty() {
+                    effects.push("shadow");
+                }
+                if rule.destinations.iter().any(|d| d.breaker.is_some()) {
+                    effects.push("breaker");
+                }
+                (!scoped && !effects.is_empty()).then(|| {
+                    format!(
+                        "rule \"{}\" has {} but no match.authority or match.route_names: \
+                         on a shared gateway it acts on every host",
+                        rule.name,
+                        effects.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+// Compile-time guard: the fine bucket count is what the docs promise.
+const _: () = assert!(FINE_BUCKETS == 10_000);

@@ -1,0 +1,572 @@
+//! Compile tests: good configurations, defaults, and every error with its exact message.
+
+use super::*;
+use crate::breaker::StatusMatch;
+use crate::rng::sample_threshold;
+use std::time::Duration;
+
+fn err(json: &str) -> String {
+    Plan::from_json(json.as_bytes()).unwrap_err().to_string()
+}
+
+fn rule(body: &str) -> String {
+    format!(r#"{{"rules":[{body}]}}"#)
+}
+
+const DESTS: &str = r#""destinations":[{"name":"a","cluster":"ca"}]"#;
+
+#[test]
+fn the_issue_example_compiles() {
+    let plan = Plan::from_json(
+        br#"{
+          "cluster_header": "x-split-cluster",
+          "variant_header": "x-split-variant",
+          "debug_header": false,
+          "rules": [
+            { "name": "employees",
+              "match": { "headers": [ { "name": "x-employee", "exact": "true" } ] },
+              "destinations": [ { "name": "canary", "cluster": "checkout-v2" } ] },
+            { "name": "checkout-canary",
+              "match": { "path": { "prefix": "/checkout" } },
+              "sticky": { "cookie": "uid", "assign_cookie": true },
+              "salt": "checkout-2026-11",
+              "destinations": [
+                { "name": "canary", "cluster": "checkout-v2", "weight": 5 },
+                { "name": "stable", "cluster": "checkout-v1", "weight": 95 } ] }
+          ]
+        }"#,
+    )
+    .unwrap();
+    assert_eq!(plan.rules.len(), 2);
+    assert_eq!(plan.rules[1].upper_bounds, vec![500, 10_000]);
+    assert_eq!(plan.rules[1].salt_colon, b"checkout-2026-11:");
+    assert_eq!(plan.rules[0].salt_colon, b"employees:");
+    assert_eq!(
+        plan.rules[1]
+            .sticky
+            .as_ref()
+            .unwrap()
+            .assign_cookie
+            .as_deref(),
+        Some("; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax")
+    );
+    assert!(plan.needs_request_headers);
+    assert!(!plan.needs_route_name);
+}
+
+#[test]
+fn defaults() {
+    let plan = Plan::from_json(b"").unwrap();
+    assert_eq!(plan.cluster_header, "x-split-cluster");
+    assert_eq!(plan.variant_header.as_deref(), Some("x-split-variant"));
+    assert!(!plan.debug_header);
+    assert!(plan.rules.is_empty());
+    let plan = Plan::from_json(br#"{"variant_header":"","cluster_header":"X-Route"}"#).unwrap();
+    assert_eq!(plan.variant_header, None);
+    assert_eq!(plan.cluster_header, "x-route");
+    let plan = Plan::from_json(rule(&format!(r#"{{"name":"r",{DESTS}}}"#)).as_bytes()).unwrap();
+    assert!(!plan.needs_request_headers);
+    assert_eq!(plan.rules[0].destinations[0].weight, 1);
+}
+
+/// Each bad configuration and the exact message an operator reads in Envoy's log.
+#[test]
+fn bad_configs_name_the_field_and_the_reason() {
+    let cases: Vec<(String, &str)> = vec![
+        ("{".into(), "invalid JSON: EOF while parsing an object at line 1 column 1"),
+        (r#"{"rules": [}"#.into(), "invalid JSON: expected value at line 1 column 12"),
+        (r#"{} x"#.into(), "invalid JSON: trailing characters at line 1 column 4"),
+        (
+            r#"{"rulez": []}"#.into(),
+            "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache, shadow_marker_secret",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","wieght":1}]}"#),
+            "rules[0].destinations[0].wieght: unknown field, expected one of: name, cluster, weight, fallback, breaker",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2.5}]}"#),
+            "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got 2.5",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":-1}]}"#),
+            "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got -1",
+        ),
+        (
+            rule(r#"{"destinations":[]}"#),
+            "rules[0].name: is required",
+        ),
+        (rule(&format!(r#"{{"name":"",{DESTS}}}"#)), "rules[0].name: \"\" must be 1-64 characters of [A-Za-z0-9_-]"),
+        (rule(&format!(r#"{{"name":"a.b",{DESTS}}}"#)), "rules[0].name: \"a.b\" must be 1-64 characters of [A-Za-z0-9_-]"),
+        (
+            format!(r#"{{"rules":[{{"name":"r",{DESTS}}},{{"name":"r",{DESTS}}}]}}"#),
+            "rules[1].name: duplicate rule name \"r\"",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[]}"#),
+            "rules[0].destinations: must list 1 to 16 destinations, got 0",
+        ),
+        (
+            rule(&format!(
+                r#"{{"name":"r","destinations":[{}]}}"#,
+                (0..17).map(|i| format!(r#"{{"name":"d{i}","cluster":"c"}}"#)).collect::<Vec<_>>().join(",")
+            )),
+            "rules[0].destinations: must list 1 to 16 destinations, got 17",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c"},{"name":"a","cluster":"d"}]}"#),
+            "rules[0].destinations[1].name: duplicate destination name \"a\" in this rule",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":0},{"name":"b","cluster":"d","weight":0}]}"#),
+            "rules[0].destinations: all weights are 0: at least one destination must have a positive weight",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","weight":2000000}]}"#),
+            "rules[0].destinations[0].weight: must be at most 1000000, got 2000000",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":""}]}"#),
+            "rules[0].destinations[0].cluster: \"\" must be a non-empty cluster name of visible ASCII characters",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c d"}]}"#),
+            "rules[0].destinations[0].cluster: \"c d\" must be a non-empty cluster name of visible ASCII characters",
+        ),
+        (
+            rule(r#"{"name":"r","hash":"unleash","destinations":[{"name":"a","cluster":"c","weight":30},{"name":"b","cluster":"d","weight":60}]}"#),
+            "rules[0].destinations: with hash \"unleash\" the weights must sum to 100 (percentages), got 90",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","hash":"coarse",{DESTS}}}"#)),
+            "rules[0].hash: \"coarse\" is not one of \"fine\", \"unleash\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"header":"x-user","assign_cookie":true}},{DESTS}}}"#)),
+            "rules[0].sticky.assign_cookie: only applies to a cookie user key (\"cookie\": NAME)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"header":"x-user","cookie":"uid"}},{DESTS}}}"#)),
+            "rules[0].sticky: must name exactly one user key: \"header\", \"cookie\" or \"query\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{}},{DESTS}}}"#)),
+            "rules[0].sticky: must name exactly one user key: \"header\", \"cookie\" or \"query\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_max_age_s":5}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_max_age_s: only applies with \"assign_cookie\": true",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"header":"x user"}},{DESTS}}}"#)),
+            "rules[0].sticky.header: \"x user\" is not a valid header name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"a;b"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie: \"a;b\" is not a valid cookie name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":0}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_max_age_s: must be at least 1 (Max-Age=0 deletes the cookie at once)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_secure":true}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_secure: only applies with \"assign_cookie\": true",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_domain":"example.com"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_domain: only applies with \"assign_cookie\": true",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","cookie_same_site":"Strict"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_same_site: only applies with \"assign_cookie\": true",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_same_site":"None"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_same_site: \"None\" requires \"cookie_secure\": true (browsers reject SameSite=None cookies without Secure)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_same_site":"lax"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_same_site: \"lax\" is not one of \"Lax\", \"Strict\", \"None\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_secure":"yes"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_secure: must be true or false, got a string",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__Host-uid","assign_cookie":true}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie: \"__Host-uid\" requires \"cookie_secure\": true (browsers reject __Host- cookies without Secure)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__secure-uid","assign_cookie":true,"cookie_secure":false}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie: \"__secure-uid\" requires \"cookie_secure\": true (browsers reject __Secure- cookies without Secure)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"__Host-uid","assign_cookie":true,"cookie_secure":true,"cookie_domain":"example.com"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_domain: must not be set for \"__Host-uid\" (browsers reject __Host- cookies with a Domain)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_domain":"example.com; Secure"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_domain: \"example.com; Secure\" is not a domain name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_domain":""}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_domain: \"\" is not a domain name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_secure":true,"cookie_samesite":"None"}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_samesite: unknown field, expected one of: header, cookie, query, assign_cookie, cookie_max_age_s, cookie_secure, cookie_domain, cookie_same_site",
+        ),
+        (
+            r#"{"cluster_header":":authority"}"#.into(),
+            "cluster_header: \":authority\" is a pseudo-header: use a header name of your own",
+        ),
+        (
+            r#"{"cluster_header":"Host"}"#.into(),
+            "cluster_header: \"Host\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"cluster_header":"x-shadow-request"}"#.into(),
+            "cluster_header: \"x-shadow-request\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"variant_header":"cookie"}"#.into(),
+            "variant_header: \"cookie\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"variant_header":"content-length"}"#.into(),
+            "variant_header: \"content-length\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"cluster_header":"x-envoy-upstream-alt-stat-name"}"#.into(),
+            "cluster_header: \"x-envoy-upstream-alt-stat-name\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"variant_header":"Sec-Fetch-Site"}"#.into(),
+            "variant_header: \"Sec-Fetch-Site\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own",
+        ),
+        (
+            r#"{"cluster_header":"bad header"}"#.into(),
+            "cluster_header: \"bad header\" is not a valid header name",
+        ),
+        (r#"{"cluster_header":""}"#.into(), "cluster_header: \"\" is not a valid header name"),
+        (
+            r#"{"variant_header":"X-Split-Cluster"}"#.into(),
+            "variant_header: must differ from cluster_header",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x-a"}}]}},{DESTS}}}"#)),
+            "rules[0].match.headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x-a","exact":"1","prefix":"1"}}]}},{DESTS}}}"#)),
+            "rules[0].match.headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x a","exact":"1"}}]}},{DESTS}}}"#)),
+            "rules[0].match.headers[0].name: \"x a\" is not a valid header name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"cookies":[{{"name":"c","one_of":[]}}]}},{DESTS}}}"#)),
+            "rules[0].match.cookies[0].one_of: must list at least one value",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"query":[{{"name":"","present":true}}]}},{DESTS}}}"#)),
+            "rules[0].match.query[0].name: must not be empty",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"path":{{"exact":"/a","prefix":"/"}}}},{DESTS}}}"#)),
+            "rules[0].match.path: needs exactly one of \"exact\", \"prefix\", \"suffix\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"authority":{{"present":true}}}},{DESTS}}}"#)),
+            "rules[0].match.authority.present: unknown field, expected one of: exact, prefix, suffix",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"methods":[]}},{DESTS}}}"#)),
+            "rules[0].match.methods: must not be empty (omit the field to match everything)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"methods":["GET","P OST"]}},{DESTS}}}"#)),
+            "rules[0].match.methods[1]: \"P OST\" is not an HTTP method token",
+        ),
+        (r#"[1, 2]"#.into(), "must be an object, got an array"),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","breaker":{}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker: needs a \"fallback\": the destination that takes the traffic while it is open",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b"},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].fallback: only applies with a \"breaker\"",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"x","breaker":{}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].fallback: \"x\" is not a destination of this rule",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"a","breaker":{}}]}"#),
+            "rules[0].destinations[0].fallback: a destination cannot fall back to itself",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{}},{"name":"b","cluster":"d","fallback":"c","breaker":{}},{"name":"c","cluster":"e","fallback":"b","breaker":{}}]}"#),
+            "rules[0].destinations: fallback chain loops: a -> b -> c -> b",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_ratio":0}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.failure_ratio: must be above 0 (a share of failed requests, e.g. 0.2)",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_ratio":1.5}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.failure_ratio: must be a number from 0 to 1, got 1.5",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"open_s":0}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.open_s: must be at least 1",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"half_open_percent":0}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.half_open_percent: must be above 0, or the breaker could never close again",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":[]}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.failure_statuses: must list at least one status or class",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":["5xx","6xx"]}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.failure_statuses[1]: \"6xx\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"failure_statuses":[700]}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.failure_statuses[0]: \"700\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")",
+        ),
+        (
+            rule(r#"{"name":"r","destinations":[{"name":"a","cluster":"c","fallback":"b","breaker":{"treshold":1}},{"name":"b","cluster":"d"}]}"#),
+            "rules[0].destinations[0].breaker.treshold: unknown field, expected one of: failure_ratio, min_requests, window_s, open_s, half_open_percent, failure_statuses, count_local_replies",
+        ),
+        (r#"{"max_in_flight": 0}"#.into(), "max_in_flight: must be at least 1 (use \"percent\": 0 to turn shadowing off)"),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","percent":101}}]}}"#)),
+            "rules[0].shadow[0].percent: must be a number from 0 to 100, got 101",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"percent":1}}]}}"#)),
+            "rules[0].shadow[0].cluster: is required",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","timeout_ms":0}}]}}"#)),
+            "rules[0].shadow[0].timeout_ms: must be at least 1",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","compare_body":true}}]}}"#)),
+            "rules[0].shadow[0].compare_body: only applies with \"compare\": true",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","remove_headers":["bad header"]}}]}}"#)),
+            "rules[0].shadow[0].remove_headers[0]: \"bad header\" is not a valid header name",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","host_suffix":"a b"}}]}}"#)),
+            "rules[0].shadow[0].host_suffix: \"a b\" must be visible ASCII characters",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s"}},{{"cluster":"s"}}]}}"#)),
+            "rules[0].shadow[1].name: duplicate shadow target \"s\" in this rule",
+        ),
+        (
+            format!(r#"{{"rules":[{{"name":"a",{DESTS},"shadow":[{{"name":"x","cluster":"s1"}}]}},{{"name":"b",{DESTS},"shadow":[{{"name":"x","cluster":"s2"}}]}}]}}"#),
+            "rules[1].shadow[0].name: shadow name \"x\" already stands for cluster \"s1\"; give this one another \"name\"",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","methods":[]}}]}}"#)),
+            "rules[0].shadow[0].methods: must not be empty (omit the field to match everything)",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","mirror":true}}]}}"#)),
+            "rules[0].shadow[0].mirror: unknown field, expected one of: name, cluster, percent, timeout_ms, host_suffix, methods, include_body, max_body_bytes, remove_headers, compare, compare_body",
+        ),
+        (r#"{"rules": {}}"#.into(), "rules: must be an array, got an object"),
+        (
+            r#"{"max_buffered_body_bytes": 4294967295}"#.into(),
+            "max_buffered_body_bytes: must be a whole number from 0 to 268435456, got 4294967295",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r",{DESTS},"shadow":[{{"cluster":"s","max_body_bytes":268435457}}]}}"#)),
+            "rules[0].shadow[0].max_body_bytes: must be a whole number from 0 to 268435456, got 268435457",
+        ),
+        (
+            r#"{"shadow_marker_secret": "short"}"#.into(),
+            "shadow_marker_secret: must be 16 to 256 visible ASCII characters, got 5 characters",
+        ),
+        (
+            r#"{"shadow_marker_secret": "sixteen chars with spaces"}"#.into(),
+            "shadow_marker_secret: must be 16 to 256 visible ASCII characters, got 25 characters",
+        ),
+        (r#"{"debug_header": "yes"}"#.into(), "debug_header: must be true or false, got a string"),
+        (rule(r#"{"name":"r"}"#), "rules[0].destinations: is required"),
+        (rule(r#"{"name":7,"destinations":[]}"#), "rules[0].name: must be a string, got a number"),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"methods":["GET",1]}},{DESTS}}}"#)),
+            "rules[0].match.methods[1]: must be a string, got a number",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"headers":[{{"name":"x","exact":"1","regex":"."}}]}},{DESTS}}}"#)),
+            "rules[0].match.headers[0].regex: unknown field, expected one of: name, exact, prefix, suffix, one_of, present",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true,"cookie_max_age_s":-5}},{DESTS}}}"#)),
+            "rules[0].sticky.cookie_max_age_s: must be a whole number from 0 to 4294967295, got -5",
+        ),
+        (
+            rule(&format!(r#"{{"name":"r","match":{{"route_names":[]}},{DESTS}}}"#)),
+            "rules[0].match.route_names: must not be empty (omit the field to match everything)",
+        ),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(json, expected)| err(json) != *expected)
+        .map(|(json, expected)| {
+            format!("{json}\n  got:      {}\n  expected: {expected}", err(json))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn shadow_targets_are_named_from_their_cluster_and_shared_by_name() {
+    let plan = Plan::from_json(
+        format!(
+            r#"{{"rules":[
+            {{"name":"a",{DESTS},"shadow":[{{"cluster":"outbound|8080||checkout-v3.shop.svc.cluster.local","percent":12.5}}]}},
+            {{"name":"b",{DESTS},"shadow":[{{"cluster":"outbound|8080||checkout-v3.shop.svc.cluster.local"}},{{"name":"v4","cluster":"v4"}}]}}]}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(plan.shadow_targets.len(), 2);
+    assert_eq!(
+        plan.shadow_targets[0].name,
+        "outbound_8080__checkout-v3_shop_svc_cluster_local"
+    );
+    assert_eq!(plan.rules[1].shadows[0].target, 0);
+    assert_eq!(plan.rules[1].shadows[1].target, 1);
+    let s = &plan.rules[0].shadows[0];
+    assert_eq!(s.sample_threshold, u64::MAX / 8 + 1);
+    assert_eq!(s.timeout, Duration::from_millis(1000));
+    assert_eq!(s.host_suffix, "-shadow");
+    assert!(s.include_body && !s.compare && !s.compare_body);
+    assert_eq!(s.max_body_bytes, 1024 * 1024);
+    assert!(plan.needs_request_headers, "copies carry every header");
+    assert_eq!(plan.max_in_flight, 1024);
+    assert_eq!(plan.max_buffered_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(default_shadow_name(&"é".repeat(70)), "_".repeat(64));
+}
+
+#[test]
+fn breakers_get_slots_fallbacks_and_defaults() {
+    let plan = Plan::from_json(
+        br#"{"rules":[
+          {"name":"a","destinations":[{"name":"x","cluster":"x"}]},
+          {"name":"b","destinations":[
+            {"name":"canary","cluster":"v2","weight":5,"fallback":"stable",
+             "breaker":{"failure_statuses":["5xx",429,"503"],"count_local_replies":false}},
+            {"name":"stable","cluster":"v1","weight":95,"fallback":"old","breaker":{"min_requests":5}},
+            {"name":"old","cluster":"v0","weight":0}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        plan.breakers,
+        vec![
+            BreakerRef {
+                rule: 1,
+                destination: 0
+            },
+            BreakerRef {
+                rule: 1,
+                destination: 1
+            }
+        ]
+    );
+    let canary = &plan.rules[1].destinations[0];
+    assert_eq!((canary.fallback, canary.breaker_slot), (Some(1), Some(0)));
+    let b = canary.breaker.as_ref().unwrap();
+    assert_eq!(b.failure_ratio, 0.2);
+    assert_eq!((b.min_requests, b.window_s, b.open_s), (20, 10, 30));
+    assert_eq!(b.half_open_threshold, sample_threshold(10.0));
+    assert!(!b.count_local_replies);
+    assert_eq!(
+        b.failure_statuses,
+        vec![
+            StatusMatch::Class(5),
+            StatusMatch::Exact(429),
+            StatusMatch::Exact(503)
+        ]
+    );
+    assert_eq!(plan.rules[1].destinations[1].fallback, Some(2));
+    assert_eq!(plan.rules[1].destinations[2].breaker_slot, None);
+}
+
+#[test]
+fn route_name_is_read_only_when_a_rule_uses_it() {
+    let plan = Plan::from_json(
+        rule(&format!(
+            r#"{{"name":"r","match":{{"route_names":["x"]}},{DESTS}}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(plan.needs_route_name);
+    assert!(!plan.needs_request_headers);
+}
+
+#[test]
+fn clear_route_cache_is_auto_by_default_and_always_on_request() {
+    assert_eq!(
+        Plan::from_json(b"{}").unwrap().clear_route_cache,
+        RouteCacheMode::Auto
+    );
+    for (json, mode) in [
+        (r#"{"clear_route_cache":"auto"}"#, RouteCacheMode::Auto),
+        (r#"{"clear_route_cache":"always"}"#, RouteCacheMode::Always),
+    ] {
+        assert_eq!(
+            Plan::from_json(json.as_bytes()).unwrap().clear_route_cache,
+            mode
+        );
+    }
+    let err = Plan::from_json(br#"{"clear_route_cache":"never"}"#).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"clear_route_cache: "never" is not one of "auto", "always""#
+    );
+    let err = Plan::from_json(br#"{"clear_route_cache":true}"#).unwrap_err();
+    assert_eq!(err.path, "clear_route_cache");
+}
+
+#[test]
+fn rules_with_side_effects_and_no_host_or_route_scope_are_reported() {
+    let plan = Plan::from_json(
+        br#"{ "rules": [
+          { "name": "plain", "destinations": [ { "name": "a", "cluster": "a" } ] },
+          { "name": "cookie", "sticky": { "cookie": "uid", "assign_cookie": true },
+            "destinations": [ { "name": "a", "cluster": "a" } ] },
+          { "name": "cookie-scoped", "match": { "authority": { "exact": "shop.example.com" } },
+            "sticky": { "cookie": "uid", "assign_cookie": true },
+            "destinations": [ { "name": "a", "cluster": "a" } ] },
+          { "name": "copies", "destinations": [ { "name": "a", "cluster": "a" } ],
+            "shadow": [ { "name": "s", "cluster": "s" } ] },
+          { "name": "copies-routed", "match": { "route_names": ["checkout"] },
+            "destinations": [ { "name": "a", "cluster": "a" } ], "shadow": [ { "name": "s", "cluster": "s" } ] },
+          { "name": "breaks", "sticky": { "header": "x-user-id" },
+            "destinations": [
+              { "name": "canary", "cluster": "c", "weight": 1, "fallback": "stable",
+                "breaker": { "failure_ratio": 0.5 } },
+              { "name": "stable", "cluster": "s", "weight": 1 } ] }
+        ] }"#,
+    )
+    .unwrap();
+    let warnings = plan.unscoped_side_effects();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].starts_with("rule \"cookie\" has sticky.assign_cookie but"));
+    assert!(warnings[1].starts_with("rule \"copies\" has shadow but"));
+    assert!(warnings[2].starts_with("rule \"breaks\" has breaker but"));
+}

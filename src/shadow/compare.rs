@@ -1,0 +1,272 @@
+//! Comparing shadow and primary answers: status, class and body digest, paired whichever
+//! arrives first.
+
+use super::Keyed;
+
+/// How an exchange ended, as far as comparison is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub latency_ms: u64,
+    /// Digest of the body, when bodies are compared and the body was within bounds.
+    pub body_digest: Option<u64>,
+}
+
+/// What one comparison found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub status_mismatch: bool,
+    pub class_mismatch: bool,
+    pub body_mismatch: bool,
+}
+
+pub fn compare(primary: &Answer, shadow: &Answer) -> Verdict {
+    Verdict {
+        status_mismatch: primary.status != shadow.status,
+        class_mismatch: primary.status / 100 != shadow.status / 100,
+        body_mismatch: match (primary.body_digest, shadow.body_digest) {
+            (Some(p), Some(s)) => p != s,
+            _ => false,
+        },
+    }
+}
+
+/// A 64-bit FNV-1a digest, fed chunk by chunk as the body passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Digest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Pairs primary and shadow answers of the same request, whichever arrives first. Entries
+/// live until the primary is known (or gone) and every expected shadow answered (or failed), or
+/// until their deadline: a primary that streams for an hour (SSE, a download) does not keep a
+/// record for an hour. At most `capacity` records (per worker); found by binary search.
+pub struct CompareBook {
+    entries: Keyed<Entry>,
+    pub capacity: usize,
+}
+
+struct Entry {
+    primary: Option<Option<Answer>>,
+    expected_shadows: usize,
+    /// Shadow answers waiting for the primary: (shadow target, answer).
+    waiting: Vec<(usize, Answer)>,
+    deadline_ms: u64,
+}
+
+/// A finished comparison: which shadow target, and what it found.
+pub type Finding = (usize, Verdict);
+
+impl CompareBook {
+    pub fn new(capacity: usize) -> Self {
+        CompareBook {
+            entries: Keyed::default(),
+            capacity,
+        }
+    }
+
+    /// A request will be compared with `shadows` copies, until `deadline_ms` at the latest.
+    /// False (nothing is compared) when the book is full.
+    pub fn open(&mut self, key: u64, shadows: usize, deadline_ms: u64) -> bool {
+        if self.entries.len() >= self.capacity {
+            return false;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                primary: None,
+                expected_shadows: shadows,
+                waiting: Vec::new(),
+                deadline_ms,
+            },
+        );
+        true
+    }
+
+    /// A copy will never answer (dropped or failed): nothing to compare for it.
+    pub fn shadow_gone(&mut self, key: u64) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.expected_shadows = e.expected_shadows.saturating_sub(1);
+        }
+        self.tidy(key);
+    }
+
+    /// A shadow answered; returns the finding if the primary is already known.
+    pub fn shadow_answered(&mut self, key: u64, target: usize, answer: Answer) -> Option<Finding> {
+        let e = self.entries.get_mut(key)?;
+        e.expected_shadows = e.expected_shadows.saturating_sub(1);
+        let finding = match &e.primary {
+            Some(Some(primary)) => Some((target, compare(primary, &answer))),
+            Some(None) => None,
+            None => {
+                e.waiting.push((target, answer));
+                None
+            }
+        };
+        self.tidy(key);
+        finding
+    }
+
+    /// The primary answered (`None`: the client went away without an answer); returns the
+    /// findings for the shadows that answered first.
+    pub fn primary_done(&mut self, key: u64, answer: Option<Answer>) -> Vec<Finding> {
+        let Some(e) = self.entries.get_mut(key) else {
+            return Vec::new();
+        };
+        if e.primary.is_some() {
+            return Vec::new();
+        }
+        e.primary = Some(answer);
+        let findings = match &answer {
+            Some(primary) => e
+                .waiting
+                .drain(..)
+                .map(|(target, shadow)| (target, compare(primary, &shadow)))
+                .collect(),
+            None => {
+                e.waiting.clear();
+                Vec::new()
+            }
+        };
+        self.tidy(key);
+        findings
+    }
+
+    /// Forgets records past their deadline (nothing is compared for them); returns how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        self.entries.take_if(|e| e.deadline_ms <= now_ms).len()
+    }
+
+    fn tidy(&mut self, key: u64) {
+        let done = self
+            .entries
+            .get_mut(key)
+            .is_some_and(|e| e.primary.is_some() && e.expected_shadows == 0);
+        if done {
+            self.entries.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_classes_and_bodies() {
+        let a = |status, digest| Answer {
+            status,
+            latency_ms: 1,
+            body_digest: digest,
+        };
+        assert_eq!(compare(&a(200, None), &a(200, None)), Verdict::default());
+        assert_eq!(
+            compare(&a(200, None), &a(201, None)),
+            Verdict {
+                status_mismatch: true,
+                ..Verdict::default()
+            }
+        );
+        assert_eq!(
+            compare(&a(200, Some(1)), &a(500, Some(2))),
+            Verdict {
+                status_mismatch: true,
+                class_mismatch: true,
+                body_mismatch: true
+            }
+        );
+        assert!(!compare(&a(200, Some(1)), &a(200, None)).body_mismatch);
+    }
+
+    #[test]
+    fn compare_book_pairs_answers_in_either_order_and_forgets_finished_requests() {
+        let ok = Answer {
+            status: 200,
+            latency_ms: 3,
+            body_digest: None,
+        };
+        let err = Answer { status: 500, ..ok };
+        let mut book = CompareBook::new(8);
+        // Shadow first, then primary.
+        book.open(1, 2, u64::MAX);
+        assert_eq!(book.shadow_answered(1, 0, err), None);
+        let findings = book.primary_done(1, Some(ok));
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].1.class_mismatch);
+        assert_eq!(book.len(), 1);
+        // Primary first, then the second shadow.
+        let late = book.shadow_answered(1, 1, ok).unwrap();
+        assert_eq!(late, (1, Verdict::default()));
+        assert!(book.is_empty());
+        // A failed shadow and a vanished client leave nothing behind.
+        book.open(2, 1, u64::MAX);
+        book.shadow_gone(2);
+        assert!(book.primary_done(2, None).is_empty());
+        assert!(book.is_empty());
+        book.open(3, 1, u64::MAX);
+        assert!(book.primary_done(3, None).is_empty());
+        assert_eq!(book.shadow_answered(3, 0, ok), None);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn compare_records_are_bounded_and_expire() {
+        let ok = Answer {
+            status: 200,
+            latency_ms: 3,
+            body_digest: None,
+        };
+        let mut book = CompareBook::new(2);
+        assert!(book.open(1, 1, 1_000));
+        assert!(book.open(2, 1, 5_000));
+        assert!(!book.open(3, 1, 5_000), "full");
+        // The shadow answered; the primary (a long download) has not finished.
+        assert_eq!(book.shadow_answered(1, 0, ok), None);
+        assert_eq!(book.expire(999), 0);
+        assert_eq!(book.expire(1_000), 1);
+        assert_eq!(book.len(), 1);
+        // Gone: the primary's late end finds nothing and compares nothing.
+        assert!(book.primary_done(1, Some(ok)).is_empty());
+        assert!(book.open(3, 1, 5_000), "room again");
+        assert_eq!(book.expire(u64::MAX), 2);
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn digest_is_chunking_independent() {
+        let mut whole = Digest::default();
+        whole.update(b"hello world");
+        let mut parts = Digest::default();
+        parts.update(b"hello");
+        parts.update(b" world");
+        assert_eq!(whole, parts);
+        let mut other = Digest::default();
+        other.update(b"hello worle");
+        assert_ne!(whole, other);
+    }
+}
