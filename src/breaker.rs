@@ -117,7 +117,7 @@ pub const MAX_BUCKETS: u64 = 60;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     /// Slice number: `now_s / bucket_s`.
-    pub second: u64,
+    pub slice: u64,
     pub requests: u64,
     pub failures: u64,
 }
@@ -176,15 +176,15 @@ impl Record {
         }
         match self.state {
             State::Closed => {
-                let second = now_ms / 1000 / policy.bucket_s();
-                self.prune(policy, second);
+                let slice = now_ms / 1000 / policy.bucket_s();
+                self.prune(policy, slice);
                 match self.buckets.last_mut() {
-                    Some(b) if b.second == second => {
+                    Some(b) if b.slice == slice => {
                         b.requests = b.requests.saturating_add(outcomes.requests);
                         b.failures = b.failures.saturating_add(outcomes.failures);
                     }
                     _ => self.buckets.push(Bucket {
-                        second,
+                        slice,
                         requests: outcomes.requests,
                         failures: outcomes.failures,
                     }),
@@ -217,7 +217,7 @@ impl Record {
         let slices = policy.window_s.div_ceil(policy.bucket_s());
         let oldest = slice.saturating_sub(slices.saturating_sub(1));
         self.buckets
-            .retain(|b| b.second >= oldest && b.second <= slice);
+            .retain(|b| b.slice >= oldest && b.slice <= slice);
     }
 
     /// A record whose state began after `now_ms` was written with a clock ahead of ours: its
@@ -294,7 +294,7 @@ impl Record {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for b in &self.buckets {
-            for v in [b.second, b.requests, b.failures] {
+            for v in [b.slice, b.requests, b.failures] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -328,13 +328,13 @@ impl Record {
         if record.probe_failures > record.probe_requests {
             return None;
         }
-        while let Some(second) = next() {
+        while let Some(slice) = next() {
             let bucket = Bucket {
-                second,
+                slice,
                 requests: next()?,
                 failures: next()?,
             };
-            let in_order = record.buckets.last().is_none_or(|b| b.second < second);
+            let in_order = record.buckets.last().is_none_or(|b| b.slice < slice);
             if !in_order
                 || bucket.failures > bucket.requests
                 || record.buckets.len() as u64 >= MAX_BUCKETS
@@ -800,12 +800,12 @@ mod tests {
             since_ms: T0,
             buckets: vec![
                 Bucket {
-                    second: 5,
+                    slice: 5,
                     requests: 7,
                     failures: 6,
                 },
                 Bucket {
-                    second: 8,
+                    slice: 8,
                     requests: 10,
                     failures: 9,
                 },
@@ -834,12 +834,12 @@ mod tests {
             since_ms: T0,
             buckets: vec![
                 Bucket {
-                    second: 5,
+                    slice: 5,
                     requests: 6,
                     failures: 1,
                 },
                 Bucket {
-                    second: 8,
+                    slice: 8,
                     requests: 9,
                     failures: 9,
                 },
@@ -892,7 +892,7 @@ mod tests {
         r.buckets.swap(0, 1);
         assert_eq!(Record::decode(&r.encode()), None, "buckets out of order");
         let mut r = sample();
-        r.buckets[1].second = 5;
+        r.buckets[1].slice = 5;
         assert_eq!(Record::decode(&r.encode()), None, "a bucket twice");
         let r = Record {
             probe_requests: 1,
@@ -902,8 +902,8 @@ mod tests {
         assert_eq!(Record::decode(&r.encode()), None, "probe failures > probes");
         let r = Record {
             buckets: (0..=MAX_BUCKETS)
-                .map(|second| Bucket {
-                    second,
+                .map(|slice| Bucket {
+                    slice,
                     requests: 1,
                     failures: 0,
                 })
@@ -1250,12 +1250,12 @@ mod tests {
             since_ms: T0,
             buckets: vec![
                 Bucket {
-                    second: T0 / 1000 - 1,
+                    slice: T0 / 1000 - 1,
                     requests: u64::MAX,
                     failures: u64::MAX,
                 },
                 Bucket {
-                    second: T0 / 1000,
+                    slice: T0 / 1000,
                     requests: u64::MAX - 1,
                     failures: 0,
                 },

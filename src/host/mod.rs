@@ -42,8 +42,10 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(SplitRoot::new(id)) });
 }}
 
-/// A compiled configuration in force, with its metric ids and the counts not yet flushed.
-struct Active {
+/// One loaded configuration: its plan, metric ids and the counts not yet flushed. The newest
+/// serves new streams; a replaced one stays loaded (`Vm::retired`) while streams, copies or
+/// calls still use it.
+struct Loaded {
     plan: Plan,
     decision_ids: Vec<Option<u32>>,
     counters: RefCell<DecisionCounters>,
@@ -56,8 +58,8 @@ struct Active {
     breakers: RefCell<Breakers>,
 }
 
-impl Active {
-    fn new(plan: Plan, scope: &str) -> Active {
+impl Loaded {
+    fn new(plan: Plan, scope: &str) -> Loaded {
         let define = |kind, names: &[String]| -> Vec<Option<u32>> {
             names
                 .iter()
@@ -72,7 +74,7 @@ impl Active {
                 .collect();
             define(MetricType::Histogram, &names)
         };
-        Active {
+        Loaded {
             decision_ids: define(MetricType::Counter, &DecisionCounters::names(&plan)),
             counters: RefCell::new(DecisionCounters::for_plan(&plan)),
             shadow_ids: define(MetricType::Counter, &ShadowCounters::names(&plan)),
@@ -139,7 +141,7 @@ struct Vm {
     shadow: Rc<RefCell<ShadowState>>,
     /// Configurations no root context serves any more that streams, queued copies or calls
     /// still use: any root's tick flushes them until their last user is gone.
-    retired: RefCell<Vec<Rc<Active>>>,
+    retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
 }
@@ -166,7 +168,7 @@ const DRAIN_SLACK_TICKS: u32 = 10;
 
 struct SplitRoot {
     id: u32,
-    active: Option<Rc<Active>>,
+    active: Option<Rc<Loaded>>,
     vm: Rc<Vm>,
     rng: Rc<RefCell<Rng>>,
     shadow: Rc<RefCell<ShadowState>>,
@@ -333,7 +335,7 @@ impl RootContext for SplitRoot {
         // Breaker records are keyed by filter instance (plugin name, root id, listener
         // direction and metadata) as well as rule, destination and cluster (`record_key`).
         let scope = breaker::scope();
-        if let Some(previous) = self.active.replace(Rc::new(Active::new(plan, &scope))) {
+        if let Some(previous) = self.active.replace(Rc::new(Loaded::new(plan, &scope))) {
             self.vm.retired.borrow_mut().push(previous);
         }
         if !std::mem::replace(&mut self.serving, true) {
@@ -373,7 +375,7 @@ impl RootContext for SplitRoot {
             active,
             rng: Rc::clone(&self.rng),
             shadow_state: Rc::clone(&self.shadow),
-            respond: None,
+            response_additions: None,
             shadow: None,
             breaker_ticket: None,
         }))
@@ -391,10 +393,10 @@ struct ResponseAdditions {
 }
 
 struct SplitStream {
-    active: Rc<Active>,
+    active: Rc<Loaded>,
     rng: Rc<RefCell<Rng>>,
     shadow_state: Rc<RefCell<ShadowState>>,
-    respond: Option<ResponseAdditions>,
+    response_additions: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
     /// The breaker this response's outcome is counted for.
     breaker_ticket: Option<BreakerTicket>,
@@ -431,7 +433,7 @@ impl SplitStream {
             .debug_header
             .then(|| format!("rule={}; variant={}", rule.name, dest.name));
         if routed.set_cookie.is_some() || debug.is_some() {
-            self.respond = Some(ResponseAdditions {
+            self.response_additions = Some(ResponseAdditions {
                 set_cookie: routed.set_cookie.clone(),
                 debug,
             });
@@ -574,13 +576,13 @@ impl HttpContext for SplitStream {
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if let Some(shadow) = &mut self.shadow {
-            shadow.finish_request(&self.active, &mut self.shadow_state.borrow_mut());
+            shadow.finish_request(&mut self.shadow_state.borrow_mut());
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if let Some(additions) = self.respond.take() {
+        if let Some(additions) = self.response_additions.take() {
             if let Some(cookie) = &additions.set_cookie {
                 let _ =
                     hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", cookie);

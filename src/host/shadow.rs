@@ -15,14 +15,14 @@
 //!   whatever the stream does next. The tick also refreshes a coarse clock the streams read, so
 //!   deadlines cost no host call per request.
 
-use super::{now, now_ms, status_of, Active};
+use super::{now, now_ms, status_of, Loaded};
 use crate::metrics::{ShadowEvent, SHADOW_DISPATCH_DELAY};
 use crate::plan::{Plan, Rule};
 use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
 use crate::shadow::{
-    check_marker, header_bytes, marker_value, Answer, Bulkhead, CompareBook, Digest, Finding,
-    Keyed, Marker, ShadowPolicy, SHADOW_MARKER,
+    check_marker, marker_value, select_copies, Answer, BodyDigest, Bulkhead, CompareBook,
+    ComparePlan, Digest, Finding, Keyed, Marker, ShadowPolicy, SHADOW_MARKER,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -56,13 +56,48 @@ pub(super) struct ShadowState {
     clock_ms: u64,
 }
 
+/// What identifies one copy, and the bytes it holds in the bulkhead, from the moment it is
+/// queued until its call completes.
+struct ShadowCopy {
+    /// The configuration that made it (kept loaded until the copy is done).
+    config: Rc<Loaded>,
+    rule: usize,
+    /// Index into the rule's `shadows`.
+    shadow: usize,
+    held: u64,
+    compare_key: Option<u64>,
+}
+
+impl ShadowCopy {
+    fn policy(&self) -> Option<&ShadowPolicy> {
+        self.config.plan.shadow_policy(self.rule, self.shadow)
+    }
+}
+
 /// One stream's copies that wait for the request body, and the body so far.
 struct Collection {
-    active: Rc<Active>,
-    rule: usize,
+    origin: Origin,
     body: Vec<u8>,
     copies: Vec<Collecting>,
+}
+
+/// What a stream's copies share.
+struct Origin {
+    config: Rc<Loaded>,
+    rule: usize,
     compare_key: Option<u64>,
+}
+
+impl Origin {
+    fn copy(&self, collecting: &Collecting) -> ShadowCopy {
+        ShadowCopy {
+            config: Rc::clone(&self.config),
+            rule: self.rule,
+            shadow: collecting.shadow,
+            held: collecting.held,
+            compare_key: self.compare_key,
+        }
+    }
 }
 
 /// A copy still collecting the request body.
@@ -77,25 +112,18 @@ struct Collecting {
 
 /// A complete copy, waiting for the root context to dispatch it.
 struct Job {
-    active: Rc<Active>,
-    rule: usize,
-    shadow: usize,
+    copy: ShadowCopy,
     headers: Vec<(String, String)>,
     body: Option<Rc<Vec<u8>>>,
-    held: u64,
-    compare_key: Option<u64>,
     ready_at: Option<SystemTime>,
 }
 
+/// A dispatched copy awaiting its answer. Envoy keeps its copy of the request until the call
+/// completes: its bytes are still counted.
 struct Call {
     /// The root context that dispatched it: Envoy cancels the call when that root is deleted.
     root: u32,
-    active: Rc<Active>,
-    rule: usize,
-    shadow: usize,
-    /// Envoy keeps its copy of the request until the call completes: still counted.
-    held: u64,
-    compare_key: Option<u64>,
+    copy: ShadowCopy,
     sent_at: Option<SystemTime>,
 }
 
@@ -161,8 +189,7 @@ impl ShadowState {
         self.calls.values_mut().filter(|c| c.root == root).fold(
             (0, Duration::ZERO),
             |(n, longest), c| {
-                let timeout =
-                    policy(&c.active, c.rule, c.shadow).map_or(Duration::ZERO, |p| p.timeout);
+                let timeout = c.copy.policy().map_or(Duration::ZERO, |p| p.timeout);
                 (n + 1, longest.max(timeout))
             },
         )
@@ -173,14 +200,12 @@ impl ShadowState {
     /// its slot and bytes return.
     pub fn cancel_calls_of(&mut self, root: u32) {
         for (_, call) in self.calls.take_if(|c| c.root == root) {
-            self.bulkhead.end_copy(call.held);
-            if let Some(policy) = policy(&call.active, call.rule, call.shadow) {
-                call.active
+            if let Some(policy) = call.copy.policy() {
+                call.copy
+                    .config
                     .count_shadow(policy.target, ShadowEvent::Cancelled);
             }
-            if let Some(key) = call.compare_key {
-                self.book.shadow_gone(key);
-            }
+            self.end(&call.copy);
         }
     }
 
@@ -200,22 +225,22 @@ impl ShadowState {
         }
     }
 
-    /// A copy that will never be sent: its slot and bytes return, and its comparison is off.
-    fn give_up(
-        &mut self,
-        active: &Active,
-        target: usize,
-        held: u64,
-        key: Option<u64>,
-        dropped: bool,
-    ) {
-        if dropped {
-            active.count_shadow(target, ShadowEvent::Dropped);
-        }
-        self.bulkhead.end_copy(held);
-        if let Some(key) = key {
+    /// A copy is over without an answer to compare: its slot and bytes return, and its
+    /// comparison is off.
+    fn end(&mut self, copy: &ShadowCopy) {
+        self.bulkhead.end_copy(copy.held);
+        if let Some(key) = copy.compare_key {
             self.book.shadow_gone(key);
         }
+    }
+
+    /// A copy that will never be sent (counted `dropped`).
+    fn drop_copy(&mut self, copy: &ShadowCopy) {
+        if let Some(policy) = copy.policy() {
+            copy.config
+                .count_shadow(policy.target, ShadowEvent::Dropped);
+        }
+        self.end(copy);
     }
 
     /// Root context, every tick: abandons copies whose body is still arriving past their
@@ -231,25 +256,15 @@ impl ShadowState {
                 c.copies.retain(|copy| {
                     let keep = copy.deadline_ms > now;
                     if !keep {
-                        expired.push((
-                            Rc::clone(&c.active),
-                            c.rule,
-                            copy.shadow,
-                            copy.held,
-                            c.compare_key,
-                        ));
+                        expired.push(c.origin.copy(copy));
                     }
                     keep
                 });
             }
             // Collections with no copy left free their body now.
             drop(self.collecting.take_if(|c| c.copies.is_empty()));
-            for (active, rule, shadow, held, key) in expired {
-                let target = policy(&active, rule, shadow).map(|p| p.target);
-                match target {
-                    Some(target) => self.give_up(&active, target, held, key, true),
-                    None => self.bulkhead.end_copy(held),
-                }
+            for copy in expired {
+                self.drop_copy(&copy);
             }
         }
         if !self.book.is_empty() {
@@ -323,11 +338,17 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>, root: u32) {
 }
 
 fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, root: u32) {
-    let Some(policy) = policy(&job.active, job.rule, job.shadow) else {
-        state.borrow_mut().bulkhead.end_copy(job.held);
+    let Job {
+        copy,
+        headers,
+        body,
+        ready_at,
+    } = job;
+    let Some(policy) = copy.policy() else {
+        state.borrow_mut().bulkhead.end_copy(copy.held);
         return;
     };
-    if let (Some(ready), Some(now), Some(id)) = (job.ready_at, now, job.active.dispatch_delay_id) {
+    if let (Some(ready), Some(now), Some(id)) = (ready_at, now, copy.config.dispatch_delay_id) {
         let delay = now.duration_since(ready).unwrap_or(Duration::ZERO);
         let _ = hostcalls::record_metric(id, delay.as_micros() as u64);
     }
@@ -335,41 +356,38 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, roo
     let now_s = now
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
-    let marker = marker_value(job.active.plan.marker_key.as_ref(), now_s);
-    let headers: Vec<(&str, &str)> = job
-        .headers
+    let marker = marker_value(copy.config.plan.marker_key.as_ref(), now_s);
+    let header_refs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .chain(std::iter::once((SHADOW_MARKER, marker.as_str())))
         .collect();
-    let body = job.body.as_deref().map(Vec::as_slice);
-    let result =
-        hostcalls::dispatch_http_call(&policy.cluster, headers, body, vec![], policy.timeout);
-    drop(job.headers);
-    drop(job.body);
+    let result = hostcalls::dispatch_http_call(
+        &policy.cluster,
+        header_refs,
+        body.as_deref().map(Vec::as_slice),
+        vec![],
+        policy.timeout,
+    );
+    let target = policy.target;
+    drop(headers);
+    drop(body);
     let mut s = state.borrow_mut();
     match result {
         Ok(token) => {
-            job.active.count_shadow(policy.target, ShadowEvent::Sent);
+            copy.config.count_shadow(target, ShadowEvent::Sent);
             s.calls.insert(
                 u64::from(token),
                 Call {
                     root,
-                    active: Rc::clone(&job.active),
-                    rule: job.rule,
-                    shadow: job.shadow,
-                    held: job.held,
-                    compare_key: job.compare_key,
+                    copy,
                     sent_at: now,
                 },
             );
         }
         Err(_) => {
-            job.active.count_shadow(policy.target, ShadowEvent::Failed);
-            s.bulkhead.end_copy(job.held);
-            if let Some(key) = job.compare_key {
-                s.book.shadow_gone(key);
-            }
+            copy.config.count_shadow(target, ShadowEvent::Failed);
+            s.end(&copy);
         }
     }
 }
@@ -385,6 +403,9 @@ fn call_response_header(name: &str) -> Option<Vec<u8>> {
 /// Exactly `len` bytes of a buffer, or `None`: a short read is a failure, never a truncated
 /// copy or digest.
 fn read_exact(buffer: BufferType, len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
     hostcalls::get_buffer(buffer, 0, len)
         .ok()
         .flatten()
@@ -400,53 +421,46 @@ impl ShadowState {
         let Some(call) = self.calls.remove(u64::from(token)) else {
             return;
         };
-        self.bulkhead.end_copy(call.held);
-        let Some(policy) = policy(&call.active, call.rule, call.shadow) else {
+        let copy = &call.copy;
+        let Some(policy) = copy.policy() else {
+            self.bulkhead.end_copy(copy.held);
             return;
         };
         let status = (num_headers > 0)
             .then(|| status_of(MapType::HttpCallResponseHeaders))
             .flatten()
             .filter(|_| !is_local_failure());
-        let body_digest = match (status, call.compare_key) {
-            (Some(_), Some(_))
-                if policy.compare_body && body_size as u64 <= policy.max_body_bytes =>
+        let answer = status.and_then(|status| {
+            let body_digest = if copy.compare_key.is_some() && policy.digests_body(body_size as u64)
             {
-                if body_size == 0 {
-                    Some(Some(Digest::default().value()))
-                } else {
-                    read_exact(BufferType::HttpCallResponseBody, body_size).map(|body| {
-                        let mut digest = Digest::default();
-                        digest.update(&body);
-                        Some(digest.value())
-                    })
-                }
-            }
-            _ => Some(None),
-        };
-        let (Some(status), Some(body_digest)) = (status, body_digest) else {
-            call.active.count_shadow(policy.target, ShadowEvent::Failed);
-            if let Some(key) = call.compare_key {
-                self.book.shadow_gone(key);
-            }
+                // A short read fails the answer: never the digest of part of a body.
+                let body = read_exact(BufferType::HttpCallResponseBody, body_size)?;
+                Some(Digest::of(&body).value())
+            } else {
+                None
+            };
+            Some(Answer {
+                status,
+                latency_ms: elapsed_ms(call.sent_at),
+                body_digest,
+            })
+        });
+        let Some(answer) = answer else {
+            copy.config.count_shadow(policy.target, ShadowEvent::Failed);
+            self.end(copy);
             return;
         };
-        call.active
+        self.bulkhead.end_copy(copy.held);
+        copy.config
             .count_shadow(policy.target, ShadowEvent::Responses);
-        let latency_ms = elapsed_ms(call.sent_at);
-        if let Some(Some(id)) = call.active.shadow_latency_ids.get(policy.target) {
-            let _ = hostcalls::record_metric(*id, latency_ms);
+        if let Some(Some(id)) = copy.config.shadow_latency_ids.get(policy.target) {
+            let _ = hostcalls::record_metric(*id, answer.latency_ms);
         }
-        let Some(key) = call.compare_key else {
+        let Some(key) = copy.compare_key else {
             return;
-        };
-        let answer = Answer {
-            status,
-            latency_ms,
-            body_digest,
         };
         if let Some(finding) = self.book.shadow_answered(key, policy.target, answer) {
-            apply(&call.active, &[finding]);
+            apply(&copy.config, &[finding]);
         }
     }
 }
@@ -459,10 +473,6 @@ fn is_local_failure() -> bool {
     call_response_header("x-envoy-upstream-service-time").is_none()
 }
 
-fn policy(active: &Active, rule: usize, shadow: usize) -> Option<&ShadowPolicy> {
-    active.plan.shadow_policy(rule, shadow)
-}
-
 fn elapsed_ms(since: Option<SystemTime>) -> u64 {
     match (since, now()) {
         (Some(since), Some(now)) => now
@@ -473,16 +483,16 @@ fn elapsed_ms(since: Option<SystemTime>) -> u64 {
     }
 }
 
-fn apply(active: &Active, findings: &[Finding]) {
-    for (target, verdict) in findings {
+fn apply(config: &Loaded, findings: &[Finding]) {
+    for Finding { target, verdict } in findings {
         if verdict.status_mismatch {
-            active.count_shadow(*target, ShadowEvent::StatusMismatch);
+            config.count_shadow(*target, ShadowEvent::StatusMismatch);
         }
         if verdict.class_mismatch {
-            active.count_shadow(*target, ShadowEvent::ClassMismatch);
+            config.count_shadow(*target, ShadowEvent::ClassMismatch);
         }
         if verdict.body_mismatch {
-            active.count_shadow(*target, ShadowEvent::BodyMismatch);
+            config.count_shadow(*target, ShadowEvent::BodyMismatch);
         }
     }
 }
@@ -502,26 +512,17 @@ struct PrimaryWatch {
     /// Shadow targets compared on this request (for the primary latency histogram).
     targets: Vec<usize>,
     /// Body digest while the primary body passes (only with `compare_body`).
-    body: Option<BodyWatch>,
+    body: Option<BodyDigest>,
     status: Option<u16>,
     latency_ms: u64,
     done: bool,
-}
-
-struct BodyWatch {
-    digest: Digest,
-    /// Bytes seen (u64: a long download passes 4 GiB).
-    seen: u64,
-    limit: u64,
-    /// A read came back short: no digest for this body.
-    broken: bool,
 }
 
 impl StreamShadow {
     /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies.
     /// Returns `None` when nothing is shadowed.
     pub fn start(
-        active: &Rc<Active>,
+        active: &Rc<Loaded>,
         state: &mut ShadowState,
         rng: &mut Rng,
         rule_index: usize,
@@ -529,93 +530,77 @@ impl StreamShadow {
         headers: &[HeaderPair],
         end_of_stream: bool,
     ) -> Option<StreamShadow> {
-        let method = Request::new(headers, None).method();
         let plan = &active.plan;
         let mut routing = vec![plan.cluster_header.as_str()];
         if let Some(v) = &plan.variant_header {
             routing.push(v.as_str());
         }
-        let mut copies = Vec::new();
-        for (index, policy) in rule.shadows.iter().enumerate() {
-            if !policy.selects(method, rng.next_u64()) {
-                continue;
-            }
-            let with_body = policy.include_body && !end_of_stream;
-            let copy = policy.copy_headers(headers, &routing, with_body);
-            let held = header_bytes(&copy);
-            if !state.bulkhead.try_start_copy(held) {
-                active.count_shadow(policy.target, ShadowEvent::Dropped);
-                continue;
-            }
-            copies.push((index, policy, with_body, copy, held));
+        let selection = select_copies(
+            &rule.shadows,
+            headers,
+            &routing,
+            end_of_stream,
+            || rng.next_u64(),
+            &mut state.bulkhead,
+        );
+        for target in selection.dropped {
+            active.count_shadow(target, ShadowEvent::Dropped);
         }
+        let copies = selection.copies;
         if copies.is_empty() {
             return None;
         }
         state.next_key += 1;
         let key = state.next_key;
-        let compared: Vec<&ShadowPolicy> =
-            copies.iter().map(|c| c.1).filter(|p| p.compare).collect();
+        let compared = ComparePlan::of(&rule.shadows, &copies);
         // The clock is read only when something needs it: a comparison (the primary's latency)
         // or a sampled dispatch-delay measurement.
         let sampled = state.sample_delay();
-        let started = if !compared.is_empty() || sampled {
+        let started = if compared.is_some() || sampled {
             now()
         } else {
             None
         };
         let ready_at = started.filter(|_| sampled);
-        let needs_deadline = !compared.is_empty() || copies.iter().any(|c| c.2);
+        let needs_deadline = compared.is_some() || copies.iter().any(|c| c.with_body);
         let clock = if needs_deadline { state.clock() } else { 0 };
-        let compare = if compared.is_empty() {
-            None
-        } else {
-            let longest = compared
-                .iter()
-                .map(|p| p.timeout.as_millis() as u64)
-                .max()
-                .unwrap_or(0);
-            let opened = state
-                .book
-                .open(key, compared.len(), clock + longest + COMPARE_GRACE_MS);
-            let body_limit = compared
-                .iter()
-                .filter(|p| p.compare_body)
-                .map(|p| p.max_body_bytes)
-                .max();
+        let compare = compared.and_then(|compared| {
+            let deadline_ms = clock + compared.longest_timeout_ms + COMPARE_GRACE_MS;
+            let opened = state.book.open(key, compared.targets.len(), deadline_ms);
             opened.then(|| PrimaryWatch {
                 started,
-                targets: compared.iter().map(|p| p.target).collect(),
-                body: body_limit.map(|limit| BodyWatch {
-                    digest: Digest::default(),
-                    seen: 0,
-                    limit,
-                    broken: false,
-                }),
+                targets: compared.targets,
+                body: compared.body_limit.map(BodyDigest::new),
                 status: None,
                 latency_ms: 0,
                 done: false,
             })
-        };
+        });
         let compare_key = compare.as_ref().map(|_| key);
         let mut collection = Vec::new();
-        for (shadow, policy, with_body, headers, held) in copies {
-            if with_body {
+        for copy in copies {
+            if copy.with_body {
+                let timeout_ms = rule
+                    .shadows
+                    .get(copy.shadow)
+                    .map_or(0, |p| p.timeout.as_millis() as u64);
                 collection.push(Collecting {
-                    shadow,
-                    headers,
-                    held,
-                    deadline_ms: clock + policy.timeout.as_millis() as u64,
+                    shadow: copy.shadow,
+                    headers: copy.headers,
+                    held: copy.held,
+                    deadline_ms: clock + timeout_ms,
                 });
             } else {
                 state.enqueue(Job {
-                    active: Rc::clone(active),
-                    rule: rule_index,
-                    shadow,
-                    headers,
+                    copy: ShadowCopy {
+                        config: Rc::clone(active),
+                        rule: rule_index,
+                        shadow: copy.shadow,
+                        held: copy.held,
+                        compare_key,
+                    },
+                    headers: copy.headers,
                     body: None,
-                    held,
-                    compare_key,
                     ready_at,
                 });
             }
@@ -625,11 +610,13 @@ impl StreamShadow {
             state.collecting.insert(
                 key,
                 Collection {
-                    active: Rc::clone(active),
-                    rule: rule_index,
+                    origin: Origin {
+                        config: Rc::clone(active),
+                        rule: rule_index,
+                        compare_key,
+                    },
                     body: Vec::new(),
                     copies: collection,
-                    compare_key,
                 },
             );
         }
@@ -643,7 +630,7 @@ impl StreamShadow {
     /// A request body chunk passed (`chunk_size` bytes, already on its way upstream).
     pub fn on_request_body(
         &mut self,
-        active: &Rc<Active>,
+        active: &Rc<Loaded>,
         state: &mut ShadowState,
         chunk_size: usize,
         end_of_stream: bool,
@@ -669,11 +656,14 @@ impl StreamShadow {
                 return;
             };
             let new_len = c.body.len() as u64 + chunk_size as u64;
-            let mut gone = Vec::new();
+            let mut gone: Vec<ShadowCopy> = Vec::new();
             // Copies whose body limit is passed are dropped whole: never a truncated copy. So
             // are copies past their deadline, and all of them when the body cannot be read.
             c.copies.retain_mut(|copy| {
-                let limit = policy(active, c.rule, copy.shadow).map_or(0, |p| p.max_body_bytes);
+                let limit = active
+                    .plan
+                    .shadow_policy(c.origin.rule, copy.shadow)
+                    .map_or(0, |p| p.max_body_bytes);
                 let keep = chunk.is_some()
                     && copy.deadline_ms > now
                     && new_len <= limit
@@ -681,16 +671,16 @@ impl StreamShadow {
                 if keep {
                     copy.held += chunk_size as u64;
                 } else {
-                    gone.push((copy.shadow, copy.held));
+                    gone.push(c.origin.copy(copy));
                 }
                 keep
             });
-            for (shadow, held) in gone {
-                if let Some(p) = policy(active, c.rule, shadow) {
+            for copy in gone {
+                if let Some(p) = copy.policy() {
                     active.count_shadow(p.target, ShadowEvent::Dropped);
                 }
-                bulkhead.end_copy(held);
-                if let Some(key) = c.compare_key {
+                bulkhead.end_copy(copy.held);
+                if let Some(key) = copy.compare_key {
                     book.shadow_gone(key);
                 }
             }
@@ -704,12 +694,12 @@ impl StreamShadow {
             }
         }
         if end_of_stream {
-            self.finish_request(active, state);
+            self.finish_request(state);
         }
     }
 
     /// The request is complete (end of body, or trailers): queue the copies that waited for it.
-    pub fn finish_request(&mut self, active: &Rc<Active>, state: &mut ShadowState) {
+    pub fn finish_request(&mut self, state: &mut ShadowState) {
         if !self.collecting {
             return;
         }
@@ -717,24 +707,24 @@ impl StreamShadow {
         let Some(c) = state.collecting.remove(self.key) else {
             return; // abandoned by the tick
         };
-        let body = Rc::new(c.body);
+        let Collection {
+            origin,
+            body,
+            copies,
+        } = c;
+        let body = Rc::new(body);
         let ready_at = if state.sample_delay() { now() } else { None };
         let now = state.clock();
-        for copy in c.copies {
-            if copy.deadline_ms <= now {
-                if let Some(p) = policy(active, c.rule, copy.shadow) {
-                    state.give_up(active, p.target, copy.held, c.compare_key, true);
-                }
+        for collected in copies {
+            let copy = origin.copy(&collected);
+            if collected.deadline_ms <= now {
+                state.drop_copy(&copy);
                 continue;
             }
             state.enqueue(Job {
-                active: Rc::clone(active),
-                rule: c.rule,
-                shadow: copy.shadow,
-                headers: copy.headers,
+                copy,
+                headers: collected.headers,
                 body: Some(Rc::clone(&body)),
-                held: copy.held,
-                compare_key: c.compare_key,
                 ready_at,
             });
         }
@@ -751,7 +741,7 @@ impl StreamShadow {
 
     pub fn on_response_headers(
         &mut self,
-        active: &Rc<Active>,
+        active: &Rc<Loaded>,
         state: &mut ShadowState,
         end_of_stream: bool,
     ) {
@@ -767,7 +757,7 @@ impl StreamShadow {
 
     pub fn on_response_body(
         &mut self,
-        active: &Rc<Active>,
+        active: &Rc<Loaded>,
         state: &mut ShadowState,
         chunk_size: usize,
         end_of_stream: bool,
@@ -776,12 +766,8 @@ impl StreamShadow {
             return;
         };
         if let Some(body) = &mut watch.body {
-            body.seen = body.seen.saturating_add(chunk_size as u64);
-            if body.seen <= body.limit && chunk_size > 0 && !body.broken {
-                match read_exact(BufferType::HttpResponseBody, chunk_size) {
-                    Some(chunk) => body.digest.update(&chunk),
-                    None => body.broken = true,
-                }
+            if body.passed(chunk_size) {
+                body.feed(read_exact(BufferType::HttpResponseBody, chunk_size).as_deref());
             }
         }
         if end_of_stream {
@@ -789,7 +775,7 @@ impl StreamShadow {
         }
     }
 
-    fn finish_primary(&mut self, active: &Rc<Active>, state: &mut ShadowState) {
+    fn finish_primary(&mut self, active: &Rc<Loaded>, state: &mut ShadowState) {
         let Some(watch) = &mut self.compare else {
             return;
         };
@@ -800,11 +786,7 @@ impl StreamShadow {
         let answer = watch.status.map(|status| Answer {
             status,
             latency_ms: watch.latency_ms,
-            body_digest: watch
-                .body
-                .as_ref()
-                .filter(|b| b.seen <= b.limit && !b.broken)
-                .map(|b| b.digest.value()),
+            body_digest: watch.body.as_ref().and_then(BodyDigest::value),
         });
         if answer.is_some() {
             for target in &watch.targets {
@@ -818,18 +800,15 @@ impl StreamShadow {
     }
 
     /// The stream is over: whatever did not finish is released, never leaked.
-    pub fn on_stream_end(&mut self, active: &Rc<Active>, state: &mut ShadowState) {
+    pub fn on_stream_end(&mut self, active: &Rc<Loaded>, state: &mut ShadowState) {
         // A request that never completed: its copies were never sent. Not counted as drops
         // (those are for oversized bodies, a full bulkhead and deadlines), but their capacity
         // returns.
         if self.collecting {
             self.collecting = false;
             if let Some(c) = state.collecting.remove(self.key) {
-                for copy in c.copies {
-                    state.bulkhead.end_copy(copy.held);
-                    if let Some(key) = c.compare_key {
-                        state.book.shadow_gone(key);
-                    }
+                for collected in &c.copies {
+                    state.end(&c.origin.copy(collected));
                 }
             }
         }

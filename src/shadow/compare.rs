@@ -42,6 +42,13 @@ impl Default for Digest {
 }
 
 impl Digest {
+    /// The digest of a whole body.
+    pub fn of(bytes: &[u8]) -> Digest {
+        let mut digest = Digest::default();
+        digest.update(bytes);
+        digest
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
@@ -54,6 +61,48 @@ impl Digest {
     }
 }
 
+/// The digest of a body as it passes, chunk by chunk, up to `limit` bytes: past the limit, or
+/// after a short read, the body has no digest (never one of a truncated body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDigest {
+    digest: Digest,
+    /// Bytes seen (u64: a long download passes 4 GiB).
+    seen: u64,
+    limit: u64,
+    /// A read came back short.
+    broken: bool,
+}
+
+impl BodyDigest {
+    pub fn new(limit: u64) -> Self {
+        BodyDigest {
+            digest: Digest::default(),
+            seen: 0,
+            limit,
+            broken: false,
+        }
+    }
+
+    /// A chunk of `len` bytes passed; true when its bytes are wanted (then `feed` them).
+    pub fn passed(&mut self, len: usize) -> bool {
+        self.seen = self.seen.saturating_add(len as u64);
+        self.seen <= self.limit && len > 0 && !self.broken
+    }
+
+    /// The wanted chunk's bytes, or `None` when they could not be read.
+    pub fn feed(&mut self, chunk: Option<&[u8]>) {
+        match chunk {
+            Some(bytes) => self.digest.update(bytes),
+            None => self.broken = true,
+        }
+    }
+
+    /// The digest of the whole body, if it stayed within the limit and every read succeeded.
+    pub fn value(&self) -> Option<u64> {
+        (self.seen <= self.limit && !self.broken).then(|| self.digest.value())
+    }
+}
+
 /// Pairs primary and shadow answers of the same request, whichever arrives first. Entries
 /// live until the primary is known (or gone) and every expected shadow answered (or failed), or
 /// until their deadline: a primary that streams for an hour (SSE, a download) does not keep a
@@ -63,8 +112,18 @@ pub struct CompareBook {
     pub capacity: usize,
 }
 
+/// Where the primary of a compared request is.
+#[derive(Clone, Copy)]
+enum Primary {
+    /// Still streaming: shadow answers wait for it.
+    Pending,
+    Answered(Answer),
+    /// The client went away without an answer: nothing is compared.
+    Gone,
+}
+
 struct Entry {
-    primary: Option<Option<Answer>>,
+    primary: Primary,
     expected_shadows: usize,
     /// Shadow answers waiting for the primary: (shadow target, answer).
     waiting: Vec<(usize, Answer)>,
@@ -72,7 +131,11 @@ struct Entry {
 }
 
 /// A finished comparison: which shadow target, and what it found.
-pub type Finding = (usize, Verdict);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    pub target: usize,
+    pub verdict: Verdict,
+}
 
 impl CompareBook {
     pub fn new(capacity: usize) -> Self {
@@ -91,7 +154,7 @@ impl CompareBook {
         self.entries.insert(
             key,
             Entry {
-                primary: None,
+                primary: Primary::Pending,
                 expected_shadows: shadows,
                 waiting: Vec::new(),
                 deadline_ms,
@@ -113,9 +176,12 @@ impl CompareBook {
         let e = self.entries.get_mut(key)?;
         e.expected_shadows = e.expected_shadows.saturating_sub(1);
         let finding = match &e.primary {
-            Some(Some(primary)) => Some((target, compare(primary, &answer))),
-            Some(None) => None,
-            None => {
+            Primary::Answered(primary) => Some(Finding {
+                target,
+                verdict: compare(primary, &answer),
+            }),
+            Primary::Gone => None,
+            Primary::Pending => {
                 e.waiting.push((target, answer));
                 None
             }
@@ -130,15 +196,18 @@ impl CompareBook {
         let Some(e) = self.entries.get_mut(key) else {
             return Vec::new();
         };
-        if e.primary.is_some() {
+        if !matches!(e.primary, Primary::Pending) {
             return Vec::new();
         }
-        e.primary = Some(answer);
+        e.primary = answer.map_or(Primary::Gone, Primary::Answered);
         let findings = match &answer {
             Some(primary) => e
                 .waiting
                 .drain(..)
-                .map(|(target, shadow)| (target, compare(primary, &shadow)))
+                .map(|(target, shadow)| Finding {
+                    target,
+                    verdict: compare(primary, &shadow),
+                })
                 .collect(),
             None => {
                 e.waiting.clear();
@@ -158,7 +227,7 @@ impl CompareBook {
         let done = self
             .entries
             .get_mut(key)
-            .is_some_and(|e| e.primary.is_some() && e.expected_shadows == 0);
+            .is_some_and(|e| !matches!(e.primary, Primary::Pending) && e.expected_shadows == 0);
         if done {
             self.entries.remove(key);
         }
@@ -176,6 +245,25 @@ impl CompareBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_digest_covers_whole_bodies_within_the_limit_only() {
+        let mut d = BodyDigest::new(6);
+        assert!(d.passed(3));
+        d.feed(Some(b"abc"));
+        assert!(!d.passed(0), "an empty chunk has nothing to read");
+        assert!(d.passed(3));
+        d.feed(Some(b"def"));
+        assert_eq!(d.value(), Some(Digest::of(b"abcdef").value()));
+        assert!(!d.passed(1), "past the limit");
+        assert_eq!(d.value(), None);
+        let mut short = BodyDigest::new(100);
+        assert!(short.passed(3));
+        short.feed(None);
+        assert!(!short.passed(3), "nothing more after a short read");
+        assert_eq!(short.value(), None);
+        assert_eq!(BodyDigest::new(0).value(), Some(Digest::default().value()));
+    }
 
     #[test]
     fn comparison_classes_and_bodies() {
@@ -217,11 +305,17 @@ mod tests {
         assert_eq!(book.shadow_answered(1, 0, err), None);
         let findings = book.primary_done(1, Some(ok));
         assert_eq!(findings.len(), 1);
-        assert!(findings[0].1.class_mismatch);
+        assert!(findings[0].verdict.class_mismatch);
         assert_eq!(book.len(), 1);
         // Primary first, then the second shadow.
         let late = book.shadow_answered(1, 1, ok).unwrap();
-        assert_eq!(late, (1, Verdict::default()));
+        assert_eq!(
+            late,
+            Finding {
+                target: 1,
+                verdict: Verdict::default()
+            }
+        );
         assert!(book.is_empty());
         // A failed shadow and a vanished client leave nothing behind.
         book.open(2, 1, u64::MAX);

@@ -10,12 +10,12 @@ mod compare;
 mod marker;
 
 pub use bulkhead::{Bulkhead, Keyed};
-pub use compare::{compare, Answer, CompareBook, Digest, Finding, Verdict};
+pub use compare::{compare, Answer, BodyDigest, CompareBook, Digest, Finding, Verdict};
 pub use marker::{
     check_marker, marker_value, Marker, MarkerKey, MARKER_MAX_AGE_S, SHADOW_MARKER, UNSIGNED_MARKER,
 };
 
-use crate::request::HeaderPair;
+use crate::request::{HeaderPair, Request};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -130,6 +130,102 @@ pub fn suffixed_authority(authority: &str, suffix: &str) -> String {
     }
 }
 
+/// A copy a request gets, before it is queued or starts collecting the request body.
+pub struct NewCopy {
+    /// Index into the rule's `shadows`.
+    pub shadow: usize,
+    pub headers: Vec<(String, String)>,
+    /// Bytes it holds in the bulkhead (its headers).
+    pub held: u64,
+    /// It waits for the request body before it is sent.
+    pub with_body: bool,
+}
+
+/// What a request's shadows come to.
+#[derive(Default)]
+pub struct Selection {
+    pub copies: Vec<NewCopy>,
+    /// Shadow targets whose copy the bulkhead turned away (counted `dropped`).
+    pub dropped: Vec<usize>,
+}
+
+/// Which of a rule's `shadows` copy this request (method allowed, sampled in with one `draw`
+/// each, room in the bulkhead), with their headers. A body is copied only when one follows.
+pub fn select_copies(
+    shadows: &[ShadowPolicy],
+    headers: &[HeaderPair],
+    routing_headers: &[&str],
+    end_of_stream: bool,
+    mut draw: impl FnMut() -> u64,
+    bulkhead: &mut Bulkhead,
+) -> Selection {
+    let method = Request::new(headers, None).method();
+    let mut selection = Selection::default();
+    for (shadow, policy) in shadows.iter().enumerate() {
+        if !policy.selects(method, draw()) {
+            continue;
+        }
+        let with_body = policy.include_body && !end_of_stream;
+        let copy = policy.copy_headers(headers, routing_headers, with_body);
+        let held = header_bytes(&copy);
+        if !bulkhead.try_start_copy(held) {
+            selection.dropped.push(policy.target);
+            continue;
+        }
+        selection.copies.push(NewCopy {
+            shadow,
+            headers: copy,
+            held,
+            with_body,
+        });
+    }
+    selection
+}
+
+/// What comparing a request with its copies needs, when any copy is compared.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ComparePlan {
+    /// Shadow targets compared (for the primary latency histograms).
+    pub targets: Vec<usize>,
+    /// The longest `timeout_ms` among them: the comparison waits for the slowest shadow.
+    pub longest_timeout_ms: u64,
+    /// The primary body is digested up to this many bytes (`compare_body`).
+    pub body_limit: Option<u64>,
+}
+
+impl ComparePlan {
+    pub fn of(shadows: &[ShadowPolicy], copies: &[NewCopy]) -> Option<ComparePlan> {
+        let compared: Vec<&ShadowPolicy> = copies
+            .iter()
+            .filter_map(|c| shadows.get(c.shadow))
+            .filter(|p| p.compare)
+            .collect();
+        if compared.is_empty() {
+            return None;
+        }
+        Some(ComparePlan {
+            targets: compared.iter().map(|p| p.target).collect(),
+            longest_timeout_ms: compared
+                .iter()
+                .map(|p| p.timeout.as_millis() as u64)
+                .max()
+                .unwrap_or(0),
+            body_limit: compared
+                .iter()
+                .filter(|p| p.compare_body)
+                .map(|p| p.max_body_bytes)
+                .max(),
+        })
+    }
+}
+
+impl ShadowPolicy {
+    /// Whether a shadow's answer body of `len` bytes is digested for comparison.
+    pub fn digests_body(&self, len: u64) -> bool {
+        self.compare_body && len <= self.max_body_bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +241,66 @@ mod tests {
         )
         .unwrap();
         plan.rules.into_iter().next().unwrap().shadows.remove(0)
+    }
+
+    #[test]
+    fn copies_are_selected_by_method_sample_and_bulkhead() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"shadow":[
+                {"name":"all","cluster":"s1","compare":true,"compare_body":true,"max_body_bytes":10,"timeout_ms":50},
+                {"name":"half","cluster":"s2","percent":50,"include_body":false},
+                {"name":"posts","cluster":"s3","methods":["POST"],"compare":true,"timeout_ms":70}]}]}"#,
+        )
+        .unwrap();
+        let shadows = &plan.rules[0].shadows;
+        let get: Vec<HeaderPair> = vec![
+            (":method".into(), b"GET".to_vec()),
+            (":authority".into(), b"shop".to_vec()),
+        ];
+        let mut bulkhead = Bulkhead::new(8, 1 << 20);
+        // Draws: 0 samples every shadow in, u64::MAX only those at 100%.
+        let s = select_copies(shadows, &get, &[], false, || u64::MAX, &mut bulkhead);
+        let picked: Vec<(usize, bool)> = s.copies.iter().map(|c| (c.shadow, c.with_body)).collect();
+        assert_eq!(
+            picked,
+            vec![(0, true)],
+            "half is sampled out, posts is GET-only"
+        );
+        assert_eq!(s.copies[0].held, header_bytes(&s.copies[0].headers));
+        assert_eq!(bulkhead.in_flight(), 1);
+        assert_eq!(bulkhead.held_bytes(), s.copies[0].held);
+        let s = select_copies(shadows, &get, &[], true, || 0, &mut bulkhead);
+        let picked: Vec<(usize, bool)> = s.copies.iter().map(|c| (c.shadow, c.with_body)).collect();
+        assert_eq!(
+            picked,
+            vec![(0, false), (1, false)],
+            "no body follows: none is copied"
+        );
+        assert_eq!(
+            ComparePlan::of(shadows, &s.copies),
+            Some(ComparePlan {
+                targets: vec![0],
+                longest_timeout_ms: 50,
+                body_limit: Some(10)
+            })
+        );
+        // A full bulkhead turns copies away, and says whose.
+        let mut full = Bulkhead::new(1, 1 << 20);
+        let s = select_copies(shadows, &get, &[], true, || 0, &mut full);
+        assert_eq!((s.copies.len(), s.dropped), (1, vec![1]));
+        let post: Vec<HeaderPair> = vec![(":method".into(), b"POST".to_vec())];
+        let s = select_copies(&shadows[1..], &post, &[], true, || u64::MAX, &mut bulkhead);
+        assert_eq!(s.copies.len(), 1);
+        assert_eq!(
+            ComparePlan::of(&shadows[1..], &s.copies),
+            Some(ComparePlan {
+                targets: vec![2],
+                longest_timeout_ms: 70,
+                body_limit: None
+            })
+        );
+        assert!(shadows[0].digests_body(10) && !shadows[0].digests_body(11));
+        assert!(!shadows[2].digests_body(0), "compare without compare_body");
     }
 
     #[test]
