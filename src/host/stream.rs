@@ -1,0 +1,293 @@
+//! The HTTP context: one per request. Reads what the plan needs, writes the decision, and
+//! watches the response for breakers, assigned cookies and shadow comparisons.
+
+use super::shadow::{ShadowState, StreamShadow};
+use super::{shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
+use crate::breaker::BreakerTicket;
+use crate::config::RouteCacheMode;
+use crate::metrics::BreakerEvent;
+use crate::plan::{Decision, Routed};
+use crate::request::Request;
+use crate::rng::Rng;
+use crate::shadow::Marker;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// What to add to the response of a routed request.
+struct ResponseAdditions {
+    set_cookie: Option<String>,
+    debug: Option<String>,
+}
+
+pub(super) struct SplitStream {
+    active: Rc<Loaded>,
+    rng: Rc<RefCell<Rng>>,
+    shadow_state: Rc<RefCell<ShadowState>>,
+    response_additions: Option<ResponseAdditions>,
+    shadow: Option<StreamShadow>,
+    /// The breaker this response's outcome is counted for.
+    breaker_ticket: Option<BreakerTicket>,
+}
+
+impl SplitStream {
+    pub(super) fn new(
+        active: Rc<Loaded>,
+        rng: Rc<RefCell<Rng>>,
+        shadow_state: Rc<RefCell<ShadowState>>,
+    ) -> Self {
+        SplitStream {
+            active,
+            rng,
+            shadow_state,
+            response_additions: None,
+            shadow: None,
+            breaker_ticket: None,
+        }
+    }
+
+    fn route(&mut self, routed: &Routed) {
+        let plan = &self.active.plan;
+        let Some(rule) = plan.rules.get(routed.rule) else {
+            return;
+        };
+        let Some(dest) = rule.destinations.get(routed.destination) else {
+            return;
+        };
+        set_request_header(&plan.cluster_header, Some(&dest.cluster));
+        if let Some(variant_header) = &plan.variant_header {
+            set_request_header(variant_header, Some(&dest.name));
+        }
+        clear_route_cache(plan.clear_route_cache);
+        self.active
+            .counters
+            .borrow_mut()
+            .count_routed(routed.rule, routed.destination);
+        if routed.rerouted != 0 {
+            let mut breakers = self.active.breakers.borrow_mut();
+            for (i, d) in rule.destinations.iter().enumerate() {
+                if let (true, Some(slot)) = (routed.rerouted & (1 << i) != 0, d.breaker_slot) {
+                    breakers.counters.count(slot, BreakerEvent::Rerouted);
+                }
+            }
+        }
+        self.breaker_ticket = routed.ticket;
+        let debug = plan
+            .debug_header
+            .then(|| format!("rule={}; variant={}", rule.name, dest.name));
+        if routed.set_cookie.is_some() || debug.is_some() {
+            self.response_additions = Some(ResponseAdditions {
+                set_cookie: routed.set_cookie.clone(),
+                debug,
+            });
+        }
+    }
+
+    fn unmatched(&mut self, client_sent_routing_headers: bool) {
+        let plan = &self.active.plan;
+        if client_sent_routing_headers {
+            set_request_header(&plan.cluster_header, None);
+            if let Some(variant_header) = &plan.variant_header {
+                set_request_header(variant_header, None);
+            }
+            clear_route_cache(plan.clear_route_cache);
+        }
+        self.active.counters.borrow_mut().count_unmatched();
+    }
+
+    /// Classifies the response for the breaker of `ticket` and counts it.
+    fn count_outcome(&mut self, ticket: BreakerTicket) {
+        let plan = &self.active.plan;
+        let Some(policy) = plan.breaker_policy(ticket.slot) else {
+            return;
+        };
+        let Some(status) = status_of(MapType::HttpResponseHeaders) else {
+            return;
+        };
+        // Envoy's own replies (connect failure, reset, timeout) are told apart by the response
+        // code details, a property read only for the few responses where it matters.
+        let failed = if policy.is_failure_status(status) {
+            if !policy.count_local_replies && is_local_reply() {
+                return; // not the version's answer: not counted at all
+            }
+            true
+        } else {
+            policy.count_local_replies && matches!(status, 502..=504) && is_local_reply()
+        };
+        self.active
+            .breakers
+            .borrow_mut()
+            .record_outcome(plan, ticket, failed);
+    }
+}
+
+/// Whether the response being sent is a local reply of Envoy's rather than the upstream's.
+fn is_local_reply() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|details| details != b"via_upstream")
+}
+
+impl Context for SplitStream {}
+
+impl HttpContext for SplitStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let active = Rc::clone(&self.active);
+        let plan = &active.plan;
+        let headers = if plan.needs_request_headers {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let route_name = if plan.needs_route_name {
+            hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let request = Request::new(&headers, route_name.as_deref());
+        // Every request loses a shadow marker that does not verify; a verified one (a copy from
+        // another instance) is kept, and the copy is never copied again.
+        let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
+        let decision = plan.decide(
+            &request,
+            &mut self.rng.borrow_mut(),
+            &active.breakers.borrow().views,
+        );
+        match decision {
+            Decision::Routed(routed) => {
+                self.route(&routed);
+                if let Some(rule) = plan
+                    .rules
+                    .get(routed.rule)
+                    .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
+                {
+                    self.shadow = StreamShadow::start(
+                        &active,
+                        &mut self.shadow_state.borrow_mut(),
+                        &mut self.rng.borrow_mut(),
+                        routed.rule,
+                        rule,
+                        &headers,
+                        end_of_stream,
+                    );
+                }
+            }
+            Decision::Unmatched => {
+                // Without the header map we cannot know: remove to be safe.
+                let client_sent = !plan.needs_request_headers
+                    || request.header(&plan.cluster_header).is_some()
+                    || plan
+                        .variant_header
+                        .as_deref()
+                        .is_some_and(|v| request.header(v).is_some());
+                self.unmatched(client_sent);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.on_request_body(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                body_size,
+                end_of_stream,
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.finish_request(&mut self.shadow_state.borrow_mut());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some(additions) = self.response_additions.take() {
+            if let Some(cookie) = &additions.set_cookie {
+                let _ =
+                    hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", cookie);
+                keep_from_shared_caches();
+            }
+            if let Some(debug) = &additions.debug {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    "x-split-decision",
+                    Some(debug),
+                );
+            }
+        }
+        if let Some(ticket) = self.breaker_ticket.take() {
+            self.count_outcome(ticket);
+        }
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
+            shadow.on_response_headers(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                end_of_stream,
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response_body()) {
+            shadow.on_response_body(
+                &self.active,
+                &mut self.shadow_state.borrow_mut(),
+                body_size,
+                end_of_stream,
+            );
+        }
+        Action::Continue
+    }
+}
+
+/// The stream's end, whatever ended it (completed, reset, client gone): the SDK drops the
+/// context in `proxy_on_delete`. Cleanup lives here rather than in `on_log` so that the module
+/// need not export `proxy_on_log` at all (see `UNUSED_CALLBACKS` in the Makefile): Envoy then
+/// skips that call into the VM on every request.
+impl Drop for SplitStream {
+    fn drop(&mut self) {
+        if let (Some(shadow), Ok(mut state)) =
+            (&mut self.shadow, self.shadow_state.try_borrow_mut())
+        {
+            shadow.on_stream_end(&self.active, &mut state);
+        }
+    }
+}
+
+/// A response that assigns a user id must not be stored by shared caches, or one user's id
+/// (and version) would be handed to everyone the cache serves. Reads the first
+/// `Cache-Control` value (one host call, only on responses that assign a cookie) and, unless
+/// it already says `private` or `no-store`, adds a `Cache-Control: private` field line: lines
+/// of one field combine as a comma-separated list (RFC 9110 5.3), so every directive the
+/// upstream set is kept.
+fn keep_from_shared_caches() {
+    let existing = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "cache-control")
+        .ok()
+        .flatten();
+    if !crate::cookie::kept_from_shared_caches(existing.as_deref()) {
+        let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "cache-control", "private");
+    }
+}
+
+fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+/// Makes Envoy re-pick the route after the routing header changed: explicitly with
+/// `clear_route_cache: "always"`, or in `"auto"` only where the ABI needs it.
+fn clear_route_cache(mode: RouteCacheMode) {
+    if mode == RouteCacheMode::Always || !HOST_CLEARS_ROUTE_CACHE_ITSELF {
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    }
+}
