@@ -19,7 +19,7 @@ WASM_STRIPPED := target/$(WASM_TARGET)/release/traffic_split.stripped.wasm
 # does not export, and each exported one costs CPU time per request (BENCHMARKS.md). The filter's stream
 # cleanup runs when the SDK drops the context (proxy_on_delete), not in on_log. proxy_on_done
 # stays: a replaced configuration's root context uses it to wait for its shadow calls
-# (src/host/mod.rs, SplitRoot::on_done) instead of having Envoy cancel them.
+# (src/host/root.rs, SplitRoot::on_done) instead of having Envoy cancel them.
 UNUSED_CALLBACKS := proxy_on_log proxy_on_response_trailers
 # wasm-opt needs the features rustc's wasm32-wasip1 output uses.
 WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \

@@ -1,12 +1,14 @@
-//! The plugin configuration as users write it (JSON), decoded into plain types. `plan.rs`
-//! validates the values and compiles the immutable plan the filter runs.
+//! The plugin configuration as users write it (JSON), decoded in one pass into plain typed
+//! values: every field read, its shape, type and range checked, each error with its path.
+//! `plan` then checks what spans fields (uniqueness, references, formats) and compiles the
+//! immutable plan the filter runs; it never reads JSON.
 //!
 //! Field names and defaults are a public contract (docs/configuration.md): extend, never rename.
 //!
 //! Decoding walks a `serde_json::Value` by hand instead of deriving `Deserialize`: every error
 //! then names its exact field path (`rules[1].destinations[0].weight`), unknown fields are
-//! reported before anything else, and the `.wasm` stays ~30 KiB smaller than with derived
-//! visitors plus path tracking.
+//! reported before anything else, and the `.wasm` stays smaller than with derived visitors plus
+//! path tracking.
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -117,7 +119,7 @@ pub struct NamedMatchConfig {
     pub op: StringMatchConfig,
 }
 
-/// The ops given in a match object; `plan.rs` checks that exactly one is set.
+/// The ops given in a match object; `plan::matching` checks that exactly one is set.
 #[derive(Default)]
 pub struct StringMatchConfig {
     pub exact: Option<String>,
@@ -607,7 +609,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A number (decimals allowed) in min..=max. The bounds are whole numbers so that no float
-    /// formatting code (~17 KiB of Wasm) is linked just for this message.
+    /// formatting code (kilobytes of Wasm) is linked just for this message.
     fn number(&mut self, key: &str, min: u32, max: u32) -> Result<Option<f64>> {
         let range = f64::from(min)..=f64::from(max);
         match self.get(key) {

@@ -1,10 +1,19 @@
 //! traffic-split: a proxy-wasm HTTP filter for Envoy that decides which version of a service
 //! gets each request and writes that decision into the routing header.
 //!
-//! The core (everything but `host`) has no proxy_wasm dependency:
-//! config types (`config`) → validation and the compiled plan (`plan`) → request view
-//! (`request`) → decision (`decision`, `matcher`, `bucket`), plus per-VM counters (`metrics`).
-//! `host` is the only module that talks to Envoy.
+//! Data flows one way: configuration bytes → `config` (typed configuration, every field
+//! decoded and checked, errors with their path) → `plan` (cross-field checks, the compiled
+//! immutable `Plan`) → per request, `Plan::decide` over a `request` view → the host writes the
+//! decision. The core (every module but `host`) has no proxy_wasm dependency and is unit-tested:
+//!
+//! - `config`: the configuration as written (JSON) and its defaults.
+//! - `plan`: compile steps, one per concern, and the decision (`plan::decide`).
+//! - `matcher`, `bucket`, `cookie`, `request`: conditions, hashing to buckets, cookie
+//!   attributes, the request as the core sees it.
+//! - `breaker`: the per-destination circuit breaker and how workers share it.
+//! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
+//! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
+//! - `host`: the only module that talks to Envoy: reads, calls the core, writes.
 
 pub mod breaker;
 pub mod bucket;

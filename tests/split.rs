@@ -809,8 +809,8 @@ fn wasm_names(module: &[u8], wanted: u8) -> Vec<String> {
 
 #[test]
 fn the_module_leaves_out_the_stream_callbacks_it_does_not_need() {
-    // Envoy calls into the VM only for callbacks the module exports (~0.8 µs each per request,
-    // BENCHMARKS.md). `make wasm` strips these; the stream's cleanup runs on proxy_on_delete
+    // Envoy calls into the VM only for callbacks the module exports, and each one costs CPU on
+    // every request (BENCHMARKS.md, "Which callbacks cost what"). `make wasm` strips these; the stream's cleanup runs on proxy_on_delete
     // (tests/shadow.rs, a_client_that_leaves_mid_body_gives_its_copy_capacity_back).
     let exports = wasm_exports(&std::fs::read(wasm_path()).unwrap());
     for unused in ["proxy_on_log", "proxy_on_response_trailers"] {

@@ -1,12 +1,14 @@
 //! The thin host layer: the only code that calls into Envoy (proxy_wasm). It reads what the
-//! compiled plan needs, asks the core for a decision, and writes the decision back.
+//! compiled plan needs, asks the core for a decision, and writes the decision back. `root`: the
+//! root context (configuration, tick); `stream`: the HTTP context; `breaker` and `shadow`: their
+//! host halves. This file: what every context shares (the loaded configuration, the VM state).
 //!
 //! Host calls per routed request: one header-map read (only when a rule looks at the request),
 //! the routing-header write, the variant-header write (unless disabled), and response-header
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
 //! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
-//! own calls only on the requests it copies (see `shadow.rs`). A client-sent `x-shadow-request`
+//! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
 //! is removed from every request: found in the header map when it was read (a removal only when
 //! present), else one removal call per request (a read, with `shadow_marker_secret`).
 
@@ -172,8 +174,8 @@ fn now_nanos() -> Option<u64> {
 /// It does for plugins that declare proxy-wasm ABI 0.2.1 or older (Envoy 1.33 changelog: the
 /// route cache is no longer cleared on header changes only for ABIs newer than 0.2.1), and the
 /// pinned SDK, proxy-wasm =0.2.5, declares 0.2.1. The explicit `clear_route_cache` call then
-/// only repeats Envoy's work, at ~6 µs of Envoy CPU per request (BENCHMARKS.md, probe-clear):
-/// the single most expensive host call the filter made. `crate::tests` fails if the SDK pin
+/// only repeats Envoy's work, and it was the single most expensive host call the filter made
+/// (BENCHMARKS.md, "Which host calls cost what", probe-clear). `crate::tests` fails if the SDK pin
 /// changes, so an upgrade to a newer ABI cannot silently leave the route stale; the e2e tests
 /// (a forged routing header never wins) prove the route follows the filter's header.
 pub(crate) const HOST_CLEARS_ROUTE_CACHE_ITSELF: bool = true;
