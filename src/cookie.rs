@@ -2,6 +2,7 @@
 //! response carrying it must be kept out of shared caches.
 
 use crate::config::SameSite;
+use crate::request::trim;
 
 /// What follows `<name>=<id>` in the `Set-Cookie` value, built once per configuration.
 /// With the defaults: `; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax` (the README's and
@@ -62,19 +63,6 @@ pub fn kept_from_shared_caches(cache_control: Option<&[u8]>) -> bool {
         }
     }
     false
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = bytes
-        .iter()
-        .position(|b| !is_space(b))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !is_space(b))
-        .map_or(start, |i| i + 1);
-    bytes.get(start..end).unwrap_or(&[])
 }
 
 #[cfg(test)]

@@ -91,7 +91,8 @@ fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     Some((bytes.get(..at)?, bytes.get(at + 1..)?))
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+/// `bytes` without leading and trailing spaces and tabs (optional white space, RFC 9110).
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let is_space = |b: &u8| *b == b' ' || *b == b'\t';
     let start = bytes
         .iter()

@@ -11,8 +11,6 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use traffic_split::bucket::{bucket_of_hash, destination_for, murmur3_of, upper_bounds};
-use traffic_split::config::HashKind;
 
 fn breaker_config(canary_cluster: &str, breaker: &str) -> String {
     format!(
@@ -22,17 +20,9 @@ fn breaker_config(canary_cluster: &str, breaker: &str) -> String {
     )
 }
 
-/// Users the bucketing puts on the canary (weights 50/50, salt = rule name).
+/// Users the rule buckets to the canary.
 fn canary_users(n: usize) -> Vec<String> {
-    let bounds = upper_bounds(HashKind::Fine, &[50, 50]);
-    (0..)
-        .map(|i| format!("user-{i}"))
-        .filter(|u| {
-            let b = bucket_of_hash(HashKind::Fine, murmur3_of(b"checkout:", u.as_bytes()));
-            destination_for(&bounds, b) == 0
-        })
-        .take(n)
-        .collect()
+    users_bucketed_to(&breaker_config("canary", "{}"), 0, n)
 }
 
 /// One request on a fresh connection (so the two workers share the load).

@@ -136,6 +136,12 @@ impl Rule {
         (at, rerouted)
     }
 
+    /// The destination a sticky user key is bucketed to, before any breaker moves the request
+    /// on: what the same key always gets while weights and salt stay.
+    pub fn destination_of_key(&self, key: &[u8]) -> usize {
+        bucket::destination_for(&self.upper_bounds, self.bucket_of_key(key))
+    }
+
     fn bucket_of_key(&self, key: &[u8]) -> u32 {
         bucket::bucket_of_hash(self.hash, bucket::murmur3_of(&self.salt_colon, key))
     }
@@ -218,6 +224,12 @@ mod tests {
                     routed(p.decide(&Request::new(&h, None), &mut Rng::from_seed(seed), &[]));
                 assert_eq!(first, again);
             }
+            let key = format!("user-{user}");
+            assert_eq!(
+                p.rules[2].destination_of_key(key.as_bytes()),
+                first.destination,
+                "destination_of_key says what decide does"
+            );
         }
     }
 

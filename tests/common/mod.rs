@@ -1045,3 +1045,15 @@ pub fn assert_binomial(observed: usize, n: usize, p: f64, what: &str) {
         4.0 * sd
     );
 }
+
+/// The first `n` user keys (`user-0`, `user-1`, …) that the first rule of `config` buckets to
+/// destination `destination`, by the filter's own bucketing (`Rule::destination_of_key`).
+pub fn users_bucketed_to(config: &str, destination: usize, n: usize) -> Vec<String> {
+    let plan = traffic_split::plan::Plan::from_json(config.as_bytes()).unwrap();
+    let rule = &plan.rules[0];
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|u| rule.destination_of_key(u.as_bytes()) == destination)
+        .take(n)
+        .collect()
+}
