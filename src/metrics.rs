@@ -94,7 +94,7 @@ pub enum ShadowEvent {
     ClassMismatch,
     BodyMismatch,
     /// Sent, but Envoy cancelled the call before it answered: the configuration that sent it
-    /// was replaced and its root context deleted (see `host::SplitRoot`'s `Drop`).
+    /// was replaced and its root context deleted (see `host::root::SplitRoot`'s `Drop`).
     Cancelled,
 }
 

@@ -1,0 +1,277 @@
+//! Bytes to `PluginConfig`: one reader per object of the configuration, each listing its
+//! fields, their types, bounds and defaults.
+
+use super::json::{string_item, wrong_type, Obj, Result};
+use super::*;
+use serde_json::Value;
+
+/// Parses the JSON plugin configuration. An empty (or all-whitespace) configuration is the
+/// default configuration: no rules.
+pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(PluginConfig::default());
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| ConfigError::new("", format!("invalid JSON: {err}")))?;
+    let mut top = Obj::new(
+        "",
+        &value,
+        &[
+            "cluster_header",
+            "variant_header",
+            "debug_header",
+            "rules",
+            "max_in_flight",
+            "max_buffered_body_bytes",
+            "clear_route_cache",
+            "shadow_marker_secret",
+        ],
+    )?;
+    let defaults = PluginConfig::default();
+    Ok(PluginConfig {
+        cluster_header: top
+            .string("cluster_header")?
+            .unwrap_or(defaults.cluster_header),
+        variant_header: top
+            .string("variant_header")?
+            .unwrap_or(defaults.variant_header),
+        debug_header: top.boolean("debug_header")?.unwrap_or(false),
+        rules: top.list("rules", rule)?.unwrap_or_default(),
+        max_in_flight: top
+            .integer("max_in_flight", u64::from(u32::MAX))?
+            .unwrap_or(defaults.max_in_flight),
+        max_buffered_body_bytes: top
+            .integer("max_buffered_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
+            .unwrap_or(defaults.max_buffered_body_bytes),
+        clear_route_cache: top
+            .choice(
+                "clear_route_cache",
+                &[
+                    ("auto", RouteCacheMode::Auto),
+                    ("always", RouteCacheMode::Always),
+                ],
+            )?
+            .unwrap_or_default(),
+        shadow_marker_secret: top.string("shadow_marker_secret")?,
+    })
+}
+
+fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &[
+            "name",
+            "match",
+            "sticky",
+            "salt",
+            "hash",
+            "destinations",
+            "shadow",
+        ],
+    )?;
+    Ok(RuleConfig {
+        name: o.required("name", Obj::string)?,
+        match_: o.object("match", match_config)?,
+        sticky: o.object("sticky", sticky)?,
+        salt: o.string("salt")?,
+        hash: o
+            .choice(
+                "hash",
+                &[("fine", HashKind::Fine), ("unleash", HashKind::Unleash)],
+            )?
+            .unwrap_or_default(),
+        destinations: o.required("destinations", |o, key| o.list(key, destination))?,
+        shadow: o.list("shadow", shadow)?.unwrap_or_default(),
+    })
+}
+
+fn shadow(path: &str, value: &Value) -> Result<ShadowConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &[
+            "name",
+            "cluster",
+            "percent",
+            "timeout_ms",
+            "host_suffix",
+            "methods",
+            "include_body",
+            "max_body_bytes",
+            "remove_headers",
+            "compare",
+            "compare_body",
+        ],
+    )?;
+    Ok(ShadowConfig {
+        name: o.string("name")?,
+        cluster: o.required("cluster", Obj::string)?,
+        percent: o
+            .number("percent", 0, 100)?
+            .unwrap_or(DEFAULT_SHADOW_PERCENT),
+        timeout_ms: o
+            .integer("timeout_ms", 3_600_000)?
+            .unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
+        host_suffix: o
+            .string("host_suffix")?
+            .unwrap_or_else(|| DEFAULT_SHADOW_HOST_SUFFIX.to_string()),
+        methods: o.list("methods", string_item)?,
+        include_body: o.boolean("include_body")?.unwrap_or(true),
+        max_body_bytes: o
+            .integer("max_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
+            .unwrap_or(DEFAULT_SHADOW_MAX_BODY_BYTES),
+        // An explicit list replaces the default; `[]` forwards every header (a deliberate opt-in).
+        remove_headers: o.list("remove_headers", string_item)?.unwrap_or_else(|| {
+            DEFAULT_SHADOW_REMOVE_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect()
+        }),
+        compare: o.boolean("compare")?.unwrap_or(false),
+        compare_body: o.boolean("compare_body")?.unwrap_or(false),
+    })
+}
+
+fn match_config(mut o: Obj<'_>) -> Result<MatchConfig> {
+    o.allow(&[
+        "headers",
+        "cookies",
+        "query",
+        "path",
+        "methods",
+        "authority",
+        "route_names",
+    ])?;
+    Ok(MatchConfig {
+        headers: o.list("headers", named_match)?,
+        cookies: o.list("cookies", named_match)?,
+        query: o.list("query", named_match)?,
+        path: o.object("path", |o| string_match(o, false))?,
+        methods: o.list("methods", string_item)?,
+        authority: o.object("authority", |o| string_match(o, false))?,
+        route_names: o.list("route_names", string_item)?,
+    })
+}
+
+fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &["name", "exact", "prefix", "suffix", "one_of", "present"],
+    )?;
+    Ok(NamedMatchConfig {
+        name: o.required("name", Obj::string)?,
+        op: string_match(o, true)?,
+    })
+}
+
+/// The op fields of a match object. `named` ones (headers, cookies, query) also take
+/// `one_of` and `present`; path and authority take `exact`, `prefix`, `suffix`.
+fn string_match(mut o: Obj<'_>, named: bool) -> Result<StringMatchConfig> {
+    if !named {
+        o.allow(&["exact", "prefix", "suffix"])?;
+    }
+    Ok(StringMatchConfig {
+        exact: o.string("exact")?,
+        prefix: o.string("prefix")?,
+        suffix: o.string("suffix")?,
+        one_of: if named {
+            o.list("one_of", string_item)?
+        } else {
+            None
+        },
+        present: if named { o.boolean("present")? } else { None },
+    })
+}
+
+fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
+    o.allow(&[
+        "header",
+        "cookie",
+        "query",
+        "assign_cookie",
+        "cookie_max_age_s",
+        "cookie_secure",
+        "cookie_domain",
+        "cookie_same_site",
+    ])?;
+    Ok(StickyConfig {
+        header: o.string("header")?,
+        cookie: o.string("cookie")?,
+        query: o.string("query")?,
+        assign_cookie: o.boolean("assign_cookie")?.unwrap_or(false),
+        cookie_max_age_s: o.integer("cookie_max_age_s", u64::from(u32::MAX))?,
+        cookie_secure: o.boolean("cookie_secure")?,
+        cookie_domain: o.string("cookie_domain")?,
+        cookie_same_site: o.choice(
+            "cookie_same_site",
+            &[
+                ("Lax", SameSite::Lax),
+                ("Strict", SameSite::Strict),
+                ("None", SameSite::None),
+            ],
+        )?,
+    })
+}
+
+fn destination(path: &str, value: &Value) -> Result<DestinationConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &["name", "cluster", "weight", "fallback", "breaker"],
+    )?;
+    Ok(DestinationConfig {
+        name: o.required("name", Obj::string)?,
+        cluster: o.required("cluster", Obj::string)?,
+        weight: o
+            .integer("weight", u64::from(u32::MAX))?
+            .map_or(1, |w| w as u32),
+        fallback: o.string("fallback")?,
+        breaker: o.object("breaker", breaker)?,
+    })
+}
+
+fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
+    o.allow(&[
+        "failure_ratio",
+        "min_requests",
+        "window_s",
+        "open_s",
+        "half_open_percent",
+        "failure_statuses",
+        "count_local_replies",
+    ])?;
+    Ok(BreakerConfig {
+        failure_ratio: o
+            .number("failure_ratio", 0, 1)?
+            .unwrap_or(DEFAULT_BREAKER_FAILURE_RATIO),
+        min_requests: o
+            .integer("min_requests", u64::from(u32::MAX))?
+            .unwrap_or(DEFAULT_BREAKER_MIN_REQUESTS),
+        window_s: o
+            .integer("window_s", 3600)?
+            .unwrap_or(DEFAULT_BREAKER_WINDOW_S),
+        open_s: o
+            .integer("open_s", 86_400)?
+            .unwrap_or(DEFAULT_BREAKER_OPEN_S),
+        half_open_percent: o
+            .number("half_open_percent", 0, 100)?
+            .unwrap_or(DEFAULT_BREAKER_HALF_OPEN_PERCENT),
+        failure_statuses: o
+            .list("failure_statuses", |path, v| match v {
+                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+                Value::Number(n) => n
+                    .as_u64()
+                    .map(FailureStatus::Code)
+                    .ok_or_else(|| ConfigError::new(path, format!("\"{n}\" is not a status code"))),
+                other => Err(wrong_type(
+                    path,
+                    "a status code or class like \"5xx\"",
+                    other,
+                )),
+            })?
+            .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
+        count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
+    })
+}

@@ -1,0 +1,181 @@
+//! Reading a `serde_json::Value` field by field, with each field's path for error messages.
+//! `null` counts as absent; unknown fields are rejected before any value is read.
+
+use super::ConfigError;
+use serde_json::{Map, Value};
+
+pub(super) type Result<T> = std::result::Result<T, ConfigError>;
+
+pub(super) fn string_item(path: &str, value: &Value) -> Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(wrong_type(path, "a string", other)),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub(super) fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
+    ConfigError::new(path, format!("must be {expected}, got {}", kind(got)))
+}
+
+/// One JSON object being decoded: reads fields by name and builds each field's path.
+/// `null` counts as absent.
+pub(super) struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    pub(super) fn new(path: &str, value: &'a Value, allowed: &[&str]) -> Result<Obj<'a>> {
+        let o = Obj::any(path, value)?;
+        o.allow(allowed)?;
+        Ok(o)
+    }
+
+    pub(super) fn any(path: &str, value: &'a Value) -> Result<Obj<'a>> {
+        match value {
+            Value::Object(map) => Ok(Obj {
+                path: path.to_string(),
+                map,
+            }),
+            other => Err(wrong_type(path, "an object", other)),
+        }
+    }
+
+    /// Rejects fields not in `allowed`, before any value is looked at, so a misspelt field is
+    /// reported as such rather than as a missing one.
+    pub(super) fn allow(&self, allowed: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(unknown) => Err(ConfigError::new(
+                self.child(unknown),
+                format!("unknown field, expected one of: {}", allowed.join(", ")),
+            )),
+        }
+    }
+
+    fn child(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub(super) fn required<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&mut Self, &str) -> Result<Option<T>>,
+    ) -> Result<T> {
+        read(self, key)?.ok_or_else(|| ConfigError::new(self.child(key), "is required"))
+    }
+
+    pub(super) fn string(&mut self, key: &str) -> Result<Option<String>> {
+        self.get(key)
+            .map(|v| string_item(&self.child(key), v))
+            .transpose()
+    }
+
+    pub(super) fn boolean(&mut self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(wrong_type(&self.child(key), "true or false", other)),
+        }
+    }
+
+    /// A whole number in 0..=max.
+    pub(super) fn integer(&mut self, key: &str, max: u64) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64().filter(|v| *v <= max) {
+                Some(v) => Ok(Some(v)),
+                None => Err(ConfigError::new(
+                    self.child(key),
+                    format!("must be a whole number from 0 to {max}, got {n}"),
+                )),
+            },
+            Some(other) => Err(wrong_type(&self.child(key), "a whole number", other)),
+        }
+    }
+
+    /// A number (decimals allowed) in min..=max. The bounds are whole numbers so that no float
+    /// formatting code (kilobytes of Wasm) is linked just for this message.
+    pub(super) fn number(&mut self, key: &str, min: u32, max: u32) -> Result<Option<f64>> {
+        let range = f64::from(min)..=f64::from(max);
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64().filter(|v| range.contains(v)) {
+                Some(v) => Ok(Some(v)),
+                None => Err(ConfigError::new(
+                    self.child(key),
+                    format!("must be a number from {min} to {max}, got {n}"),
+                )),
+            },
+            Some(other) => Err(wrong_type(&self.child(key), "a number", other)),
+        }
+    }
+
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Result<Option<T>> {
+        let Some(value) = self.string(key)? else {
+            return Ok(None);
+        };
+        match options.iter().find(|(name, _)| *name == value) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => {
+                let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                Err(ConfigError::new(
+                    self.child(key),
+                    format!("\"{value}\" is not one of {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn list<T>(
+        &mut self,
+        key: &str,
+        item: impl Fn(&str, &Value) -> Result<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let path = self.child(key);
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| item(&format!("{path}[{i}]"), v))
+                .collect::<Result<Vec<T>>>()
+                .map(Some),
+            Some(other) => Err(wrong_type(&path, "an array", other)),
+        }
+    }
+
+    pub(super) fn object<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(Obj<'a>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value) => read(Obj::any(&self.child(key), value)?).map(Some),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The plugin configuration as users write it (JSON), decoded in one pass into plain typed
+//! values: every field read, its shape, type and range checked, each error with its path.
+//! `plan` then checks what spans fields (uniqueness, references, formats) and compiles the
+//! immutable plan the filter runs; it never reads JSON.
+//!
+//! Field names and defaults are a public contract (docs/configuration.md): extend, never rename.
+//!
+//! Decoding (`decode`) walks a `serde_json::Value` by hand (`json`) instead of deriving
+//! `Deserialize`: every error then names its exact field path
+//! (`rules[1].destinations[0].weight`), unknown fields are reported before anything else, and
+//! the `.wasm` stays smaller than with derived visitors plus path tracking.
+
+mod decode;
+mod json;
+
+pub use decode::parse;
+
+use std::fmt;
+
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-split-cluster";
+pub const DEFAULT_VARIANT_HEADER: &str = "x-split-variant";
+pub const DEFAULT_COOKIE_MAX_AGE_S: u64 = 2_592_000;
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 1024;
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_SHADOW_PERCENT: f64 = 100.0;
+pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_SHADOW_HOST_SUFFIX: &str = "-shadow";
+pub const DEFAULT_SHADOW_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Upper bound of `max_buffered_body_bytes` and of a shadow's `max_body_bytes`. The bytes live in
+/// the VM's linear memory (at most 4 GiB on wasm32, shared with everything else, and a failed
+/// allocation aborts the VM), and a growing body vector may briefly hold twice its length.
+pub const MAX_SHADOW_BUFFER_BYTES: u64 = 256 * 1024 * 1024;
+/// What a shadow copy never carries unless `remove_headers` says otherwise: credentials. The
+/// shadow is the least-trusted backend (new code, often a test deployment).
+pub const DEFAULT_SHADOW_REMOVE_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-forwarded-client-cert",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub cluster_header: String,
+    pub variant_header: String,
+    pub debug_header: bool,
+    pub rules: Vec<RuleConfig>,
+    /// Shadow bulkhead, per worker: outstanding shadow copies.
+    pub max_in_flight: u64,
+    /// Shadow bulkhead, per worker: bytes held for shadow copies (header copies and bodies).
+    pub max_buffered_body_bytes: u64,
+    pub clear_route_cache: RouteCacheMode,
+    /// Signs the shadow marker of copies so that other instances can trust it (see
+    /// `shadow::MarkerKey`); `None`: copies carry `x-shadow-request: true`.
+    pub shadow_marker_secret: Option<String>,
+}
+
+/// When the filter asks Envoy to re-pick the route after changing the routing header.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RouteCacheMode {
+    /// Rely on Envoy clearing the route cache itself on header changes, which it does for the
+    /// ABI this module declares (0.2.1); call explicitly only for a newer ABI.
+    #[default]
+    Auto,
+    /// Call `clear_route_cache` after every routing-header change, whatever the host does.
+    Always,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
+            variant_header: DEFAULT_VARIANT_HEADER.to_string(),
+            debug_header: false,
+            rules: Vec::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
+            clear_route_cache: RouteCacheMode::Auto,
+            shadow_marker_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleConfig {
+    pub name: String,
+    pub match_: Option<MatchConfig>,
+    pub sticky: Option<StickyConfig>,
+    pub salt: Option<String>,
+    pub hash: HashKind,
+    pub destinations: Vec<DestinationConfig>,
+    pub shadow: Vec<ShadowConfig>,
+}
+
+/// One shadow target of a rule (`rules[].shadow[]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub name: Option<String>,
+    pub cluster: String,
+    pub percent: f64,
+    pub timeout_ms: u64,
+    pub host_suffix: String,
+    pub methods: Option<Vec<String>>,
+    pub include_body: bool,
+    pub max_body_bytes: u64,
+    pub remove_headers: Vec<String>,
+    pub compare: bool,
+    pub compare_body: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MatchConfig {
+    pub headers: Option<Vec<NamedMatchConfig>>,
+    pub cookies: Option<Vec<NamedMatchConfig>>,
+    pub query: Option<Vec<NamedMatchConfig>>,
+    pub path: Option<StringMatchConfig>,
+    pub methods: Option<Vec<String>>,
+    pub authority: Option<StringMatchConfig>,
+    pub route_names: Option<Vec<String>>,
+}
+
+/// `{ "name": N, <op> }` for headers, cookies and query parameters: exactly one op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedMatchConfig {
+    pub name: String,
+    pub op: StringMatchConfig,
+}
+
+/// The ops given in a match object; `plan::matching` checks that exactly one is set.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StringMatchConfig {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub one_of: Option<Vec<String>>,
+    pub present: Option<bool>,
+}
+
+/// Where the user key comes from: exactly one of `header`, `cookie`, `query`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyConfig {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub query: Option<String>,
+    pub assign_cookie: bool,
+    pub cookie_max_age_s: Option<u64>,
+    pub cookie_secure: Option<bool>,
+    pub cookie_domain: Option<String>,
+    pub cookie_same_site: Option<SameSite>,
+}
+
+/// The `SameSite` attribute of assigned cookies.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    /// murmur3(salt:key) % 10000, consecutive ranges by weight.
+    #[default]
+    Fine,
+    /// Unleash gradual rollout: murmur3(salt:key) % 100 + 1, weights sum to 100.
+    Unleash,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationConfig {
+    pub name: String,
+    pub cluster: String,
+    pub weight: u32,
+    /// Another destination of the same rule that takes this one's traffic while its breaker
+    /// is open.
+    pub fallback: Option<String>,
+    pub breaker: Option<BreakerConfig>,
+}
+
+/// `destinations[].breaker`; defaults are the documented ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub failure_ratio: f64,
+    pub min_requests: u64,
+    pub window_s: u64,
+    pub open_s: u64,
+    pub half_open_percent: f64,
+    pub failure_statuses: Vec<FailureStatus>,
+    pub count_local_replies: bool,
+}
+
+pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.2;
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;
+pub const DEFAULT_BREAKER_WINDOW_S: u64 = 10;
+pub const DEFAULT_BREAKER_OPEN_S: u64 = 30;
+pub const DEFAULT_BREAKER_HALF_OPEN_PERCENT: f64 = 10.0;
+
+/// One entry of `failure_statuses` as written: `503`, `"503"` or `"5xx"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureStatus {
+    Code(u64),
+    Text(String),
+}
+
+/// A configuration error: where (a JSON path such as `rules[1].destinations[0].weight`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
