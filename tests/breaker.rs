@@ -27,14 +27,7 @@ fn canary_users(n: usize) -> Vec<String> {
 
 /// One request on a fresh connection (so the two workers share the load).
 fn fresh(envoy: &Envoy, user: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = ureq::AgentBuilder::new()
-        .build()
-        .get(&envoy.url("/"))
-        .set("x-user-id", user);
-    for (n, v) in headers {
-        req = req.set(n, v);
-    }
-    Resp::from(req.call())
+    fresh_on(envoy, 0, user, headers)
 }
 
 fn stat(envoy: &Envoy, what: &str) -> u64 {
@@ -305,24 +298,7 @@ fn filter_instances_sharing_a_vm_id_with_a_destination_on_another_cluster_keep_t
             .listener(&breaker_config("canary", breaker), Some("OUTBOUND")),
     );
     let users = canary_users(20);
-    let mut in_a_row = 0;
-    let mut sent = 0;
-    while in_a_row < 20 && sent < 400 {
-        let r = fresh_on(
-            &envoy,
-            0,
-            &users[sent % users.len()],
-            &[("x-fail", "canary")],
-        );
-        sent += 1;
-        if r.status == 500 {
-            in_a_row = 0;
-        } else {
-            assert_eq!(r.backend(), "stable");
-            in_a_row += 1;
-        }
-    }
-    assert_eq!(in_a_row, 20, "the main listener's breaker never opened");
+    open_canary_breaker(&envoy, &users);
     // Several ticks: every worker's other instance has read the shared data by now.
     std::thread::sleep(Duration::from_millis(500));
     for (i, user) in users.iter().enumerate() {
@@ -524,19 +500,7 @@ fn two_wasm_plugins_sharing_a_vm_id_keep_separate_breakers_and_say_their_metrics
             .listener_named("traffic-split-other", &config),
     );
     let users = canary_users(20);
-    let mut in_a_row = 0;
-    let mut sent = 0;
-    while in_a_row < 20 && sent < 400 {
-        let r = fresh_on(
-            &envoy,
-            0,
-            &users[sent % users.len()],
-            &[("x-fail", "canary")],
-        );
-        sent += 1;
-        in_a_row = if r.status == 500 { 0 } else { in_a_row + 1 };
-    }
-    assert_eq!(in_a_row, 20, "the main listener's breaker never opened");
+    open_canary_breaker(&envoy, &users);
     std::thread::sleep(Duration::from_millis(500));
     for (i, user) in users.iter().enumerate() {
         let r = fresh_on(&envoy, 1, user, &[]);
@@ -556,7 +520,8 @@ fn breaker_state(envoy: &Envoy) -> Option<u64> {
     envoy.try_counter("traffic_split.breaker.checkout.canary.state")
 }
 
-/// Opens checkout/canary's breaker (its backend fails on `x-fail: canary`).
+/// Opens checkout/canary's breaker behind the main listener (its backend fails on
+/// `x-fail: canary`): canary users' requests until 20 in a row went on to stable.
 fn open_canary_breaker(envoy: &Envoy, users: &[String]) {
     let mut in_a_row = 0;
     let mut sent = 0;
@@ -570,7 +535,7 @@ fn open_canary_breaker(envoy: &Envoy, users: &[String]) {
             in_a_row += 1;
         }
     }
-    assert_eq!(in_a_row, 20, "the breaker never opened");
+    assert_eq!(in_a_row, 20, "the main listener's breaker never opened");
 }
 
 /// Polls the state gauge until it is `expected`; returns the last value seen.

@@ -346,20 +346,24 @@ fn mismatches_are_counted_and_equal_answers_are_not() {
     assert!(prom.contains("traffic_split_shadow_primary_latency_ms_bucket{shadow=\"broken\""));
 }
 
-#[test]
-fn the_bulkhead_drops_excess_copies_and_leaves_primaries_alone() {
+/// Envoy with one worker (the bulkhead is per worker: one worker makes the counts exact), the
+/// primary `stable` and a shadow `slow` that answers after 1.5 s; `top`: top-level fields.
+fn one_worker_with_a_slow_shadow(top: &str) -> (Backend, Backend, Envoy) {
     let stable = Backend::start("stable");
     let slow = Backend::start("slow");
     slow.set_delay(Duration::from_millis(1500));
-    let cfg = config(
-        r#"{"cluster":"slow","timeout_ms":5000}"#,
-        r#""max_in_flight":4,"#,
-    );
+    let cfg = config(r#"{"cluster":"slow","timeout_ms":5000}"#, top);
     let mut spec = EnvoySpec::new(&cfg)
         .cluster("stable", stable.addr)
         .cluster("slow", slow.addr);
-    spec.concurrency = 1; // the bulkhead is per worker: one worker makes the count exact
+    spec.concurrency = 1;
     let envoy = Envoy::start(spec);
+    (stable, slow, envoy)
+}
+
+#[test]
+fn the_bulkhead_drops_excess_copies_and_leaves_primaries_alone() {
+    let (_stable, _slow, envoy) = one_worker_with_a_slow_shadow(r#""max_in_flight":4,"#);
     let n = 20;
     let started = Instant::now();
     for _ in 0..n {
@@ -882,18 +886,8 @@ fn a_50_mb_shadow_answer_does_not_grow_envoy_memory() {
 
 #[test]
 fn a_copy_holds_its_bytes_until_the_shadow_answers_and_header_copies_count_too() {
-    let stable = Backend::start("stable");
-    let slow = Backend::start("slow");
-    slow.set_delay(Duration::from_millis(1500));
-    let cfg = config(
-        r#"{"cluster":"slow","timeout_ms":5000}"#,
-        r#""max_buffered_body_bytes":150000,"#,
-    );
-    let mut spec = EnvoySpec::new(&cfg)
-        .cluster("stable", stable.addr)
-        .cluster("slow", slow.addr);
-    spec.concurrency = 1; // the bound is per worker
-    let envoy = Envoy::start(spec);
+    let (stable, _slow, envoy) =
+        one_worker_with_a_slow_shadow(r#""max_buffered_body_bytes":150000,"#);
     let body = body_of(100_000);
     let post = |path: &str| {
         let r = Resp::from(envoy.request("POST", path).send_bytes(&body));
