@@ -116,7 +116,7 @@ bench: wasm envoy ## Benchmark the filter vs native routes, Lua, a no-op Wasm fi
 	$(BENCH)
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS  ?= config_bytes config_structured decision breaker_record
+FUZZ_TARGETS  ?= config_bytes config_structured decision breaker_record shadow_copy
 .PHONY: fuzz
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (cargo fuzz, nightly; new inputs in target/fuzz-corpus/)
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

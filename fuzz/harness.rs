@@ -13,6 +13,10 @@ use traffic_split::plan::Decision;
 use traffic_split::plan::Plan;
 use traffic_split::request::{HeaderPair, Request};
 use traffic_split::rng::Rng;
+use traffic_split::shadow::{
+    check_marker, header_bytes, select_copies, suffixed_authority, Answer, Bulkhead, CompareBook,
+    ComparePlan, MarkerKey, SHADOW_MARKER,
+};
 
 /// Target `config_bytes`: any bytes → parse, validate, compile.
 pub fn config_bytes(data: &[u8]) {
@@ -73,6 +77,138 @@ fn breaker_plan() -> Plan {
         Err(e) => panic!("fixed breaker plan: {e}"),
     }
 }
+
+/// Target `shadow_copy`: the shadow copy builder on a hostile request — which copies are made,
+/// their headers (hop-by-hop, credentials, routing headers and the marker filtered out, the
+/// authority suffixed), what the bulkhead holds for them, the marker check on any bytes, and
+/// the comparison book under any sequence of events. Checks the promises, not just "no panic".
+pub fn shadow_copy(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let plan = plugin_config(&mut u)
+        .ok()
+        .and_then(|c| Plan::from_json(&serde_json::to_vec(&c).ok()?).ok())
+        .filter(|p| p.rules.iter().any(|r| !r.shadows.is_empty()))
+        .or_else(|| Plan::from_json(SHADOW_PLAN.as_bytes()).ok());
+    let Some(plan) = plan else {
+        panic!("the fixed shadow plan must compile");
+    };
+    let Ok(headers) = request_headers(&mut u) else {
+        return;
+    };
+    let routing: Vec<&str> = std::iter::once(plan.cluster_header.as_str())
+        .chain(plan.variant_header.as_deref())
+        .collect();
+    let max_in_flight = usize::from(u.int_in_range(0..=8u8).unwrap_or(1));
+    let max_bytes = u.arbitrary::<u64>().unwrap_or(0) % (1 << 20);
+    let mut bulkhead = Bulkhead::new(max_in_flight, max_bytes);
+    let end_of_stream = u.arbitrary().unwrap_or(true);
+    let mut rng = Rng::from_seed(u.arbitrary().unwrap_or(0));
+    for rule in plan.rules.iter().filter(|r| !r.shadows.is_empty()) {
+        let selection = select_copies(
+            &rule.shadows,
+            &headers,
+            &routing,
+            end_of_stream,
+            || rng.next_u64(),
+            &mut bulkhead,
+        );
+        let held: u64 = selection.copies.iter().map(|c| c.held).sum();
+        assert!(bulkhead.in_flight() <= max_in_flight.max(selection.copies.len()));
+        assert_eq!(
+            bulkhead.held_bytes(),
+            held,
+            "the bulkhead holds what the copies hold"
+        );
+        for copy in &selection.copies {
+            let Some(policy) = rule.shadows.get(copy.shadow) else {
+                panic!("a copy names a shadow the rule does not have");
+            };
+            assert_eq!(copy.held, header_bytes(&copy.headers));
+            assert!(
+                !copy.with_body || !end_of_stream,
+                "a body copy of a request without body"
+            );
+            for (name, _) in &copy.headers {
+                assert!(name != SHADOW_MARKER, "a copy carries the client's marker");
+                assert!(
+                    !routing.contains(&name.as_str()),
+                    "a copy carries a routing header"
+                );
+                assert!(
+                    !policy.remove_headers.contains(name),
+                    "a removed header is copied"
+                );
+            }
+            if let Some(authority) = headers
+                .iter()
+                .find(|(n, _)| n == ":authority")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            {
+                let copied = copy.headers.iter().find(|(n, _)| n == ":authority");
+                let expected = suffixed_authority(authority, &policy.host_suffix);
+                assert_eq!(copied.map(|(_, v)| v.as_str()), Some(expected.as_str()));
+            }
+        }
+        let _ = ComparePlan::of(&rule.shadows, &selection.copies);
+        for copy in &selection.copies {
+            bulkhead.end_copy(copy.held);
+        }
+        assert_eq!((bulkhead.in_flight(), bulkhead.held_bytes()), (0, 0));
+    }
+    // The marker check: any bytes, with and without a key, at any time.
+    let value: Option<&[u8]> = u.arbitrary().unwrap_or(None);
+    let key = MarkerKey::from_secret(b"a-shared-secret-of-16");
+    let now_s: Option<u64> = u.arbitrary().unwrap_or(None);
+    let _ = check_marker(value, None, now_s);
+    let _ = check_marker(value, Some(&key), now_s);
+    // The comparison book under any sequence of events stays within its capacity.
+    let capacity = usize::from(u.int_in_range(0..=4u8).unwrap_or(0));
+    let mut book = CompareBook::new(capacity);
+    for _ in 0..u.int_in_range(0..=32u8).unwrap_or(0) {
+        let key = u64::from(u.int_in_range(0..=6u8).unwrap_or(0));
+        let answer = Answer {
+            status: u.arbitrary().unwrap_or(200),
+            latency_ms: u.arbitrary().unwrap_or(0),
+            body_digest: u.arbitrary().unwrap_or(None),
+        };
+        match u.int_in_range(0..=4u8).unwrap_or(0) {
+            0 => {
+                let shadows = usize::from(u.int_in_range(0..=3u8).unwrap_or(1));
+                let _ = book.open(key, shadows, u.arbitrary().unwrap_or(0));
+            }
+            1 => book.shadow_gone(key),
+            2 => {
+                let target = usize::from(u.int_in_range(0..=3u8).unwrap_or(0));
+                let _ = book.shadow_answered(key, target, answer);
+            }
+            3 => {
+                let _ = book.primary_done(
+                    key,
+                    u.arbitrary::<bool>().unwrap_or(false).then_some(answer),
+                );
+            }
+            _ => {
+                let _ = book.expire(u.arbitrary().unwrap_or(0));
+            }
+        }
+        assert!(
+            book.len() <= capacity,
+            "the comparison book outgrew its capacity"
+        );
+    }
+}
+
+/// Shadows of every shape, for requests to meet when the generated configuration has none.
+pub const SHADOW_PLAN: &str = r#"{
+  "rules": [
+    { "name": "s", "destinations": [ { "name": "a", "cluster": "ca" } ],
+      "shadow": [
+        { "cluster": "v3", "percent": 50, "compare": true, "compare_body": true,
+          "include_body": true, "host_suffix": "-shadow" },
+        { "cluster": "v4", "methods": ["POST"], "remove_headers": [], "compare": true },
+        { "cluster": "v5", "remove_headers": ["x-a", "baggage"], "timeout_ms": 10 } ] }
+  ]
+}"#;
 
 /// Target `config_structured`: a JSON configuration assembled from the real field names and
 /// value shapes, so the fuzzer reaches the deep checks instead of stopping at JSON syntax.

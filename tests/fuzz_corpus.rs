@@ -48,3 +48,8 @@ fn decision_corpus() {
 fn breaker_record_corpus() {
     replay("breaker_record", harness::breaker_record);
 }
+
+#[test]
+fn shadow_copy_corpus() {
+    replay("shadow_copy", harness::shadow_copy);
+}

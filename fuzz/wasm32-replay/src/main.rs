@@ -16,6 +16,7 @@ fn main() {
         "config_structured" => harness::config_structured,
         "decision" => harness::decision,
         "breaker_record" => harness::breaker_record,
+        "shadow_copy" => harness::shadow_copy,
         other => {
             eprintln!("unknown target {other}");
             std::process::exit(2);
