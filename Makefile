@@ -67,7 +67,7 @@ oci: ## Build the Wasm OCI image (deploy/oci/Dockerfile, compat variant) into ta
 .PHONY: wasm
 wasm: ## Build the optimized filter into target/traffic_split.wasm
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
-	cargo build --release --target $(WASM_TARGET)
+	cargo build --release --target $(WASM_TARGET) --lib
 	python3 scripts/strip-exports.py $(WASM_RAW) $(WASM_STRIPPED) $(UNUSED_CALLBACKS)
 	@if command -v wasm-opt >/dev/null; then \
 		wasm-opt $(WASM_OPT_FLAGS) $(WASM_STRIPPED) -o $(WASM); \

@@ -17,6 +17,9 @@
 
 pub mod breaker;
 pub mod bucket;
+/// The operator CLI (`traffic-split` binary): native only, never in the .wasm.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod matcher;

@@ -92,6 +92,12 @@ impl Matcher {
     pub fn holds(&self, request: &Request<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(request))
     }
+
+    /// The first condition that does not hold, `None` when the matcher holds: why a rule did
+    /// not match (`traffic-split explain`). The request path uses `holds`.
+    pub fn first_failing(&self, request: &Request<'_>) -> Option<&Condition> {
+        self.conditions.iter().find(|c| !c.holds(request))
+    }
 }
 
 #[cfg(test)]

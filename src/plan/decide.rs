@@ -1,6 +1,6 @@
 //! What the plan does with a request: which rule matched and which destination gets it.
 
-use super::{Plan, Rule, StickyKey};
+use super::{Plan, Rule, Sticky, StickyKey};
 use crate::breaker::{BreakerTicket, BreakerView, State};
 use crate::bucket;
 use crate::request::Request;
@@ -75,13 +75,7 @@ impl Rule {
             }
             _ => return (0, None),
         };
-        // Borrowed from the request: no copy of the key per request.
-        let key: Option<Cow<'_, [u8]>> = match &sticky.key {
-            StickyKey::Header(name) => request.header(name).map(Cow::Borrowed),
-            StickyKey::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
-            StickyKey::Query(name) => request.query(name),
-        }
-        .filter(|k| !k.is_empty());
+        let key = Self::user_key(sticky, request);
         let mut set_cookie = None;
         let bucket = match (key, &sticky.key, &sticky.assign_cookie) {
             (Some(_), _, _) if fixed => return (0, None),
@@ -142,8 +136,25 @@ impl Rule {
         bucket::destination_for(&self.upper_bounds, self.bucket_of_key(key))
     }
 
-    fn bucket_of_key(&self, key: &[u8]) -> u32 {
+    /// The bucket of a user key under this rule's salt and hash.
+    pub fn bucket_of_key(&self, key: &[u8]) -> u32 {
         bucket::bucket_of_hash(self.hash, bucket::murmur3_of(&self.salt_colon, key))
+    }
+
+    /// The destination index owning `bucket` (before any breaker).
+    pub fn destination_of_bucket(&self, bucket: u32) -> usize {
+        bucket::destination_for(&self.upper_bounds, bucket)
+    }
+
+    /// The request's user key for `sticky`; an empty value counts as none. Borrowed from the
+    /// request: no copy of the key per request.
+    pub fn user_key<'r>(sticky: &Sticky, request: &Request<'r>) -> Option<Cow<'r, [u8]>> {
+        match &sticky.key {
+            StickyKey::Header(name) => request.header(name).map(Cow::Borrowed),
+            StickyKey::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
+            StickyKey::Query(name) => request.query(name),
+        }
+        .filter(|k| !k.is_empty())
     }
 }
 

@@ -71,12 +71,27 @@ pub fn header_bytes(headers: &[(String, String)]) -> u64 {
 impl ShadowPolicy {
     /// Whether this request is copied: method allowed and sampled in (`draw` uniform u64).
     pub fn selects(&self, method: Option<&[u8]>, draw: u64) -> bool {
-        let method_ok = match &self.methods {
-            None => true,
-            Some(methods) => method.is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
-        };
+        let method_ok = self.allows_method(method);
         // u64::MAX stands for 100%: every draw, u64::MAX included.
         method_ok && (self.sample_threshold == u64::MAX || draw < self.sample_threshold)
+    }
+
+    /// The chance (0.0..=1.0) that a request this policy's methods allow is copied: what
+    /// `selects` does with a uniform draw. Used by `traffic-split explain`.
+    pub fn sample_probability(&self) -> f64 {
+        if self.sample_threshold == u64::MAX {
+            1.0
+        } else {
+            self.sample_threshold as f64 / 18_446_744_073_709_551_616.0
+        }
+    }
+
+    /// Whether `method` may be copied at all (the `methods` filter, before sampling).
+    pub fn allows_method(&self, method: Option<&[u8]>) -> bool {
+        match &self.methods {
+            None => true,
+            Some(methods) => method.is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
+        }
     }
 
     /// The headers of the copy: the request's headers without hop-by-hop ones, the configured

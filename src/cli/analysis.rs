@@ -1,0 +1,530 @@
+//! `explain`, `diff` and the CLI's extra warnings, over the compiled plan.
+
+use super::{hash_name, load_one, ExplainArgs, Failure};
+use crate::bucket::{FINE_BUCKETS, UNLEASH_BUCKETS};
+use crate::config::HashKind;
+use crate::matcher::{Condition, StringOp};
+use crate::plan::{Decision, Plan, Rule, StickyKey};
+use crate::request::{HeaderPair, Request};
+use crate::rng::Rng;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Every bucket of a hash scheme, in order.
+pub fn buckets(kind: HashKind) -> std::ops::Range<u32> {
+    match kind {
+        HashKind::Fine => 0..FINE_BUCKETS,
+        HashKind::Unleash => 1..UNLEASH_BUCKETS + 1,
+    }
+}
+
+/// How many buckets each destination of `rule` owns (before breakers).
+pub fn bucket_counts(rule: &Rule) -> Vec<u32> {
+    let mut counts = vec![0u32; rule.destinations.len()];
+    for b in buckets(rule.hash) {
+        if let Some(c) = counts.get_mut(rule.destination_of_bucket(b)) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
+/// The filter's load-time warnings (`Plan::unscoped_side_effects`) plus what only an offline
+/// check can afford: rules that can never match, destinations that get no bucket.
+pub fn warnings(plan: &Plan) -> Vec<String> {
+    let mut out = plan.unscoped_side_effects();
+    let mut catch_all: Option<&str> = None;
+    for rule in &plan.rules {
+        if let Some(earlier) = catch_all {
+            out.push(format!(
+                "rule \"{}\" can never match: the earlier rule \"{earlier}\" has no conditions",
+                rule.name
+            ));
+        } else if rule.matcher.conditions.is_empty() {
+            catch_all = Some(&rule.name);
+        }
+        if rule.destinations.len() > 1 {
+            let total = buckets(rule.hash).len();
+            for (d, count) in rule.destinations.iter().zip(bucket_counts(rule)) {
+                if count == 0 {
+                    out.push(format!(
+                        "rule \"{}\": destination \"{}\" (weight {}) owns none of the {total} \
+                         buckets: it gets no traffic except as a breaker fallback",
+                        rule.name, d.name, d.weight
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn op_text(op: &StringOp) -> String {
+    match op {
+        StringOp::Exact(s) => format!("exact {:?}", text(s)),
+        StringOp::Prefix(s) => format!("prefix {:?}", text(s)),
+        StringOp::Suffix(s) => format!("suffix {:?}", text(s)),
+        StringOp::OneOf(v) => format!("one_of {:?}", v.iter().map(|s| text(s)).collect::<Vec<_>>()),
+        StringOp::Present(p) => format!("present {p}"),
+    }
+}
+
+/// A compiled condition in the configuration's own terms.
+pub fn condition_text(c: &Condition) -> String {
+    let list = |v: &[Vec<u8>]| format!("{:?}", v.iter().map(|s| text(s)).collect::<Vec<_>>());
+    match c {
+        Condition::Header(n, op) => format!("match.headers {n}: {}", op_text(op)),
+        Condition::Cookie(n, op) => format!("match.cookies {n}: {}", op_text(op)),
+        Condition::Query(n, op) => format!("match.query {n}: {}", op_text(op)),
+        Condition::Path(op) => format!("match.path: {}", op_text(op)),
+        Condition::Authority(op) => format!("match.authority: {}", op_text(op)),
+        Condition::Methods(m) => format!("match.methods: {}", list(m)),
+        Condition::RouteNames(r) => format!("match.route_names: {}", list(r)),
+    }
+}
+
+fn key_source(key: &StickyKey) -> String {
+    match key {
+        StickyKey::Header(n) => format!("header {n}"),
+        StickyKey::Cookie(n) => format!("cookie {n}"),
+        StickyKey::Query(n) => format!("query parameter {n}"),
+    }
+}
+
+fn pct(part: u32, whole: usize) -> String {
+    format!("{:.2}%", f64::from(part) * 100.0 / whole.max(1) as f64)
+}
+
+/// The request `args` describe, as the host hands it to the core.
+fn request_headers(args: &ExplainArgs) -> Vec<HeaderPair> {
+    let mut path = args.path.clone();
+    for (i, (k, v)) in args.query.iter().enumerate() {
+        path.push(if i == 0 && !path.contains('?') {
+            '?'
+        } else {
+            '&'
+        });
+        path.push_str(&format!("{k}={v}"));
+    }
+    let mut h: Vec<HeaderPair> = vec![
+        (":method".into(), args.method.clone().into_bytes()),
+        (":path".into(), path.into_bytes()),
+    ];
+    if let Some(a) = &args.authority {
+        h.push((":authority".into(), a.clone().into_bytes()));
+    }
+    for (k, v) in &args.headers {
+        h.push((k.to_ascii_lowercase(), v.clone().into_bytes()));
+    }
+    if !args.cookies.is_empty() {
+        let cookie: Vec<String> = args
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        h.push(("cookie".into(), cookie.join("; ").into_bytes()));
+    }
+    h
+}
+
+pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
+    let checked = load_one(&args.file, args.all, args.nth)?;
+    let Ok(plan) = &checked.plan else {
+        return Err(Failure::Invalid("invalid configuration".into()));
+    };
+    let headers = request_headers(args);
+    let route = args.route_name.as_ref().map(|r| r.as_bytes());
+    let request = Request::new(&headers, route);
+    let mut lines: Vec<String> = vec![format!("config: {}", checked.embedded.label())];
+    let mut skipped = Vec::new();
+    let mut report = serde_json::Map::new();
+    report.insert("config".into(), Value::from(checked.embedded.label()));
+    // The filter's own decision (no breaker open): explain details it, never replaces it.
+    let decision = plan.decide(&request, &mut Rng::from_seed(1), &[]);
+    let Decision::Routed(routed) = decision else {
+        for (i, rule) in plan.rules.iter().enumerate() {
+            let why = rule
+                .matcher
+                .first_failing(&request)
+                .map_or_else(|| "?".to_string(), condition_text);
+            lines.push(format!(
+                "rule[{i}] \"{}\": no match: {why} does not hold",
+                rule.name
+            ));
+            skipped.push(json!({"rule": rule.name, "failed": why}));
+        }
+        lines.push(format!(
+            "unmatched: no rule matches; the filter removes {} from the request",
+            plan.cluster_header
+        ));
+        report.insert("skipped".into(), Value::from(skipped));
+        report.insert("matched".into(), Value::Null);
+        return print(args.json, &lines, &report);
+    };
+    for (i, rule) in plan.rules.iter().enumerate().take(routed.rule) {
+        let why = rule
+            .matcher
+            .first_failing(&request)
+            .map_or_else(|| "?".to_string(), condition_text);
+        lines.push(format!(
+            "rule[{i}] \"{}\": no match: {why} does not hold",
+            rule.name
+        ));
+        skipped.push(json!({"rule": rule.name, "failed": why}));
+    }
+    report.insert("skipped".into(), Value::from(skipped));
+    let Some(rule) = plan.rules.get(routed.rule) else {
+        return Err(Failure::Invalid("internal: decision names no rule".into()));
+    };
+    lines.push(format!("rule[{}] \"{}\": matched", routed.rule, rule.name));
+    report.insert("matched".into(), Value::from(rule.name.clone()));
+    let salt = text(
+        rule.salt_colon
+            .strip_suffix(b":")
+            .unwrap_or(&rule.salt_colon),
+    );
+    let total = buckets(rule.hash).len();
+    let counts = bucket_counts(rule);
+    let shares: Vec<String> = rule
+        .destinations
+        .iter()
+        .zip(&counts)
+        .map(|(d, c)| format!("{} {}", d.name, pct(*c, total)))
+        .collect();
+    let fixed = rule.destinations.len() == 1;
+    let key = rule
+        .sticky
+        .as_ref()
+        .and_then(|s| Rule::user_key(s, &request).map(|k| (s, k)));
+    let mut destination = routed.destination;
+    match (&rule.sticky, &key) {
+        _ if fixed => lines.push("  one destination: every request goes to it (no bucket)".into()),
+        (Some(_), Some((sticky, k))) => {
+            let b = rule.bucket_of_key(k);
+            destination = rule.destination_of_bucket(b);
+            lines.push(format!(
+                "  user key: {:?} from {}",
+                text(k),
+                key_source(&sticky.key)
+            ));
+            lines.push(format!(
+                "  salt: {salt:?}, hash: {}, bucket: {b}",
+                hash_name(rule.hash)
+            ));
+            report.insert(
+                "user_key".into(),
+                json!({"value": text(k), "source": key_source(&sticky.key)}),
+            );
+            report.insert("bucket".into(), Value::from(b));
+            if destination != routed.destination {
+                return Err(Failure::Invalid(format!(
+                    "internal: bucket {b} gives destination {destination}, the decision {}",
+                    routed.destination
+                )));
+            }
+        }
+        (Some(sticky), None) => {
+            lines.push(format!(
+                "  user key: none ({} absent or empty)",
+                key_source(&sticky.key)
+            ));
+            if let (StickyKey::Cookie(c), Some(attrs)) = (&sticky.key, &sticky.assign_cookie) {
+                lines.push(format!(
+                    "  cookie: a new id would be assigned and bucketed: Set-Cookie: {c}=<32 hex>{attrs}"
+                ));
+                report.insert("assign_cookie".into(), Value::from(true));
+            }
+            lines.push(format!(
+                "  salt: {salt:?}, hash: {}; bucketed at random: {}",
+                hash_name(rule.hash),
+                shares.join(", ")
+            ));
+        }
+        (None, _) => lines.push(format!(
+            "  not sticky: every request is bucketed at random: {}",
+            shares.join(", ")
+        )),
+    }
+    report.insert("salt".into(), Value::from(salt));
+    report.insert("hash".into(), Value::from(hash_name(rule.hash)));
+    report.insert("random".into(), Value::from(!fixed && key.is_none()));
+    if let Some(d) = rule.destinations.get(destination) {
+        let variant = plan
+            .variant_header
+            .as_ref()
+            .map_or_else(String::new, |v| format!(", {v}: {}", d.name));
+        let prefix = if !fixed && key.is_none() { "e.g. " } else { "" };
+        lines.push(format!(
+            "  destination: {prefix}{} ({}: {}{variant})",
+            d.name, plan.cluster_header, d.cluster
+        ));
+        report.insert(
+            "destination".into(),
+            json!({"name": d.name, "cluster": d.cluster}),
+        );
+        if d.breaker.is_some() {
+            let fallback = d
+                .fallback
+                .and_then(|f| rule.destinations.get(f))
+                .map_or("none".to_string(), |f| {
+                    format!("{} ({})", f.name, f.cluster)
+                });
+            lines.push(format!(
+                "  breaker: while it is open, traffic goes to {fallback}"
+            ));
+            report.insert("breaker_fallback".into(), Value::from(fallback));
+        }
+    }
+    let has_cookie = key.is_some();
+    if let Some(sticky) = &rule.sticky {
+        if sticky.assign_cookie.is_some() && has_cookie {
+            lines.push("  cookie: present, none assigned".into());
+        }
+    }
+    let mut shadows = Vec::new();
+    for s in &rule.shadows {
+        let name = plan
+            .shadow_targets
+            .get(s.target)
+            .map_or("", |t| t.name.as_str());
+        let method = Some(args.method.as_bytes());
+        let p = if s.allows_method(method) {
+            s.sample_probability()
+        } else {
+            0.0
+        };
+        let why = if s.allows_method(method) {
+            String::new()
+        } else {
+            format!(" (method {} not in methods)", args.method)
+        };
+        lines.push(format!(
+            "  shadow {name} (cluster {}): sampled with probability {:.2}%{why}",
+            s.cluster,
+            p * 100.0
+        ));
+        shadows.push(json!({"name": name, "cluster": s.cluster, "probability": p}));
+    }
+    report.insert("shadows".into(), Value::from(shadows));
+    print(args.json, &lines, &report)
+}
+
+fn print(
+    as_json: bool,
+    lines: &[String],
+    report: &serde_json::Map<String, Value>,
+) -> Result<(), Failure> {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// The share of users moving between destination names from `old` to `new`, over buckets.
+/// Same salt and hash: exact (each bucket keeps its users). Otherwise every user is re-bucketed
+/// independently, and the result is the expectation `P_old(a) * P_new(b)`.
+pub fn moves(old: &Rule, new: &Rule) -> (bool, BTreeMap<(String, String), f64>) {
+    let mut out = BTreeMap::new();
+    let exact = old.hash == new.hash && old.salt_colon == new.salt_colon;
+    let name = |r: &Rule, i: usize| {
+        r.destinations
+            .get(i)
+            .map_or(String::new(), |d| d.name.clone())
+    };
+    if exact {
+        let total = buckets(old.hash).len() as f64;
+        for b in buckets(old.hash) {
+            let (a, z) = (
+                name(old, old.destination_of_bucket(b)),
+                name(new, new.destination_of_bucket(b)),
+            );
+            if a != z {
+                *out.entry((a, z)).or_insert(0.0) += 1.0 / total;
+            }
+        }
+    } else {
+        let share = |r: &Rule| {
+            let total = buckets(r.hash).len() as f64;
+            bucket_counts(r)
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (name(r, i), f64::from(c) / total))
+                .collect::<Vec<_>>()
+        };
+        for (a, pa) in share(old) {
+            for (z, pz) in share(new) {
+                if a != z && pa * pz > 0.0 {
+                    *out.entry((a.clone(), z)).or_insert(0.0) += pa * pz;
+                }
+            }
+        }
+    }
+    (exact, out)
+}
+
+pub fn diff(
+    old_file: &str,
+    new_file: &str,
+    user: Option<&str>,
+    all: bool,
+    as_json: bool,
+) -> Result<(), Failure> {
+    let old_c = load_one(old_file, all, 0)?;
+    let new_c = load_one(new_file, all, 0)?;
+    let (Ok(old), Ok(new)) = (&old_c.plan, &new_c.plan) else {
+        return Err(Failure::Invalid("invalid configuration".into()));
+    };
+    let mut lines = Vec::new();
+    let mut rules_json = Vec::new();
+    for (what, a, b) in [
+        (
+            "cluster_header",
+            old.cluster_header.clone(),
+            new.cluster_header.clone(),
+        ),
+        (
+            "variant_header",
+            old.variant_header.clone().unwrap_or_default(),
+            new.variant_header.clone().unwrap_or_default(),
+        ),
+    ] {
+        if a != b {
+            lines.push(format!("{what}: {a:?} -> {b:?}"));
+        }
+    }
+    let index = |p: &Plan, n: &str| p.rules.iter().position(|r| r.name == n);
+    for (i, r) in old.rules.iter().enumerate() {
+        if index(new, &r.name).is_none() {
+            lines.push(format!("rule \"{}\": removed (was rules[{i}])", r.name));
+            rules_json.push(json!({"rule": r.name, "change": "removed"}));
+        }
+    }
+    for (j, n) in new.rules.iter().enumerate() {
+        let Some(i) = index(old, &n.name) else {
+            lines.push(format!("rule \"{}\": added at rules[{j}]", n.name));
+            rules_json.push(json!({"rule": n.name, "change": "added"}));
+            continue;
+        };
+        let Some(o) = old.rules.get(i) else { continue };
+        let mut notes = Vec::new();
+        if i != j {
+            notes.push(format!("moved from rules[{i}] to rules[{j}] (rule order decides which rule a request meets)"));
+        }
+        if o.matcher != n.matcher {
+            notes.push("match changed: which requests this rule takes changes".to_string());
+        }
+        if o.sticky.as_ref().map(|s| &s.key) != n.sticky.as_ref().map(|s| &s.key) {
+            notes.push("sticky key changed: users are keyed differently".to_string());
+        }
+        for d in &n.destinations {
+            if let Some(od) = o.destinations.iter().find(|x| x.name == d.name) {
+                if od.cluster != d.cluster {
+                    notes.push(format!(
+                        "destination \"{}\": cluster {} -> {} (its users stay, their traffic goes elsewhere)",
+                        d.name, od.cluster, d.cluster
+                    ));
+                }
+            }
+        }
+        let (exact, m) = moves(o, n);
+        let total: f64 = m.values().sum();
+        let mut moved = Vec::new();
+        for ((a, z), share) in &m {
+            moved.push(json!({"from": a, "to": z, "share": share}));
+        }
+        let weights = |r: &Rule| {
+            let t = buckets(r.hash).len();
+            r.destinations
+                .iter()
+                .zip(bucket_counts(r))
+                .map(|(d, c)| format!("{} {}", d.name, pct(c, t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (ow, nw) = (weights(o), weights(n));
+        if !m.is_empty() || ow != nw || !notes.is_empty() {
+            lines.push(format!("rule \"{}\":", n.name));
+            for note in &notes {
+                lines.push(format!("  {note}"));
+            }
+            if !exact {
+                lines.push(format!(
+                    "  salt or hash changed ({}{:?} -> {}{:?}): every user is re-bucketed; shares below are expectations",
+                    hash_name(o.hash),
+                    text(o.salt_colon.strip_suffix(b":").unwrap_or(&o.salt_colon)),
+                    hash_name(n.hash),
+                    text(n.salt_colon.strip_suffix(b":").unwrap_or(&n.salt_colon)),
+                ));
+            }
+            if ow != nw {
+                lines.push(format!(
+                    "  shares: {ow} -> {nw} (also what non-sticky requests get)"
+                ));
+            }
+            let qual = if exact { "exactly" } else { "expected" };
+            lines.push(format!(
+                "  sticky users changing destination: {qual} {:.2}%",
+                total * 100.0
+            ));
+            for ((a, z), share) in &m {
+                lines.push(format!("    {a} -> {z}: {:.2}%", share * 100.0));
+            }
+        }
+        let mut rj = serde_json::Map::new();
+        let change = if m.is_empty() && notes.is_empty() && ow == nw {
+            "none"
+        } else {
+            "changed"
+        };
+        for (k, v) in [
+            ("rule", Value::from(n.name.clone())),
+            ("change", Value::from(change)),
+            ("exact", Value::from(exact)),
+            ("moved_share", Value::from(total)),
+            ("moves", Value::from(moved)),
+            ("notes", Value::from(notes.clone())),
+        ] {
+            rj.insert(k.into(), v);
+        }
+        if let Some(key) = user {
+            let dest = |r: &Rule| {
+                let b = r.bucket_of_key(key.as_bytes());
+                r.destinations
+                    .get(r.destination_of_bucket(b))
+                    .map_or(String::new(), |d| d.name.clone())
+            };
+            let (a, z) = (dest(o), dest(n));
+            if o.sticky.is_some() || n.sticky.is_some() {
+                let verdict = if a == z { "stays" } else { "moves" };
+                lines.push(format!(
+                    "  user {key:?} in rule \"{}\": {a} -> {z} ({verdict})",
+                    n.name
+                ));
+                rj.insert(
+                    "user".into(),
+                    json!({"key": key, "from": a, "to": z, "moves": a != z}),
+                );
+            }
+        }
+        rules_json.push(Value::from(rj));
+    }
+    if lines.is_empty() {
+        lines.push("no routing change".into());
+    }
+    let mut report = serde_json::Map::new();
+    report.insert("old".into(), Value::from(old_c.embedded.label()));
+    report.insert("new".into(), Value::from(new_c.embedded.label()));
+    report.insert("rules".into(), Value::from(rules_json));
+    print(as_json, &lines, &report)
+}

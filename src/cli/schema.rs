@@ -1,0 +1,3 @@
+pub fn schema_text() -> String {
+    String::new()
+}
