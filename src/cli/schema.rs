@@ -1,3 +1,238 @@
+//! The JSON Schema (draft 2020-12) of the configuration, for editors (completion, hover docs)
+//! and CI. Hand-written from the parser (`config.rs`) and validator (`plan.rs`), descriptions
+//! from docs/configuration.md. `schema/traffic-split.schema.json` is this output, checked by
+//! tests/cli.rs; the tests also run shipped and invalid configurations through both.
+//!
+//! What the schema cannot express (so only the filter's parser reports it) is said in the
+//! descriptions: unique rule/destination/shadow names, `unleash` weights summing to 100, a
+//! `fallback` naming a destination of the same rule without loops, reserved header names,
+//! cookie attribute combinations. And one leniency: JSON Schema's `integer` admits `5.0`, the
+//! parser does not.
+
+use crate::config::{
+    DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT, DEFAULT_BREAKER_MIN_REQUESTS,
+    DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S, DEFAULT_CLUSTER_HEADER,
+    DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_SHADOW_HOST_SUFFIX, DEFAULT_SHADOW_MAX_BODY_BYTES, DEFAULT_SHADOW_PERCENT,
+    DEFAULT_SHADOW_REMOVE_HEADERS, DEFAULT_SHADOW_TIMEOUT_MS, DEFAULT_VARIANT_HEADER,
+    MAX_SHADOW_BUFFER_BYTES,
+};
+use crate::plan::{MAX_DESTINATIONS, MAX_SHADOWS_PER_RULE};
+use serde_json::{json, Value};
+
+/// `[A-Za-z0-9_-]{1,64}`: rule, destination and shadow names (they appear in metric names).
+const NAME: &str = "^[A-Za-z0-9_-]{1,64}$";
+/// An HTTP token (RFC 9110): header names, cookie names, methods.
+const TOKEN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// Visible ASCII, non-empty.
+const VISIBLE: &str = "^[!-~]+$";
+
+/// The schema as printed by `traffic-split schema` (pretty JSON, keys sorted).
 pub fn schema_text() -> String {
-    String::new()
+    serde_json::to_string_pretty(&schema()).unwrap_or_default()
+}
+
+fn named_match(what: &str) -> Value {
+    json!({
+        "type": "object",
+        "description": format!("A {what} condition: its `name` and exactly one operation."),
+        "required": ["name"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "description": format!("The {what} name.")},
+            "exact": {"type": "string", "description": "Holds when the value equals this."},
+            "prefix": {"type": "string", "description": "Holds when the value starts with this."},
+            "suffix": {"type": "string", "description": "Holds when the value ends with this."},
+            "one_of": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                       "description": "Holds when the value is one of these."},
+            "present": {"type": "boolean",
+                        "description": "`true`: holds when the value exists; `false`: when it does not."}
+        },
+        "oneOf": [
+            {"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]},
+            {"required": ["one_of"]}, {"required": ["present"]}
+        ]
+    })
+}
+
+fn string_match(what: &str) -> Value {
+    json!({
+        "type": "object",
+        "description": what,
+        "additionalProperties": false,
+        "properties": {
+            "exact": {"type": "string"},
+            "prefix": {"type": "string"},
+            "suffix": {"type": "string"}
+        },
+        "oneOf": [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]}]
+    })
+}
+
+pub fn schema() -> Value {
+    let u32_max = u64::from(u32::MAX);
+    let methods = json!({"type": "array", "minItems": 1,
+        "items": {"type": "string", "pattern": TOKEN}});
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/example/traffic-split/schema/traffic-split.schema.json",
+        "title": "traffic-split configuration",
+        "description": "The traffic-split filter's configuration: the Envoy Wasm filter's `configuration` (google.protobuf.StringValue), Istio's WasmPlugin.spec.pluginConfig or Envoy Gateway's EnvoyExtensionPolicy spec.wasm[].config. Reference: docs/configuration.md. Not expressible here, checked by the filter (and `traffic-split validate`) only: unique rule names, unique destination names per rule, `unleash` weights summing to 100, `fallback` naming another destination of the same rule without loops, reserved routing header names, cookie attribute combinations (`SameSite=None`, `__Host-`/`__Secure-` prefixes).",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "cluster_header": {"type": "string", "pattern": TOKEN, "default": DEFAULT_CLUSTER_HEADER,
+                "description": "The request header the filter writes the chosen destination's `cluster` into. Envoy routes read it with `route: { cluster_header: … }`; an Istio VirtualService can match on it. Not a pseudo-header or a reserved name."},
+            "variant_header": {"type": "string", "anyOf": [{"const": ""}, {"pattern": TOKEN}], "default": DEFAULT_VARIANT_HEADER,
+                "description": "Sent upstream with the chosen destination's `name`, so the application knows its experiment arm. `\"\"` disables it. Must differ from `cluster_header`."},
+            "debug_header": {"type": "boolean", "default": false,
+                "description": "When true, routed responses carry `x-split-decision: rule=<rule>; variant=<name>`."},
+            "rules": {"type": "array", "default": [], "items": {"$ref": "#/$defs/rule"},
+                "description": "Evaluated in order; the first rule whose `match` holds decides. Rule names must be unique."},
+            "max_in_flight": {"type": "integer", "minimum": 1, "maximum": u32_max, "default": DEFAULT_MAX_IN_FLIGHT,
+                "description": "Shadow bulkhead: shadow copies outstanding per worker. Beyond it copies are dropped and counted."},
+            "max_buffered_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_SHADOW_BUFFER_BYTES, "default": DEFAULT_MAX_BUFFERED_BODY_BYTES,
+                "description": "Shadow bulkhead: bytes held for shadow copies per worker (header copies and bodies). A copy that would pass it is dropped and counted."},
+            "shadow_marker_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
+                "description": "Signs the `x-shadow-request` marker of copies so that other instances sharing the secret keep it. 16–256 visible ASCII characters; treat it as a secret."},
+            "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
+                "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
+        },
+        "$defs": {
+            "rule": {
+                "type": "object",
+                "required": ["name", "destinations"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"type": "string", "pattern": NAME,
+                        "description": "1–64 characters of [A-Za-z0-9_-], unique among rules. Appears in metrics, the debug header and logs."},
+                    "match": {"$ref": "#/$defs/match"},
+                    "sticky": {"$ref": "#/$defs/sticky"},
+                    "salt": {"type": "string",
+                        "description": "Hashed before the user key; default: the rule's `name`. Change it to reshuffle users; keep it to keep them."},
+                    "hash": {"enum": ["fine", "unleash"], "default": "fine",
+                        "description": "Bucketing: `fine` = murmur3(salt:key) % 10000, ranges by weight; `unleash` = murmur3(salt:key) % 100 + 1, weights must sum to 100 (Unleash gradual rollout compatible)."},
+                    "destinations": {"type": "array", "minItems": 1, "maxItems": MAX_DESTINATIONS,
+                        "items": {"$ref": "#/$defs/destination"},
+                        "description": "Where requests go: 1–16 destinations with unique names; they own consecutive bucket ranges in the order listed. At least one weight must be positive; with `hash: unleash` the weights sum to 100."},
+                    "shadow": {"type": "array", "maxItems": MAX_SHADOWS_PER_RULE,
+                        "items": {"$ref": "#/$defs/shadow"},
+                        "description": "Copies of this rule's requests sent to shadow clusters (at most 8 targets, each once)."}
+                }
+            },
+            "match": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "All listed conditions must hold. `{}` or no `match` matches every request.",
+                "properties": {
+                    "headers": {"type": "array", "items": named_match("header"),
+                        "description": "Every listed header satisfies its operation."},
+                    "cookies": {"type": "array", "items": named_match("cookie"),
+                        "description": "Every listed cookie (from all Cookie headers) satisfies its operation."},
+                    "query": {"type": "array", "items": named_match("query parameter"),
+                        "description": "Every listed query parameter (percent-decoded, `+` is a space) satisfies its operation."},
+                    "path": string_match("`:path` without query string and fragment satisfies it, byte for byte."),
+                    "authority": string_match("`:authority` (the Host, with its port if the client sent one) satisfies it, ignoring ASCII case."),
+                    "methods": {"allOf": [methods.clone()],
+                        "description": "The method is one of them (case-sensitive: `GET`, not `get`)."},
+                    "route_names": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                        "description": "Envoy's route name (`xds.route_name`) is one of them."}
+                }
+            },
+            "sticky": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Where the user key comes from: exactly one of `header`, `cookie`, `query`. Without `sticky` every request is bucketed at random.",
+                "properties": {
+                    "header": {"type": "string", "pattern": TOKEN, "description": "The user key is the value of this request header."},
+                    "cookie": {"type": "string", "pattern": TOKEN, "description": "The user key is the value of this cookie."},
+                    "query": {"type": "string", "minLength": 1, "description": "The user key is the value of this query parameter."},
+                    "assign_cookie": {"type": "boolean", "default": false,
+                        "description": "Cookie keys only. A request without the cookie gets a random 128-bit id, is bucketed with it, and the response sets the cookie."},
+                    "cookie_max_age_s": {"type": "integer", "minimum": 1, "maximum": u32_max, "default": DEFAULT_COOKIE_MAX_AGE_S,
+                        "description": "Max-Age of assigned cookies (default 30 days). Only with assign_cookie."},
+                    "cookie_secure": {"type": "boolean", "default": false,
+                        "description": "Adds Secure to assigned cookies. Set it when your site is HTTPS-only. Only with assign_cookie."},
+                    "cookie_domain": {"type": "string", "pattern": "^[A-Za-z0-9.-]+$",
+                        "description": "Adds Domain=<d> to assigned cookies, to share the id across subdomains. Only with assign_cookie."},
+                    "cookie_same_site": {"enum": ["Lax", "Strict", "None"], "default": "Lax",
+                        "description": "SameSite of assigned cookies. `None` requires cookie_secure: true. Only with assign_cookie."}
+                },
+                "oneOf": [{"required": ["header"]}, {"required": ["cookie"]}, {"required": ["query"]}]
+            },
+            "destination": {
+                "type": "object",
+                "required": ["name", "cluster"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"type": "string", "pattern": NAME,
+                        "description": "The experiment arm, unique in the rule: sent in variant_header, used in metrics."},
+                    "cluster": {"type": "string", "pattern": VISIBLE,
+                        "description": "Written into cluster_header. Must be a cluster your routes can reach (Envoy answers 503 for an unknown one)."},
+                    "weight": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 1,
+                        "description": "Share of the rule's traffic. 0 is a kill switch for that destination."},
+                    "fallback": {"type": "string", "pattern": NAME,
+                        "description": "Another destination of the same rule that takes this one's traffic while its breaker is open. Only with breaker."},
+                    "breaker": {"$ref": "#/$defs/breaker"}
+                },
+                "dependentRequired": {"fallback": ["breaker"], "breaker": ["fallback"]}
+            },
+            "breaker": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "A circuit breaker on this destination (a version, not a host). Needs fallback.",
+                "properties": {
+                    "failure_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_BREAKER_FAILURE_RATIO,
+                        "description": "Failed share of requests that opens the breaker."},
+                    "min_requests": {"type": "integer", "minimum": 1, "maximum": u32_max, "default": DEFAULT_BREAKER_MIN_REQUESTS,
+                        "description": "Requests needed in the window (and probes in half-open) before the ratio counts."},
+                    "window_s": {"type": "integer", "minimum": 1, "maximum": 3600, "default": DEFAULT_BREAKER_WINDOW_S,
+                        "description": "The sliding window of the closed state, in seconds."},
+                    "open_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": DEFAULT_BREAKER_OPEN_S,
+                        "description": "How long the breaker stays open before probing."},
+                    "half_open_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": DEFAULT_BREAKER_HALF_OPEN_PERCENT,
+                        "description": "Share of the destination's own traffic let through as probes while half-open."},
+                    "failure_statuses": {"type": "array", "minItems": 1, "default": ["5xx"],
+                        "items": {"anyOf": [
+                            {"type": "integer", "minimum": 100, "maximum": 599},
+                            {"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5]xx)$"}
+                        ]},
+                        "description": "Response statuses that count as failures: codes (503, \"503\") and classes (\"5xx\")."},
+                    "count_local_replies": {"type": "boolean", "default": true,
+                        "description": "Envoy's own replies for this destination (connection refused, timeout, no healthy host) count as failures even if their status is not listed; false: not counted at all."}
+                }
+            },
+            "shadow": {
+                "type": "object",
+                "required": ["cluster"],
+                "additionalProperties": false,
+                "description": "A shadow target: copies of the rule's requests, responses discarded.",
+                "properties": {
+                    "cluster": {"type": "string", "pattern": VISIBLE,
+                        "description": "The Envoy cluster the copy goes to (an unknown cluster counts as failed)."},
+                    "name": {"type": "string", "pattern": NAME,
+                        "description": "How the target appears in metrics; default: cluster with every character outside [A-Za-z0-9_-] replaced by `_`. One name stands for one cluster across all rules."},
+                    "percent": {"type": "number", "minimum": 0, "maximum": 100, "default": DEFAULT_SHADOW_PERCENT,
+                        "description": "Sampled per request, independently for each target. 0 disables the target."},
+                    "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "default": DEFAULT_SHADOW_TIMEOUT_MS,
+                        "description": "The shadow call's timeout, and the longest a copy may wait for the request body."},
+                    "host_suffix": {"type": "string", "pattern": "^[!-~]*$", "default": DEFAULT_SHADOW_HOST_SUFFIX,
+                        "description": "Added to :authority before any port; \"\" keeps the authority."},
+                    "methods": {"allOf": [methods],
+                        "description": "Only these methods are shadowed; default every method. A shadow sharing a database performs every copied write a second time: list only safe methods unless it has its own data."},
+                    "include_body": {"type": "boolean", "default": true, "description": "Copy the request body."},
+                    "max_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_SHADOW_BUFFER_BYTES, "default": DEFAULT_SHADOW_MAX_BODY_BYTES,
+                        "description": "A larger body is not shadowed at all (never truncated); the copy counts as dropped."},
+                    "remove_headers": {"type": "array", "items": {"type": "string", "pattern": TOKEN}, "default": DEFAULT_SHADOW_REMOVE_HEADERS,
+                        "description": "Dropped from the copy (case-insensitive). An explicit list replaces the default; [] forwards every header."},
+                    "compare": {"type": "boolean", "default": false,
+                        "description": "Compare the shadow's answer with the primary's: status, status class, latency."},
+                    "compare_body": {"type": "boolean", "default": false,
+                        "description": "With compare: also compare a digest of both response bodies."}
+                },
+                "if": {"required": ["compare_body"], "properties": {"compare_body": {"const": true}}},
+                "then": {"required": ["compare"], "properties": {"compare": {"const": true}}}
+            }
+        }
+    })
 }

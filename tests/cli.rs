@@ -1,0 +1,511 @@
+//! The operator CLI (`traffic-split`), run as a built binary: exit codes, `--help`, every
+//! command's output on known inputs, and the JSON Schema against the filter's parser.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_traffic-split");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run traffic-split")
+}
+
+fn run_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn traffic-split");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A temporary file holding `text`, removed on drop.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(name: &str, text: &str) -> Temp {
+        let dir = std::env::temp_dir().join(format!("ts-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        Temp(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const UNLEASH: &str = r#"{"rules":[{"name":"gr","salt":"gr1","hash":"unleash",
+  "sticky":{"header":"x-user-id"},
+  "destinations":[{"name":"canary","cluster":"v2","weight":73},
+                  {"name":"stable","cluster":"v1","weight":27}]}]}"#;
+
+fn split(canary: u32) -> String {
+    format!(
+        r#"{{"rules":[{{"name":"checkout","sticky":{{"cookie":"uid"}},
+          "destinations":[{{"name":"canary","cluster":"v2","weight":{canary}}},
+                          {{"name":"stable","cluster":"v1","weight":{}}}]}}]}}"#,
+        100 - canary
+    )
+}
+
+#[test]
+fn help_on_every_command_exits_0() {
+    for args in [
+        &["--help"][..],
+        &["validate", "--help"],
+        &["explain", "--help"],
+        &["diff", "--help"],
+        &["bucket", "--help"],
+        &["schema", "--help"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("Usage: traffic-split"), "{args:?}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_2_with_the_error_on_stderr() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["bucket", "--salt", "x"],
+        &["bucket", "--salt", "x", "--key", "k", "--hash", "coarse"],
+        &["explain"],
+        &["explain", "cfg.json", "--header", "no-equals-sign"],
+        &["diff", "only-one.json"],
+        &["validate", "/nonexistent/cfg.json"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stdout(&o));
+        assert!(!stderr(&o).is_empty(), "{args:?}");
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn validate_reports_the_filters_error_with_the_file_and_exits_1() {
+    let good = Temp::new("good.json", UNLEASH);
+    let bad = Temp::new(
+        "bad.json",
+        r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","weight":"x"}]}]}"#,
+    );
+    let o = run(&["validate", good.path(), bad.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("ok {}: 1 rule(s)", good.path())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "error {}: invalid configuration: rules[0].destinations[0].weight: must be a whole number, got a string",
+            bad.path()
+        )),
+        "{out}"
+    );
+    let o = run(&["validate", good.path()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // --json: the path and reason as fields.
+    let o = run(&["validate", "--json", bad.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["valid"], false);
+    assert_eq!(v[0]["errors"][0]["path"], "rules[0].destinations[0].weight");
+}
+
+#[test]
+fn validate_finds_configs_embedded_in_yaml_and_says_where() {
+    let plugin = Temp::new(
+        "plugin.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: ts}\n\
+         spec:\n  pluginConfig:\n    rules:\n    - name: r\n      destinations:\n      - {name: a, cluster: a, weight: -1}\n",
+    );
+    let o = run(&["validate", plugin.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("(document 1, WasmPlugin ts: spec.pluginConfig): invalid configuration: rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got -1"),
+        "{}",
+        stdout(&o)
+    );
+    // Every shipped manifest and Envoy config holding a filter configuration is valid.
+    let o = run(&[
+        "validate",
+        "envoy/demo.yaml",
+        "deploy/compose/envoy.yaml",
+        "deploy/istio/wasmplugin.yaml",
+        "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("\nok ").count() + usize::from(out.starts_with("ok ")), 4, "{out}");
+    assert!(out.contains("EnvoyExtensionPolicy traffic-split: spec.wasm[0].config"));
+    assert!(out.contains(".typed_config.config.configuration.value"));
+    // A YAML file with no filter configuration is an invalid input, not a silent pass.
+    let o = run(&["validate", "deploy/istio/gateway.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no traffic-split configuration found"));
+    // `-` reads stdin.
+    let o = run_stdin(&["validate", "-"], UNLEASH);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).starts_with("ok <stdin>: 1 rule(s)"), "{}", stdout(&o));
+}
+
+#[test]
+fn validate_warns_about_unscoped_effects_shadowed_rules_and_unreachable_destinations() {
+    let cfg = Temp::new(
+        "warn.json",
+        r#"{"rules":[
+          {"name":"all","destinations":[{"name":"a","cluster":"a"},{"name":"off","cluster":"b","weight":0}],
+           "shadow":[{"cluster":"s"}]},
+          {"name":"never","match":{"path":{"prefix":"/x"}},"destinations":[{"name":"a","cluster":"a"}]},
+          {"name":"tiny","match":{"authority":{"exact":"h"}},
+           "destinations":[{"name":"a","cluster":"a","weight":1},{"name":"b","cluster":"b","weight":1000000}]}]}"#,
+    );
+    let o = run(&["validate", cfg.path()]);
+    assert_eq!(o.status.code(), Some(0), "warnings are not errors");
+    let out = stdout(&o);
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning ")).collect();
+    assert_eq!(warnings.len(), 5, "{out}");
+    assert!(warnings[0].ends_with("rule \"all\" has shadow but no match.authority or match.route_names: on a shared gateway it acts on every host"));
+    assert!(warnings[1].contains("destination \"off\" (weight 0) owns none of the 10000 buckets"));
+    assert!(warnings[2].contains("rule \"never\" can never match: the earlier rule \"all\" has no conditions"));
+    assert!(warnings[3].contains("rule \"tiny\" can never match"));
+    // 1 of 1000001 is below one bucket of 10000: the weight rounds to no bucket at all.
+    assert!(warnings[4].contains("rule \"tiny\": destination \"a\" (weight 1) owns none"));
+}
+
+#[test]
+fn bucket_matches_unleash_reference_vectors() {
+    for (salt, key, hash, want) in [
+        ("gr1", "123", "unleash", "73"),
+        ("groupX", "999", "unleash", "25"),
+    ] {
+        let o = run(&["bucket", "--salt", salt, "--key", key, "--hash", hash]);
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(stdout(&o).trim(), want);
+    }
+    let o = run(&["bucket", "--salt", "gr1", "--key", "123", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hash"], "fine");
+    let fine = v["bucket"].as_u64().unwrap();
+    assert!(fine < 10_000);
+    // fine and unleash share the hash: bucket_fine % 100 + 1 == bucket_unleash.
+    assert_eq!(fine % 100 + 1, 73);
+}
+
+#[test]
+fn explain_the_unleash_example() {
+    let cfg = Temp::new("unleash.json", UNLEASH);
+    let o = run(&["explain", cfg.path(), "--header", "x-user-id=123"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("rule[0] \"gr\": matched"), "{out}");
+    assert!(out.contains("user key: \"123\" from header x-user-id"), "{out}");
+    assert!(out.contains("salt: \"gr1\", hash: unleash, bucket: 73"), "{out}");
+    assert!(out.contains("destination: canary (x-split-cluster: v2"), "{out}");
+    // Bucket 74 is the first of stable's: user 999 under gr1 lands elsewhere.
+    let o = run(&["explain", cfg.path(), "--header", "x-user-id=999", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let b = v["bucket"].as_u64().unwrap();
+    let want = if b <= 73 { "canary" } else { "stable" };
+    assert_eq!(v["destination"]["name"], want);
+}
+
+#[test]
+fn explain_says_why_earlier_rules_failed_and_the_side_effects() {
+    let o = run(&[
+        "explain",
+        "envoy/demo.yaml",
+        "--path",
+        "/checkout/cart",
+        "--method",
+        "POST",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("rule[0] \"employees\": no match: match.headers x-employee: exact \"true\" does not hold"), "{out}");
+    assert!(out.contains("rule[1] \"checkout\": matched"), "{out}");
+    assert!(out.contains("user key: none (cookie uid absent or empty)"), "{out}");
+    assert!(out.contains("cookie: a new id would be assigned and bucketed: Set-Cookie: uid=<32 hex>; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"), "{out}");
+    assert!(out.contains("shadow v3 (cluster shadow): sampled with probability 100.00%"), "{out}");
+    let o = run(&["explain", "envoy/demo.yaml", "--path", "/", "--header", "x-user-id=u1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["matched"], "everyone");
+    assert_eq!(v["skipped"][1]["failed"], "match.path: prefix \"/checkout\"");
+    // The breaker's fallback is named only for a destination that has a breaker (canary).
+    let dest = v["destination"]["name"].as_str().unwrap();
+    assert_eq!(v.get("breaker_fallback").is_some(), dest == "canary", "{v}");
+    let shares = Temp::new(
+        "sampled.json",
+        r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],
+          "shadow":[{"name":"s","cluster":"s","percent":12.5,"methods":["GET"]}]}]}"#,
+    );
+    let o = run(&["explain", shares.path()]);
+    assert!(stdout(&o).contains("shadow s (cluster s): sampled with probability 12.50%"), "{}", stdout(&o));
+    let o = run(&["explain", shares.path(), "--method", "POST"]);
+    assert!(stdout(&o).contains("probability 0.00% (method POST not in methods)"), "{}", stdout(&o));
+}
+
+#[test]
+fn explain_an_unmatched_request() {
+    let cfg = Temp::new(
+        "scoped.json",
+        r#"{"rules":[{"name":"r","match":{"authority":{"exact":"shop.example"}},
+          "destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    );
+    let o = run(&["explain", cfg.path(), "--authority", "other.example"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    assert!(out.contains("rule[0] \"r\": no match: match.authority: exact \"shop.example\" does not hold"), "{out}");
+    assert!(out.contains("unmatched: no rule matches"), "{out}");
+    let o = run(&["explain", cfg.path(), "--authority", "Shop.Example"]);
+    assert!(stdout(&o).contains("rule[0] \"r\": matched"), "{}", stdout(&o));
+}
+
+#[test]
+fn diff_5_to_20_percent_moves_exactly_15_percent_from_stable_to_canary() {
+    let old = Temp::new("old.json", &split(5));
+    let new = Temp::new("new.json", &split(20));
+    let o = run(&["diff", old.path(), new.path()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("sticky users changing destination: exactly 15.00%"), "{out}");
+    assert!(out.contains("stable -> canary: 15.00%"), "{out}");
+    assert!(!out.contains("canary -> stable"), "{out}");
+    assert!(out.contains("shares: canary 5.00%, stable 95.00% -> canary 20.00%, stable 80.00%"), "{out}");
+    let o = run(&["diff", "--json", old.path(), new.path()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rule = &v["rules"][0];
+    assert_eq!(rule["exact"], true);
+    assert_eq!(rule["moves"].as_array().unwrap().len(), 1, "{rule}");
+    assert_eq!(rule["moves"][0]["from"], "stable");
+    assert_eq!(rule["moves"][0]["to"], "canary");
+    assert!((rule["moves"][0]["share"].as_f64().unwrap() - 0.15).abs() < 1e-9);
+    // The way back moves the same users back.
+    let o = run(&["diff", new.path(), old.path()]);
+    assert!(stdout(&o).contains("canary -> stable: 15.00%"));
+}
+
+#[test]
+fn diff_user_says_whether_that_user_moves() {
+    let old = Temp::new("u-old.json", &split(5));
+    let new = Temp::new("u-new.json", &split(20));
+    // Find users by their fine bucket under salt "checkout": 500..2000 moves, below stays.
+    let bucket = |key: &str| -> u64 {
+        let o = run(&["bucket", "--salt", "checkout", "--key", key, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["bucket"].as_u64().unwrap()
+    };
+    let keys: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+    let mover = keys.iter().find(|k| (500..2000).contains(&bucket(k))).unwrap();
+    let stayer = keys.iter().find(|k| bucket(k) >= 2000).unwrap();
+    let o = run(&["diff", old.path(), new.path(), "--user", mover]);
+    assert!(stdout(&o).contains(&format!("user \"{mover}\" in rule \"checkout\": stable -> canary (moves)")), "{}", stdout(&o));
+    let o = run(&["diff", old.path(), new.path(), "--user", stayer]);
+    assert!(stdout(&o).contains(&format!("user \"{stayer}\" in rule \"checkout\": stable -> stable (stays)")), "{}", stdout(&o));
+}
+
+#[test]
+fn diff_rules_added_removed_reordered_and_salt_changes() {
+    let old = Temp::new(
+        "r-old.json",
+        r#"{"rules":[{"name":"a","match":{"path":{"prefix":"/a"}},"destinations":[{"name":"x","cluster":"x"}]},
+          {"name":"b","sticky":{"header":"u"},"destinations":[{"name":"x","cluster":"x"},{"name":"y","cluster":"y"}]},
+          {"name":"gone","destinations":[{"name":"x","cluster":"x"}]}]}"#,
+    );
+    let new = Temp::new(
+        "r-new.json",
+        r#"{"rules":[{"name":"b","sticky":{"header":"u"},"salt":"fresh","destinations":[{"name":"x","cluster":"x"},{"name":"y","cluster":"y"}]},
+          {"name":"a","match":{"path":{"prefix":"/a"}},"destinations":[{"name":"x","cluster":"x2"}]},
+          {"name":"new","destinations":[{"name":"x","cluster":"x"}]}]}"#,
+    );
+    let o = run(&["diff", old.path(), new.path()]);
+    let out = stdout(&o);
+    assert!(out.contains("rule \"gone\": removed (was rules[2])"), "{out}");
+    assert!(out.contains("rule \"new\": added at rules[2]"), "{out}");
+    assert!(out.contains("moved from rules[1] to rules[0]"), "{out}");
+    assert!(out.contains("destination \"x\": cluster x -> x2"), "{out}");
+    // Same weights, new salt: every user is re-bucketed, half of them expected to move.
+    assert!(out.contains("salt or hash changed (fine\"b\" -> fine\"fresh\")"), "{out}");
+    assert!(out.contains("sticky users changing destination: expected 50.00%"), "{out}");
+    assert!(out.contains("x -> y: 25.00%") && out.contains("y -> x: 25.00%"), "{out}");
+}
+
+#[test]
+fn diff_of_an_invalid_config_exits_1() {
+    let good = Temp::new("d-good.json", &split(5));
+    let bad = Temp::new("d-bad.json", r#"{"rules":[{"name":"r"}]}"#);
+    let o = run(&["diff", good.path(), bad.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("rules[0].destinations: is required"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_checked_in_schema_is_what_the_binary_prints() {
+    let o = run(&["schema"]);
+    assert_eq!(o.status.code(), Some(0));
+    let file = std::fs::read_to_string(root().join("schema/traffic-split.schema.json")).unwrap();
+    assert!(
+        file == stdout(&o),
+        "schema/traffic-split.schema.json is stale: run \
+         `cargo run --bin traffic-split -- schema > schema/traffic-split.schema.json`"
+    );
+}
+
+/// Every configuration the project ships: embedded in envoy/*.yaml and deploy/**, and the JSON
+/// examples of README.md and docs/configuration.md (fragments wrapped into a configuration).
+fn shipped_configs() -> Vec<(String, serde_json::Value)> {
+    use traffic_split::cli::input::extract;
+    let mut out = Vec::new();
+    let mut yamls: Vec<PathBuf> = Vec::new();
+    for dir in ["envoy", "deploy/compose", "deploy/istio", "deploy/envoy-gateway"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                yamls.push(p);
+            }
+        }
+    }
+    for p in &yamls {
+        let bytes = std::fs::read(p).unwrap();
+        if let Ok(found) = extract(&p.display().to_string(), &bytes, false) {
+            for e in found {
+                let v = serde_json::from_slice(&e.json).unwrap();
+                out.push((e.label(), v));
+            }
+        }
+    }
+    for doc in ["README.md", "docs/configuration.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+        for (i, block) in text.split("```json\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap();
+            let label = format!("{doc} json block {}", i + 1);
+            let v = if let Ok(v) = serde_json::from_str::<serde_json::Value>(block) {
+                if v.get("cluster").is_some() {
+                    // A destination.
+                    serde_json::json!({"rules": [{"name": "r", "destinations": [v, {"name": "stable", "cluster": "v1", "weight": 95}]}]})
+                } else {
+                    v
+                }
+            } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&format!(
+                r#"{{"name":"r","destinations":[{{"name":"a","cluster":"a"}}],{block}}}"#
+            )) {
+                // A rule's field (`"shadow": [...]`).
+                serde_json::json!({"rules": [v]})
+            } else {
+                panic!("{label}: not a configuration, a destination or a rule field: teach this test");
+            };
+            out.push((label, v));
+        }
+    }
+    out
+}
+
+/// The invalid configurations both the schema and the parser reject.
+const INVALID: &[&str] = &[
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}]}],"colour":"red"}"#,
+    r#"{"rules":[{"name":"r"}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[]}]}"#,
+    r#"{"rules":[{"name":"bad name","destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","hash":"coarse","destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","weight":-1}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","weight":1000001}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":""}]}]}"#,
+    r#"{"rules":[{"name":"r","sticky":{},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","sticky":{"header":"u","cookie":"c"},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"headers":[{"name":"h"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"path":{"exact":"/","prefix":"/"}},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"methods":[]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"shadow":[{"cluster":"s","percent":150}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"shadow":[{"cluster":"s","timeout_ms":0}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"shadow":[{"cluster":"s","compare_body":true}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","breaker":{}},{"name":"b","cluster":"b"}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","fallback":"b"},{"name":"b","cluster":"b"}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","fallback":"b","breaker":{"failure_ratio":0}},{"name":"b","cluster":"b"}]}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a","fallback":"b","breaker":{"failure_statuses":["6xx"]}},{"name":"b","cluster":"b"}]}]}"#,
+    r#"{"max_in_flight":0}"#,
+    r#"{"clear_route_cache":"never"}"#,
+    r#"{"shadow_marker_secret":"short"}"#,
+    r#"{"rules":{}}"#,
+];
+
+/// Validates each document against schema/traffic-split.schema.json with Python's `jsonschema`
+/// (Draft202012Validator) from .venv (installed by `make validate`): the Rust `jsonschema` crate
+/// would add ~100 dependencies to every build for one test. Returns one bool per document.
+fn schema_accepts(docs: &[serde_json::Value]) -> Vec<bool> {
+    let python = root().join(".venv/bin/python");
+    let input = Temp::new("docs.json", &serde_json::to_string(docs).unwrap());
+    let script = "import json,sys\n\
+        from jsonschema import Draft202012Validator as V\n\
+        s=json.load(open(sys.argv[1])); V.check_schema(s); v=V(s)\n\
+        print(json.dumps([v.is_valid(d) for d in json.load(open(sys.argv[2]))]))";
+    let o = Command::new(&python)
+        .args(["-c", script, "schema/traffic-split.schema.json", input.path()])
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make envoy validate`", python.display()));
+    assert!(
+        o.status.success(),
+        "python jsonschema failed (install it with `make validate`): {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn shipped_examples_pass_the_schema_and_the_parser_and_invalid_ones_fail_both() {
+    let shipped = shipped_configs();
+    assert!(shipped.len() >= 8, "found only {} shipped configurations", shipped.len());
+    let docs: Vec<serde_json::Value> = shipped.iter().map(|(_, v)| v.clone()).collect();
+    for ((label, doc), ok) in shipped.iter().zip(schema_accepts(&docs)) {
+        assert!(ok, "{label}: rejected by the schema");
+        let parsed = traffic_split::plan::Plan::from_json(doc.to_string().as_bytes());
+        assert!(parsed.is_ok(), "{label}: {:?}", parsed.err());
+    }
+    let invalid: Vec<serde_json::Value> = INVALID
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    for ((text, doc), ok) in INVALID.iter().zip(&invalid).zip(schema_accepts(&invalid)) {
+        assert!(!ok, "the schema accepts {text}");
+        assert!(
+            traffic_split::plan::Plan::from_json(doc.to_string().as_bytes()).is_err(),
+            "the parser accepts {text}"
+        );
+    }
+}
+
+#[test]
+fn paths_exist() {
+    assert!(Path::new(BIN).exists());
+}
