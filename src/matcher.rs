@@ -148,7 +148,19 @@ mod tests {
             ],
         };
         assert!(all.holds(&r));
+        assert_eq!(all.first_failing(&r), None);
         assert!(Matcher::default().holds(&r));
+        let mut second_fails = all.clone();
+        second_fails.conditions[1] =
+            Condition::Cookie("tier".into(), StringOp::Exact(b"silver".to_vec()));
+        second_fails.conditions[3] = Condition::Path(StringOp::Exact(b"/".to_vec()));
+        assert_eq!(
+            second_fails.first_failing(&r),
+            Some(&Condition::Cookie(
+                "tier".into(),
+                StringOp::Exact(b"silver".to_vec())
+            ))
+        );
         // Host names compare case-insensitively, whichever side has the capitals.
         let h = req(&[(":authority", "Beta.SHOP.example.com")]);
         let r2 = Request::new(&h, None);

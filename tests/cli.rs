@@ -1,5 +1,11 @@
 //! The operator CLI (`traffic-split`), run as a built binary: exit codes, `--help`, every
 //! command's output on known inputs, and the JSON Schema against the filter's parser.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -125,7 +131,10 @@ fn validate_reports_the_filters_error_with_the_file_and_exits_1() {
     let o = run(&["validate", good.path(), bad.path()]);
     assert_eq!(o.status.code(), Some(1));
     let out = stdout(&o);
-    assert!(out.contains(&format!("ok {}: 1 rule(s)", good.path())), "{out}");
+    assert!(
+        out.contains(&format!("ok {}: 1 rule(s)", good.path())),
+        "{out}"
+    );
     assert!(
         out.contains(&format!(
             "error {}: invalid configuration: rules[0].destinations[0].weight: must be a whole number, got a string",
@@ -167,7 +176,11 @@ fn validate_finds_configs_embedded_in_yaml_and_says_where() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert_eq!(out.matches("\nok ").count() + usize::from(out.starts_with("ok ")), 4, "{out}");
+    assert_eq!(
+        out.matches("\nok ").count() + usize::from(out.starts_with("ok ")),
+        4,
+        "{out}"
+    );
     assert!(out.contains("EnvoyExtensionPolicy traffic-split: spec.wasm[0].config"));
     assert!(out.contains(".typed_config.config.configuration.value"));
     // A YAML file with no filter configuration is an invalid input, not a silent pass.
@@ -177,7 +190,11 @@ fn validate_finds_configs_embedded_in_yaml_and_says_where() {
     // `-` reads stdin.
     let o = run_stdin(&["validate", "-"], UNLEASH);
     assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).starts_with("ok <stdin>: 1 rule(s)"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("ok <stdin>: 1 rule(s)"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -198,7 +215,8 @@ fn validate_warns_about_unscoped_effects_shadowed_rules_and_unreachable_destinat
     assert_eq!(warnings.len(), 5, "{out}");
     assert!(warnings[0].ends_with("rule \"all\" has shadow but no match.authority or match.route_names: on a shared gateway it acts on every host"));
     assert!(warnings[1].contains("destination \"off\" (weight 0) owns none of the 10000 buckets"));
-    assert!(warnings[2].contains("rule \"never\" can never match: the earlier rule \"all\" has no conditions"));
+    assert!(warnings[2]
+        .contains("rule \"never\" can never match: the earlier rule \"all\" has no conditions"));
     assert!(warnings[3].contains("rule \"tiny\" can never match"));
     // 1 of 1000001 is below one bucket of 10000: the weight rounds to no bucket at all.
     assert!(warnings[4].contains("rule \"tiny\": destination \"a\" (weight 1) owns none"));
@@ -230,9 +248,18 @@ fn explain_the_unleash_example() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("rule[0] \"gr\": matched"), "{out}");
-    assert!(out.contains("user key: \"123\" from header x-user-id"), "{out}");
-    assert!(out.contains("salt: \"gr1\", hash: unleash, bucket: 73"), "{out}");
-    assert!(out.contains("destination: canary (x-split-cluster: v2"), "{out}");
+    assert!(
+        out.contains("user key: \"123\" from header x-user-id"),
+        "{out}"
+    );
+    assert!(
+        out.contains("salt: \"gr1\", hash: unleash, bucket: 73"),
+        "{out}"
+    );
+    assert!(
+        out.contains("destination: canary (x-split-cluster: v2"),
+        "{out}"
+    );
     // Bucket 74 is the first of stable's: user 999 under gr1 lands elsewhere.
     let o = run(&["explain", cfg.path(), "--header", "x-user-id=999", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -255,13 +282,30 @@ fn explain_says_why_earlier_rules_failed_and_the_side_effects() {
     let out = stdout(&o);
     assert!(out.contains("rule[0] \"employees\": no match: match.headers x-employee: exact \"true\" does not hold"), "{out}");
     assert!(out.contains("rule[1] \"checkout\": matched"), "{out}");
-    assert!(out.contains("user key: none (cookie uid absent or empty)"), "{out}");
+    assert!(
+        out.contains("user key: none (cookie uid absent or empty)"),
+        "{out}"
+    );
     assert!(out.contains("cookie: a new id would be assigned and bucketed: Set-Cookie: uid=<32 hex>; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax"), "{out}");
-    assert!(out.contains("shadow v3 (cluster shadow): sampled with probability 100.00%"), "{out}");
-    let o = run(&["explain", "envoy/demo.yaml", "--path", "/", "--header", "x-user-id=u1", "--json"]);
+    assert!(
+        out.contains("shadow v3 (cluster shadow): sampled with probability 100.00%"),
+        "{out}"
+    );
+    let o = run(&[
+        "explain",
+        "envoy/demo.yaml",
+        "--path",
+        "/",
+        "--header",
+        "x-user-id=u1",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["matched"], "everyone");
-    assert_eq!(v["skipped"][1]["failed"], "match.path: prefix \"/checkout\"");
+    assert_eq!(
+        v["skipped"][1]["failed"],
+        "match.path: prefix \"/checkout\""
+    );
     // The breaker's fallback is named only for a destination that has a breaker (canary).
     let dest = v["destination"]["name"].as_str().unwrap();
     assert_eq!(v.get("breaker_fallback").is_some(), dest == "canary", "{v}");
@@ -271,9 +315,17 @@ fn explain_says_why_earlier_rules_failed_and_the_side_effects() {
           "shadow":[{"name":"s","cluster":"s","percent":12.5,"methods":["GET"]}]}]}"#,
     );
     let o = run(&["explain", shares.path()]);
-    assert!(stdout(&o).contains("shadow s (cluster s): sampled with probability 12.50%"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("shadow s (cluster s): sampled with probability 12.50%"),
+        "{}",
+        stdout(&o)
+    );
     let o = run(&["explain", shares.path(), "--method", "POST"]);
-    assert!(stdout(&o).contains("probability 0.00% (method POST not in methods)"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("probability 0.00% (method POST not in methods)"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -286,10 +338,19 @@ fn explain_an_unmatched_request() {
     let o = run(&["explain", cfg.path(), "--authority", "other.example"]);
     assert_eq!(o.status.code(), Some(0));
     let out = stdout(&o);
-    assert!(out.contains("rule[0] \"r\": no match: match.authority: exact \"shop.example\" does not hold"), "{out}");
+    assert!(
+        out.contains(
+            "rule[0] \"r\": no match: match.authority: exact \"shop.example\" does not hold"
+        ),
+        "{out}"
+    );
     assert!(out.contains("unmatched: no rule matches"), "{out}");
     let o = run(&["explain", cfg.path(), "--authority", "Shop.Example"]);
-    assert!(stdout(&o).contains("rule[0] \"r\": matched"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("rule[0] \"r\": matched"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -299,10 +360,16 @@ fn diff_5_to_20_percent_moves_exactly_15_percent_from_stable_to_canary() {
     let o = run(&["diff", old.path(), new.path()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("sticky users changing destination: exactly 15.00%"), "{out}");
+    assert!(
+        out.contains("sticky users changing destination: exactly 15.00%"),
+        "{out}"
+    );
     assert!(out.contains("stable -> canary: 15.00%"), "{out}");
     assert!(!out.contains("canary -> stable"), "{out}");
-    assert!(out.contains("shares: canary 5.00%, stable 95.00% -> canary 20.00%, stable 80.00%"), "{out}");
+    assert!(
+        out.contains("shares: canary 5.00%, stable 95.00% -> canary 20.00%, stable 80.00%"),
+        "{out}"
+    );
     let o = run(&["diff", "--json", old.path(), new.path()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rule = &v["rules"][0];
@@ -327,12 +394,27 @@ fn diff_user_says_whether_that_user_moves() {
         v["bucket"].as_u64().unwrap()
     };
     let keys: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
-    let mover = keys.iter().find(|k| (500..2000).contains(&bucket(k))).unwrap();
+    let mover = keys
+        .iter()
+        .find(|k| (500..2000).contains(&bucket(k)))
+        .unwrap();
     let stayer = keys.iter().find(|k| bucket(k) >= 2000).unwrap();
     let o = run(&["diff", old.path(), new.path(), "--user", mover]);
-    assert!(stdout(&o).contains(&format!("user \"{mover}\" in rule \"checkout\": stable -> canary (moves)")), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "user \"{mover}\" in rule \"checkout\": stable -> canary (moves)"
+        )),
+        "{}",
+        stdout(&o)
+    );
     let o = run(&["diff", old.path(), new.path(), "--user", stayer]);
-    assert!(stdout(&o).contains(&format!("user \"{stayer}\" in rule \"checkout\": stable -> stable (stays)")), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "user \"{stayer}\" in rule \"checkout\": stable -> stable (stays)"
+        )),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -351,14 +433,26 @@ fn diff_rules_added_removed_reordered_and_salt_changes() {
     );
     let o = run(&["diff", old.path(), new.path()]);
     let out = stdout(&o);
-    assert!(out.contains("rule \"gone\": removed (was rules[2])"), "{out}");
+    assert!(
+        out.contains("rule \"gone\": removed (was rules[2])"),
+        "{out}"
+    );
     assert!(out.contains("rule \"new\": added at rules[2]"), "{out}");
     assert!(out.contains("moved from rules[1] to rules[0]"), "{out}");
     assert!(out.contains("destination \"x\": cluster x -> x2"), "{out}");
     // Same weights, new salt: every user is re-bucketed, half of them expected to move.
-    assert!(out.contains("salt or hash changed (fine\"b\" -> fine\"fresh\")"), "{out}");
-    assert!(out.contains("sticky users changing destination: expected 50.00%"), "{out}");
-    assert!(out.contains("x -> y: 25.00%") && out.contains("y -> x: 25.00%"), "{out}");
+    assert!(
+        out.contains("salt or hash changed (fine\"b\" -> fine\"fresh\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sticky users changing destination: expected 50.00%"),
+        "{out}"
+    );
+    assert!(
+        out.contains("x -> y: 25.00%") && out.contains("y -> x: 25.00%"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -367,7 +461,11 @@ fn diff_of_an_invalid_config_exits_1() {
     let bad = Temp::new("d-bad.json", r#"{"rules":[{"name":"r"}]}"#);
     let o = run(&["diff", good.path(), bad.path()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("rules[0].destinations: is required"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rules[0].destinations: is required"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -388,7 +486,12 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     use traffic_split::cli::input::extract;
     let mut out = Vec::new();
     let mut yamls: Vec<PathBuf> = Vec::new();
-    for dir in ["envoy", "deploy/compose", "deploy/istio", "deploy/envoy-gateway"] {
+    for dir in [
+        "envoy",
+        "deploy/compose",
+        "deploy/istio",
+        "deploy/envoy-gateway",
+    ] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
@@ -423,7 +526,9 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
                 // A rule's field (`"shadow": [...]`).
                 serde_json::json!({"rules": [v]})
             } else {
-                panic!("{label}: not a configuration, a destination or a rule field: teach this test");
+                panic!(
+                    "{label}: not a configuration, a destination or a rule field: teach this test"
+                );
             };
             out.push((label, v));
         }
@@ -470,7 +575,12 @@ fn schema_accepts(docs: &[serde_json::Value]) -> Vec<bool> {
         s=json.load(open(sys.argv[1])); V.check_schema(s); v=V(s)\n\
         print(json.dumps([v.is_valid(d) for d in json.load(open(sys.argv[2]))]))";
     let o = Command::new(&python)
-        .args(["-c", script, "schema/traffic-split.schema.json", input.path()])
+        .args([
+            "-c",
+            script,
+            "schema/traffic-split.schema.json",
+            input.path(),
+        ])
         .current_dir(root())
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}: run `make envoy validate`", python.display()));
@@ -485,7 +595,11 @@ fn schema_accepts(docs: &[serde_json::Value]) -> Vec<bool> {
 #[test]
 fn shipped_examples_pass_the_schema_and_the_parser_and_invalid_ones_fail_both() {
     let shipped = shipped_configs();
-    assert!(shipped.len() >= 8, "found only {} shipped configurations", shipped.len());
+    assert!(
+        shipped.len() >= 8,
+        "found only {} shipped configurations",
+        shipped.len()
+    );
     let docs: Vec<serde_json::Value> = shipped.iter().map(|(_, v)| v.clone()).collect();
     for ((label, doc), ok) in shipped.iter().zip(schema_accepts(&docs)) {
         assert!(ok, "{label}: rejected by the schema");
@@ -508,4 +622,51 @@ fn shipped_examples_pass_the_schema_and_the_parser_and_invalid_ones_fail_both() 
 #[test]
 fn paths_exist() {
     assert!(Path::new(BIN).exists());
+}
+
+/// README's "Before you deploy" shows real output: every `$ traffic-split` command there whose
+/// inputs are shipped files prints exactly what follows it (the `diff` one reads an edited copy:
+/// it is rebuilt here the same way).
+#[test]
+fn readme_before_you_deploy_shows_real_output() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme.split("## Before you deploy").nth(1).unwrap();
+    let block = section
+        .split("```console\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let edited = Temp::new(
+        "canary-25.yaml",
+        &std::fs::read_to_string(root().join("deploy/istio/wasmplugin.yaml"))
+            .unwrap()
+            .replace("weight: 10\n", "weight: 25\n")
+            .replace("weight: 90\n", "weight: 75\n"),
+    );
+    let mut checked = 0;
+    for example in block.split("$ traffic-split ").skip(1) {
+        let (command, shown) = example.split_once('\n').unwrap();
+        let command = command.split("   #").next().unwrap().trim();
+        let args: Vec<&str> = command
+            .split_whitespace()
+            .map(|a| {
+                if a == "canary-25.yaml" {
+                    edited.path()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{command}");
+        assert_eq!(
+            stdout(&o).trim_end(),
+            shown.trim_end(),
+            "README output of `{command}`"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
 }

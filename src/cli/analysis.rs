@@ -519,8 +519,8 @@ pub fn diff(
         }
         rules_json.push(Value::from(rj));
     }
-    if lines.is_empty() {
-        lines.push("no routing change".into());
+    if !lines.iter().any(|l| !l.starts_with("  user ")) {
+        lines.insert(0, "no routing change".into());
     }
     let mut report = serde_json::Map::new();
     report.insert("old".into(), Value::from(old_c.embedded.label()));

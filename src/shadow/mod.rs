@@ -407,6 +407,9 @@ mod tests {
     #[test]
     fn sampling_and_methods() {
         let p = policy(r#"{"cluster":"s","percent":25,"methods":["GET"]}"#);
+        assert_eq!(p.sample_probability(), 0.25);
+        assert!(p.allows_method(Some(b"GET")) && !p.allows_method(Some(b"POST")));
+        assert_eq!(policy(r#"{"cluster":"s"}"#).sample_probability(), 1.0);
         assert!(p.selects(Some(b"GET"), 0));
         assert!(!p.selects(Some(b"POST"), 0));
         assert!(!p.selects(None, 0));
