@@ -71,7 +71,10 @@ pub fn header_bytes(headers: &[(String, String)]) -> u64 {
 impl ShadowPolicy {
     /// Whether this request is copied: method allowed and sampled in (`draw` uniform u64).
     pub fn selects(&self, method: Option<&[u8]>, draw: u64) -> bool {
-        let method_ok = self.allows_method(method);
+        let method_ok = match &self.methods {
+            None => true,
+            Some(methods) => method.is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
+        };
         // u64::MAX stands for 100%: every draw, u64::MAX included.
         method_ok && (self.sample_threshold == u64::MAX || draw < self.sample_threshold)
     }
@@ -86,7 +89,8 @@ impl ShadowPolicy {
         }
     }
 
-    /// Whether `method` may be copied at all (the `methods` filter, before sampling).
+    /// Whether `method` may be copied at all: the `methods` test of `selects`, for
+    /// `traffic-split explain` (not called by `selects`: that costs Wasm bytes).
     pub fn allows_method(&self, method: Option<&[u8]>) -> bool {
         match &self.methods {
             None => true,
