@@ -37,6 +37,9 @@ run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1
 
 .PHONY: test
 test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, and the `make run` demo check
+	@# tests/cli.rs checks schema/traffic-split.schema.json with Python's jsonschema (draft 2020-12)
+	@$(VENV)/bin/python -c 'import jsonschema' 2>/dev/null \
+		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
 	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
 
@@ -63,6 +66,15 @@ oci: ## Build the Wasm OCI image (deploy/oci/Dockerfile, compat variant) into ta
 	docker buildx build -f deploy/oci/Dockerfile --provenance=false --sbom=false \
 		--annotation "manifest:module.wasm.image/variant=compat" \
 		$(if $(OCI_PUSH),-t $(OCI_IMAGE) --push,--output type=oci$(,)dest=target/traffic-split.oci.tar) .
+
+.PHONY: cli
+cli: ## Build the operator CLI (validate, explain, diff, bucket, schema) into target/release/traffic-split
+	cargo build --release --bin traffic-split
+	@echo "target/release/traffic-split (or: cargo install --path .)"
+
+.PHONY: schema
+schema: ## Regenerate schema/traffic-split.schema.json from the CLI (make test fails when it is stale)
+	cargo run --quiet --bin traffic-split -- schema > schema/traffic-split.schema.json
 
 .PHONY: wasm
 wasm: ## Build the optimized filter into target/traffic_split.wasm
