@@ -442,7 +442,7 @@ fn diff_rules_added_removed_reordered_and_salt_changes() {
     assert!(out.contains("destination \"x\": cluster x -> x2"), "{out}");
     // Same weights, new salt: every user is re-bucketed, half of them expected to move.
     assert!(
-        out.contains("salt or hash changed (fine\"b\" -> fine\"fresh\")"),
+        out.contains("salt or hash changed (fine \"b\" -> fine \"fresh\")"),
         "{out}"
     );
     assert!(

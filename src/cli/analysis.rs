@@ -319,13 +319,13 @@ fn print(
     report: &serde_json::Map<String, Value>,
 ) -> Result<(), Failure> {
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(report).unwrap_or_default()
         );
     } else {
         for l in lines {
-            println!("{l}");
+            out!("{l}");
         }
     }
     Ok(())
@@ -437,8 +437,46 @@ pub fn diff(
                 }
             }
         }
+        let shadows = |p: &Plan, r: &Rule| {
+            r.shadows
+                .iter()
+                .map(|s| {
+                    let name = p
+                        .shadow_targets
+                        .get(s.target)
+                        .map_or("", |t| t.name.as_str());
+                    format!(
+                        "{name} ({}) {:.2}%",
+                        s.cluster,
+                        s.sample_probability() * 100.0
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (os, ns) = (shadows(old, o), shadows(new, n));
+        if os != ns {
+            notes.push(format!("shadows: [{os}] -> [{ns}]"));
+        }
+        let fallbacks = |r: &Rule| {
+            r.destinations
+                .iter()
+                .filter(|d| d.breaker.is_some())
+                .map(|d| {
+                    let to = d.fallback.and_then(|f| r.destinations.get(f));
+                    format!("{} -> {}", d.name, to.map_or("", |f| f.name.as_str()))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (ob, nb) = (fallbacks(o), fallbacks(n));
+        if ob != nb {
+            notes.push(format!(
+                "breakers (destination -> fallback): [{ob}] -> [{nb}]"
+            ));
+        }
         let (exact, m) = moves(o, n);
-        let total: f64 = m.values().sum();
+        let total: f64 = m.values().fold(0.0, |a, b| a + b);
         let mut moved = Vec::new();
         for ((a, z), share) in &m {
             moved.push(json!({"from": a, "to": z, "share": share}));
@@ -460,7 +498,7 @@ pub fn diff(
             }
             if !exact {
                 lines.push(format!(
-                    "  salt or hash changed ({}{:?} -> {}{:?}): every user is re-bucketed; shares below are expectations",
+                    "  salt or hash changed ({} {:?} -> {} {:?}): every user is re-bucketed; shares below are expectations",
                     hash_name(o.hash),
                     text(o.salt_colon.strip_suffix(b":").unwrap_or(&o.salt_colon)),
                     hash_name(n.hash),
@@ -473,10 +511,12 @@ pub fn diff(
                 ));
             }
             let qual = if exact { "exactly" } else { "expected" };
-            lines.push(format!(
-                "  sticky users changing destination: {qual} {:.2}%",
-                total * 100.0
-            ));
+            if o.sticky.is_some() || n.sticky.is_some() || !m.is_empty() {
+                lines.push(format!(
+                    "  sticky users changing destination: {qual} {:.2}%",
+                    total * 100.0
+                ));
+            }
             for ((a, z), share) in &m {
                 lines.push(format!("    {a} -> {z}: {:.2}%", share * 100.0));
             }

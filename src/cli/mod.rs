@@ -5,6 +5,14 @@
 //! Exit codes: 0 success, 1 an invalid configuration (or input holding none), 2 bad usage
 //! (clap's own exit code for argument errors) or an unreadable file.
 
+/// `println!` that ignores a closed stdout (`traffic-split diff … | head` must not panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 pub mod analysis;
 pub mod input;
 pub mod schema;
@@ -175,17 +183,17 @@ pub fn main() -> ExitCode {
             let kind = HashKind::from(hash);
             let b = bucket_of(&salt, &key, kind);
             if json {
-                println!(
+                out!(
                     "{}",
                     json!({"salt": salt, "key": key, "hash": hash_name(kind), "bucket": b})
                 );
             } else {
-                println!("{b}");
+                out!("{b}");
             }
             Ok(())
         }
         Command::Schema => {
-            println!("{}", schema::schema_text());
+            out!("{}", schema::schema_text());
             Ok(())
         }
     };
@@ -280,28 +288,28 @@ fn validate(files: &[String], all: bool, as_json: bool) -> Result<(), Failure> {
             match &c.plan {
                 Ok(p) => {
                     if !as_json {
-                        println!(
+                        out!(
                             "ok {label}: {} rule(s), {} shadow target(s), {} breaker(s)",
                             p.rules.len(),
                             p.shadow_targets.len(),
                             p.breakers.len()
                         );
                         for w in &c.warnings {
-                            println!("warning {label}: {w}");
+                            out!("warning {label}: {w}");
                         }
                     }
                 }
                 Err(e) => {
                     invalid = true;
                     if !as_json {
-                        println!("error {label}: invalid configuration: {e}");
+                        out!("error {label}: invalid configuration: {e}");
                     }
                 }
             }
         }
     }
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
