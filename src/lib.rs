@@ -4,7 +4,8 @@
 //! Data flows one way: configuration bytes → `config` (typed configuration, every field
 //! decoded and checked, errors with their path) → `plan` (cross-field checks, the compiled
 //! immutable `Plan`) → per request, `Plan::decide` over a `request` view → the host writes the
-//! decision. The core (every module but `host`) has no proxy_wasm dependency and is unit-tested:
+//! decision. The core (every module but `host` and `cli`) has no proxy_wasm dependency and is
+//! unit-tested:
 //!
 //! - `config`: the configuration as written (JSON) and its defaults.
 //! - `plan`: compile steps, one per concern, and the decision (`plan::decide`).
@@ -14,6 +15,8 @@
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
 //! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
 //! - `host`: the only module that talks to Envoy: reads, calls the core, writes.
+//! - `cli`: the operator CLI (`src/bin/traffic-split.rs`), native only: presentation over
+//!   `config::parse`, `Plan::compile` and `Plan::decide`.
 
 pub mod breaker;
 pub mod bucket;

@@ -539,9 +539,8 @@ pub fn diff(
         }
         if let Some(key) = user {
             let dest = |r: &Rule| {
-                let b = r.bucket_of_key(key.as_bytes());
                 r.destinations
-                    .get(r.destination_of_bucket(b))
+                    .get(r.destination_of_key(key.as_bytes()))
                     .map_or(String::new(), |d| d.name.clone())
             };
             let (a, z) = (dest(o), dest(n));

@@ -1,5 +1,5 @@
 //! The JSON Schema (draft 2020-12) of the configuration, for editors (completion, hover docs)
-//! and CI. Hand-written from the parser (`config.rs`) and validator (`plan.rs`), descriptions
+//! and CI. Hand-written from the parser (`config/`) and validator (`plan/`), descriptions
 //! from docs/configuration.md. `schema/traffic-split.schema.json` is this output, checked by
 //! tests/cli.rs; the tests also run shipped and invalid configurations through both.
 //!
