@@ -293,9 +293,12 @@ async fn handle(
     Ok(response)
 }
 
-/// A 127.0.0.1 port with nothing listening (connections are refused).
+/// A loopback port with nothing listening (connections are refused).
 pub fn closed_port() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    // A loopback address nothing else here listens on (every Envoy, backend and soak server
+    // binds 127.0.0.1): a port freed on 127.0.0.1 could be taken by a parallel test before
+    // Envoy tries it, and then the "refused" backend would answer.
+    let listener = StdListener::bind("127.0.0.253:0").unwrap();
     listener.local_addr().unwrap()
 }
 
