@@ -36,12 +36,20 @@ run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1
 	@ENVOY=$(ENVOY) WASM=$(WASM) ./scripts/run-demo.sh
 
 .PHONY: test
-test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, and the `make run` demo check
+test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, the `make run` demo check and a 60 s soak
 	@# tests/cli.rs checks schema/traffic-split.schema.json with Python's jsonschema (draft 2020-12)
 	@$(VENV)/bin/python -c 'import jsonschema' 2>/dev/null \
 		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
 	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
+	SOAK_SECONDS=$(TEST_SOAK_SECONDS) ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) python3 soak/soak.py
+
+SOAK_SECONDS      ?= 600
+TEST_SOAK_SECONDS ?= 60
+.PHONY: soak
+soak: wasm envoy ## Soak under faults for SOAK_SECONDS (600), results into docs/reliability.md (needs wrk)
+	SOAK_SECONDS=$(SOAK_SECONDS) ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) \
+		python3 soak/soak.py --report docs/reliability.md
 
 .PHONY: test-envoy
 test-envoy: wasm ## The same tests on another Envoy: make test-envoy ENVOY_VERSION=1.36.2 (own .venv-<version>)
