@@ -480,6 +480,9 @@ def main():
         log(f"soak: {seconds} s; ECDS every {ecds_s:g} s, canary flaps every {flap_s:g} s, "
             f"shadow phase {phase_s:g} s, {hostile_rps:g} hostile req/s")
         load = run_wrk(main_port, seconds, conns, delay, os.path.join(out, "wrk-soak.txt"))
+        if front.poll() is not None:
+            raise RuntimeError(f"the front Envoy exited ({front.returncode}) during the soak:\n"
+                               + open(f_log, errors="replace").read()[-3000:])
         snapshot("end")
         stop.set()
         for t in timers:
@@ -712,4 +715,6 @@ def replace_block(path, md):
 
 
 if __name__ == "__main__":
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the `finally` kills every process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
