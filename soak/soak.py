@@ -332,6 +332,18 @@ def run_wrk(port, seconds, connections, delay_ms, out_path):
     return values
 
 
+def git_commit():
+    """The commit the soak ran from, marked when the working tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short=7", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "soak", "src", "Cargo.toml"],
+                               timeout=10).returncode != 0
+        return (commit or "unknown") + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", help="markdown file whose generated block is replaced with the results")
@@ -367,7 +379,7 @@ def main():
     threads = []
     result = {"seconds": seconds, "ecds_s": ecds_s, "flap_s": flap_s, "shadow_phase_s": phase_s,
               "hostile_rps": hostile_rps, "warmup_s": warmup, "load_percent": load_pct, "connections": conns,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
               "loadavg_before": os.getloadavg()}
     try:
         # ---- processes
@@ -408,14 +420,14 @@ def main():
         # ---- the sustainable rate, then the delay that gives load_pct of it
         probe = run_wrk(main_port, probe_s, conns, 0, os.path.join(out, "wrk-probe.txt"))
         target = probe["rps"] * load_pct / 100
-        delay = max(1, round(conns * 1000 / target))
+        delay = round(conns * 1000 / target, 2)
         calib = run_wrk(main_port, 3, conns, delay, os.path.join(out, "wrk-calibrate.txt"))
         latency_s = max(0.0, conns / max(calib["rps"], 1) - delay / 1000)
-        delay = max(1, round((conns / target - latency_s) * 1000))
+        delay = max(0.1, round((conns / target - latency_s) * 1000, 2))
         result.update(max_rps=probe["rps"], target_rps=target, delay_ms=delay,
                       probe_requests=probe["requests"], calibrate_requests=calib["requests"])
         log(f"max {probe['rps']:.0f} req/s ({probe_s} s unpaced); target {target:.0f} req/s: "
-            f"{conns} connections, {delay} ms between a response and the next request")
+            f"{conns} connections, {delay:g} ms (average) between a response and the next request")
 
         # ---- the soak
         snapshots = {}
@@ -651,7 +663,8 @@ def report_md(r):
     rss = [kb for _, kb in r["rss_samples"] if kb]
     curve_step = max(10.0, round(r["seconds"] / 10 / 10) * 10)
     lines = [
-        f"Soak of {r['date']}: {r['seconds']} s, front Envoy `--concurrency 2`, load average before "
+        f"Soak of {r['date']} (commit {r.get('commit', 'unknown')}): {r['seconds']} s, front Envoy `--concurrency 2`, "
+        f"load average before "
         f"{r['loadavg_before'][0]:.2f} on {os.cpu_count()} cores"
         f"{' (shared with other work: the rate is the machine’s share at the time)' if r['loadavg_before'][0] > 1 else ''}.",
         "",
