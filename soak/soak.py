@@ -5,7 +5,8 @@
 
 On 127.0.0.1 only, for SOAK_SECONDS (default 600):
   * a front Envoy (--concurrency 2) runs the filter, delivered through ECDS from a watched file;
-  * wrk drives it at SOAK_LOAD_PERCENT (80) % of the rate measured just before, with a random
+  * wrk drives it at SOAK_LOAD_PERCENT (80) % of the rate measured just before (paced, the
+    pace corrected every second: soak/load.lua), with a random
     x-user-id per request (the sticky 'everyone' rule sends ~20-30% to the canary);
   * every request is shadowed (100%) to soak/shadow_backend.py, which cycles ok / slow (1 s) /
     dead (connection refused) / reset mid-body / 503;
@@ -316,8 +317,8 @@ def classify(path, listener):
 
 # ------------------------------------------------------------------------------ the soak
 
-def run_wrk(port, seconds, connections, delay_ms, out_path):
-    env = dict(os.environ, SOAK_DELAY_MS=str(delay_ms))
+def run_wrk(port, seconds, connections, delay_ms, out_path, rate=0):
+    env = dict(os.environ, SOAK_DELAY_MS=str(delay_ms), SOAK_RATE=str(rate), SOAK_CONNECTIONS=str(connections))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
             "-s", os.path.join(HERE, "load.lua"), f"http://127.0.0.1:{port}/"]
     with open(out_path, "w") as out:
@@ -420,14 +421,15 @@ def main():
         # ---- the sustainable rate, then the delay that gives load_pct of it
         probe = run_wrk(main_port, probe_s, conns, 0, os.path.join(out, "wrk-probe.txt"))
         target = probe["rps"] * load_pct / 100
-        delay = round(conns * 1000 / target, 2)
-        calib = run_wrk(main_port, 3, conns, delay, os.path.join(out, "wrk-calibrate.txt"))
-        latency_s = max(0.0, conns / max(calib["rps"], 1) - delay / 1000)
-        delay = max(0.1, round((conns / target - latency_s) * 1000, 2))
+        # A paced warm-up whose last think time starts the soak's pacing.
+        calib = run_wrk(main_port, 5, conns, round(conns * 1000 / target, 2), os.path.join(out, "wrk-calibrate.txt"),
+                        target)
+        delay = calib["delay_us"] / 1000
         result.update(max_rps=probe["rps"], target_rps=target, delay_ms=delay,
                       probe_requests=probe["requests"], calibrate_requests=calib["requests"])
         log(f"max {probe['rps']:.0f} req/s ({probe_s} s unpaced); target {target:.0f} req/s: "
-            f"{conns} connections, {delay:g} ms (average) between a response and the next request")
+            f"{conns} connections, {delay:g} ms between a response and the next request at first, "
+            f"corrected every second")
 
         # ---- the soak
         snapshots = {}
@@ -491,7 +493,7 @@ def main():
             t.start()
         log(f"soak: {seconds} s; ECDS every {ecds_s:g} s, canary flaps every {flap_s:g} s, "
             f"shadow phase {phase_s:g} s, {hostile_rps:g} hostile req/s")
-        load = run_wrk(main_port, seconds, conns, delay, os.path.join(out, "wrk-soak.txt"))
+        load = run_wrk(main_port, seconds, conns, delay, os.path.join(out, "wrk-soak.txt"), target)
         if front.poll() is not None:
             raise RuntimeError(f"the front Envoy exited ({front.returncode}) during the soak:\n"
                                + open(f_log, errors="replace").read()[-3000:])
