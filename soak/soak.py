@@ -674,7 +674,9 @@ def report_md(r):
         "| --- | --- |",
         f"| sustainable rate (wrk, unpaced, {r['connections']} connections, before the soak) | {r['max_rps']:.0f} req/s |",
         f"| load (target {r['load_percent']:g}% = {r['target_rps']:.0f} req/s) | {load['rps']:.0f} req/s achieved "
-        f"({load['rps'] / r['max_rps'] * 100:.0f}% of the measured rate), "
+        f"({load['rps'] / r['max_rps'] * 100:.0f}% of the measured rate; the pacer's think time at the end "
+        f"{load.get('delay_us', 0) / 1000:g} ms"
+        f"{': 0 means the machine could not give the target, the load was all it had left' if not load.get('delay_us') else ''}), "
         f"p50 {load['p50_us'] / 1000:.1f} ms, p99 {load['p99_us'] / 1000:.1f} ms |",
         f"| requests sent | {load['requests']} by wrk + {hostile_total} hostile |",
         f"| **client-visible errors caused by the filter** (goal 0) | **{r['filter_errors']}** |",
