@@ -8,7 +8,9 @@
 //! rules. The last rule (sticky 95/5 on `x-user-id`) matches; the rules before it are header
 //! rules the request never satisfies (their header is absent), so every decision walks them
 //! all. The request looks like a browser's (pseudo-headers plus 8 ordinary headers), and the
-//! user id changes from one decision to the next. `make bench-decision` runs it.
+//! user id changes from one decision to the next. `decide-hosts`: a gateway's plan of 5 and
+//! 5,000 rules each scoped to its own host (with the rule index, and without it for
+//! comparison); `load`: compiling the 5,000-rule plan. `make bench-decision` runs it.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -90,5 +92,72 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision);
+/// A gateway with one rule per host: `rules` rules, each scoped by an exact `authority`
+/// (`host-<i>.example`) with a sticky 95/5 split. Requests go to the last host, so a linear
+/// scan would try every rule; the rule index goes straight to it.
+fn hosts_plan_json(rules: usize) -> String {
+    let list: Vec<String> = (0..rules)
+        .map(|i| {
+            format!(
+                r#"{{ "name": "host-{i}", "match": {{ "authority": {{ "exact": "host-{i}.example" }} }},
+                     "sticky": {{ "header": "x-user-id" }},
+                     "destinations": [ {{ "name": "canary", "cluster": "canary-{i}", "weight": 5 }},
+                                       {{ "name": "stable", "cluster": "stable-{i}", "weight": 95 }} ] }}"#
+            )
+        })
+        .collect();
+    format!(r#"{{ "rules": [ {} ] }}"#, list.join(", "))
+}
+
+fn many_hosts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide-hosts");
+    for rules in [5usize, 5000] {
+        let json = hosts_plan_json(rules);
+        let last_host = format!("host-{}.example", rules - 1);
+        let requests: Vec<Vec<(String, Vec<u8>)>> = (0..1024u64)
+            .map(|i| {
+                let mut h = request_headers(i.wrapping_mul(2_654_435_761) % 1_000_000_000);
+                h[0].1 = last_host.clone().into_bytes();
+                h
+            })
+            .collect();
+        for indexed in [true, false] {
+            let mut plan = Plan::from_json(json.as_bytes()).unwrap();
+            assert_eq!(plan.index.is_some(), rules >= 8);
+            if !indexed {
+                if plan.index.is_none() {
+                    continue;
+                }
+                plan.index = None;
+            }
+            let mut rng = Rng::from_seed(7);
+            for headers in &requests {
+                match plan.decide(&Request::new(headers, None), &mut rng, &[]) {
+                    Decision::Routed(routed) => assert_eq!(routed.rule, rules - 1),
+                    Decision::Unmatched => panic!("the last rule must match"),
+                }
+            }
+            let label = if indexed { "rules" } else { "rules-linear" };
+            let mut next = 0usize;
+            group.bench_function(BenchmarkId::new(label, rules), |b| {
+                b.iter(|| {
+                    next = (next + 1) % requests.len();
+                    let request = Request::new(&requests[next], None);
+                    black_box(plan.decide(black_box(&request), &mut rng, &[]))
+                })
+            });
+        }
+    }
+    group.finish();
+    // Config load: parse, validate and compile (with the index) 5,000 host rules.
+    let json = hosts_plan_json(5000);
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("rules", 5000), |b| {
+        b.iter(|| black_box(Plan::from_json(black_box(json.as_bytes())).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, many_hosts);
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 mod breaker;
 mod decide;
 mod fields;
+mod index;
 mod matching;
 mod rule;
 mod shadow;
@@ -15,6 +16,7 @@ mod sticky;
 mod tests;
 
 pub use decide::{Decision, Routed};
+pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
 pub use shadow::default_shadow_name;
 
 use crate::breaker::BreakerPolicy;
@@ -53,6 +55,8 @@ pub struct Plan {
     pub breakers: Vec<BreakerRef>,
     /// When to call Envoy's `clear_route_cache` after a routing-header change.
     pub clear_route_cache: RouteCacheMode,
+    /// Rules by exact authority and route name, when enough rules have one (`plan::index`).
+    pub index: Option<RuleIndex>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -125,9 +129,11 @@ impl Plan {
         };
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut shadow_targets = Vec::new();
+        // A set, not a scan of the rules so far: plans of thousands of rules load in linear time.
+        let mut names = std::collections::BTreeSet::new();
         for (i, rule) in config.rules.into_iter().enumerate() {
             let path = format!("rules[{i}]");
-            if rules.iter().any(|r: &Rule| r.name == rule.name) {
+            if !names.insert(rule.name.clone()) {
                 return Err(ConfigError::new(
                     field(&path, "name"),
                     format!("duplicate rule name \"{}\"", rule.name),
@@ -167,7 +173,9 @@ impl Plan {
                 || r.sticky.is_some()
                 || !r.shadows.is_empty()
         });
+        let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
         Ok(Plan {
+            index,
             cluster_header,
             variant_header,
             debug_header: config.debug_header,
