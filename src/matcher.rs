@@ -57,6 +57,10 @@ pub enum Condition {
     Authority(StringOp),
     Methods(Vec<Vec<u8>>),
     RouteNames(Vec<Vec<u8>>),
+    /// `not`: holds when the inner conditions do not all hold.
+    Not(Matcher),
+    /// `any_of`: holds when at least one inner set of conditions holds.
+    AnyOf(Vec<Matcher>),
 }
 
 impl Condition {
@@ -73,12 +77,40 @@ impl Condition {
             Condition::RouteNames(names) => request
                 .route_name()
                 .is_some_and(|r| names.iter().any(|x| x.as_slice() == r)),
+            Condition::Not(inner) => !inner.holds(request),
+            Condition::AnyOf(sets) => sets.iter().any(|m| m.holds(request)),
         }
     }
 
     /// Whether evaluating this condition needs Envoy's route name (a property read).
     pub fn needs_route_name(&self) -> bool {
-        matches!(self, Condition::RouteNames(_))
+        self.any(&|c| matches!(c, Condition::RouteNames(_)))
+    }
+
+    /// Whether evaluating this condition needs the request's header map.
+    pub fn needs_headers(&self) -> bool {
+        self.any(&|c| {
+            matches!(
+                c,
+                Condition::Header(..)
+                    | Condition::Cookie(..)
+                    | Condition::Query(..)
+                    | Condition::Path(_)
+                    | Condition::Authority(_)
+                    | Condition::Methods(_)
+            )
+        })
+    }
+
+    /// Whether this condition or one nested in it satisfies `leaf`.
+    fn any(&self, leaf: &dyn Fn(&Condition) -> bool) -> bool {
+        match self {
+            Condition::Not(inner) => inner.conditions.iter().any(|c| c.any(leaf)),
+            Condition::AnyOf(sets) => sets
+                .iter()
+                .any(|m| m.conditions.iter().any(|c| c.any(leaf))),
+            other => leaf(other),
+        }
     }
 }
 

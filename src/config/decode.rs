@@ -72,7 +72,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     )?;
     Ok(RuleConfig {
         name: o.required("name", Obj::string)?,
-        match_: o.object("match", match_config)?,
+        match_: o.object("match", |o| match_config(o, 0))?,
         sticky: o.object("sticky", sticky)?,
         salt: o.string("salt")?,
         hash: o
@@ -133,7 +133,7 @@ fn shadow(path: &str, value: &Value) -> Result<ShadowConfig> {
     })
 }
 
-fn match_config(mut o: Obj<'_>) -> Result<MatchConfig> {
+fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
     o.allow(&[
         "headers",
         "cookies",
@@ -142,7 +142,35 @@ fn match_config(mut o: Obj<'_>) -> Result<MatchConfig> {
         "methods",
         "authority",
         "route_names",
+        "not",
+        "any_of",
     ])?;
+    let nested = |o: &mut Obj<'_>, key: &str| -> Result<()> {
+        if depth >= MAX_MATCH_DEPTH {
+            return Err(ConfigError::new(
+                o.child(key),
+                format!("\"not\" and \"any_of\" nest at most {MAX_MATCH_DEPTH} deep"),
+            ));
+        }
+        Ok(())
+    };
+    let not = match o.has("not") {
+        true => {
+            nested(&mut o, "not")?;
+            o.object("not", |o| match_config(o, depth + 1))?
+                .map(Box::new)
+        }
+        false => None,
+    };
+    let any_of = match o.has("any_of") {
+        true => {
+            nested(&mut o, "any_of")?;
+            o.list("any_of", |path, v| {
+                match_config(super::json::Obj::any(path, v)?, depth + 1)
+            })?
+        }
+        false => None,
+    };
     Ok(MatchConfig {
         headers: o.list("headers", named_match)?,
         cookies: o.list("cookies", named_match)?,
@@ -151,6 +179,8 @@ fn match_config(mut o: Obj<'_>) -> Result<MatchConfig> {
         methods: o.list("methods", string_item)?,
         authority: o.object("authority", |o| string_match(o, false))?,
         route_names: o.list("route_names", string_item)?,
+        not,
+        any_of,
     })
 }
 

@@ -64,7 +64,12 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn child(&self, key: &str) -> String {
+    /// Whether `key` is given (and not `null`).
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub(super) fn child(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {

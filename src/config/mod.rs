@@ -118,7 +118,15 @@ pub struct MatchConfig {
     pub methods: Option<Vec<String>>,
     pub authority: Option<StringMatchConfig>,
     pub route_names: Option<Vec<String>>,
+    /// Holds when the inner match does not (at least one of its conditions fails).
+    pub not: Option<Box<MatchConfig>>,
+    /// Holds when at least one of the inner matches does.
+    pub any_of: Option<Vec<MatchConfig>>,
 }
+
+/// How deep `not` and `any_of` may nest: enough for "A and not (B or C)", bounded so that a
+/// configuration cannot make one decision recurse without end.
+pub const MAX_MATCH_DEPTH: usize = 4;
 
 /// `{ "name": N, <op> }` for headers, cookies and query parameters: exactly one op.
 #[derive(Debug, Clone, PartialEq)]

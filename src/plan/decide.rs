@@ -539,6 +539,36 @@ mod tests {
         assert!((880..=1120).contains(&probes), "{probes} probes");
     }
 
+    /// "Employees or beta cookie, but not bots" as one rule.
+    #[test]
+    fn not_and_any_of_make_rings_one_rule() {
+        let p = plan(
+            r#"{"rules":[{"name":"ring","match":{
+                 "any_of":[{"headers":[{"name":"x-employee","exact":"true"}]},
+                           {"cookies":[{"name":"beta","present":true}]}],
+                 "not":{"headers":[{"name":"user-agent","prefix":"bot"}],"path":{"prefix":"/health"}}},
+               "destinations":[{"name":"canary","cluster":"v2"}]}]}"#,
+        );
+        let decide = |pairs: &[(&str, &str)]| {
+            let h = headers(pairs);
+            p.decide(&Request::new(&h, None), &mut Rng::from_seed(1), &[]) != Decision::Unmatched
+        };
+        assert!(decide(&[("x-employee", "true"), (":path", "/")]));
+        assert!(decide(&[("cookie", "beta=1"), (":path", "/")]));
+        assert!(!decide(&[("x-employee", "no"), (":path", "/")]));
+        // `not` holds unless all its conditions do: a bot on /health is out, a bot elsewhere in.
+        assert!(!decide(&[
+            ("cookie", "beta=1"),
+            ("user-agent", "bot/1"),
+            (":path", "/health")
+        ]));
+        assert!(decide(&[
+            ("cookie", "beta=1"),
+            ("user-agent", "bot/1"),
+            (":path", "/x")
+        ]));
+    }
+
     /// The index changes which rules are evaluated, never the answer: the same requests
     /// against the same plan with and without it decide alike, rule by rule.
     #[test]

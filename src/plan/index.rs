@@ -39,48 +39,23 @@ fn hash(bytes: &[u8], fold: bool) -> u64 {
 }
 
 impl Postings {
-    /// From `(key, rule)` pairs in ascending rule order.
-    fn build(mut pairs: Vec<(Vec<u8>, u32)>, fold: bool) -> Postings {
-        // Stable: equal keys keep their ascending rule order.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut keys: Vec<(Vec<u8>, Vec<u32>)> = Vec::new();
-        for (key, rule) in pairs {
-            match keys.last_mut() {
-                Some((k, rules)) if *k == key => {
-                    // A rule naming a route twice is listed once.
-                    if rules.last() != Some(&rule) {
-                        rules.push(rule);
-                    }
-                }
-                _ => keys.push((key, vec![rule])),
-            }
+    /// Room for `capacity` keys.
+    fn with_capacity(capacity: usize) -> Postings {
+        Postings {
+            keys: Vec::new(),
+            table: vec![EMPTY; (capacity * 2).next_power_of_two().max(2)],
         }
-        let size = (keys.len() * 2).next_power_of_two().max(1);
-        let mask = size - 1;
-        let mut table = vec![EMPTY; size];
-        for (i, (key, _)) in keys.iter().enumerate() {
-            let mut slot = hash(key, fold) as usize & mask;
-            while table.get(slot).is_some_and(|&e| e != EMPTY) {
-                slot = (slot + 1) & mask;
-            }
-            if let Some(e) = table.get_mut(slot) {
-                *e = i as u32;
-            }
-        }
-        Postings { keys, table }
     }
 
-    /// The rules under `value`; `fold`: compare ignoring ASCII case (keys are lower case).
-    fn get(&self, value: &[u8], fold: bool) -> &[u32] {
+    /// The slot holding `value`, or the empty slot where it would go.
+    fn slot(&self, value: &[u8], fold: bool) -> Option<(usize, Option<usize>)> {
         let mask = self.table.len().wrapping_sub(1);
         let mut slot = hash(value, fold) as usize & mask;
         // At most half full: an empty slot always ends the probe; the bound is belt and braces.
         for _ in 0..self.table.len() {
-            let Some(&entry) = self.table.get(slot) else {
-                break;
-            };
-            let Some((key, rules)) = self.keys.get(entry as usize) else {
-                break; // EMPTY
+            let entry = *self.table.get(slot)?;
+            let Some((key, _)) = self.keys.get(entry as usize) else {
+                return Some((slot, None)); // EMPTY
             };
             let equal = if fold {
                 key.len() == value.len()
@@ -92,12 +67,55 @@ impl Postings {
                 key.as_slice() == value
             };
             if equal {
-                return rules;
+                return Some((slot, Some(entry as usize)));
             }
             slot = (slot + 1) & mask;
         }
-        &[]
+        None
     }
+
+    /// Adds `rule` under `key` (lower case when `fold`). Rules come in ascending order; a rule
+    /// naming a route twice is listed once. Returns whether the key was new.
+    fn add(&mut self, key: &[u8], rule: u32, fold: bool) -> bool {
+        match self.slot(key, fold) {
+            Some((_, Some(entry))) => {
+                if let Some((_, rules)) = self.keys.get_mut(entry) {
+                    if rules.last() != Some(&rule) {
+                        rules.push(rule);
+                    }
+                }
+                false
+            }
+            Some((slot, None)) => {
+                if let Some(e) = self.table.get_mut(slot) {
+                    *e = self.keys.len() as u32;
+                    self.keys.push((key.to_vec(), vec![rule]));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The rules under `value`; `fold`: compare ignoring ASCII case (keys are lower case).
+    fn get(&self, value: &[u8], fold: bool) -> &[u32] {
+        match self.slot(value, fold) {
+            Some((_, Some(entry))) => self.keys.get(entry).map_or(&[], |(_, r)| r.as_slice()),
+            _ => &[],
+        }
+    }
+}
+
+/// Whether every name is distinct, in linear time (plans of thousands of rules); `Err(i)`: the
+/// first repeat.
+pub fn first_repeat<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Result<(), usize> {
+    let mut seen = Postings::with_capacity(names.len());
+    for (i, name) in names.enumerate() {
+        if !seen.add(name.as_bytes(), 0, false) {
+            return Err(i);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
@@ -133,30 +151,35 @@ fn key_of(matcher: &Matcher) -> Option<Key<'_>> {
 impl RuleIndex {
     /// The index of `matchers` (one per rule, in order), or `None` when too few rules are keyed
     /// for it to pay.
-    pub fn build<'a>(matchers: impl Iterator<Item = &'a Matcher>) -> Option<RuleIndex> {
-        let mut authorities = Vec::new();
-        let mut routes = Vec::new();
-        let mut unkeyed = Vec::new();
+    pub fn build<'a>(matchers: impl ExactSizeIterator<Item = &'a Matcher>) -> Option<RuleIndex> {
+        let mut index = RuleIndex {
+            by_authority: Postings::with_capacity(matchers.len()),
+            by_route: Postings::with_capacity(0),
+            unkeyed: Vec::new(),
+        };
+        let mut routes: Vec<(&[Vec<u8>], u32)> = Vec::new();
         let mut keyed = 0usize;
         for (i, matcher) in matchers.enumerate() {
             let rule = u32::try_from(i).ok().filter(|&r| r != EMPTY)?;
             match key_of(matcher) {
                 Some(Key::Authority(a)) => {
                     keyed += 1;
-                    authorities.push((a.to_ascii_lowercase(), rule));
+                    index.by_authority.add(&a.to_ascii_lowercase(), rule, true);
                 }
                 Some(Key::Routes(names)) => {
                     keyed += 1;
-                    routes.extend(names.iter().map(|n| (n.clone(), rule)));
+                    routes.push((names, rule));
                 }
-                None => unkeyed.push(rule),
+                None => index.unkeyed.push(rule),
             }
         }
-        (keyed >= INDEX_MIN_KEYED_RULES).then(|| RuleIndex {
-            by_authority: Postings::build(authorities, true),
-            by_route: Postings::build(routes, false),
-            unkeyed,
-        })
+        index.by_route = Postings::with_capacity(routes.iter().map(|(n, _)| n.len()).sum());
+        for (names, rule) in routes {
+            for name in names {
+                index.by_route.add(name, rule, false);
+            }
+        }
+        (keyed >= INDEX_MIN_KEYED_RULES).then_some(index)
     }
 
     /// The rules that can match a request with this authority and route name, ascending.

@@ -45,7 +45,36 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
             routes.into_iter().map(String::into_bytes).collect(),
         ));
     }
+    // Groups last: they hold several conditions each.
+    if let Some(inner) = m.not {
+        conditions.push(Condition::Not(compile_group(&field(path, "not"), *inner)?));
+    }
+    if let Some(sets) = m.any_of {
+        let apath = field(path, "any_of");
+        if sets.is_empty() {
+            return Err(ConfigError::new(
+                apath,
+                "must list at least one match object",
+            ));
+        }
+        let sets = sets
+            .into_iter()
+            .enumerate()
+            .map(|(i, set)| compile_group(&format!("{apath}[{i}]"), set))
+            .collect::<Result<Vec<_>, _>>()?;
+        conditions.push(Condition::AnyOf(sets));
+    }
     Ok(Matcher { conditions })
+}
+
+/// The match object inside `not` or `any_of`: an empty one would make the group always
+/// (`any_of`) or never (`not`) hold, which is never what was meant.
+fn compile_group(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
+    let matcher = compile_match(path, m)?;
+    if matcher.conditions.is_empty() {
+        return Err(ConfigError::new(path, "must have at least one condition"));
+    }
+    Ok(matcher)
 }
 
 pub(super) fn compile_methods(

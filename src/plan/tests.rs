@@ -207,6 +207,13 @@ fn bad_configs_name_the_field_and_the_reason() {
         (matching(r#""headers":[{"name":"x","exact":"1","regex":"."}]"#), "rules[0].match.headers[0].regex: unknown field, expected one of: name, exact, prefix, suffix, one_of, present"),
         (sticky(r#""cookie":"uid","assign_cookie":true,"cookie_max_age_s":-5"#), "rules[0].sticky.cookie_max_age_s: must be a whole number from 0 to 4294967295, got -5"),
         (matching(r#""route_names":[]"#), "rules[0].match.route_names: must not be empty (omit the field to match everything)"),
+        (matching(r#""not":{}"#), "rules[0].match.not: must have at least one condition"),
+        (matching(r#""any_of":[]"#), "rules[0].match.any_of: must list at least one match object"),
+        (matching(r#""any_of":[{"path":{"exact":"/"}},{}]"#), "rules[0].match.any_of[1]: must have at least one condition"),
+        (matching(r#""any_of":[{"headers":[{"name":"x"}]}]"#), "rules[0].match.any_of[0].headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\""),
+        (matching(r#""not":{"nope":1}"#), "rules[0].match.not.nope: unknown field, expected one of: headers, cookies, query, path, methods, authority, route_names, not, any_of"),
+        (matching(r#""any_of":[7]"#), "rules[0].match.any_of[0]: must be an object, got a number"),
+        (matching(r#""not":{"not":{"not":{"not":{"not":{"path":{"exact":"/"}}}}}}"#), "rules[0].match.not.not.not.not.not: \"not\" and \"any_of\" nest at most 4 deep"),
     ];
     let wrong: Vec<String> = cases
         .iter()
@@ -303,6 +310,25 @@ fn route_name_is_read_only_when_a_rule_uses_it() {
     .unwrap();
     assert!(plan.needs_route_name);
     assert!(!plan.needs_request_headers);
+    // Inside groups too: a route name in `not`/`any_of` is read, and headers only when used.
+    let plan = Plan::from_json(
+        rule(&format!(
+            r#"{{"name":"r","match":{{"any_of":[{{"not":{{"route_names":["x"]}}}}]}},{DESTS}}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(plan.needs_route_name);
+    assert!(!plan.needs_request_headers);
+    let plan = Plan::from_json(
+        rule(&format!(
+            r#"{{"name":"r","match":{{"not":{{"cookies":[{{"name":"c","present":true}}]}}}},{DESTS}}}"#
+        ))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(!plan.needs_route_name);
+    assert!(plan.needs_request_headers);
 }
 
 #[test]
