@@ -11,6 +11,7 @@
 //! - `plan`: compile steps, one per concern, and the decision (`plan::decide`).
 //! - `matcher`, `bucket`, `cookie`, `request`: conditions, hashing to buckets, cookie
 //!   attributes, the request as the core sees it.
+//! - `network`: CIDR ranges and the client address (`match.source_ips`).
 //! - `breaker`: the per-destination circuit breaker and how workers share it.
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
 //! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod cookie;
 pub mod matcher;
 pub mod metrics;
+pub mod network;
 pub mod plan;
 pub mod request;
 pub mod rng;

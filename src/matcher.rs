@@ -1,5 +1,6 @@
 //! Compiled match conditions of a rule, and their evaluation against a request.
 
+use crate::network::{peer_ip, Cidr};
 use crate::request::Request;
 
 /// An operation on one value.
@@ -57,6 +58,8 @@ pub enum Condition {
     Authority(StringOp),
     Methods(Vec<Vec<u8>>),
     RouteNames(Vec<Vec<u8>>),
+    /// `source_ips`: the downstream address Envoy reports is in one of the ranges.
+    SourceIps(Vec<Cidr>),
     /// `not`: holds when the inner conditions do not all hold.
     Not(Matcher),
     /// `any_of`: holds when at least one inner set of conditions holds.
@@ -77,6 +80,10 @@ impl Condition {
             Condition::RouteNames(names) => request
                 .route_name()
                 .is_some_and(|r| names.iter().any(|x| x.as_slice() == r)),
+            Condition::SourceIps(ranges) => request
+                .source_address()
+                .and_then(peer_ip)
+                .is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))),
             Condition::Not(inner) => !inner.holds(request),
             Condition::AnyOf(sets) => sets.iter().any(|m| m.holds(request)),
         }
@@ -85,6 +92,11 @@ impl Condition {
     /// Whether evaluating this condition needs Envoy's route name (a property read).
     pub fn needs_route_name(&self) -> bool {
         self.any(&|c| matches!(c, Condition::RouteNames(_)))
+    }
+
+    /// Whether evaluating this condition needs Envoy's `source.address` (a property read).
+    pub fn needs_source_address(&self) -> bool {
+        self.any(&|c| matches!(c, Condition::SourceIps(_)))
     }
 
     /// Whether evaluating this condition needs the request's header map.

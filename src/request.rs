@@ -9,6 +9,7 @@ pub type HeaderPair = (String, Vec<u8>);
 pub struct Request<'a> {
     headers: &'a [HeaderPair],
     route_name: Option<&'a [u8]>,
+    source_address: Option<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
@@ -18,7 +19,18 @@ impl<'a> Request<'a> {
         Request {
             headers,
             route_name,
+            source_address: None,
         }
+    }
+
+    /// With Envoy's `source.address` (`ip:port`), when a rule needs it.
+    pub fn with_source_address(mut self, address: Option<&'a [u8]>) -> Self {
+        self.source_address = address;
+        self
+    }
+
+    pub fn source_address(&self) -> Option<&'a [u8]> {
+        self.source_address
     }
 
     /// The first value of a header. Repeated headers: the first wins. Envoy hands header

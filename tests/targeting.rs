@@ -104,3 +104,51 @@ fn not_and_any_of_groups_in_one_rule() {
         "unmatched"
     );
 }
+
+/// `source_ips` sees the downstream address Envoy reports (`source.address`), which the HTTP
+/// connection manager derives: with Envoy's default (`use_remote_address` unset) it is taken
+/// from a client-sent `X-Forwarded-For`, so an edge must set `use_remote_address: true` (then
+/// it is the TCP peer, here the test client on 127.0.0.1), adding `xff_num_trusted_hops` to
+/// trust that many proxies in front (then it is the XFF entry they vouch for).
+#[test]
+fn source_ips_match_the_address_envoy_derives_for_the_request() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"debug_header":true,"rules":[
+        {"name":"office","match":{"source_ips":["10.0.0.0/8","2001:db8::/32"]},
+         "destinations":[{"name":"office","cluster":"canary"}]},
+        {"name":"local","match":{"source_ips":["127.0.0.0/8","::1"]},
+         "destinations":[{"name":"local","cluster":"stable"}]}]}"#;
+    let office = "rule=office; variant=office".to_string();
+    let local = "rule=local; variant=local".to_string();
+    let with = |lines: &str| {
+        Envoy::start(spec(config, &stable, &canary).patch(
+            "stat_prefix: ingress",
+            &format!("stat_prefix: ingress\n          {lines}"),
+        ))
+    };
+    // Envoy's default trusts the client's XFF: documented as unfit for an edge.
+    let default = Envoy::start(spec(config, &stable, &canary));
+    assert_eq!(decided(&default, &[]).0, local);
+    assert_eq!(
+        decided(&default, &[("x-forwarded-for", "10.1.2.3")]).0,
+        office
+    );
+    drop(default);
+    let edge = with("use_remote_address: true");
+    assert_eq!(decided(&edge, &[]).0, local);
+    assert_eq!(decided(&edge, &[("x-forwarded-for", "10.1.2.3")]).0, local);
+    drop(edge);
+    let behind_one_proxy = with("use_remote_address: true\n          xff_num_trusted_hops: 1");
+    let b = &behind_one_proxy;
+    assert_eq!(decided(b, &[("x-forwarded-for", "10.1.2.3")]).0, office);
+    assert_eq!(decided(b, &[("x-forwarded-for", "2001:db8::5")]).0, office);
+    assert_eq!(
+        decided(b, &[("x-forwarded-for", "192.0.2.1")]).0,
+        "unmatched"
+    );
+    // Only the trusted proxy's entry counts: what precedes it is the client's own claim.
+    assert_eq!(
+        decided(b, &[("x-forwarded-for", "10.9.9.9, 192.0.2.1")]).0,
+        "unmatched"
+    );
+}

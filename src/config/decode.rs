@@ -142,6 +142,7 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
         "methods",
         "authority",
         "route_names",
+        "source_ips",
         "not",
         "any_of",
     ])?;
@@ -179,6 +180,7 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
         methods: o.list("methods", string_item)?,
         authority: o.object("authority", |o| string_match(o, false))?,
         route_names: o.list("route_names", string_item)?,
+        source_ips: o.list("source_ips", string_item)?,
         not,
         any_of,
     })

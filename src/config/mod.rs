@@ -118,6 +118,7 @@ pub struct MatchConfig {
     pub methods: Option<Vec<String>>,
     pub authority: Option<StringMatchConfig>,
     pub route_names: Option<Vec<String>>,
+    pub source_ips: Option<Vec<String>>,
     /// Holds when the inner match does not (at least one of its conditions fails).
     pub not: Option<Box<MatchConfig>>,
     /// Holds when at least one of the inner matches does.

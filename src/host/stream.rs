@@ -149,7 +149,15 @@ impl HttpContext for SplitStream {
         } else {
             None
         };
-        let request = Request::new(&headers, route_name.as_deref());
+        let source_address = if plan.needs_source_address {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let request = Request::new(&headers, route_name.as_deref())
+            .with_source_address(source_address.as_deref());
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
         let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));

@@ -569,6 +569,25 @@ mod tests {
         ]));
     }
 
+    #[test]
+    fn source_ips_match_the_reported_peer() {
+        let p = plan(
+            r#"{"rules":[{"name":"office","match":{"source_ips":["10.0.0.0/8","2001:db8::/32"]},
+               "destinations":[{"name":"canary","cluster":"v2"}]}]}"#,
+        );
+        let decide = |addr: Option<&str>| {
+            let r = Request::new(&[], None).with_source_address(addr.map(str::as_bytes));
+            p.decide(&r, &mut Rng::from_seed(1), &[]) != Decision::Unmatched
+        };
+        assert!(decide(Some("10.20.30.40:5555")));
+        assert!(decide(Some("[2001:db8::7]:443")));
+        assert!(decide(Some("[::ffff:10.0.0.1]:1")));
+        assert!(!decide(Some("11.0.0.1:5555")));
+        assert!(!decide(Some("[2001:db9::7]:443")));
+        assert!(!decide(Some("garbage")));
+        assert!(!decide(None));
+    }
+
     /// The index changes which rules are evaluated, never the answer: the same requests
     /// against the same plan with and without it decide alike, rule by rule.
     #[test]

@@ -3,6 +3,7 @@
 use super::fields::{check_cookie_name, field, header_name, is_token_byte};
 use crate::config::{ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
 use crate::matcher::{Condition, Matcher, StringOp};
+use crate::network::Cidr;
 pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
     let mut conditions = Vec::new();
     // Cheap conditions first: a rule that fails on the method never parses cookies or query.
@@ -44,6 +45,18 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         conditions.push(Condition::RouteNames(
             routes.into_iter().map(String::into_bytes).collect(),
         ));
+    }
+    if let Some(ranges) = m.source_ips {
+        let spath = field(path, "source_ips");
+        non_empty_list(&spath, &ranges)?;
+        let ranges = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Cidr::parse(r).map_err(|why| ConfigError::new(format!("{spath}[{i}]"), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        conditions.push(Condition::SourceIps(ranges));
     }
     // Groups last: they hold several conditions each.
     if let Some(inner) = m.not {

@@ -44,6 +44,8 @@ pub struct Plan {
     pub needs_request_headers: bool,
     /// Whether any rule matches on Envoy's route name (then the host reads that property).
     pub needs_route_name: bool,
+    /// Whether any rule matches `source_ips` (then the host reads `source.address`).
+    pub needs_source_address: bool,
     /// Every shadow target by metric name (rules refer to them by index).
     pub shadow_targets: Vec<ShadowTarget>,
     /// Shadow bulkhead, per worker.
@@ -164,6 +166,12 @@ impl Plan {
             .as_deref()
             .map(compile_marker_secret)
             .transpose()?;
+        let needs_source_address = rules.iter().any(|r| {
+            r.matcher
+                .conditions
+                .iter()
+                .any(Condition::needs_source_address)
+        });
         let needs_route_name = rules
             .iter()
             .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
@@ -182,6 +190,7 @@ impl Plan {
             rules,
             needs_request_headers,
             needs_route_name,
+            needs_source_address,
             shadow_targets,
             max_in_flight: config.max_in_flight as usize,
             max_buffered_body_bytes: config.max_buffered_body_bytes,
