@@ -11,6 +11,7 @@
 //! - `plan`: compile steps, one per concern, and the decision (`plan::decide`).
 //! - `matcher`, `bucket`, `cookie`, `request`: conditions, hashing to buckets, cookie
 //!   attributes, the request as the core sees it.
+//! - `pattern`: `regex` match operations (linear-time, bounded).
 //! - `network`: CIDR ranges and the client address (`match.source_ips`).
 //! - `breaker`: the per-destination circuit breaker and how workers share it.
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
@@ -29,6 +30,7 @@ pub mod cookie;
 pub mod matcher;
 pub mod metrics;
 pub mod network;
+pub mod pattern;
 pub mod plan;
 pub mod request;
 pub mod rng;

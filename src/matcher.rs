@@ -1,6 +1,7 @@
 //! Compiled match conditions of a rule, and their evaluation against a request.
 
 use crate::network::{peer_ip, Cidr};
+use crate::pattern::Pattern;
 use crate::request::Request;
 
 /// An operation on one value.
@@ -10,6 +11,8 @@ pub enum StringOp {
     Prefix(Vec<u8>),
     Suffix(Vec<u8>),
     OneOf(Vec<Vec<u8>>),
+    /// The whole value matches the pattern (for `authority`, ignoring ASCII case).
+    Regex(Pattern),
     /// `present: true` holds when the value exists, `present: false` when it does not.
     Present(bool),
 }
@@ -23,6 +26,7 @@ impl StringOp {
             (StringOp::Prefix(s), Some(v)) => v.starts_with(s),
             (StringOp::Suffix(s), Some(v)) => v.ends_with(s),
             (StringOp::OneOf(options), Some(v)) => options.iter().any(|o| o.as_slice() == v),
+            (StringOp::Regex(p), Some(v)) => p.is_match(v),
         }
     }
 
@@ -44,6 +48,8 @@ impl StringOp {
             (StringOp::OneOf(options), Some(v)) => {
                 options.iter().any(|o| v.eq_ignore_ascii_case(o))
             }
+            // Compiled case-insensitive (`(?i)`) by the plan.
+            (StringOp::Regex(p), Some(v)) => p.is_match(v),
         }
     }
 }

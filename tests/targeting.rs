@@ -152,3 +152,61 @@ fn source_ips_match_the_address_envoy_derives_for_the_request() {
         "unmatched"
     );
 }
+
+#[test]
+fn regex_matches_headers_cookies_query_path_and_authority() {
+    let (stable, canary) = two_backends();
+    let to = |name: &str, m: &str| {
+        format!(
+            r#"{{"name":"{name}","match":{m},"destinations":[{{"name":"{name}","cluster":"canary"}}]}}"#
+        )
+    };
+    let config = format!(
+        r#"{{"debug_header":true,"rules":[{},{},{},{},{}]}}"#,
+        to(
+            "mobile",
+            r#"{"headers":[{"name":"user-agent","regex":".*(iPhone|Android).*"}]}"#
+        ),
+        to(
+            "teams",
+            r#"{"cookies":[{"name":"plan","regex":"team-[0-9]{1,4}"}]}"#
+        ),
+        to("v2", r#"{"query":[{"name":"v","regex":"2\\.[0-9]+"}]}"#),
+        to("orders", r#"{"path":{"regex":"/shop/v[0-9]+/orders"}}"#),
+        to(
+            "beta",
+            r#"{"authority":{"regex":"[a-z]+\\.beta\\.example(:[0-9]+)?"}}"#
+        ),
+    );
+    let envoy = Envoy::start(spec(&config, &stable, &canary));
+    let rule = |path: &str, headers: &[(&str, &str)]| {
+        let r = envoy.get(path, headers);
+        assert_eq!(r.status, 200, "{path} {headers:?} {r:?}");
+        r.header("x-split-decision")
+            .unwrap_or("unmatched")
+            .to_string()
+    };
+    assert_eq!(
+        rule("/", &[("user-agent", "Mozilla/5.0 (Linux; Android 15)")]),
+        "rule=mobile; variant=mobile"
+    );
+    assert_eq!(
+        rule("/", &[("cookie", "plan=team-42")]),
+        "rule=teams; variant=teams"
+    );
+    assert_eq!(rule("/", &[("cookie", "plan=team-42x")]), "unmatched");
+    assert_eq!(rule("/x?v=2.17", &[]), "rule=v2; variant=v2");
+    assert_eq!(
+        rule("/shop/v3/orders?v=1", &[]),
+        "rule=orders; variant=orders"
+    );
+    assert_eq!(rule("/shop/v3/orders/7", &[]), "unmatched");
+    assert_eq!(
+        rule("/", &[("host", "Shop.BETA.example:8443")]),
+        "rule=beta; variant=beta"
+    );
+    assert_eq!(
+        rule("/", &[("host", "shop.beta.example.evil")]),
+        "unmatched"
+    );
+}

@@ -190,7 +190,9 @@ fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {
     let mut o = Obj::new(
         path,
         value,
-        &["name", "exact", "prefix", "suffix", "one_of", "present"],
+        &[
+            "name", "exact", "prefix", "suffix", "one_of", "present", "regex",
+        ],
     )?;
     Ok(NamedMatchConfig {
         name: o.required("name", Obj::string)?,
@@ -199,10 +201,10 @@ fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {
 }
 
 /// The op fields of a match object. `named` ones (headers, cookies, query) also take
-/// `one_of` and `present`; path and authority take `exact`, `prefix`, `suffix`.
+/// `one_of` and `present`; path and authority take `exact`, `prefix`, `suffix`, `regex`.
 fn string_match(mut o: Obj<'_>, named: bool) -> Result<StringMatchConfig> {
     if !named {
-        o.allow(&["exact", "prefix", "suffix"])?;
+        o.allow(&["exact", "prefix", "suffix", "regex"])?;
     }
     Ok(StringMatchConfig {
         exact: o.string("exact")?,
@@ -214,6 +216,7 @@ fn string_match(mut o: Obj<'_>, named: bool) -> Result<StringMatchConfig> {
             None
         },
         present: if named { o.boolean("present")? } else { None },
+        regex: o.string("regex")?,
     })
 }
 

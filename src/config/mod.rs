@@ -144,6 +144,7 @@ pub struct StringMatchConfig {
     pub suffix: Option<String>,
     pub one_of: Option<Vec<String>>,
     pub present: Option<bool>,
+    pub regex: Option<String>,
 }
 
 /// Where the user key comes from: exactly one of `header`, `cookie`, `query`.

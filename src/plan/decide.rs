@@ -588,6 +588,53 @@ mod tests {
         assert!(!decide(None));
     }
 
+    #[test]
+    fn regex_matches_whole_values_of_every_kind() {
+        let to = |name: &str, m: &str| {
+            format!(
+                r#"{{"name":"{name}","match":{m},"destinations":[{{"name":"d","cluster":"c"}}]}}"#
+            )
+        };
+        let p = plan(&format!(
+            r#"{{"rules":[{},{},{},{},{}]}}"#,
+            to(
+                "header",
+                r#"{"headers":[{"name":"user-agent","regex":".*(iPhone|iPad).*"}]}"#
+            ),
+            to(
+                "cookie",
+                r#"{"cookies":[{"name":"plan","regex":"pro|team-[0-9]+"}]}"#
+            ),
+            to("query", r#"{"query":[{"name":"v","regex":"2\\.[0-9]+"}]}"#),
+            to("path", r#"{"path":{"regex":"/api/v[0-9]+/orders"}}"#),
+            to(
+                "authority",
+                r#"{"authority":{"regex":"[a-z]+\\.beta\\.example(:[0-9]+)?"}}"#
+            ),
+        ));
+        let rule_of = |pairs: &[(&str, &str)]| {
+            let h = headers(pairs);
+            match p.decide(&Request::new(&h, None), &mut Rng::from_seed(1), &[]) {
+                Decision::Routed(r) => Some(r.rule),
+                Decision::Unmatched => None,
+            }
+        };
+        assert_eq!(
+            rule_of(&[("user-agent", "Mozilla/5.0 (iPhone; CPU)")]),
+            Some(0)
+        );
+        assert_eq!(rule_of(&[("cookie", "plan=team-42")]), Some(1));
+        assert_eq!(rule_of(&[("cookie", "plan=team-42x")]), None);
+        assert_eq!(rule_of(&[(":path", "/x?v=2.17")]), Some(2));
+        assert_eq!(rule_of(&[(":path", "/api/v3/orders?v=1")]), Some(3));
+        assert_eq!(rule_of(&[(":path", "/api/v3/orders/7")]), None);
+        assert_eq!(
+            rule_of(&[(":authority", "Shop.BETA.example:8443")]),
+            Some(4)
+        );
+        assert_eq!(rule_of(&[(":authority", "shop.beta.example.evil")]), None);
+    }
+
     /// The index changes which rules are evaluated, never the answer: the same requests
     /// against the same plan with and without it decide alike, rule by rule.
     #[test]

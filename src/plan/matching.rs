@@ -4,6 +4,7 @@ use super::fields::{check_cookie_name, field, header_name, is_token_byte};
 use crate::config::{ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
 use crate::matcher::{Condition, Matcher, StringOp};
 use crate::network::Cidr;
+use crate::pattern::Pattern;
 pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, ConfigError> {
     let mut conditions = Vec::new();
     // Cheap conditions first: a rule that fails on the method never parses cookies or query.
@@ -14,12 +15,13 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         )?));
     }
     if let Some(p) = m.path {
-        conditions.push(Condition::Path(string_op(&field(path, "path"), p)?));
+        conditions.push(Condition::Path(string_op(&field(path, "path"), p, false)?));
     }
     if let Some(a) = m.authority {
         conditions.push(Condition::Authority(string_op(
             &field(path, "authority"),
             a,
+            true,
         )?));
     }
     for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
@@ -118,6 +120,7 @@ pub(super) fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigEr
 
 pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
     let m = m.op;
+    let regex = regex_op(path, m.regex.as_deref(), false)?;
     let ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
@@ -125,11 +128,12 @@ pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, Conf
         m.one_of
             .map(|v| StringOp::OneOf(v.into_iter().map(String::into_bytes).collect())),
         m.present.map(StringOp::Present),
+        regex,
     ];
     let op = exactly_one(
         path,
         ops,
-        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\"",
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\", \"regex\"",
     )?;
     if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
         return Err(ConfigError::new(
@@ -140,17 +144,37 @@ pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, Conf
     Ok(op)
 }
 
-pub(super) fn string_op(path: &str, m: StringMatchConfig) -> Result<StringOp, ConfigError> {
+/// `ignore_case`: for `authority`, whose other ops ignore ASCII case too.
+pub(super) fn string_op(
+    path: &str,
+    m: StringMatchConfig,
+    ignore_case: bool,
+) -> Result<StringOp, ConfigError> {
+    let regex = regex_op(path, m.regex.as_deref(), ignore_case)?;
     let ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
         m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+        regex,
     ];
     exactly_one(
         path,
         ops,
-        "needs exactly one of \"exact\", \"prefix\", \"suffix\"",
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"regex\"",
     )
+}
+
+fn regex_op(
+    path: &str,
+    source: Option<&str>,
+    ignore_case: bool,
+) -> Result<Option<StringOp>, ConfigError> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    Pattern::new(source, ignore_case)
+        .map(|p| Some(StringOp::Regex(p)))
+        .map_err(|why| ConfigError::new(field(path, "regex"), why))
 }
 
 pub(super) fn exactly_one<const N: usize>(
