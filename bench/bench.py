@@ -135,6 +135,7 @@ class Scenario:
     config: str = ""  # its configuration: literal text, or a bench/envoy/*.json file
     config_set: dict = field(default_factory=dict)  # top-level members set in the JSON
     shadow: dict | None = None  # a shadow added to the JSON's last rule
+    hosts: int = 0  # >0: the configuration is many_hosts(hosts, this scenario's listener port)
     extra: bool = False  # run only when named
     tool: bool = False  # not a bench scenario: a config another script renders (--config)
 
@@ -143,6 +144,8 @@ class Scenario:
         return self.shadow["cluster"] if self.shadow else self.mirror
 
     def configuration(self):
+        if self.hosts:
+            return json.dumps(many_hosts(self.hosts, ports(self)[0]))
         if not self.config.endswith(".json"):
             return self.config
         config = json.loads((PIECES / self.config).read_text())
@@ -150,6 +153,17 @@ class Scenario:
         if self.shadow:
             config["rules"][-1]["shadow"] = [self.shadow]
         return json.dumps(config)
+
+
+def many_hosts(n, port):
+    """A gateway's plan: n rules, each scoped to its own host by an exact authority and each a
+    sticky 95/5 split; the last one's host is the listener's (what wrk and curl send), so every
+    request is decided by rule n - 1 (the filter's rule index finds it without a scan)."""
+    def rule(i, host):
+        return {"name": f"host-{i}", "match": {"authority": {"exact": host}}, "sticky": {"header": "x-user-id"},
+                "destinations": [{"name": "canary", "cluster": "canary", "weight": 5},
+                                 {"name": "stable", "cluster": "stable", "weight": 95}]}
+    return {"rules": [rule(i, f"host-{i}.example") for i in range(n - 1)] + [rule(n - 1, f"127.0.0.1:{port}")]}
 
 
 def shadow(cluster, compare, timeout_ms):
@@ -177,6 +191,10 @@ SCENARIOS = [
              module="filter", config="filter-sticky.json"),
     Scenario("filter-lean", 'filter-sticky with variant_header "": one read, one write, the same job as the lua script',
              module="filter", config="filter-sticky.json", config_set={"variant_header": ""}),
+    Scenario("filter-5000-rules",
+             "traffic-split with 5,000 rules, each scoped to its own host (exact authority), sticky 95/5; "
+             "the load's host is the last rule's",
+             module="filter", hosts=5000),
     Scenario("native-mirror", "native-weighted + request_mirror_policies 100% to the shadow cluster",
              routes="routes-weighted-mirror.yaml", mirror="shadow"),
     Scenario("filter-shadow", "filter + shadow 100% to the shadow cluster, compare: false",
@@ -209,6 +227,10 @@ SCENARIOS = [
              config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
+    # the rule index's per-request cost, load-independent.
+    *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",
+               routes="routes-direct.yaml", module="filter", hosts=n, tool=True) for n in (5, 5000)),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 

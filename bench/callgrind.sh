@@ -11,7 +11,8 @@
 # curl each). Instructions per
 # request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and the fixed part cancel out.
 # Environment: CG_ROUNDS (2), CG_N1 (200), CG_N2 (600), CG_PORT (18431), ENVOY_REAL (the
-# Envoy binary itself: valgrind must not run the .venv's Python launcher).
+# Envoy binary itself: valgrind must not run the .venv's Python launcher), CG_SCENARIO (the
+# bench.py tool config: callgrind, or callgrind-5-rules / callgrind-5000-rules for host rules).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,11 +23,11 @@ N1=${CG_N1:-200}
 N2=${CG_N2:-600}
 PORT=${CG_PORT:-18431}
 WORK=$(mktemp -d /tmp/traffic-split-callgrind.XXXXXX)
-[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
 
 # The Envoy config: the "callgrind" entry of bench/bench.py (the shared front template).
 config() { # WASM
-    WASM=$1 CG_PORT=$PORT python3 "$HERE/bench.py" --config callgrind
+    WASM=$1 CG_PORT=$PORT python3 "$HERE/bench.py" --config "${CG_SCENARIO:-callgrind}"
 }
 
 # Prints the instructions counted over N requests.

@@ -210,3 +210,60 @@ fn regex_matches_headers_cookies_query_path_and_authority() {
         "unmatched"
     );
 }
+
+/// A gateway's plan: `n` rules, each scoped to its own host, sticky 95/5.
+fn many_hosts(n: usize, cluster_of_last: &str) -> String {
+    let rules: Vec<String> = (0..n)
+        .map(|i| {
+            let cluster = if i + 1 == n {
+                cluster_of_last
+            } else {
+                "stable"
+            };
+            format!(
+                r#"{{"name":"host-{i}","match":{{"authority":{{"exact":"host-{i}.example"}}}},
+                   "sticky":{{"header":"x-user-id"}},
+                   "destinations":[{{"name":"canary","cluster":"{cluster}","weight":5}},
+                                   {{"name":"stable","cluster":"{cluster}","weight":95}}]}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"debug_header":true,"rules":[{}]}}"#, rules.join(","))
+}
+
+/// 5,000 host rules load through ECDS (a configuration push), and the last host is routed by
+/// its own rule. Prints what the push and the plan cost (BENCHMARKS.md, "Many rules"): time
+/// from the push to the new configuration serving, and the process's resident memory with 5
+/// and with 5,000 rules.
+#[test]
+fn five_thousand_host_rules_load_by_push_and_route_their_host() {
+    let (stable, canary) = two_backends();
+    let envoy = Envoy::start(spec(&many_hosts(5, "stable"), &stable, &canary).ecds());
+    let last = "host-4999.example";
+    assert_eq!(decided(&envoy, &[("host", last)]).0, "unmatched");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rss_5 = envoy.proc_status_kb("VmRSS");
+    let start = std::time::Instant::now();
+    assert!(envoy.reconfigure(&many_hosts(5000, "canary"), 1));
+    let pushed = start.elapsed();
+    // Ready = this request is decided by the new plan (every worker loads it on its own).
+    let mut served = None;
+    for _ in 0..200 {
+        let (rule, backend) = decided(&envoy, &[("host", last), ("x-user-id", "u1")]);
+        if rule.starts_with("rule=host-4999;") {
+            assert_eq!(backend, "canary");
+            served = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let served = served.expect("the 5,000-rule plan never served");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rss_5000 = envoy.proc_status_kb("VmRSS");
+    eprintln!(
+        "5,000 host rules: push applied after {pushed:?}, serving after {served:?}; \
+         VmRSS {rss_5} kB with 5 rules, {rss_5000} kB with 5,000 (+{} kB)",
+        rss_5000 as i64 - rss_5 as i64
+    );
+    assert_eq!(decided(&envoy, &[("host", "host-17.example")]).1, "stable");
+}
