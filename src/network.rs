@@ -55,6 +55,18 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         bits(ip) & self.mask == self.network
     }
+
+    /// `a.b.c.d/n` or `x::/n`, for tools (native only: formatting addresses would cost the
+    /// `.wasm` several KiB).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_text(&self) -> String {
+        let prefix = self.mask.leading_ones();
+        let v6 = std::net::Ipv6Addr::from(self.network);
+        match v6.to_ipv4_mapped().filter(|_| prefix >= 96) {
+            Some(v4) => format!("{v4}/{}", prefix - 96),
+            None => format!("{v6}/{prefix}"),
+        }
+    }
 }
 
 /// The IP of an Envoy address property: `1.2.3.4:5678`, `[::1]:5678`, or an address without a
@@ -97,6 +109,19 @@ mod tests {
         let all = Cidr::parse("::/0").unwrap();
         assert!(all.contains(ip("2001:db8::1")) && all.contains(ip("1.2.3.4")));
         assert!(Cidr::parse("::1/128").unwrap().contains(ip("::1")));
+    }
+
+    #[test]
+    fn ranges_print_as_written() {
+        for text in [
+            "10.0.0.0/8",
+            "192.168.1.7/32",
+            "2001:db8::/32",
+            "::/0",
+            "0.0.0.0/0",
+        ] {
+            assert_eq!(Cidr::parse(text).unwrap().to_text(), text);
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ fn op_text(op: &StringOp) -> String {
         StringOp::Suffix(s) => format!("suffix {:?}", text(s)),
         StringOp::OneOf(v) => format!("one_of {:?}", v.iter().map(|s| text(s)).collect::<Vec<_>>()),
         StringOp::Present(p) => format!("present {p}"),
+        StringOp::Regex(p) => format!("regex {:?}", p.as_str()),
     }
 }
 
@@ -84,7 +85,27 @@ pub fn condition_text(c: &Condition) -> String {
         Condition::Authority(op) => format!("match.authority: {}", op_text(op)),
         Condition::Methods(m) => format!("match.methods: {}", list(m)),
         Condition::RouteNames(r) => format!("match.route_names: {}", list(r)),
+        Condition::SourceIps(ranges) => format!(
+            "match.source_ips: {:?}",
+            ranges.iter().map(|r| r.to_text()).collect::<Vec<_>>()
+        ),
+        Condition::Not(m) => format!("match.not: {{ {} }}", conditions_text(m)),
+        Condition::AnyOf(sets) => format!(
+            "match.any_of: [ {} ]",
+            sets.iter()
+                .map(|m| format!("{{ {} }}", conditions_text(m)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
+}
+
+fn conditions_text(m: &crate::matcher::Matcher) -> String {
+    m.conditions
+        .iter()
+        .map(condition_text)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn key_source(key: &StickyKey) -> String {

@@ -46,11 +46,12 @@ fn named_match(what: &str) -> Value {
             "one_of": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                        "description": "Holds when the value is one of these."},
             "present": {"type": "boolean",
-                        "description": "`true`: holds when the value exists; `false`: when it does not."}
+                        "description": "`true`: holds when the value exists; `false`: when it does not."},
+            "regex": regex()
         },
         "oneOf": [
             {"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]},
-            {"required": ["one_of"]}, {"required": ["present"]}
+            {"required": ["one_of"]}, {"required": ["present"]}, {"required": ["regex"]}
         ]
     })
 }
@@ -63,10 +64,17 @@ fn string_match(what: &str) -> Value {
         "properties": {
             "exact": {"type": "string"},
             "prefix": {"type": "string"},
-            "suffix": {"type": "string"}
+            "suffix": {"type": "string"},
+            "regex": regex()
         },
-        "oneOf": [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]}]
+        "oneOf": [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]},
+                  {"required": ["regex"]}]
     })
+}
+
+fn regex() -> Value {
+    json!({"type": "string", "maxLength": crate::pattern::MAX_PATTERN_LEN,
+        "description": "Holds when the whole value matches this pattern (a linear-time RE2 subset: see docs/configuration.md)."})
 }
 
 pub fn schema() -> Value {
@@ -136,7 +144,14 @@ pub fn schema() -> Value {
                     "methods": {"allOf": [methods.clone()],
                         "description": "The method is one of them (case-sensitive: `GET`, not `get`)."},
                     "route_names": {"type": "array", "minItems": 1, "items": {"type": "string"},
-                        "description": "Envoy's route name (`xds.route_name`) is one of them."}
+                        "description": "Envoy's route name (`xds.route_name`) is one of them."},
+                    "source_ips": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                        "description": "The downstream address Envoy reports (`source.address`) is in one of these CIDR ranges (IPv4 or IPv6; a bare address is a /32 or /128)."},
+                    "not": {"allOf": [{"$ref": "#/$defs/match"}], "minProperties": 1,
+                        "description": "Holds when this inner match does not (at least one of its conditions fails). Nests at most 4 deep with `any_of`."},
+                    "any_of": {"type": "array", "minItems": 1,
+                        "items": {"allOf": [{"$ref": "#/$defs/match"}], "minProperties": 1},
+                        "description": "Holds when at least one of these inner matches does."}
                 }
             },
             "sticky": {
