@@ -149,3 +149,180 @@ proptest! {
         prop_assert_eq!(destination(&plan, &key, 5) == 0, enabled);
     }
 }
+
+// ---- the breaker's state machine (docs/configuration.md, "breaker") ----
+
+use traffic_split::breaker::{BreakerPolicy, Outcomes, Record, State};
+
+/// A breaker policy compiled from a real configuration.
+fn breaker_policy(ratio: f64, min_requests: u64, window_s: u64, open_s: u64) -> BreakerPolicy {
+    let json = format!(
+        r#"{{"rules":[{{"name":"r","destinations":[
+            {{"name":"canary","cluster":"c","fallback":"stable","breaker":{{
+                "failure_ratio":{ratio},"min_requests":{min_requests},
+                "window_s":{window_s},"open_s":{open_s}}}}},
+            {{"name":"stable","cluster":"s"}}]}}]}}"#
+    );
+    let plan = Plan::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    plan.rules[0].destinations[0].breaker.clone().unwrap()
+}
+
+/// What happens to a breaker: a worker publishes outcomes (seen under the current state, or
+/// under a stale one), time passes (now and then backwards: a stepped clock), or it advances.
+#[derive(Debug, Clone)]
+enum Event {
+    Outcomes {
+        requests: u64,
+        failures: u64,
+        stale: bool,
+    },
+    Tick {
+        forward_ms: u64,
+    },
+    ClockStepBack {
+        back_ms: u64,
+    },
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => (1u64..60, 0u64..=60, any::<bool>()).prop_map(|(requests, failures, stale)| {
+            Event::Outcomes { requests, failures: failures.min(requests), stale: stale && requests % 5 == 0 }
+        }),
+        4 => (0u64..20_000).prop_map(|forward_ms| Event::Tick { forward_ms }),
+        1 => (0u64..40_000).prop_map(|back_ms| Event::ClockStepBack { back_ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// For any interleaving of outcomes and clock ticks, the breaker only makes the transitions
+    /// the docs allow (closed → open, open → half-open, half-open → closed or open), each for
+    /// the documented reason, with a new generation every time; its record always round-trips
+    /// through the shared-data encoding; and an open period never ends before `open_s`.
+    #[test]
+    fn the_breaker_makes_only_the_documented_transitions(
+        ratio_percent in 1u32..=100, min_requests in 1u64..30, window_s in 1u64..90,
+        open_s in 1u64..40, events in prop::collection::vec(event(), 1..120),
+    ) {
+        let ratio = f64::from(ratio_percent) / 100.0;
+        let policy = breaker_policy(ratio, min_requests, window_s, open_s);
+        let mut record = Record::default();
+        let mut now_ms: u64 = 1_800_000_000_000;
+        for event in events {
+            match event {
+                Event::Outcomes { requests, failures, stale } => {
+                    let generation = if stale { record.generation.wrapping_sub(1) } else { record.generation };
+                    let mut outcomes = Outcomes::default();
+                    for i in 0..requests {
+                        outcomes.add(generation, i < failures);
+                    }
+                    record.merge(&policy, now_ms, &outcomes);
+                }
+                Event::Tick { forward_ms } => now_ms += forward_ms,
+                Event::ClockStepBack { back_ms } => {
+                    now_ms -= back_ms;
+                    record.rebase_clock(now_ms);
+                }
+            }
+            let before = record.clone();
+            if let Some(t) = record.advance(&policy, now_ms) {
+                prop_assert_eq!(t.from, before.state);
+                let trips = t.requests >= min_requests
+                    && t.failures as f64 >= ratio * t.requests as f64;
+                match (t.from, t.to) {
+                    (State::Closed, State::Open) => prop_assert!(trips, "opened without tripping: {:?}", t),
+                    (State::Open, State::HalfOpen) => prop_assert!(
+                        now_ms - before.since_ms >= open_s * 1000,
+                        "half-open {} ms after opening, open_s {}", now_ms - before.since_ms, open_s
+                    ),
+                    (State::HalfOpen, State::Closed) => prop_assert!(t.requests >= min_requests && !trips),
+                    (State::HalfOpen, State::Open) => prop_assert!(trips),
+                    other => prop_assert!(false, "undocumented transition {:?}", other),
+                }
+                prop_assert_eq!(record.state, t.to);
+                prop_assert_eq!(record.generation, before.generation.wrapping_add(1));
+                prop_assert_eq!(record.since_ms, now_ms);
+            } else {
+                prop_assert_eq!(record.state, before.state);
+            }
+            prop_assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
+        }
+    }
+}
+
+// ---- the documented defaults ----
+
+/// Every optional field with the value docs/configuration.md documents as its default.
+const DOCUMENTED_DEFAULTS: &[(&str, &str)] = &[
+    ("top.cluster_header", r#""x-split-cluster""#),
+    ("top.variant_header", r#""x-split-variant""#),
+    ("top.debug_header", "false"),
+    ("top.max_in_flight", "1024"),
+    ("top.max_buffered_body_bytes", "16777216"),
+    ("top.clear_route_cache", r#""auto""#),
+    ("rule.salt", r#""r""#),
+    ("rule.hash", r#""fine""#),
+    ("sticky.cookie_max_age_s", "2592000"),
+    ("sticky.cookie_secure", "false"),
+    ("sticky.cookie_same_site", r#""Lax""#),
+    ("canary.weight", "1"),
+    ("breaker.failure_ratio", "0.2"),
+    ("breaker.min_requests", "20"),
+    ("breaker.window_s", "10"),
+    ("breaker.open_s", "30"),
+    ("breaker.half_open_percent", "10"),
+    ("breaker.failure_statuses", r#"["5xx"]"#),
+    ("breaker.count_local_replies", "true"),
+    ("shadow.percent", "100"),
+    ("shadow.timeout_ms", "1000"),
+    ("shadow.host_suffix", r#""-shadow""#),
+    ("shadow.include_body", "true"),
+    ("shadow.max_body_bytes", "1048576"),
+    (
+        "shadow.remove_headers",
+        r#"["authorization","proxy-authorization","cookie","x-api-key","x-forwarded-client-cert"]"#,
+    ),
+    ("shadow.compare", "false"),
+    ("shadow.compare_body", "false"),
+];
+
+/// A configuration using every object, with the chosen defaults written out explicitly.
+fn config_with_defaults(written: &[bool]) -> String {
+    let field = |object: &str| -> String {
+        DOCUMENTED_DEFAULTS
+            .iter()
+            .zip(written)
+            .filter(|((key, _), &w)| w && key.split('.').next() == Some(object))
+            .map(|((key, value), _)| format!(r#","{}":{value}"#, &key[object.len() + 1..]))
+            .collect()
+    };
+    format!(
+        r#"{{"rules":[{{"name":"r","sticky":{{"cookie":"uid","assign_cookie":true{}}}{},
+            "destinations":[{{"name":"canary","cluster":"c","fallback":"stable","breaker":{{"min_requests":20{}}}{}}},
+                            {{"name":"stable","cluster":"s","weight":1}}],
+            "shadow":[{{"cluster":"v3"{}}}]}}]{}}}"#,
+        field("sticky"),
+        field("rule"),
+        field("breaker"),
+        field("canary"),
+        field("shadow"),
+        field("top"),
+    )
+}
+
+proptest! {
+    /// Writing any subset of the documented defaults explicitly compiles to exactly the plan the
+    /// configuration without them compiles to: the documented defaults are the real ones.
+    #[test]
+    fn a_compiled_plan_round_trips_the_documented_defaults(
+        written in prop::collection::vec(any::<bool>(), DOCUMENTED_DEFAULTS.len()),
+    ) {
+        let none = vec![false; DOCUMENTED_DEFAULTS.len()];
+        let implicit = Plan::from_json(config_with_defaults(&none).as_bytes()).unwrap();
+        let json = config_with_defaults(&written);
+        let explicit = Plan::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}: {json}"));
+        prop_assert_eq!(format!("{implicit:?}"), format!("{explicit:?}"), "{}", json);
+    }
+}
