@@ -14,6 +14,7 @@
 //! - `pattern`: `regex` match operations (linear-time, bounded).
 //! - `network`: CIDR ranges and the client address (`match.source_ips`).
 //! - `breaker`: the per-destination circuit breaker and how workers share it.
+//! - `rollout`: scheduled steps of a rule's first destination (a pure function of the clock).
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
 //! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
 //! - `host`: the only module that talks to Envoy: reads, calls the core, writes.
@@ -34,6 +35,7 @@ pub mod pattern;
 pub mod plan;
 pub mod request;
 pub mod rng;
+pub mod rollout;
 pub mod shadow;
 
 #[cfg(target_arch = "wasm32")]

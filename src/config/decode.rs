@@ -68,6 +68,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "hash",
             "destinations",
             "shadow",
+            "rollout",
         ],
     )?;
     Ok(RuleConfig {
@@ -83,6 +84,25 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             .unwrap_or_default(),
         destinations: o.required("destinations", |o, key| o.list(key, destination))?,
         shadow: o.list("shadow", shadow)?.unwrap_or_default(),
+        rollout: o.object("rollout", rollout)?,
+    })
+}
+
+fn rollout(mut o: Obj<'_>) -> Result<RolloutConfig> {
+    o.allow(&["destination", "start", "steps", "abort_on_breaker_open"])?;
+    Ok(RolloutConfig {
+        destination: o.required("destination", Obj::string)?,
+        start: o.required("start", Obj::string)?,
+        steps: o.required("steps", |o, key| o.list(key, rollout_step))?,
+        abort_on_breaker_open: o.boolean("abort_on_breaker_open")?,
+    })
+}
+
+fn rollout_step(path: &str, value: &Value) -> Result<RolloutStepConfig> {
+    let mut o = Obj::new(path, value, &["percent", "hold_s"])?;
+    Ok(RolloutStepConfig {
+        percent: o.required("percent", |o, key| o.number(key, 0, 100))?,
+        hold_s: o.integer("hold_s", 10 * 365 * 86_400)?,
     })
 }
 

@@ -91,6 +91,25 @@ pub struct RuleConfig {
     pub hash: HashKind,
     pub destinations: Vec<DestinationConfig>,
     pub shadow: Vec<ShadowConfig>,
+    /// A scheduled share for the rule's first destination (`plan::rollout` checks it).
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// `rules[].rollout`: the first destination's share walks `steps` from `start`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub destination: String,
+    /// RFC 3339 with a zone, e.g. `2026-12-01T10:00:00Z`.
+    pub start: String,
+    pub steps: Vec<RolloutStepConfig>,
+    /// `None`: true when the destination has a breaker.
+    pub abort_on_breaker_open: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutStepConfig {
+    pub percent: f64,
+    pub hold_s: Option<u64>,
 }
 
 /// One shadow target of a rule (`rules[].shadow[]`).

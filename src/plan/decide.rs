@@ -37,12 +37,24 @@ impl Plan {
         rng: &mut Rng,
         breakers: &[BreakerView],
     ) -> Decision {
+        self.decide_at(request, rng, breakers, &[])
+    }
+
+    /// `decide` with the bounds in force of each rollout slot (`crate::rollout::upper_bounds`
+    /// of the share now, computed by the host on its tick); a missing slot reads as 0%.
+    pub fn decide_at(
+        &self,
+        request: &Request<'_>,
+        rng: &mut Rng,
+        breakers: &[BreakerView],
+        rollouts: &[Vec<u32>],
+    ) -> Decision {
         match &self.index {
             Some(index) => {
                 let candidates = index.candidates(request.authority(), request.route_name());
-                self.decide_among(candidates, request, rng, breakers)
+                self.decide_among(candidates, request, rng, breakers, rollouts)
             }
-            None => self.decide_among(0..self.rules.len(), request, rng, breakers),
+            None => self.decide_among(0..self.rules.len(), request, rng, breakers, rollouts),
         }
     }
 
@@ -53,13 +65,15 @@ impl Plan {
         request: &Request<'_>,
         rng: &mut Rng,
         breakers: &[BreakerView],
+        rollouts: &[Vec<u32>],
     ) -> Decision {
         for index in candidates {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
             if rule.matcher.holds(request) {
-                let (bucketed, set_cookie) = rule.pick(request, rng);
+                let bounds = rule.bounds_in_force(rollouts);
+                let (bucketed, set_cookie) = rule.pick(request, rng, bounds);
                 let (destination, rerouted) = rule.follow_breakers(bucketed, breakers, rng);
                 let ticket = rule
                     .destinations
@@ -83,7 +97,19 @@ impl Plan {
 }
 
 impl Rule {
-    fn pick(&self, request: &Request<'_>, rng: &mut Rng) -> (usize, Option<String>) {
+    /// The destination ranges in force: a rollout's current ones, else the compiled ones.
+    pub fn bounds_in_force<'a>(&'a self, rollouts: &'a [Vec<u32>]) -> &'a [u32] {
+        self.rollout_slot
+            .and_then(|slot| rollouts.get(slot))
+            .map_or(&self.upper_bounds, |b| b)
+    }
+
+    fn pick(
+        &self,
+        request: &Request<'_>,
+        rng: &mut Rng,
+        bounds: &[u32],
+    ) -> (usize, Option<String>) {
         // A fixed route hashes nothing. It still assigns cookies: users then carry an id
         // before a second destination is added, so the shares hold from the first request.
         let fixed = self.destinations.len() == 1;
@@ -91,7 +117,7 @@ impl Rule {
             Some(sticky) if !fixed || sticky.assign_cookie.is_some() => sticky,
             None if !fixed => {
                 let bucket = bucket::bucket_of_random(self.hash, rng.next_u64());
-                return (bucket::destination_for(&self.upper_bounds, bucket), None);
+                return (bucket::destination_for(bounds, bucket), None);
             }
             _ => return (0, None),
         };
@@ -118,10 +144,7 @@ impl Rule {
             },
             (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
         };
-        (
-            bucket::destination_for(&self.upper_bounds, bucket),
-            set_cookie,
-        )
+        (bucket::destination_for(bounds, bucket), set_cookie)
     }
 
     /// From the bucketed destination, follows fallbacks while breakers say so: open sends the
@@ -161,6 +184,11 @@ impl Rule {
     /// on: what the same key always gets while weights and salt stay.
     pub fn destination_of_key(&self, key: &[u8]) -> usize {
         bucket::destination_for(&self.upper_bounds, self.bucket_of_key(key))
+    }
+
+    /// `destination_of_key` under given bounds (a rollout's at some share).
+    pub fn destination_of_key_in(&self, key: &[u8], bounds: &[u32]) -> usize {
+        bucket::destination_for(bounds, self.bucket_of_key(key))
     }
 
     /// The bucket of a user key under this rule's salt and hash.

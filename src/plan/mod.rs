@@ -9,6 +9,7 @@ mod decide;
 mod fields;
 mod index;
 mod matching;
+mod rollout;
 mod rule;
 mod shadow;
 mod sticky;
@@ -17,12 +18,14 @@ mod tests;
 
 pub use decide::{Decision, Routed};
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
+pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
 use crate::matcher::{Condition, Matcher};
+use crate::rollout::RolloutPolicy;
 use crate::shadow::{MarkerKey, ShadowPolicy, ShadowTarget};
 use fields::routing_header_name;
 use rule::compile_rule;
@@ -59,6 +62,8 @@ pub struct Plan {
     pub clear_route_cache: RouteCacheMode,
     /// Rules by exact authority and route name, when enough rules have one (`plan::index`).
     pub index: Option<RuleIndex>,
+    /// Rules with a rollout, by rollout slot (`Rule::rollout_slot` indexes it).
+    pub rollouts: Vec<usize>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -78,8 +83,14 @@ pub struct Rule {
     pub salt_colon: Vec<u8>,
     pub destinations: Vec<Destination>,
     /// Exclusive upper bucket bound per destination (see `bucket::upper_bounds`).
+    /// For a rule with a rollout: the bounds at 0%, used until the host supplies the share
+    /// in force (`Plan::decide_at`).
     pub upper_bounds: Vec<u32>,
     pub shadows: Vec<ShadowPolicy>,
+    /// A scheduled share for the first destination (`crate::rollout`).
+    pub rollout: Option<RolloutPolicy>,
+    /// Index into `Plan::rollouts` when the rule has a rollout.
+    pub rollout_slot: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -143,6 +154,13 @@ impl Plan {
             let path = format!("rules[{i}]");
             rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
         }
+        let mut rollouts = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            if rule.rollout.is_some() {
+                rule.rollout_slot = Some(rollouts.len());
+                rollouts.push(r);
+            }
+        }
         let mut breakers = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             for (d, dest) in rule.destinations.iter_mut().enumerate() {
@@ -197,6 +215,7 @@ impl Plan {
             marker_key,
             breakers,
             clear_route_cache: config.clear_route_cache,
+            rollouts,
         })
     }
 }
@@ -212,6 +231,12 @@ impl Plan {
     pub fn breaker_policy(&self, slot: usize) -> Option<&BreakerPolicy> {
         let at = *self.breakers.get(slot)?;
         self.breaker_site(at)?.1.breaker.as_ref()
+    }
+
+    /// The rule and rollout of rollout slot `slot`.
+    pub fn rollout_site(&self, slot: usize) -> Option<(&Rule, &RolloutPolicy)> {
+        let rule = self.rules.get(*self.rollouts.get(slot)?)?;
+        Some((rule, rule.rollout.as_ref()?))
     }
 
     /// The `shadow`-th shadow of rule `rule`.

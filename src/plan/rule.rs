@@ -3,6 +3,7 @@
 use super::breaker::compile_breaker;
 use super::fields::{check_cluster, check_name, field};
 use super::matching::compile_match;
+use super::rollout::compile_rollout;
 use super::shadow::compile_shadow;
 use super::sticky::compile_sticky;
 use super::{Destination, Rule, MAX_DESTINATIONS, MAX_SHADOWS_PER_RULE};
@@ -37,6 +38,15 @@ pub(super) fn compile_rule(
             ));
         }
     }
+    let rollout = rule
+        .rollout
+        .map(|r| compile_rollout(&field(path, "rollout"), r, rule.hash, &destinations))
+        .transpose()?;
+    // A rollout rule starts at 0% (before `start`) until the host computes the share in force.
+    let upper_bounds = match &rollout {
+        Some(_) => crate::rollout::upper_bounds(0, weights.get(1..).unwrap_or_default()),
+        None => bucket::upper_bounds(rule.hash, &weights),
+    };
     let salt = rule.salt.unwrap_or_else(|| rule.name.clone());
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
@@ -67,7 +77,7 @@ pub(super) fn compile_rule(
         shadows.push(policy);
     }
     Ok(Rule {
-        upper_bounds: bucket::upper_bounds(rule.hash, &weights),
+        upper_bounds,
         name: rule.name,
         matcher,
         sticky,
@@ -75,6 +85,8 @@ pub(super) fn compile_rule(
         salt_colon,
         destinations,
         shadows,
+        rollout,
+        rollout_slot: None,
     })
 }
 

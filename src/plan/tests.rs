@@ -392,3 +392,107 @@ fn rules_with_side_effects_and_no_host_or_route_scope_are_reported() {
     assert!(warnings[1].starts_with("rule \"copies\" has shadow but"));
     assert!(warnings[2].starts_with("rule \"breaks\" has breaker but"));
 }
+
+/// Rule `r` with destinations canary (first) and stable, and a rollout of `fields`.
+fn rollout(fields: &str) -> String {
+    rule(&format!(
+        r#"{{"name":"r","destinations":[{{"name":"canary","cluster":"v2"}},{{"name":"stable","cluster":"v1"}}],
+            "rollout":{{{fields}}}}}"#
+    ))
+}
+
+#[test]
+fn the_issue_rollout_compiles_and_decides_by_the_share_in_force() {
+    let plan = Plan::from_json(
+        br#"{"rules":[{"name":"checkout","sticky":{"header":"x-user-id"},
+          "destinations":[
+            {"name":"canary","cluster":"v2","fallback":"stable","breaker":{}},
+            {"name":"stable","cluster":"v1","weight":3},{"name":"old","cluster":"v0","weight":1}],
+          "rollout": { "destination": "canary", "start": "2026-12-01T10:00:00Z",
+             "steps": [ { "percent": 1, "hold_s": 600 }, { "percent": 5, "hold_s": 1800 },
+                        { "percent": 25, "hold_s": 3600 }, { "percent": 100 } ],
+             "abort_on_breaker_open": true }}]}"#,
+    )
+    .unwrap();
+    let rule = &plan.rules[0];
+    let r = rule.rollout.as_ref().unwrap();
+    assert_eq!(plan.rollouts, vec![0]);
+    assert_eq!(rule.rollout_slot, Some(0));
+    assert!(r.abort_on_breaker_open);
+    assert_eq!(
+        r.steps.iter().map(|s| s.basis_points).collect::<Vec<_>>(),
+        vec![100, 500, 2500, 10_000]
+    );
+    assert_eq!(r.steps[3].hold_s, None);
+    // Until the host supplies the share in force: 0%, the rest 3:1.
+    assert_eq!(rule.upper_bounds, vec![0, 7500, 10_000]);
+    let at_5 = crate::rollout::upper_bounds(500, &[3, 1]);
+    assert_eq!(at_5, vec![500, 7625, 10_000]);
+    assert_eq!(rule.bounds_in_force(&[at_5.clone()]), at_5.as_slice());
+    assert_eq!(rule.bounds_in_force(&[]), rule.upper_bounds.as_slice());
+    // Monotonic for sticky users: whoever had the canary at 1% keeps it at 5% and 25%.
+    let at = |bp| crate::rollout::upper_bounds(bp, &[3, 1]);
+    for user in 0..3000 {
+        let key = format!("user-{user}");
+        let d = |bp| rule.destination_of_key_in(key.as_bytes(), &at(bp));
+        if d(100) == 0 {
+            assert_eq!((d(500), d(2500)), (0, 0), "{key}");
+        }
+        assert_eq!(d(10_000), 0);
+        assert_ne!(d(0), 0);
+    }
+    // abort_on_breaker_open defaults to whether the destination has a breaker.
+    let plain = Plan::from_json(
+        rollout(r#""destination":"canary","start":"2026-12-01T10:00:00+01:00","steps":[{"percent":0.5}]"#)
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        !plain.rules[0]
+            .rollout
+            .as_ref()
+            .unwrap()
+            .abort_on_breaker_open
+    );
+    assert_eq!(plain.rules[0].upper_bounds, vec![0, 10_000]);
+}
+
+#[test]
+fn rollout_errors() {
+    const S: &str = r#""destination":"canary","start":"2026-12-01T10:00:00Z""#;
+    let cases: Vec<(String, &str)> = vec![
+        (rollout(r#""destination":"stable","start":"2026-12-01T10:00:00Z","steps":[{"percent":1}]"#),
+         "rules[0].rollout.destination: must be the rule's first destination (\"canary\"), got \"stable\": its share grows from the first buckets, so nobody who saw it leaves it"),
+        (rollout(r#""destination":"canary","start":"2026-12-01 10:00","steps":[{"percent":1}]"#),
+         "rules[0].rollout.start: \"2026-12-01 10:00\" is not an RFC 3339 time with a zone (e.g. 2026-12-01T10:00:00Z)"),
+        (rollout(r#""destination":"canary","start":"2026-12-01T10:00:00","steps":[{"percent":1}]"#),
+         "rules[0].rollout.start: \"2026-12-01T10:00:00\" is not an RFC 3339 time with a zone (e.g. 2026-12-01T10:00:00Z)"),
+        (rollout(&format!(r#"{S},"steps":[]"#)), "rules[0].rollout.steps: must list 1 to 100 steps, got 0"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1.005,"hold_s":1}},{{"percent":2}}]"#)),
+         "rules[0].rollout.steps[0].percent: must have at most two decimals (basis points)"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":101}}]"#)),
+         "rules[0].rollout.steps[0].percent: must be a number from 0 to 100, got 101"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":5,"hold_s":1}},{{"percent":1}}]"#)),
+         "rules[0].rollout.steps[1].percent: must not be below the previous step's (a rollout only grows; roll back with a configuration change)"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1}},{{"percent":2}}]"#)),
+         "rules[0].rollout.steps[0].hold_s: is required and at least 1 on every step but the last"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1,"hold_s":0}},{{"percent":2}}]"#)),
+         "rules[0].rollout.steps[0].hold_s: is required and at least 1 on every step but the last"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1}}],"abort_on_breaker_open":true"#)),
+         "rules[0].rollout.abort_on_breaker_open: needs a breaker on the rollout's destination"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1}}],"pause":true"#)),
+         "rules[0].rollout.pause: unknown field, expected one of: destination, start, steps, abort_on_breaker_open"),
+        (rollout(&format!(r#"{S},"steps":[{{"percent":1,"wait":3}}]"#)),
+         "rules[0].rollout.steps[0].wait: unknown field, expected one of: percent, hold_s"),
+        (rollout(r#""destination":"canary","steps":[{"percent":1}]"#), "rules[0].rollout.start: is required"),
+        (rule(&format!(r#"{{"name":"r","hash":"unleash","destinations":[{{"name":"canary","cluster":"v2","weight":50}},{{"name":"stable","cluster":"v1","weight":50}}],"rollout":{{{S},"steps":[{{"percent":1}}]}}}}"#)),
+         "rules[0].rollout: needs hash \"fine\": with \"unleash\" (100 buckets) a percent with decimals has no bucket range"),
+        (rule(&format!(r#"{{"name":"r","destinations":[{{"name":"canary","cluster":"v2"}}],"rollout":{{{S},"steps":[{{"percent":1}}]}}}}"#)),
+         "rules[0].rollout: needs another destination with a positive weight to take the rest of the traffic"),
+        (rule(&format!(r#"{{"name":"r","destinations":[{{"name":"canary","cluster":"v2"}},{{"name":"stable","cluster":"v1","weight":0}}],"rollout":{{{S},"steps":[{{"percent":1}}]}}}}"#)),
+         "rules[0].rollout: needs another destination with a positive weight to take the rest of the traffic"),
+    ];
+    for (json, expected) in cases {
+        assert_eq!(err(&json), expected, "{json}");
+    }
+}
