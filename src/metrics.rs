@@ -206,6 +206,16 @@ pub fn breaker_metric(rule: &str, destination: &str, what: &str) -> String {
 /// The gauge: 0 closed, 1 open, 2 half-open.
 pub const BREAKER_STATE: &str = "state";
 
+/// `traffic_split.rollout.<rule>.<what>`: `step` and `basis_points` (gauges), `aborted`
+/// (counter).
+pub fn rollout_metric(rule: &str, what: &str) -> String {
+    format!("traffic_split.rollout.{rule}.{what}")
+}
+
+pub const ROLLOUT_STEP: &str = "step";
+pub const ROLLOUT_BASIS_POINTS: &str = "basis_points";
+pub const ROLLOUT_ABORTED: &str = "aborted";
+
 /// Breaker counters: one group per breaker, in breaker order.
 pub type BreakerCounters = GroupCounters<BreakerEvent>;
 

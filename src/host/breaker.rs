@@ -33,7 +33,7 @@ use proxy_wasm::types::{MetricType, Status};
 const FAILURE_SYNC_MS: u64 = 50;
 
 /// Envoy shared data (per process and `vm_id`).
-struct HostStore;
+pub(super) struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, ReadFailed> {

@@ -13,6 +13,7 @@
 //! present), else one removal call per request (a read, with `shadow_marker_secret`).
 
 mod breaker;
+mod rollout;
 mod root;
 mod shadow;
 mod stream;
@@ -29,6 +30,7 @@ use breaker::Breakers;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use rollout::Rollouts;
 use shadow::ShadowState;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -57,6 +59,8 @@ struct Loaded {
     primary_latency_ids: Vec<Option<u32>>,
     dispatch_delay_id: Option<u32>,
     breakers: RefCell<Breakers>,
+    /// The bounds in force of each rollout, recomputed on the tick.
+    rollouts: RefCell<Rollouts>,
 }
 
 impl Loaded {
@@ -88,6 +92,7 @@ impl Loaded {
                 shadow::define_dispatch_delay()
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
+            rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
             plan,
         }
     }
@@ -186,6 +191,15 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// The configuration bytes when the plan has a rollout (its abort is scoped to them).
+fn rollout_configuration(plan: &Plan) -> Vec<u8> {
+    if plan.rollouts.is_empty() {
+        Vec::new()
+    } else {
+        plugin_configuration()
+    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).

@@ -183,7 +183,13 @@ impl RootContext for SplitRoot {
         // Breaker records are keyed by filter instance (plugin name, root id, listener
         // direction and metadata) as well as rule, destination and cluster (`record_key`).
         let scope = breaker::scope();
-        if let Some(previous) = self.active.replace(Rc::new(Loaded::new(plan, &scope))) {
+        let loaded = Rc::new(Loaded::new(plan, &scope));
+        // The share in force before the first request, not only from the first tick.
+        loaded
+            .rollouts
+            .borrow_mut()
+            .tick(&loaded.plan, now_ms(), &loaded.breakers.borrow().views);
+        if let Some(previous) = self.active.replace(loaded) {
             self.vm.retired.borrow_mut().push(previous);
         }
         if !std::mem::replace(&mut self.serving, true) {
@@ -200,9 +206,17 @@ impl RootContext for SplitRoot {
             // A fallback: copies are normally dispatched from on_queue_ready right away.
             shadow::dispatch_queued(&self.shadow, self.id);
         }
-        self.shadow.borrow_mut().on_tick(now_ms());
+        let now = now_ms();
+        self.shadow.borrow_mut().on_tick(now);
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
+            if !active.plan.rollouts.is_empty() {
+                active.rollouts.borrow_mut().tick(
+                    &active.plan,
+                    now,
+                    &active.breakers.borrow().views,
+                );
+            }
             active.flush();
         }
         let mut retired = self.vm.retired.borrow_mut();

@@ -161,10 +161,11 @@ impl HttpContext for SplitStream {
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
         let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
-        let decision = plan.decide(
+        let decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
             &active.breakers.borrow().views,
+            &active.rollouts.borrow().bounds,
         );
         match decision {
             Decision::Routed(routed) => {

@@ -1,0 +1,174 @@
+//! Host side of rollouts: on each tick (and once at configure time) the share in force is
+//! recomputed from the wall clock, so a request reads the bounds and never the clock. The
+//! abort is shared by every worker of the process through one shared-data flag per rule and
+//! configuration; the worker whose compare-and-swap sets it counts `aborted` and logs why,
+//! and so does the first to see a new step (`rollout::RolloutPolicy::phase_at`).
+
+use super::breaker::HostStore;
+use crate::breaker::{instance_scope, BreakerView, SetResult, SharedStore, State};
+use crate::metrics::{rollout_metric, ROLLOUT_ABORTED, ROLLOUT_BASIS_POINTS, ROLLOUT_STEP};
+use crate::plan::Plan;
+use crate::rollout::{percent_text, upper_bounds, Phase};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Per configuration: the bounds in force of each rollout slot, for decisions.
+pub(super) struct Rollouts {
+    pub bounds: Vec<Vec<u32>>,
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    /// What `bounds` were last computed for.
+    phase: Option<Phase>,
+    aborted: bool,
+    /// Shared flag: "1" once this configuration's rollout of the rule aborted.
+    abort_key: String,
+    /// Shared: the last step logged, so a step is logged once per process.
+    logged_key: String,
+    step_gauge: Option<u32>,
+    basis_points_gauge: Option<u32>,
+    aborted_counter: Option<u32>,
+}
+
+impl Rollouts {
+    /// From `on_configure`: `configuration` (its bytes) scopes the abort, so a configuration
+    /// change restarts the rollout.
+    pub fn new(plan: &Plan, scope: &str, configuration: &[u8]) -> Rollouts {
+        let config_id = instance_scope(&[configuration]);
+        let slots = plan
+            .rollouts
+            .iter()
+            .filter_map(|&r| plan.rules.get(r))
+            .map(|rule| {
+                let base = format!("traffic-split/rollout/v1/{scope}/{}/{config_id}", rule.name);
+                let (abort_key, logged_key) = (format!("{base}/aborted"), format!("{base}/logged"));
+                // Created before any worker serves, so later updates are compare-and-swaps.
+                for (key, initial) in [(&abort_key, b"0"), (&logged_key, b"-")] {
+                    if let Ok(None) = HostStore.get(key) {
+                        HostStore.set(key, initial, None);
+                    }
+                }
+                let metric = |kind, what| {
+                    hostcalls::define_metric(kind, &rollout_metric(&rule.name, what)).ok()
+                };
+                Slot {
+                    phase: None,
+                    aborted: false,
+                    abort_key,
+                    logged_key,
+                    step_gauge: metric(MetricType::Gauge, ROLLOUT_STEP),
+                    basis_points_gauge: metric(MetricType::Gauge, ROLLOUT_BASIS_POINTS),
+                    aborted_counter: metric(MetricType::Counter, ROLLOUT_ABORTED),
+                }
+            })
+            .collect::<Vec<_>>();
+        let bounds = plan
+            .rollouts
+            .iter()
+            .filter_map(|&r| plan.rules.get(r))
+            .map(|r| r.upper_bounds.clone())
+            .collect();
+        Rollouts { bounds, slots }
+    }
+
+    /// Recomputes the share in force at `now_ms` (wall clock) and checks the aborts. Cheap
+    /// when nothing changes: a comparison per rollout, and a shared-data read per rollout that
+    /// can still abort.
+    pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, breakers: &[BreakerView]) {
+        let Some(now) = now_ms.and_then(|n| i64::try_from(n).ok()) else {
+            return;
+        };
+        for (slot_index, (slot, bounds)) in self
+            .slots
+            .iter_mut()
+            .zip(self.bounds.iter_mut())
+            .enumerate()
+        {
+            let Some((rule, policy)) = plan.rollout_site(slot_index) else {
+                continue;
+            };
+            let canary = rule.destinations.first();
+            let mut newly_aborted = false;
+            if policy.abort_on_breaker_open && !slot.aborted {
+                let open = canary
+                    .and_then(|d| d.breaker_slot)
+                    .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
+                slot.aborted = match HostStore.get(&slot.abort_key) {
+                    Ok(Some((value, _))) if value == b"1" => true,
+                    Ok(Some((_, cas))) if open => {
+                        newly_aborted =
+                            HostStore.set(&slot.abort_key, b"1", Some(cas)) == SetResult::Written;
+                        true
+                    }
+                    _ => open,
+                };
+            }
+            let due = match slot.phase {
+                None => true,
+                Some(p) => p.next_ms.is_some_and(|next| now >= next),
+            };
+            if !(due || newly_aborted || (slot.aborted && bounds.first() != Some(&0))) {
+                continue;
+            }
+            let phase = policy.phase_at(now);
+            let share = if slot.aborted { 0 } else { phase.basis_points };
+            let rest: Vec<u32> = rule.destinations.iter().skip(1).map(|d| d.weight).collect();
+            *bounds = upper_bounds(share, &rest);
+            if let Some(id) = slot.step_gauge {
+                let _ = hostcalls::record_metric(id, phase.step as u64);
+            }
+            if let Some(id) = slot.basis_points_gauge {
+                let _ = hostcalls::record_metric(id, u64::from(share));
+            }
+            let steps = policy.steps.len();
+            let dest = canary.map_or("", |d| d.name.as_str());
+            if newly_aborted {
+                if let Some(id) = slot.aborted_counter {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+                log::warn!(
+                    "traffic-split: rollout of rule \"{}\" aborted at step {}/{steps} (share was \
+                     {}%, now 0%): reason: the breaker of destination \"{dest}\" opened; held \
+                     at 0% until the configuration changes",
+                    rule.name,
+                    phase.step,
+                    percent_text(phase.basis_points)
+                );
+            }
+            if slot.phase.map(|p| p.step) != Some(phase.step) && !slot.aborted {
+                log_step_once(&slot.logged_key, &rule.name, dest, phase, steps);
+            }
+            slot.phase = Some(phase);
+        }
+    }
+}
+
+/// Logs the step's start, once per process: the worker that moves the shared "last logged
+/// step" forward logs it.
+fn log_step_once(key: &str, rule: &str, dest: &str, phase: Phase, steps: usize) {
+    let Ok(Some((value, cas))) = HostStore.get(key) else {
+        return;
+    };
+    // "-" until a step is logged.
+    let logged: Option<usize> = std::str::from_utf8(&value)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if logged.is_some_and(|l| l >= phase.step) {
+        return;
+    }
+    if HostStore.set(key, phase.step.to_string().as_bytes(), Some(cas)) != SetResult::Written {
+        return;
+    }
+    if phase.step == 0 {
+        log::info!(
+            "traffic-split: rollout of rule \"{rule}\" waits for its start: \"{dest}\" at 0%"
+        );
+    } else {
+        log::info!(
+            "traffic-split: rollout of rule \"{rule}\" step {}/{steps} begins: \"{dest}\" at {}%",
+            phase.step,
+            percent_text(phase.basis_points)
+        );
+    }
+}
