@@ -428,7 +428,10 @@ fn the_issue_rollout_compiles_and_decides_by_the_share_in_force() {
     assert_eq!(rule.upper_bounds, vec![0, 7500, 10_000]);
     let at_5 = crate::rollout::upper_bounds(500, &[3, 1]);
     assert_eq!(at_5, vec![500, 7625, 10_000]);
-    assert_eq!(rule.bounds_in_force(std::slice::from_ref(&at_5)), at_5.as_slice());
+    assert_eq!(
+        rule.bounds_in_force(std::slice::from_ref(&at_5)),
+        at_5.as_slice()
+    );
     assert_eq!(rule.bounds_in_force(&[]), rule.upper_bounds.as_slice());
     // Monotonic for sticky users: whoever had the canary at 1% keeps it at 5% and 25%.
     let at = |bp| crate::rollout::upper_bounds(bp, &[3, 1]);
