@@ -22,7 +22,7 @@ COPY benches ./benches
 COPY scripts/strip-exports.py ./scripts/
 RUN cargo build --release --locked --target wasm32-wasip1 \
  && python3 scripts/strip-exports.py target/wasm32-wasip1/release/traffic_split.wasm /tmp/stripped.wasm \
-      proxy_on_log proxy_on_response_trailers \
+      proxy_on_log \
  && wasm-opt -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
       --enable-mutable-globals --enable-reference-types --enable-multivalue \
       /tmp/stripped.wasm -o /traffic_split.wasm

@@ -20,7 +20,7 @@ WASM_STRIPPED := target/$(WASM_TARGET)/release/traffic_split.stripped.wasm
 # cleanup runs when the SDK drops the context (proxy_on_delete), not in on_log. proxy_on_done
 # stays: a replaced configuration's root context uses it to wait for its shadow calls
 # (src/host/root.rs, SplitRoot::on_done) instead of having Envoy cancel them.
-UNUSED_CALLBACKS := proxy_on_log proxy_on_response_trailers
+UNUSED_CALLBACKS := proxy_on_log
 # wasm-opt needs the features rustc's wasm32-wasip1 output uses.
 WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals --enable-reference-types --enable-multivalue
@@ -40,6 +40,9 @@ test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, the `ma
 	@# tests/cli.rs checks schema/traffic-split.schema.json with Python's jsonschema (draft 2020-12)
 	@$(VENV)/bin/python -c 'import jsonschema' 2>/dev/null \
 		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema
+	@# tests/grpc.rs runs a real gRPC server (tests/grpc/backend.py)
+	@$(VENV)/bin/python -c 'import grpc' 2>/dev/null \
+		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
 	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
 	SOAK_SECONDS=$(TEST_SOAK_SECONDS) ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) python3 soak/soak.py

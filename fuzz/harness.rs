@@ -55,6 +55,8 @@ pub fn breaker_record(data: &[u8]) {
             generation: r.generation,
             requests: 3,
             failures: 2,
+            streak: 2,
+            peak: 2,
         };
         let _ = r.would_advance(&policy, now, &outcomes);
         r.merge(&policy, now, &outcomes);

@@ -93,7 +93,34 @@ pub struct BreakerPolicy {
     pub half_open_permille: u64,
     pub failure_statuses: Vec<StatusMatch>,
     pub count_local_replies: bool,
+    /// gRPC status codes (0..=16) that count as failures.
+    pub grpc_failure_codes: Vec<u8>,
+    /// A response whose headers arrive later than this (ms) counts as a failure.
+    pub slow_ms: Option<u64>,
+    /// This many failures in a row on one worker open a closed breaker whatever the ratio.
+    pub consecutive_failures: Option<u64>,
 }
+
+/// gRPC status names by code (`grpc/status.h`).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 impl BreakerPolicy {
     /// Width of one window bucket in seconds.
@@ -111,6 +138,14 @@ impl BreakerPolicy {
             StatusMatch::Exact(code) => *code == status,
             StatusMatch::Class(class) => status / 100 == *class,
         })
+    }
+
+    /// Whether a `grpc-status` value (as sent: decimal digits) is a failure.
+    pub fn is_failure_grpc(&self, grpc_status: &[u8]) -> bool {
+        std::str::from_utf8(grpc_status)
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .is_some_and(|code| self.grpc_failure_codes.contains(&code))
     }
 
     fn trips(&self, requests: u64, failures: u64) -> bool {
@@ -146,6 +181,9 @@ pub struct Record {
     /// Half-open: probe counts.
     pub probe_requests: u64,
     pub probe_failures: u64,
+    /// Closed: a worker's merged outcomes held `consecutive_failures` failures in a row, so
+    /// the next `advance` opens. Never stored: set and acted on within one publish.
+    pub streak_tripped: bool,
 }
 
 /// What one worker saw since it last published, under the state of `generation`.
@@ -154,6 +192,11 @@ pub struct Outcomes {
     pub generation: u64,
     pub requests: u64,
     pub failures: u64,
+    /// Failures in a row up to the last outcome on this worker (kept across publishes while
+    /// the generation stays).
+    pub streak: u64,
+    /// The longest run of failures since the last publish (for `consecutive_failures`).
+    pub peak: u64,
 }
 
 impl Outcomes {
@@ -167,6 +210,28 @@ impl Outcomes {
         }
         self.requests = self.requests.saturating_add(1);
         self.failures = self.failures.saturating_add(u64::from(failed));
+        self.streak = if failed {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
+        self.peak = self.peak.max(self.streak);
+    }
+
+    /// What is left after a publish under `generation`: a run of failures still going on
+    /// continues into the next publish.
+    pub fn after_publish(&self, generation: u64) -> Outcomes {
+        let streak = if generation == self.generation {
+            self.streak
+        } else {
+            0
+        };
+        Outcomes {
+            generation,
+            streak,
+            peak: streak,
+            ..Outcomes::default()
+        }
     }
 }
 
@@ -187,6 +252,12 @@ impl Record {
         }
         match self.state {
             State::Closed => {
+                if policy
+                    .consecutive_failures
+                    .is_some_and(|n| outcomes.peak >= n)
+                {
+                    self.streak_tripped = true;
+                }
                 let slice = now_ms / 1000 / policy.bucket_s();
                 self.prune(policy, slice);
                 match self.buckets.last_mut() {
@@ -249,7 +320,7 @@ impl Record {
         }
         let (requests, failures) = self.counts();
         let to = match self.state {
-            State::Closed if policy.trips(requests, failures) => State::Open,
+            State::Closed if self.streak_tripped || policy.trips(requests, failures) => State::Open,
             State::Open
                 if now_ms.saturating_sub(self.since_ms) >= policy.open_s.saturating_mul(1000) =>
             {
@@ -335,6 +406,7 @@ impl Record {
             probe_requests: next()?,
             probe_failures: next()?,
             buckets: Vec::new(),
+            streak_tripped: false,
         };
         if record.probe_failures > record.probe_requests {
             return None;

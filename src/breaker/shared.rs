@@ -227,10 +227,7 @@ impl Publisher {
                     SetResult::Failed => return done,
                 }
             }
-            self.pending = Outcomes {
-                generation: record.generation,
-                ..Outcomes::default()
-            };
+            self.pending = self.pending.after_publish(record.generation);
             self.synced_ms = now_ms;
             self.backoff_ms = 0;
             self.record = record;

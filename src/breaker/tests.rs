@@ -13,6 +13,9 @@ fn policy() -> BreakerPolicy {
         half_open_permille: 100,
         failure_statuses: vec![StatusMatch::Class(5)],
         count_local_replies: true,
+        grpc_failure_codes: vec![4, 13, 14],
+        slow_ms: None,
+        consecutive_failures: None,
     }
 }
 
@@ -21,6 +24,7 @@ fn outcomes(r: &Record, requests: u64, failures: u64) -> Outcomes {
         generation: r.generation,
         requests,
         failures,
+        ..Outcomes::default()
     }
 }
 
@@ -159,6 +163,7 @@ fn stale_outcomes_are_discarded() {
             generation: 0,
             requests: 100,
             failures: 100,
+            ..Outcomes::default()
         },
     );
     assert_eq!(r.counts(), (0, 0));
@@ -172,7 +177,9 @@ fn stale_outcomes_are_discarded() {
         Outcomes {
             generation: 2,
             requests: 1,
-            failures: 1
+            failures: 1,
+            streak: 1,
+            peak: 1,
         }
     );
 }
@@ -191,6 +198,7 @@ fn encoding_round_trips_and_rejects_garbage() {
     let r = Record {
         state: State::HalfOpen,
         generation: 9,
+        streak_tripped: false,
         since_ms: T0,
         buckets: vec![
             Bucket {
@@ -225,6 +233,7 @@ fn sample() -> Record {
     Record {
         state: State::Closed,
         generation: 4,
+        streak_tripped: false,
         since_ms: T0,
         buckets: vec![
             Bucket {
@@ -504,8 +513,7 @@ fn two_workers_tripping_at_once_make_one_transition() {
         a.pending,
         Outcomes {
             generation: 1,
-            requests: 0,
-            failures: 0
+            ..Outcomes::default()
         }
     );
     // Every write after the creation was a compare-and-swap.
@@ -641,6 +649,7 @@ fn a_record_with_huge_counts_never_overflows() {
     let huge = Record {
         state: State::Closed,
         generation: u64::MAX,
+        streak_tripped: false,
         since_ms: T0,
         buckets: vec![
             Bucket {
@@ -706,4 +715,66 @@ fn failure_statuses_and_text() {
         ..policy()
     };
     assert_eq!(p.failure_ratio_text(), "12.5%");
+}
+
+#[test]
+fn consecutive_failures_open_at_once_after_a_long_healthy_stretch() {
+    // The case: 2,000 healthy requests in the window, then 503s. The ratio would need
+    // ~500 failures; 5 in a row on one worker open the breaker at that worker's next publish.
+    let p = BreakerPolicy {
+        consecutive_failures: Some(5),
+        ..policy()
+    };
+    let mut mem = Mem::default();
+    let key = "k";
+    assert!(create_record(&mut mem, key));
+    let mut worker = Publisher::load(&mut mem, key);
+    for _ in 0..2000 {
+        worker.pending.add(worker.record.generation, false);
+    }
+    assert!(worker.publish(&mut mem, key, &p, T0).synced);
+    assert_eq!(worker.record.counts(), (2000, 0));
+    // Four failures, a publish in between (a tick): the run continues across it.
+    for _ in 0..2 {
+        worker.pending.add(worker.record.generation, true);
+    }
+    assert!(!worker.record.would_advance(&p, T0 + 10, &worker.pending));
+    worker.publish(&mut mem, key, &p, T0 + 10);
+    for _ in 0..2 {
+        worker.pending.add(worker.record.generation, true);
+    }
+    assert!(!worker.record.would_advance(&p, T0 + 20, &worker.pending));
+    worker.pending.add(worker.record.generation, true);
+    // The fifth in a row: the response publishes at once (`would_advance`), and it opens.
+    assert!(worker.record.would_advance(&p, T0 + 30, &worker.pending));
+    let done = worker.publish(&mut mem, key, &p, T0 + 30);
+    assert_eq!(done.transition.map(|t| t.to), Some(State::Open));
+    assert!(!worker.record.streak_tripped);
+    // A success breaks the run; without consecutive_failures the same run does nothing.
+    let mut o = Outcomes::default();
+    for failed in [true, true, true, true, false, true, true, true, true] {
+        o.add(0, failed);
+    }
+    assert_eq!((o.streak, o.peak), (4, 4));
+    let mut r = Record::default();
+    r.merge(&p, T0, &o);
+    assert_eq!(r.advance(&p, T0), None);
+    let mut r = Record::default();
+    let five = Outcomes {
+        peak: 5,
+        ..outcomes(&r, 2000, 5)
+    };
+    r.merge(&policy(), T0, &five);
+    assert_eq!(r.advance(&policy(), T0), None);
+}
+
+#[test]
+fn grpc_statuses_by_number() {
+    let p = policy();
+    assert!(p.is_failure_grpc(b"14"));
+    assert!(p.is_failure_grpc(b"4"));
+    assert!(!p.is_failure_grpc(b"0"));
+    assert!(!p.is_failure_grpc(b"5"));
+    assert!(!p.is_failure_grpc(b"UNAVAILABLE"));
+    assert!(!p.is_failure_grpc(b""));
 }

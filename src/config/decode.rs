@@ -296,6 +296,9 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
         "half_open_percent",
         "failure_statuses",
         "count_local_replies",
+        "grpc_failure_codes",
+        "slow_ms",
+        "consecutive_failures",
     ])?;
     Ok(BreakerConfig {
         failure_ratio: o
@@ -328,5 +331,21 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
             })?
             .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
         count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
+        grpc_failure_codes: o
+            .list("grpc_failure_codes", |path, v| match v {
+                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+                Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+                    ConfigError::new(path, format!("\"{n}\" is not a gRPC status code"))
+                }),
+                other => Err(wrong_type(path, "a gRPC status code or name", other)),
+            })?
+            .unwrap_or_else(|| {
+                DEFAULT_GRPC_FAILURE_CODES
+                    .iter()
+                    .map(|c| FailureStatus::Text(c.to_string()))
+                    .collect()
+            }),
+        slow_ms: o.integer("slow_ms", 3_600_000)?,
+        consecutive_failures: o.integer("consecutive_failures", u64::from(u32::MAX))?,
     })
 }

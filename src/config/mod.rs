@@ -228,7 +228,17 @@ pub struct BreakerConfig {
     pub half_open_percent: f64,
     pub failure_statuses: Vec<FailureStatus>,
     pub count_local_replies: bool,
+    /// gRPC status codes (numbers, or names as `Text`) that count as failures.
+    pub grpc_failure_codes: Vec<FailureStatus>,
+    /// A response whose headers arrive later than this counts as a failure.
+    pub slow_ms: Option<u64>,
+    /// This many failures in a row on one worker open the breaker whatever the ratio.
+    pub consecutive_failures: Option<u64>,
 }
+
+/// `grpc_failure_codes` default: the codes of a server that is down, overloaded or broken,
+/// not of a caller's mistake (`NOT_FOUND`, `INVALID_ARGUMENT`...).
+pub const DEFAULT_GRPC_FAILURE_CODES: [&str; 3] = ["DEADLINE_EXCEEDED", "INTERNAL", "UNAVAILABLE"];
 
 pub const DEFAULT_BREAKER_FAILURE_RATIO: f64 = 0.2;
 pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;

@@ -2,7 +2,7 @@
 //! watches the response for breakers, assigned cookies and shadow comparisons.
 
 use super::shadow::{ShadowState, StreamShadow};
-use super::{shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
+use super::{breaker, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
 use crate::breaker::BreakerTicket;
 use crate::config::RouteCacheMode;
 use crate::metrics::BreakerEvent;
@@ -30,6 +30,10 @@ pub(super) struct SplitStream {
     shadow: Option<StreamShadow>,
     /// The breaker this response's outcome is counted for.
     breaker_ticket: Option<BreakerTicket>,
+    /// When the request was routed (breaker clock, ms): only for a breaker with `slow_ms`.
+    routed_ms: Option<u64>,
+    /// A gRPC response whose status comes in trailers: its ticket, and whether it was slow.
+    grpc_pending: Option<(BreakerTicket, bool)>,
 }
 
 impl SplitStream {
@@ -45,6 +49,8 @@ impl SplitStream {
             response_additions: None,
             shadow: None,
             breaker_ticket: None,
+            routed_ms: None,
+            grpc_pending: None,
         }
     }
 
@@ -74,6 +80,14 @@ impl SplitStream {
             }
         }
         self.breaker_ticket = routed.ticket;
+        // One clock read per request, only for a breaker that times its responses.
+        if routed
+            .ticket
+            .and_then(|t| plan.breaker_policy(t.slot))
+            .is_some_and(|p| p.slow_ms.is_some())
+        {
+            self.routed_ms = breaker::clock_ms();
+        }
         let debug = plan
             .debug_header
             .then(|| format!("rule={}; variant={}", rule.name, dest.name));
@@ -97,8 +111,11 @@ impl SplitStream {
         self.active.counters.borrow_mut().count_unmatched();
     }
 
-    /// Classifies the response for the breaker of `ticket` and counts it.
-    fn count_outcome(&mut self, ticket: BreakerTicket) {
+    /// Classifies the response for the breaker of `ticket` and counts it: its status, then
+    /// (`slow_ms`) when its headers came, then (`grpc_failure_codes`) its `grpc-status`, from
+    /// the headers of a trailers-only response or, for a gRPC response still streaming, from
+    /// its trailers (`on_http_response_trailers`).
+    fn count_outcome(&mut self, ticket: BreakerTicket, end_of_stream: bool) {
         let plan = &self.active.plan;
         let Some(policy) = plan.breaker_policy(ticket.slot) else {
             return;
@@ -116,6 +133,31 @@ impl SplitStream {
         } else {
             policy.count_local_replies && matches!(status, 502..=504) && is_local_reply()
         };
+        let slow = match (policy.slow_ms, self.routed_ms, breaker::clock_ms()) {
+            (Some(limit), Some(routed), Some(now)) => now.saturating_sub(routed) > limit,
+            _ => false,
+        };
+        let mut failed = failed || slow;
+        if !failed && status == 200 && !policy.grpc_failure_codes.is_empty() {
+            // gRPC answers 200 with `content-type: application/grpc...`; one read for others.
+            let grpc = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.starts_with(b"application/grpc"));
+            if grpc {
+                match hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "grpc-status")
+                    .ok()
+                    .flatten()
+                {
+                    Some(code) => failed = policy.is_failure_grpc(&code),
+                    None if !end_of_stream => {
+                        self.grpc_pending = Some((ticket, false));
+                        return;
+                    }
+                    None => {}
+                }
+            }
+        }
         self.active
             .breakers
             .borrow_mut()
@@ -235,7 +277,7 @@ impl HttpContext for SplitStream {
             }
         }
         if let Some(ticket) = self.breaker_ticket.take() {
-            self.count_outcome(ticket);
+            self.count_outcome(ticket, end_of_stream);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(
@@ -243,6 +285,30 @@ impl HttpContext for SplitStream {
                 &mut self.shadow_state.borrow_mut(),
                 end_of_stream,
             );
+        }
+        Action::Continue
+    }
+
+    /// Only called for responses that have trailers (gRPC), so exporting it costs other
+    /// responses nothing (BENCHMARKS.md).
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some((ticket, slow)) = self.grpc_pending.take() {
+            let plan = &self.active.plan;
+            let failed = slow
+                || hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, "grpc-status")
+                    .ok()
+                    .flatten()
+                    .is_some_and(|code| {
+                        plan.breaker_policy(ticket.slot)
+                            .is_some_and(|p| p.is_failure_grpc(&code))
+                    });
+            self.active
+                .breakers
+                .borrow_mut()
+                .record_outcome(plan, ticket, failed);
+        }
+        if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
+            shadow.on_response_trailers(&self.active, &mut self.shadow_state.borrow_mut());
         }
         Action::Continue
     }
@@ -266,6 +332,13 @@ impl HttpContext for SplitStream {
 /// skips that call into the VM on every request.
 impl Drop for SplitStream {
     fn drop(&mut self) {
+        // A gRPC response that ended without trailers: counted by what was known.
+        if let (Some((ticket, slow)), Ok(mut breakers)) = (
+            self.grpc_pending.take(),
+            self.active.breakers.try_borrow_mut(),
+        ) {
+            breakers.record_outcome(&self.active.plan, ticket, slow);
+        }
         if let (Some(shadow), Ok(mut state)) =
             (&mut self.shadow, self.shadow_state.try_borrow_mut())
         {

@@ -1,7 +1,7 @@
 //! `destinations[].breaker`: thresholds and the statuses that count as failures.
 
 use super::fields::field;
-use crate::breaker::{BreakerPolicy, StatusMatch};
+use crate::breaker::{BreakerPolicy, StatusMatch, GRPC_CODES};
 use crate::config::{BreakerConfig, ConfigError, FailureStatus};
 use crate::rng::sample_threshold;
 pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, ConfigError> {
@@ -42,6 +42,34 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
             status,
         )?);
     }
+    let mut grpc_failure_codes = Vec::with_capacity(b.grpc_failure_codes.len());
+    for (i, code) in b.grpc_failure_codes.iter().enumerate() {
+        let cpath = format!("{path}.grpc_failure_codes[{i}]");
+        let number = match code {
+            FailureStatus::Code(n) => usize::try_from(*n).ok().filter(|n| *n < GRPC_CODES.len()),
+            FailureStatus::Text(name) => GRPC_CODES.iter().position(|c| c == name),
+        };
+        match number {
+            Some(0) => {
+                return Err(ConfigError::new(cpath, "OK (0) is never a failure"));
+            }
+            Some(n) => grpc_failure_codes.push(n as u8),
+            None => {
+                return Err(ConfigError::new(
+                    cpath,
+                    "is not a gRPC status code (1 to 16) or name (e.g. \"UNAVAILABLE\")",
+                ))
+            }
+        }
+    }
+    for (name, value) in [
+        ("slow_ms", b.slow_ms),
+        ("consecutive_failures", b.consecutive_failures),
+    ] {
+        if value == Some(0) {
+            return Err(ConfigError::new(field(path, name), "must be at least 1"));
+        }
+    }
     Ok(BreakerPolicy {
         failure_ratio: b.failure_ratio,
         min_requests: b.min_requests,
@@ -51,6 +79,9 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
         half_open_permille: (b.half_open_percent * 10.0).round() as u64,
         failure_statuses,
         count_local_replies: b.count_local_replies,
+        grpc_failure_codes,
+        slow_ms: b.slow_ms,
+        consecutive_failures: b.consecutive_failures,
     })
 }
 

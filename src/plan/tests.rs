@@ -183,7 +183,13 @@ fn bad_configs_name_the_field_and_the_reason() {
         (breaker(r#""failure_statuses":[]"#), "rules[0].destinations[0].breaker.failure_statuses: must list at least one status or class"),
         (breaker(r#""failure_statuses":["5xx","6xx"]"#), "rules[0].destinations[0].breaker.failure_statuses[1]: \"6xx\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
         (breaker(r#""failure_statuses":[700]"#), "rules[0].destinations[0].breaker.failure_statuses[0]: \"700\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
-        (breaker(r#""treshold":1"#), "rules[0].destinations[0].breaker.treshold: unknown field, expected one of: failure_ratio, min_requests, window_s, open_s, half_open_percent, failure_statuses, count_local_replies"),
+        (breaker(r#""grpc_failure_codes":["UNAVAILABLE","unavailable"]"#), "rules[0].destinations[0].breaker.grpc_failure_codes[1]: is not a gRPC status code (1 to 16) or name (e.g. \"UNAVAILABLE\")"),
+        (breaker(r#""grpc_failure_codes":[17]"#), "rules[0].destinations[0].breaker.grpc_failure_codes[0]: is not a gRPC status code (1 to 16) or name (e.g. \"UNAVAILABLE\")"),
+        (breaker(r#""grpc_failure_codes":["OK"]"#), "rules[0].destinations[0].breaker.grpc_failure_codes[0]: OK (0) is never a failure"),
+        (breaker(r#""grpc_failure_codes":[true]"#), "rules[0].destinations[0].breaker.grpc_failure_codes[0]: must be a gRPC status code or name, got a boolean"),
+        (breaker(r#""slow_ms":0"#), "rules[0].destinations[0].breaker.slow_ms: must be at least 1"),
+        (breaker(r#""consecutive_failures":0"#), "rules[0].destinations[0].breaker.consecutive_failures: must be at least 1"),
+        (breaker(r#""treshold":1"#), "rules[0].destinations[0].breaker.treshold: unknown field, expected one of: failure_ratio, min_requests, window_s, open_s, half_open_percent, failure_statuses, count_local_replies, grpc_failure_codes, slow_ms, consecutive_failures"),
         (top(r#"{"max_in_flight": 0}"#), "max_in_flight: must be at least 1 (use \"percent\": 0 to turn shadowing off)"),
         (shadow(r#""cluster":"s","percent":101"#), "rules[0].shadow[0].percent: must be a number from 0 to 100, got 101"),
         (shadow(r#""percent":1"#), "rules[0].shadow[0].cluster: is required"),
@@ -296,6 +302,9 @@ fn breakers_get_slots_fallbacks_and_defaults() {
     assert_eq!((b.min_requests, b.window_s, b.open_s), (20, 10, 30));
     assert_eq!(b.half_open_threshold, sample_threshold(10.0));
     assert!(!b.count_local_replies);
+    // gRPC: DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE by default; no slow or streak trigger.
+    assert_eq!(b.grpc_failure_codes, vec![4, 13, 14]);
+    assert_eq!((b.slow_ms, b.consecutive_failures), (None, None));
     assert_eq!(
         b.failure_statuses,
         vec![

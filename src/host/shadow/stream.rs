@@ -274,6 +274,11 @@ impl StreamShadow {
         }
     }
 
+    /// A response that ends in trailers (gRPC) never ends with its last body chunk.
+    pub fn on_response_trailers(&mut self, active: &Rc<Loaded>, state: &mut ShadowState) {
+        self.finish_primary(active, state);
+    }
+
     pub fn on_response_body(
         &mut self,
         active: &Rc<Loaded>,
