@@ -81,6 +81,40 @@ impl RolloutPolicy {
     }
 }
 
+impl RolloutPolicy {
+    /// The schedule and the step in force at `at_ms`, as the operator CLI prints it
+    /// (`traffic-split rollout FILE [--at TIME]`; `explain` shows the last line). The seam for
+    /// the CLI: it only parses arguments and prints this.
+    pub fn schedule_text(&self, rule: &str, destination: &str, at_ms: i64) -> String {
+        let mut out = format!("rollout of rule \"{rule}\" (destination \"{destination}\")\n");
+        let starts = self.step_starts();
+        for (i, (step, begins)) in self.steps.iter().zip(&starts).enumerate() {
+            let hold = step
+                .hold_s
+                .map_or_else(|| "then stays".to_string(), |h| format!("for {h} s"));
+            out.push_str(&format!(
+                "  step {}/{}: {:>6}% from {} {hold}\n",
+                i + 1,
+                self.steps.len(),
+                percent_text(step.basis_points),
+                format_rfc3339(*begins)
+            ));
+        }
+        let phase = self.phase_at(at_ms);
+        let next = phase
+            .next_ms
+            .map_or_else(String::new, |n| format!(" until {}", format_rfc3339(n)));
+        out.push_str(&format!(
+            "at {}: step {}/{}, {}%{next}\n",
+            format_rfc3339(at_ms),
+            phase.step,
+            self.steps.len(),
+            percent_text(phase.basis_points)
+        ));
+        out
+    }
+}
+
 /// Fine-bucket bounds with the first destination at `basis_points` and the others sharing the
 /// rest in proportion to `rest_weights` (at least one positive). The first destination owns
 /// `[0, basis_points)`: the same buckets as a fixed weight of that share, so a user who saw it
@@ -333,6 +367,20 @@ mod tests {
         assert_eq!(at(sec(6000)), (4, 10_000, None));
         assert_eq!(at(sec(10_000_000)), (4, 10_000, None));
         assert_eq!(p.step_starts(), vec![s, sec(600), sec(2400), sec(6000)]);
+    }
+
+    #[test]
+    fn the_schedule_as_the_cli_prints_it() {
+        let p = issue_plan();
+        assert_eq!(
+            p.schedule_text("checkout", "canary", p.start_ms + 700_000),
+            "rollout of rule \"checkout\" (destination \"canary\")\n\
+             \x20 step 1/4:      1% from 2026-12-01T10:00:00Z for 600 s\n\
+             \x20 step 2/4:      5% from 2026-12-01T10:10:00Z for 1800 s\n\
+             \x20 step 3/4:     25% from 2026-12-01T10:40:00Z for 3600 s\n\
+             \x20 step 4/4:    100% from 2026-12-01T11:40:00Z then stays\n\
+             at 2026-12-01T10:11:40Z: step 2/4, 5% until 2026-12-01T10:40:00Z\n"
+        );
     }
 
     #[test]
