@@ -628,3 +628,51 @@ fn an_update_repointing_the_destination_starts_it_closed_and_one_keeping_it_stay
         "{log}"
     );
 }
+
+#[test]
+fn consecutive_failures_cut_a_canary_off_after_a_long_healthy_stretch() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let config = breaker_config(
+        "canary",
+        r#"{"failure_ratio":0.2,"min_requests":20,"window_s":60,"open_s":60,"consecutive_failures":3}"#,
+    );
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let users = canary_users(50);
+    // 2,000 healthy requests in the window: the ratio alone would need 500 failures.
+    for i in 0..2000 {
+        let r = envoy.get("/", &[("x-user-id", &users[i % users.len()])]);
+        assert_eq!(r.backend(), "canary");
+    }
+    canary.set_status(503);
+    let mut failures = 0;
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 20 && sent < 700 {
+        let r = fresh(&envoy, &users[sent % users.len()], &[]);
+        sent += 1;
+        if r.status == 503 {
+            failures += 1;
+            in_a_row = 0;
+        } else {
+            assert_eq!(r.backend(), "stable");
+            in_a_row += 1;
+        }
+    }
+    assert_eq!(
+        in_a_row, 20,
+        "the breaker never opened ({failures} failures)"
+    );
+    // 3 in a row per worker (two workers), plus what the other worker sends before it learns
+    // (a request at a time here, so at most a few).
+    assert!(
+        failures <= 8,
+        "{failures} failures before the canary was cut off"
+    );
+    assert_eq!(wait_stat(&envoy, "opened", 1), 1);
+    eprintln!("cut off after {failures} failures");
+}
