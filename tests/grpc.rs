@@ -198,3 +198,35 @@ fn a_canary_answering_after_slow_ms_trips_the_breaker() {
     assert!(slow[20..].iter().all(|(_, b)| b == "stable"));
     assert_eq!(state(&envoy), 1);
 }
+
+#[test]
+fn shadow_comparisons_finish_for_responses_that_end_in_trailers() {
+    let (canary, stable) = (
+        GrpcBackend::start("canary", None),
+        GrpcBackend::start("stable", Some("ok")),
+    );
+    // The shadow answers OK too, with another message: every compared pair differs in body.
+    let shadow = GrpcBackend::start("gshadow", Some("ok"));
+    let config = r#"{"rules":[{"name":"rpc","destinations":[{"name":"canary","cluster":"canary"}],
+        "shadow":[{"cluster":"gshadow","compare":true,"compare_body":true}]}]}"#;
+    let mut spec = EnvoySpec::new(config)
+        .cluster("stable", stable.addr)
+        .cluster("canary", canary.addr)
+        .cluster("gshadow", shadow.addr);
+    for name in ["stable", "canary", "gshadow"] {
+        let from = format!("  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n");
+        spec = spec.patch(&from, &format!("{from}{HTTP2}"));
+    }
+    let envoy = Envoy::start(spec);
+    let n = 10;
+    let answers = calls(&envoy, "ok", n);
+    assert!(answers.iter().all(|(c, b)| c == "OK" && b == "canary"));
+    let metric = |what: &str| envoy.counter(&format!("traffic_split.shadow.gshadow.{what}"));
+    let responses = envoy.wait_counter("traffic_split.shadow.gshadow.responses", n as u64);
+    assert_eq!(responses, n as u64, "failed: {}", metric("failed"));
+    // The primary's gRPC response ends with its trailers, never with a last body chunk: the
+    // comparison must finish there (else the primary reads as gone and nothing is compared).
+    let mismatches = envoy.wait_counter("traffic_split.shadow.gshadow.body_mismatch", n as u64);
+    assert_eq!(mismatches, n as u64);
+    assert_eq!(metric("status_mismatch"), 0);
+}

@@ -49,7 +49,8 @@ pub struct ShadowPolicy {
 /// `String`s, and Envoy's header entry once dispatched), counted by the bulkhead.
 const HEADER_OVERHEAD: u64 = 32;
 
-/// Hop-by-hop headers describe one connection, not the request: never copied.
+/// Hop-by-hop headers describe one connection, not the request: never copied (but
+/// `te: trailers`, which gRPC needs end to end).
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
@@ -112,7 +113,9 @@ impl ShadowPolicy {
         let mut out = Vec::with_capacity(headers.len() + 1);
         for (name, value) in headers {
             let name = name.as_str();
-            let skip = HOP_BY_HOP.contains(&name)
+            // `te: trailers` is the one TE HTTP/2 allows, and gRPC servers require it.
+            let grpc_te = name == "te" && value.as_slice() == b"trailers";
+            let skip = (HOP_BY_HOP.contains(&name) && !grpc_te)
                 || routing_headers.contains(&name)
                 || self.remove_headers.iter().any(|r| r == name)
                 || name == SHADOW_MARKER
@@ -364,7 +367,16 @@ mod tests {
         );
         assert_eq!(copy[2].1, "shop-shadow:8080");
         let without_body = p.copy_headers(&headers, &[], false);
-        assert!(!without_body.iter().any(|(n, _)| n == "content-length"));
+        assert!(!without_body.iter().any(|(n, _)| n == "content-length")); // TE is hop-by-hop, except `te: trailers`, which gRPC servers require.
+        let te = |value: &str| {
+            let h: Vec<HeaderPair> = vec![("te".to_string(), value.as_bytes().to_vec())];
+            p.copy_headers(&h, &[], false)
+        };
+        assert_eq!(
+            te("trailers"),
+            vec![("te".to_string(), "trailers".to_string())]
+        );
+        assert!(te("gzip").is_empty());
     }
 
     #[test]

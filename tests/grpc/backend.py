@@ -52,7 +52,9 @@ def serve(name, fixed_mode=None):
 
 def client(addr, mode, n):
     # Straight to the address, whatever proxy the environment names.
-    with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as channel:
+    # A host name as authority: shadow copies get "<authority>-shadow", which must stay valid.
+    options = [("grpc.enable_http_proxy", 0), ("grpc.default_authority", "app.test")]
+    with grpc.insecure_channel(addr, options=options) as channel:
         rpc = channel.unary_unary("/test.Svc/Call")
         for _ in range(n):
             metadata = (("x-mode", mode),)
