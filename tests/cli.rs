@@ -95,6 +95,7 @@ fn help_on_every_command_exits_0() {
         &["diff", "--help"],
         &["bucket", "--help"],
         &["schema", "--help"],
+        &["rollout", "--help"],
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
@@ -521,7 +522,14 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
                     v
                 }
             } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&format!(
-                r#"{{"name":"r","destinations":[{{"name":"a","cluster":"a"}}],{block}}}"#
+                r#"{{"name":"r","destinations":[{}],{block}}}"#,
+                // A rollout needs its destination first (with a breaker, for abort_on_breaker_open)
+                // and another to take the rest.
+                if block.trim_start().starts_with("\"rollout\"") {
+                    r#"{"name":"canary","cluster":"v2","fallback":"stable","breaker":{}},{"name":"stable","cluster":"v1"}"#
+                } else {
+                    r#"{"name":"a","cluster":"a"}"#
+                }
             )) {
                 // A rule's field (`"shadow": [...]`).
                 serde_json::json!({"rules": [v]})
@@ -669,4 +677,81 @@ fn readme_before_you_deploy_shows_real_output() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+}
+
+const ROLLOUT: &str = r#"{"rules":[{"name":"checkout","sticky":{"header":"x-user-id"},
+  "destinations":[{"name":"canary","cluster":"v2","fallback":"stable","breaker":{}},
+                  {"name":"stable","cluster":"v1"}],
+  "rollout":{"destination":"canary","start":"2026-12-01T10:00:00Z",
+    "steps":[{"percent":1,"hold_s":600},{"percent":5,"hold_s":1800},{"percent":25,"hold_s":3600},{"percent":100}]}}]}"#;
+
+#[test]
+fn rollout_prints_the_schedule_and_the_step_at_a_time() {
+    let o = run_stdin(&["rollout", "-", "--at", "2026-12-01T10:15:00Z"], ROLLOUT);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "rollout of rule \"checkout\" (destination \"canary\")\n\
+         \x20 step 1/4:      1% from 2026-12-01T10:00:00Z for 600 s\n\
+         \x20 step 2/4:      5% from 2026-12-01T10:10:00Z for 1800 s\n\
+         \x20 step 3/4:     25% from 2026-12-01T10:40:00Z for 3600 s\n\
+         \x20 step 4/4:    100% from 2026-12-01T11:40:00Z then stays\n\
+         at 2026-12-01T10:15:00Z: step 2/4, 5% until 2026-12-01T10:40:00Z\n"
+    );
+    let o = run_stdin(
+        &[
+            "rollout",
+            "-",
+            "--at",
+            "2026-12-01T10:40:00+00:00",
+            "--json",
+        ],
+        ROLLOUT,
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (v[0]["step"].as_u64(), v[0]["basis_points"].as_u64()),
+        (Some(3), Some(2500))
+    );
+    let o = run_stdin(&["rollout", "-", "--at", "yesterday"], ROLLOUT);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn explain_decides_with_the_rollout_share_in_force() {
+    // A user whose bucket is 3009: stable until the 100% step, canary from it.
+    let at = |time: &str| {
+        let o = run_stdin(
+            &[
+                "explain",
+                "-",
+                "--header",
+                "x-user-id=alice",
+                "--at",
+                time,
+                "--json",
+            ],
+            ROLLOUT,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["bucket"].as_u64(), Some(3009));
+        (
+            v["rollout"]["step"].as_u64().unwrap(),
+            v["rollout"]["basis_points"].as_u64().unwrap(),
+            v["destination"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(at("2026-12-01T09:59:59Z"), (0, 0, "stable".to_string()));
+    assert_eq!(at("2026-12-01T11:00:00Z"), (3, 2500, "stable".to_string()));
+    assert_eq!(
+        at("2026-12-01T11:40:00Z"),
+        (4, 10_000, "canary".to_string())
+    );
+    // A destination with no bucket before start is not reported as unreachable.
+    let o = run_stdin(&["validate", "-"], ROLLOUT);
+    assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
 }

@@ -20,9 +20,14 @@ pub fn buckets(kind: HashKind) -> std::ops::Range<u32> {
 
 /// How many buckets each destination of `rule` owns (before breakers).
 pub fn bucket_counts(rule: &Rule) -> Vec<u32> {
+    bucket_counts_in(rule, &rule.upper_bounds)
+}
+
+/// `bucket_counts` under given bounds (a rollout's share in force).
+pub fn bucket_counts_in(rule: &Rule, bounds: &[u32]) -> Vec<u32> {
     let mut counts = vec![0u32; rule.destinations.len()];
     for b in buckets(rule.hash) {
-        if let Some(c) = counts.get_mut(rule.destination_of_bucket(b)) {
+        if let Some(c) = counts.get_mut(crate::bucket::destination_for(bounds, b)) {
             *c += 1;
         }
     }
@@ -45,8 +50,14 @@ pub fn warnings(plan: &Plan) -> Vec<String> {
         }
         if rule.destinations.len() > 1 {
             let total = buckets(rule.hash).len();
-            for (d, count) in rule.destinations.iter().zip(bucket_counts(rule)) {
-                if count == 0 {
+            for (i, (d, count)) in rule
+                .destinations
+                .iter()
+                .zip(bucket_counts(rule))
+                .enumerate()
+            {
+                // A rollout's destination owns no bucket before its start: not a mistake.
+                if count == 0 && !(i == 0 && rule.rollout.is_some()) {
                     out.push(format!(
                         "rule \"{}\": destination \"{}\" (weight {}) owns none of the {total} \
                          buckets: it gets no traffic except as a breaker fallback",
@@ -164,8 +175,11 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     let mut skipped = Vec::new();
     let mut report = serde_json::Map::new();
     report.insert("config".into(), Value::from(checked.embedded.label()));
+    // Rollouts: the share in force at --at (default now), as the filter's tick computes it.
+    let at_ms = at_time(args.at.as_deref())?;
+    let rollouts = rollout_bounds(plan, at_ms);
     // The filter's own decision (no breaker open): explain details it, never replaces it.
-    let decision = plan.decide(&request, &mut Rng::from_seed(1), &[]);
+    let decision = plan.decide_at(&request, &mut Rng::from_seed(1), &[], &rollouts);
     let Decision::Routed(routed) = decision else {
         for (i, rule) in plan.rules.iter().enumerate() {
             let why = rule
@@ -209,7 +223,24 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             .unwrap_or(&rule.salt_colon),
     );
     let total = buckets(rule.hash).len();
-    let counts = bucket_counts(rule);
+    let bounds = rule.bounds_in_force(&rollouts);
+    let counts = bucket_counts_in(rule, bounds);
+    if let Some(policy) = &rule.rollout {
+        let phase = policy.phase_at(at_ms);
+        let dest = rule.destinations.first().map_or("", |d| d.name.as_str());
+        lines.push(format!(
+            "  rollout at {}: step {}/{}, \"{dest}\" at {}% (`traffic-split rollout` prints the schedule)",
+            crate::rollout::format_rfc3339(at_ms),
+            phase.step,
+            policy.steps.len(),
+            crate::rollout::percent_text(phase.basis_points)
+        ));
+        report.insert(
+            "rollout".into(),
+            json!({"at": crate::rollout::format_rfc3339(at_ms), "step": phase.step,
+                   "steps": policy.steps.len(), "basis_points": phase.basis_points}),
+        );
+    }
     let shares: Vec<String> = rule
         .destinations
         .iter()
@@ -226,7 +257,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         _ if fixed => lines.push("  one destination: every request goes to it (no bucket)".into()),
         (Some(_), Some((sticky, k))) => {
             let b = rule.bucket_of_key(k);
-            destination = rule.destination_of_bucket(b);
+            destination = crate::bucket::destination_for(bounds, b);
             lines.push(format!(
                 "  user key: {:?} from {}",
                 text(k),
@@ -587,4 +618,84 @@ pub fn diff(
     report.insert("new".into(), Value::from(new_c.embedded.label()));
     report.insert("rules".into(), Value::from(rules_json));
     print(as_json, &lines, &report)
+}
+
+/// `--at` as unix ms (RFC 3339 with a zone), or now.
+pub fn at_time(at: Option<&str>) -> Result<i64, Failure> {
+    match at {
+        Some(text) => crate::rollout::parse_rfc3339(text).ok_or_else(|| {
+            Failure::Usage(format!(
+                "--at {text:?} is not an RFC 3339 time with a zone (e.g. 2026-12-01T10:00:00Z)"
+            ))
+        }),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)),
+    }
+}
+
+/// The bounds in force of every rollout slot at `at_ms`, as the filter's tick computes them
+/// (no breaker open, so no abort).
+pub fn rollout_bounds(plan: &Plan, at_ms: i64) -> Vec<Vec<u32>> {
+    (0..plan.rollouts.len())
+        .filter_map(|slot| plan.rollout_site(slot))
+        .map(|(rule, policy)| {
+            let rest: Vec<u32> = rule.destinations.iter().skip(1).map(|d| d.weight).collect();
+            crate::rollout::upper_bounds(policy.phase_at(at_ms).basis_points, &rest)
+        })
+        .collect()
+}
+
+/// `traffic-split rollout FILE [--at TIME]`: every rollout's schedule and the step at TIME.
+pub fn rollout(
+    file: &str,
+    at: Option<&str>,
+    all: bool,
+    nth: usize,
+    as_json: bool,
+) -> Result<(), Failure> {
+    let checked = load_one(file, all, nth)?;
+    let Ok(plan) = &checked.plan else {
+        return Err(Failure::Invalid("invalid configuration".into()));
+    };
+    let at_ms = at_time(at)?;
+    let mut report = Vec::new();
+    for slot in 0..plan.rollouts.len() {
+        let Some((rule, policy)) = plan.rollout_site(slot) else {
+            continue;
+        };
+        let dest = rule.destinations.first().map_or("", |d| d.name.as_str());
+        if as_json {
+            let phase = policy.phase_at(at_ms);
+            let steps: Vec<Value> = policy
+                .steps
+                .iter()
+                .zip(policy.step_starts())
+                .map(|(s, begins)| {
+                    json!({"basis_points": s.basis_points, "hold_s": s.hold_s,
+                           "begins": crate::rollout::format_rfc3339(begins)})
+                })
+                .collect();
+            report.push(
+                json!({"rule": rule.name, "destination": dest, "steps": steps,
+                "abort_on_breaker_open": policy.abort_on_breaker_open,
+                "at": crate::rollout::format_rfc3339(at_ms), "step": phase.step,
+                "basis_points": phase.basis_points}),
+            );
+        } else {
+            out!(
+                "{}",
+                policy.schedule_text(&rule.name, dest, at_ms).trim_end()
+            );
+        }
+    }
+    if as_json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else if plan.rollouts.is_empty() {
+        out!("no rule has a rollout");
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The operator CLI: `traffic-split validate | explain | diff | bucket | schema`.
+//! The operator CLI: `traffic-split validate | explain | diff | bucket | schema | rollout`.
 //!
 //! Everything here runs the filter's own code (`config::parse`, `Plan::compile`,
 //! `Plan::decide`, `bucket::*`): the CLI adds presentation, never a second implementation.
@@ -88,6 +88,22 @@ enum Command {
     },
     /// Print the JSON Schema (draft 2020-12) of the configuration
     Schema,
+    /// Print each rule's rollout schedule and the step and share in force at a time
+    Rollout {
+        file: String,
+        /// RFC 3339 time with a zone (default: now)
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Which configuration of a YAML file holding several (0-based)
+        #[arg(long, default_value_t = 0)]
+        nth: usize,
+        /// In Envoy YAML, take every Wasm filter
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -130,6 +146,9 @@ pub struct ExplainArgs {
     /// Envoy's route name (`xds.route_name`)
     #[arg(long)]
     pub route_name: Option<String>,
+    /// When to decide, for rollouts (RFC 3339 with a zone; default: now)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
     /// Which configuration of a YAML file holding several (0-based)
     #[arg(long, default_value_t = 0)]
     pub nth: usize,
@@ -196,6 +215,13 @@ pub fn main() -> ExitCode {
             out!("{}", schema::schema_text());
             Ok(())
         }
+        Command::Rollout {
+            file,
+            at,
+            nth,
+            all,
+            json,
+        } => analysis::rollout(&file, at.as_deref(), all, nth, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

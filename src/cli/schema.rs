@@ -9,15 +9,16 @@
 //! cookie attribute combinations. And one leniency: JSON Schema's `integer` admits `5.0`, the
 //! parser does not.
 
+use crate::breaker::GRPC_CODES;
 use crate::config::{
     DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT, DEFAULT_BREAKER_MIN_REQUESTS,
     DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S, DEFAULT_CLUSTER_HEADER,
-    DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_SHADOW_HOST_SUFFIX, DEFAULT_SHADOW_MAX_BODY_BYTES, DEFAULT_SHADOW_PERCENT,
-    DEFAULT_SHADOW_REMOVE_HEADERS, DEFAULT_SHADOW_TIMEOUT_MS, DEFAULT_VARIANT_HEADER,
-    MAX_SHADOW_BUFFER_BYTES,
+    DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_GRPC_FAILURE_CODES, DEFAULT_MAX_BUFFERED_BODY_BYTES,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_HOST_SUFFIX, DEFAULT_SHADOW_MAX_BODY_BYTES,
+    DEFAULT_SHADOW_PERCENT, DEFAULT_SHADOW_REMOVE_HEADERS, DEFAULT_SHADOW_TIMEOUT_MS,
+    DEFAULT_VARIANT_HEADER, MAX_SHADOW_BUFFER_BYTES,
 };
-use crate::plan::{MAX_DESTINATIONS, MAX_SHADOWS_PER_RULE};
+use crate::plan::{MAX_DESTINATIONS, MAX_ROLLOUT_STEPS, MAX_SHADOWS_PER_RULE};
 use serde_json::{json, Value};
 
 /// `[A-Za-z0-9_-]{1,64}`: rule, destination and shadow names (they appear in metric names).
@@ -125,7 +126,31 @@ pub fn schema() -> Value {
                         "description": "Where requests go: 1–16 destinations with unique names; they own consecutive bucket ranges in the order listed. At least one weight must be positive; with `hash: unleash` the weights sum to 100."},
                     "shadow": {"type": "array", "maxItems": MAX_SHADOWS_PER_RULE,
                         "items": {"$ref": "#/$defs/shadow"},
-                        "description": "Copies of this rule's requests sent to shadow clusters (at most 8 targets, each once)."}
+                        "description": "Copies of this rule's requests sent to shadow clusters (at most 8 targets, each once)."},
+                    "rollout": {"$ref": "#/$defs/rollout"}
+                }
+            },
+            "rollout": {
+                "type": "object",
+                "required": ["destination", "start", "steps"],
+                "additionalProperties": false,
+                "description": "A scheduled share for the rule's first destination, replacing its fixed weight; the other destinations share the rest by weight. The share in force is a function of the wall clock and `start`. Needs `hash: fine`.",
+                "properties": {
+                    "destination": {"type": "string", "pattern": NAME,
+                        "description": "Must be the rule's first destination (growth is monotonic: it owns the first buckets)."},
+                    "start": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+                        "description": "RFC 3339 with a zone: when step 1 begins. Before it the share is 0%."},
+                    "steps": {"type": "array", "minItems": 1, "maxItems": MAX_ROLLOUT_STEPS,
+                        "items": {"type": "object", "required": ["percent"], "additionalProperties": false,
+                            "properties": {
+                                "percent": {"type": "number", "minimum": 0, "maximum": 100,
+                                    "description": "The share during the step, at most two decimals; non-decreasing."},
+                                "hold_s": {"type": "integer", "minimum": 1,
+                                    "description": "How long the step lasts; required on every step but the last (ignored there)."}
+                            }},
+                        "description": "In order; step i begins at start + the hold_s of the earlier steps."},
+                    "abort_on_breaker_open": {"type": "boolean",
+                        "description": "Default: true when the destination has a breaker. When its breaker opens, this Envoy holds the rollout at 0% until the configuration changes."}
                 }
             },
             "match": {
@@ -214,7 +239,17 @@ pub fn schema() -> Value {
                         ]},
                         "description": "Response statuses that count as failures: codes (503, \"503\") and classes (\"5xx\")."},
                     "count_local_replies": {"type": "boolean", "default": true,
-                        "description": "Envoy's own replies for this destination (connection refused, timeout, no healthy host) count as failures even if their status is not listed; false: not counted at all."}
+                        "description": "Envoy's own replies for this destination (connection refused, timeout, no healthy host) count as failures even if their status is not listed; false: not counted at all."},
+                    "grpc_failure_codes": {"type": "array", "default": DEFAULT_GRPC_FAILURE_CODES,
+                        "items": {"anyOf": [
+                            {"type": "integer", "minimum": 1, "maximum": 16},
+                            {"enum": GRPC_CODES.get(1..).unwrap_or_default()}
+                        ]},
+                        "description": "gRPC statuses (names or numbers) that count as failures, from the response headers (trailers-only) or trailers. [] turns it off."},
+                    "slow_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000,
+                        "description": "A response whose headers arrive later than this counts as a failure."},
+                    "consecutive_failures": {"type": "integer", "minimum": 1, "maximum": u32_max,
+                        "description": "This many failures in a row on one worker open the breaker at once, whatever the ratio."}
                 }
             },
             "shadow": {
