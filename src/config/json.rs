@@ -155,20 +155,29 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// Generic only in the per-item push: the array lookup and the item paths are shared
+    /// (non-generic) code, since this is instantiated for every list type of the config.
     pub(super) fn list<T>(
         &mut self,
         key: &str,
         item: impl Fn(&str, &Value) -> Result<T>,
     ) -> Result<Option<Vec<T>>> {
+        let Some((path, items)) = self.array(key)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, v) in items.iter().enumerate() {
+            out.push(item(&index_path(&path, i), v)?);
+        }
+        Ok(Some(out))
+    }
+
+    #[inline(never)]
+    fn array(&self, key: &str) -> Result<Option<(String, &'a [Value])>> {
         let path = self.child(key);
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| item(&format!("{path}[{i}]"), v))
-                .collect::<Result<Vec<T>>>()
-                .map(Some),
+            Some(Value::Array(items)) => Ok(Some((path, items.as_slice()))),
             Some(other) => Err(wrong_type(&path, "an array", other)),
         }
     }
@@ -183,4 +192,10 @@ impl<'a> Obj<'a> {
             Some(value) => read(Obj::any(&self.child(key), value)?).map(Some),
         }
     }
+}
+
+/// `path[i]`: the path of one list item.
+#[inline(never)]
+pub(super) fn index_path(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
 }

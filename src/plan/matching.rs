@@ -51,14 +51,14 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
     if let Some(ranges) = m.source_ips {
         let spath = field(path, "source_ips");
         non_empty_list(&spath, &ranges)?;
-        let ranges = ranges
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                Cidr::parse(r).map_err(|why| ConfigError::new(format!("{spath}[{i}]"), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        conditions.push(Condition::SourceIps(ranges));
+        let mut cidrs = Vec::with_capacity(ranges.len());
+        for (i, r) in ranges.iter().enumerate() {
+            match Cidr::parse(r) {
+                Ok(c) => cidrs.push(c),
+                Err(why) => return Err(ConfigError::new(format!("{spath}[{i}]"), why)),
+            }
+        }
+        conditions.push(Condition::SourceIps(cidrs));
     }
     // Groups last: they hold several conditions each.
     if let Some(inner) = m.not {
@@ -72,12 +72,11 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
                 "must list at least one match object",
             ));
         }
-        let sets = sets
-            .into_iter()
-            .enumerate()
-            .map(|(i, set)| compile_group(&format!("{apath}[{i}]"), set))
-            .collect::<Result<Vec<_>, _>>()?;
-        conditions.push(Condition::AnyOf(sets));
+        let mut groups = Vec::with_capacity(sets.len());
+        for (i, set) in sets.into_iter().enumerate() {
+            groups.push(compile_group(&format!("{apath}[{i}]"), set)?);
+        }
+        conditions.push(Condition::AnyOf(groups));
     }
     Ok(Matcher { conditions })
 }
