@@ -4,6 +4,7 @@ use super::fields::field;
 use crate::breaker::{BreakerPolicy, StatusMatch, GRPC_CODES};
 use crate::config::{BreakerConfig, ConfigError, FailureStatus};
 use crate::rng::sample_threshold;
+#[inline(never)]
 pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPolicy, ConfigError> {
     if b.failure_ratio <= 0.0 {
         return Err(ConfigError::new(

@@ -92,6 +92,7 @@ pub(super) fn compile_rule(
 
 const MAX_WEIGHT: u32 = 1_000_000;
 
+#[inline(never)]
 fn compile_destinations(
     path: &str,
     destinations: Vec<DestinationConfig>,

@@ -23,6 +23,7 @@ pub fn default_shadow_name(cluster: &str) -> String {
         .collect()
 }
 
+#[inline(never)]
 pub(super) fn compile_shadow(
     path: &str,
     shadow: ShadowConfig,

@@ -4,6 +4,7 @@ use super::fields::{check_cookie_name, field, header_name};
 use super::{Sticky, StickyKey};
 use crate::config::{ConfigError, SameSite, StickyConfig, DEFAULT_COOKIE_MAX_AGE_S};
 use crate::cookie;
+#[inline(never)]
 pub(super) fn compile_sticky(path: &str, mut sticky: StickyConfig) -> Result<Sticky, ConfigError> {
     let key = match (
         sticky.header.take(),
