@@ -140,19 +140,43 @@ impl<'a> Obj<'a> {
         key: &str,
         options: &[(&str, T)],
     ) -> Result<Option<T>> {
+        let names = |i: usize| options.get(i).map(|(n, _)| *n);
+        let found = self.choice_index(key, &names)?;
+        Ok(found.and_then(|i| options.get(i)).map(|(_, v)| *v))
+    }
+
+    /// The non-generic part of `choice`: the index of the option named by `key`'s string.
+    #[inline(never)]
+    fn choice_index<'n>(
+        &mut self,
+        key: &str,
+        names: &dyn Fn(usize) -> Option<&'n str>,
+    ) -> Result<Option<usize>> {
         let Some(value) = self.string(key)? else {
             return Ok(None);
         };
-        match options.iter().find(|(name, _)| *name == value) {
-            Some((_, v)) => Ok(Some(*v)),
-            None => {
-                let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-                Err(ConfigError::new(
-                    self.child(key),
-                    format!("\"{value}\" is not one of {}", names.join(", ")),
-                ))
+        let mut i = 0;
+        while let Some(name) = names(i) {
+            if name == value {
+                return Ok(Some(i));
             }
+            i += 1;
         }
+        let mut list = String::new();
+        let mut j = 0;
+        while let Some(name) = names(j) {
+            if j > 0 {
+                list.push_str(", ");
+            }
+            list.push('"');
+            list.push_str(name);
+            list.push('"');
+            j += 1;
+        }
+        Err(ConfigError::new(
+            self.child(key),
+            format!("\"{value}\" is not one of {list}"),
+        ))
     }
 
     /// Generic only in the per-item push: the array lookup and the item paths are shared

@@ -189,13 +189,16 @@ fn check_fallback_chains(path: &str, destinations: &[Destination]) -> Result<(),
         while let Some(next) = destinations.get(at).and_then(|d| d.fallback) {
             if chain.contains(&next) {
                 chain.push(next);
-                let names: Vec<&str> = chain
-                    .iter()
-                    .filter_map(|&i| destinations.get(i).map(|d| d.name.as_str()))
-                    .collect();
+                let mut names = String::new();
+                for (k, d) in chain.iter().filter_map(|&i| destinations.get(i)).enumerate() {
+                    if k > 0 {
+                        names.push_str(" -> ");
+                    }
+                    names.push_str(&d.name);
+                }
                 return Err(ConfigError::new(
                     path,
-                    format!("fallback chain loops: {}", names.join(" -> ")),
+                    format!("fallback chain loops: {names}"),
                 ));
             }
             chain.push(next);
