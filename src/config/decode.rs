@@ -12,7 +12,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
         return Ok(PluginConfig::default());
     }
     let value: Value = serde_json::from_slice(bytes)
-        .map_err(|err| ConfigError::new("", format!("invalid JSON: {err}")))?;
+        .map_err(|err| ConfigError::at("", format_args!("invalid JSON: {err}")))?;
     let mut top = Obj::new(
         "",
         &value,
@@ -168,9 +168,9 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
     ])?;
     let nested = |o: &mut Obj<'_>, key: &str| -> Result<()> {
         if depth >= MAX_MATCH_DEPTH {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 o.child(key),
-                format!("\"not\" and \"any_of\" nest at most {MAX_MATCH_DEPTH} deep"),
+                format_args!("\"not\" and \"any_of\" nest at most {MAX_MATCH_DEPTH} deep"),
             ));
         }
         Ok(())
@@ -327,7 +327,7 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
                 Value::Number(n) => n
                     .as_u64()
                     .map(FailureStatus::Code)
-                    .ok_or_else(|| ConfigError::new(path, format!("\"{n}\" is not a status code"))),
+                    .ok_or_else(|| ConfigError::at(path, format_args!("\"{n}\" is not a status code"))),
                 other => Err(wrong_type(
                     path,
                     "a status code or class like \"5xx\"",

@@ -25,7 +25,7 @@ fn kind(value: &Value) -> &'static str {
 }
 
 pub(super) fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError {
-    ConfigError::new(path, format!("must be {expected}, got {}", kind(got)))
+    ConfigError::at(path, format_args!("must be {expected}, got {}", kind(got)))
 }
 
 /// One JSON object being decoded: reads fields by name and builds each field's path.
@@ -57,9 +57,9 @@ impl<'a> Obj<'a> {
     pub(super) fn allow(&self, allowed: &[&str]) -> Result<()> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
             None => Ok(()),
-            Some(unknown) => Err(ConfigError::new(
+            Some(unknown) => Err(ConfigError::at(
                 self.child(unknown),
-                format!("unknown field, expected one of: {}", allowed.join(", ")),
+                format_args!("unknown field, expected one of: {}", allowed.join(", ")),
             )),
         }
     }
@@ -109,9 +109,9 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_u64().filter(|v| *v <= max) {
                 Some(v) => Ok(Some(v)),
-                None => Err(ConfigError::new(
+                None => Err(ConfigError::at(
                     self.child(key),
-                    format!("must be a whole number from 0 to {max}, got {n}"),
+                    format_args!("must be a whole number from 0 to {max}, got {n}"),
                 )),
             },
             Some(other) => Err(wrong_type(&self.child(key), "a whole number", other)),
@@ -126,9 +126,9 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_f64().filter(|v| range.contains(v)) {
                 Some(v) => Ok(Some(v)),
-                None => Err(ConfigError::new(
+                None => Err(ConfigError::at(
                     self.child(key),
-                    format!("must be a number from {min} to {max}, got {n}"),
+                    format_args!("must be a number from {min} to {max}, got {n}"),
                 )),
             },
             Some(other) => Err(wrong_type(&self.child(key), "a number", other)),
@@ -173,9 +173,9 @@ impl<'a> Obj<'a> {
             list.push('"');
             j += 1;
         }
-        Err(ConfigError::new(
+        Err(ConfigError::at(
             self.child(key),
-            format!("\"{value}\" is not one of {list}"),
+            format_args!("\"{value}\" is not one of {list}"),
         ))
     }
 

@@ -267,6 +267,20 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+
+    /// `new` with a formatted reason: one shared, out-of-line call instead of the `format!`
+    /// machinery at every error site (the config error paths are most of the compile code).
+    pub fn at(path: impl Into<String>, reason: fmt::Arguments<'_>) -> Self {
+        Self::with_reason(path.into(), reason)
+    }
+
+    #[inline(never)]
+    fn with_reason(path: String, reason: fmt::Arguments<'_>) -> Self {
+        ConfigError {
+            path,
+            reason: fmt::format(reason),
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {

@@ -88,9 +88,9 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
 
 pub(super) fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, ConfigError> {
     let bad = |shown: &str| {
-        ConfigError::new(
+        ConfigError::at(
             path,
-            format!("\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
+            format_args!("\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
         )
     };
     match status {

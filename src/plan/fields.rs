@@ -22,9 +22,9 @@ pub(super) fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(
+        Err(ConfigError::at(
             path,
-            format!("\"{name}\" must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_-]"),
+            format_args!("\"{name}\" must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_-]"),
         ))
     }
 }
@@ -38,9 +38,9 @@ pub(super) fn is_token_byte(b: u8) -> bool {
 pub(super) fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
     let body = name.strip_prefix(':').unwrap_or(name);
     if body.is_empty() || !body.bytes().all(is_token_byte) {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!("\"{name}\" is not a valid header name"),
+            format_args!("\"{name}\" is not a valid header name"),
         ));
     }
     Ok(name.to_ascii_lowercase())
@@ -109,9 +109,9 @@ pub(super) const RESERVED_HEADER_PREFIXES: &[&str] = &[
 pub(super) fn routing_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
     let lower = header_name(path, name)?;
     if lower.starts_with(':') {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!("\"{name}\" is a pseudo-header: use a header name of your own"),
+            format_args!("\"{name}\" is a pseudo-header: use a header name of your own"),
         ));
     }
     let reserved = RESERVED_HEADERS.contains(&lower.as_str())
@@ -119,9 +119,9 @@ pub(super) fn routing_header_name(path: &str, name: &str) -> Result<String, Conf
             .iter()
             .any(|p| lower.starts_with(p));
     if reserved {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!(
+            format_args!(
                 "\"{name}\" is reserved (Envoy, proxies or browsers give it a meaning): use a header name of your own"
             ),
         ));
@@ -131,9 +131,9 @@ pub(super) fn routing_header_name(path: &str, name: &str) -> Result<String, Conf
 
 pub(super) fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!("\"{name}\" is not a valid cookie name"),
+            format_args!("\"{name}\" is not a valid cookie name"),
         ));
     }
     Ok(())
@@ -142,9 +142,9 @@ pub(super) fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigErro
 /// The cluster is written into a request header: it must be a non-empty, visible-ASCII value.
 pub(super) fn check_cluster(path: &str, cluster: &str) -> Result<(), ConfigError> {
     if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!("\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"),
+            format_args!("\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"),
         ));
     }
     Ok(())

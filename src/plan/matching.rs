@@ -98,9 +98,9 @@ pub(super) fn compile_methods(
     non_empty_list(path, &methods)?;
     for (i, method) in methods.iter().enumerate() {
         if method.is_empty() || !method.bytes().all(is_token_byte) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 format!("{path}[{i}]"),
-                format!("\"{method}\" is not an HTTP method token"),
+                format_args!("\"{method}\" is not an HTTP method token"),
             ));
         }
     }

@@ -145,9 +145,9 @@ impl Plan {
         // A hash set, not a scan of the rules so far: thousands of rules load in linear time.
         if let Err(i) = index::first_repeat(config.rules.iter().map(|r| r.name.as_str())) {
             let name = config.rules.get(i).map_or("", |r| r.name.as_str());
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 format!("rules[{i}].name"),
-                format!("duplicate rule name \"{name}\""),
+                format_args!("duplicate rule name \"{name}\""),
             ));
         }
         for (i, rule) in config.rules.into_iter().enumerate() {

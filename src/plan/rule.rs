@@ -30,9 +30,9 @@ pub(super) fn compile_rule(
     if rule.hash == HashKind::Unleash {
         let sum: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         if sum != u64::from(UNLEASH_BUCKETS) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(path, "destinations"),
-                format!(
+                format_args!(
                     "with hash \"unleash\" the weights must sum to 100 (percentages), got {sum}"
                 ),
             ));
@@ -51,9 +51,9 @@ pub(super) fn compile_rule(
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
     if rule.shadow.len() > MAX_SHADOWS_PER_RULE {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             field(path, "shadow"),
-            format!(
+            format_args!(
                 "must list at most {MAX_SHADOWS_PER_RULE} shadow targets, got {}",
                 rule.shadow.len()
             ),
@@ -64,9 +64,9 @@ pub(super) fn compile_rule(
         let spath = format!("{path}.shadow[{i}]");
         let policy = compile_shadow(&spath, shadow, shadow_targets)?;
         if shadows.iter().any(|s| s.target == policy.target) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(&spath, "name"),
-                format!(
+                format_args!(
                     "duplicate shadow target \"{}\" in this rule",
                     shadow_targets
                         .get(policy.target)
@@ -98,9 +98,9 @@ fn compile_destinations(
     destinations: Vec<DestinationConfig>,
 ) -> Result<Vec<Destination>, ConfigError> {
     if destinations.is_empty() || destinations.len() > MAX_DESTINATIONS {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             path,
-            format!(
+            format_args!(
                 "must list 1 to {MAX_DESTINATIONS} destinations, got {}",
                 destinations.len()
             ),
@@ -112,16 +112,16 @@ fn compile_destinations(
         let dpath = format!("{path}[{i}]");
         check_name(&field(&dpath, "name"), &d.name)?;
         if out.iter().any(|o| o.name == d.name) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(&dpath, "name"),
-                format!("duplicate destination name \"{}\" in this rule", d.name),
+                format_args!("duplicate destination name \"{}\" in this rule", d.name),
             ));
         }
         check_cluster(&field(&dpath, "cluster"), &d.cluster)?;
         if d.weight > MAX_WEIGHT {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(&dpath, "weight"),
-                format!("must be at most {MAX_WEIGHT}, got {}", d.weight),
+                format_args!("must be at most {MAX_WEIGHT}, got {}", d.weight),
             ));
         }
         let breaker =
@@ -161,9 +161,9 @@ fn compile_destinations(
         };
         let fpath = format!("{path}[{i}].fallback");
         let target = out.iter().position(|d| d.name == fallback).ok_or_else(|| {
-            ConfigError::new(
+            ConfigError::at(
                 &fpath,
-                format!("\"{fallback}\" is not a destination of this rule"),
+                format_args!("\"{fallback}\" is not a destination of this rule"),
             )
         })?;
         if target == i {
@@ -196,9 +196,9 @@ fn check_fallback_chains(path: &str, destinations: &[Destination]) -> Result<(),
                     }
                     names.push_str(&d.name);
                 }
-                return Err(ConfigError::new(
+                return Err(ConfigError::at(
                     path,
-                    format!("fallback chain loops: {names}"),
+                    format_args!("fallback chain loops: {names}"),
                 ));
             }
             chain.push(next);

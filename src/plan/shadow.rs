@@ -41,9 +41,9 @@ pub(super) fn compile_shadow(
         Some(existing) => {
             let cluster = targets.get(existing).map_or("", |t| t.cluster.as_str());
             if cluster != shadow.cluster {
-                return Err(ConfigError::new(
+                return Err(ConfigError::at(
                     field(path, "name"),
-                    format!(
+                    format_args!(
                         "shadow name \"{name}\" already stands for cluster \"{cluster}\"; give this one another \"name\""
                     ),
                 ));
@@ -65,9 +65,9 @@ pub(super) fn compile_shadow(
         ));
     }
     if !shadow.host_suffix.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             field(path, "host_suffix"),
-            format!(
+            format_args!(
                 "\"{}\" must be visible ASCII characters",
                 shadow.host_suffix
             ),
@@ -107,9 +107,9 @@ pub(super) fn compile_shadow(
 pub(super) fn compile_marker_secret(secret: &str) -> Result<MarkerKey, ConfigError> {
     let len = secret.len();
     if !(16..=256).contains(&len) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             "shadow_marker_secret",
-            format!("must be 16 to 256 visible ASCII characters, got {len} characters"),
+            format_args!("must be 16 to 256 visible ASCII characters, got {len} characters"),
         ));
     }
     Ok(MarkerKey::from_secret(secret.as_bytes()))

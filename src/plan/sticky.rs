@@ -84,18 +84,18 @@ pub(super) fn compile_assigned_cookie(
     }
     for prefix in ["__Host-", "__Secure-"] {
         if cookie::has_prefix(name, prefix) && !secure {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(path, "cookie"),
-                format!("\"{name}\" requires \"cookie_secure\": true (browsers reject {prefix} cookies without Secure)"),
+                format_args!("\"{name}\" requires \"cookie_secure\": true (browsers reject {prefix} cookies without Secure)"),
             ));
         }
     }
     let domain = sticky.cookie_domain.as_deref();
     if let Some(domain) = domain {
         if cookie::has_prefix(name, "__Host-") {
-            return Err(ConfigError::new(
+            return Err(ConfigError::at(
                 field(path, "cookie_domain"),
-                format!("must not be set for \"{name}\" (browsers reject __Host- cookies with a Domain)"),
+                format_args!("must not be set for \"{name}\" (browsers reject __Host- cookies with a Domain)"),
             ));
         }
         check_cookie_domain(&field(path, "cookie_domain"), domain)?;
@@ -115,9 +115,9 @@ pub(super) fn check_cookie_domain(path: &str, domain: &str) -> Result<(), Config
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(
+        Err(ConfigError::at(
             path,
-            format!("\"{domain}\" is not a domain name"),
+            format_args!("\"{domain}\" is not a domain name"),
         ))
     }
 }
