@@ -120,7 +120,7 @@ pub(super) fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigEr
 pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
     let m = m.op;
     let regex = regex_op(path, m.regex.as_deref(), false)?;
-    let ops = [
+    let mut ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
         m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
@@ -131,7 +131,7 @@ pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, Conf
     ];
     let op = exactly_one(
         path,
-        ops,
+        &mut ops,
         "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\", \"regex\"",
     )?;
     if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
@@ -150,7 +150,7 @@ pub(super) fn string_op(
     ignore_case: bool,
 ) -> Result<StringOp, ConfigError> {
     let regex = regex_op(path, m.regex.as_deref(), ignore_case)?;
-    let ops = [
+    let mut ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
         m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
@@ -158,7 +158,7 @@ pub(super) fn string_op(
     ];
     exactly_one(
         path,
-        ops,
+        &mut ops,
         "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"regex\"",
     )
 }
@@ -176,14 +176,22 @@ fn regex_op(
         .map_err(|why| ConfigError::new(field(path, "regex"), why))
 }
 
-pub(super) fn exactly_one<const N: usize>(
+/// Not generic over the array length: one copy serves every caller.
+pub(super) fn exactly_one(
     path: &str,
-    ops: [Option<StringOp>; N],
+    ops: &mut [Option<StringOp>],
     reason: &str,
 ) -> Result<StringOp, ConfigError> {
-    let mut given = ops.into_iter().flatten();
-    match (given.next(), given.next()) {
-        (Some(op), None) => Ok(op),
+    let mut given = None;
+    let mut count = 0;
+    for op in ops.iter_mut().filter_map(Option::take) {
+        count += 1;
+        if given.is_none() {
+            given = Some(op);
+        }
+    }
+    match given {
+        Some(op) if count == 1 => Ok(op),
         _ => Err(ConfigError::new(path, reason)),
     }
 }
