@@ -260,6 +260,18 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// `items.join(sep)` without the generic `join` machinery (about a kilobyte of Wasm).
+pub(crate) fn join(items: &[&str], sep: &str) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(item);
+    }
+    out
+}
+
 impl ConfigError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {

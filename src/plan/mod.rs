@@ -275,7 +275,7 @@ impl Plan {
                         "rule \"{}\" has {} but no match.authority or match.route_names: \
                          on a shared gateway it acts on every host",
                         rule.name,
-                        effects.join(", ")
+                        crate::config::join(&effects, ", ")
                     )
                 })
             })
