@@ -71,21 +71,30 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "rollout",
         ],
     )?;
-    Ok(RuleConfig {
+    // Filled field by field into one value: see `match_config`.
+    let mut r = RuleConfig {
         name: o.required("name", Obj::string)?,
-        match_: o.object("match", |o| match_config(o, 0))?,
-        sticky: o.object("sticky", sticky)?,
-        salt: o.string("salt")?,
-        hash: o
-            .choice(
-                "hash",
-                &[("fine", HashKind::Fine), ("unleash", HashKind::Unleash)],
-            )?
-            .unwrap_or_default(),
-        destinations: o.required("destinations", |o, key| o.list(key, destination))?,
-        shadow: o.list("shadow", shadow)?.unwrap_or_default(),
-        rollout: o.object("rollout", rollout)?,
-    })
+        match_: None,
+        sticky: None,
+        salt: None,
+        hash: HashKind::default(),
+        destinations: Vec::new(),
+        shadow: Vec::new(),
+        rollout: None,
+    };
+    r.match_ = o.object("match", |o| match_config(o, 0))?;
+    r.sticky = o.object("sticky", sticky)?;
+    r.salt = o.string("salt")?;
+    r.hash = o
+        .choice(
+            "hash",
+            &[("fine", HashKind::Fine), ("unleash", HashKind::Unleash)],
+        )?
+        .unwrap_or_default();
+    r.destinations = o.required("destinations", |o, key| o.list(key, destination))?;
+    r.shadow = o.list("shadow", shadow)?.unwrap_or_default();
+    r.rollout = o.object("rollout", rollout)?;
+    Ok(r)
 }
 
 fn rollout(mut o: Obj<'_>) -> Result<RolloutConfig> {
@@ -124,33 +133,45 @@ fn shadow(path: &str, value: &Value) -> Result<ShadowConfig> {
             "compare_body",
         ],
     )?;
-    Ok(ShadowConfig {
+    // Filled field by field into one value: see `match_config`.
+    let mut s = ShadowConfig {
         name: o.string("name")?,
-        cluster: o.required("cluster", Obj::string)?,
-        percent: o
-            .number("percent", 0, 100)?
-            .unwrap_or(DEFAULT_SHADOW_PERCENT),
-        timeout_ms: o
-            .integer("timeout_ms", 3_600_000)?
-            .unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS),
-        host_suffix: o
-            .string("host_suffix")?
-            .unwrap_or_else(|| DEFAULT_SHADOW_HOST_SUFFIX.to_string()),
-        methods: o.list("methods", string_item)?,
-        include_body: o.boolean("include_body")?.unwrap_or(true),
-        max_body_bytes: o
-            .integer("max_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
-            .unwrap_or(DEFAULT_SHADOW_MAX_BODY_BYTES),
-        // An explicit list replaces the default; `[]` forwards every header (a deliberate opt-in).
-        remove_headers: o.list("remove_headers", string_item)?.unwrap_or_else(|| {
-            DEFAULT_SHADOW_REMOVE_HEADERS
-                .iter()
-                .map(|h| h.to_string())
-                .collect()
-        }),
-        compare: o.boolean("compare")?.unwrap_or(false),
-        compare_body: o.boolean("compare_body")?.unwrap_or(false),
-    })
+        cluster: String::new(),
+        percent: DEFAULT_SHADOW_PERCENT,
+        timeout_ms: DEFAULT_SHADOW_TIMEOUT_MS,
+        host_suffix: String::new(),
+        methods: None,
+        include_body: true,
+        max_body_bytes: DEFAULT_SHADOW_MAX_BODY_BYTES,
+        remove_headers: Vec::new(),
+        compare: false,
+        compare_body: false,
+    };
+    s.cluster = o.required("cluster", Obj::string)?;
+    s.percent = o
+        .number("percent", 0, 100)?
+        .unwrap_or(DEFAULT_SHADOW_PERCENT);
+    s.timeout_ms = o
+        .integer("timeout_ms", 3_600_000)?
+        .unwrap_or(DEFAULT_SHADOW_TIMEOUT_MS);
+    s.host_suffix = o
+        .string("host_suffix")?
+        .unwrap_or_else(|| DEFAULT_SHADOW_HOST_SUFFIX.to_string());
+    s.methods = o.list("methods", string_item)?;
+    s.include_body = o.boolean("include_body")?.unwrap_or(true);
+    s.max_body_bytes = o
+        .integer("max_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
+        .unwrap_or(DEFAULT_SHADOW_MAX_BODY_BYTES);
+    // An explicit list replaces the default; `[]` forwards every header (a deliberate opt-in).
+    s.remove_headers = o.list("remove_headers", string_item)?.unwrap_or_else(|| {
+        DEFAULT_SHADOW_REMOVE_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .collect()
+    });
+    s.compare = o.boolean("compare")?.unwrap_or(false);
+    s.compare_body = o.boolean("compare_body")?.unwrap_or(false);
+    Ok(s)
 }
 
 fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
@@ -256,23 +277,32 @@ fn sticky(mut o: Obj<'_>) -> Result<StickyConfig> {
         "cookie_domain",
         "cookie_same_site",
     ])?;
-    Ok(StickyConfig {
+    // Filled field by field into one value: see `match_config`.
+    let mut s = StickyConfig {
         header: o.string("header")?,
-        cookie: o.string("cookie")?,
-        query: o.string("query")?,
-        assign_cookie: o.boolean("assign_cookie")?.unwrap_or(false),
-        cookie_max_age_s: o.integer("cookie_max_age_s", u64::from(u32::MAX))?,
-        cookie_secure: o.boolean("cookie_secure")?,
-        cookie_domain: o.string("cookie_domain")?,
-        cookie_same_site: o.choice(
-            "cookie_same_site",
-            &[
-                ("Lax", SameSite::Lax),
-                ("Strict", SameSite::Strict),
-                ("None", SameSite::None),
-            ],
-        )?,
-    })
+        cookie: None,
+        query: None,
+        assign_cookie: false,
+        cookie_max_age_s: None,
+        cookie_secure: None,
+        cookie_domain: None,
+        cookie_same_site: None,
+    };
+    s.cookie = o.string("cookie")?;
+    s.query = o.string("query")?;
+    s.assign_cookie = o.boolean("assign_cookie")?.unwrap_or(false);
+    s.cookie_max_age_s = o.integer("cookie_max_age_s", u64::from(u32::MAX))?;
+    s.cookie_secure = o.boolean("cookie_secure")?;
+    s.cookie_domain = o.string("cookie_domain")?;
+    s.cookie_same_site = o.choice(
+        "cookie_same_site",
+        &[
+            ("Lax", SameSite::Lax),
+            ("Strict", SameSite::Strict),
+            ("None", SameSite::None),
+        ],
+    )?;
+    Ok(s)
 }
 
 fn destination(path: &str, value: &Value) -> Result<DestinationConfig> {
@@ -281,15 +311,21 @@ fn destination(path: &str, value: &Value) -> Result<DestinationConfig> {
         value,
         &["name", "cluster", "weight", "fallback", "breaker"],
     )?;
-    Ok(DestinationConfig {
+    // Filled field by field into one value: see `match_config`.
+    let mut d = DestinationConfig {
         name: o.required("name", Obj::string)?,
-        cluster: o.required("cluster", Obj::string)?,
-        weight: o
-            .integer("weight", u64::from(u32::MAX))?
-            .map_or(1, |w| w as u32),
-        fallback: o.string("fallback")?,
-        breaker: o.object("breaker", breaker)?,
-    })
+        cluster: String::new(),
+        weight: 1,
+        fallback: None,
+        breaker: None,
+    };
+    d.cluster = o.required("cluster", Obj::string)?;
+    d.weight = o
+        .integer("weight", u64::from(u32::MAX))?
+        .map_or(1, |w| w as u32);
+    d.fallback = o.string("fallback")?;
+    d.breaker = o.object("breaker", breaker)?;
+    Ok(d)
 }
 
 fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
