@@ -1,6 +1,6 @@
 //! `destinations[].breaker`: thresholds and the statuses that count as failures.
 
-use super::fields::field;
+use super::fields::{field, field_item};
 use crate::breaker::{BreakerPolicy, StatusMatch, GRPC_CODES};
 use crate::config::{BreakerConfig, ConfigError, FailureStatus};
 use crate::rng::sample_threshold;
@@ -12,14 +12,14 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
             "must be above 0 (a share of failed requests, e.g. 0.2)",
         ));
     }
-    for (field, value) in [
+    for (name, value) in [
         ("min_requests", b.min_requests),
         ("window_s", b.window_s),
         ("open_s", b.open_s),
     ] {
         if value == 0 {
             return Err(ConfigError::new(
-                format!("{path}.{field}"),
+                field(path, name),
                 "must be at least 1",
             ));
         }
@@ -39,7 +39,7 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
     let mut failure_statuses = Vec::with_capacity(b.failure_statuses.len());
     for (i, status) in b.failure_statuses.iter().enumerate() {
         failure_statuses.push(status_match(
-            &format!("{path}.failure_statuses[{i}]"),
+            &field_item(path, "failure_statuses", i),
             status,
         )?);
     }

@@ -4,12 +4,24 @@ use super::MAX_NAME_LEN;
 use crate::config::ConfigError;
 /// The path of `name` inside the object at `path` (one function instead of a `format!` at
 /// every error site keeps the `.wasm` smaller).
+#[inline(never)]
 pub(super) fn field(path: &str, name: &str) -> String {
     let mut out = String::with_capacity(path.len() + 1 + name.len());
     out.push_str(path);
     out.push('.');
     out.push_str(name);
     out
+}
+
+/// `path[i]`: the path of one list item (shared for the same reason as `field`).
+#[inline(never)]
+pub(super) fn item(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+/// `path.name[i]`.
+pub(super) fn field_item(path: &str, name: &str, i: usize) -> String {
+    item(&field(path, name), i)
 }
 
 /// Rule and destination names appear in metric names: `[A-Za-z0-9_-]{1,64}`.

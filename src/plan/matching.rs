@@ -1,6 +1,6 @@
 //! `rules[].match`: the conditions a request must meet, cheapest first.
 
-use super::fields::{check_cookie_name, field, header_name, is_token_byte};
+use super::fields::{check_cookie_name, field, field_item, header_name, is_token_byte, item};
 use crate::config::{ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
 use crate::matcher::{Condition, Matcher, StringOp};
 use crate::network::Cidr;
@@ -25,17 +25,17 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         )?));
     }
     for (i, h) in m.headers.unwrap_or_default().into_iter().enumerate() {
-        let hpath = format!("{path}.headers[{i}]");
+        let hpath = field_item(path, "headers", i);
         let name = header_name(&field(&hpath, "name"), &h.name)?;
         conditions.push(Condition::Header(name, named_op(&hpath, h)?));
     }
     for (i, c) in m.cookies.unwrap_or_default().into_iter().enumerate() {
-        let cpath = format!("{path}.cookies[{i}]");
+        let cpath = field_item(path, "cookies", i);
         check_cookie_name(&field(&cpath, "name"), &c.name)?;
         conditions.push(Condition::Cookie(c.name.clone(), named_op(&cpath, c)?));
     }
     for (i, q) in m.query.unwrap_or_default().into_iter().enumerate() {
-        let qpath = format!("{path}.query[{i}]");
+        let qpath = field_item(path, "query", i);
         if q.name.is_empty() {
             return Err(ConfigError::new(field(&qpath, "name"), "must not be empty"));
         }
@@ -55,7 +55,7 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         for (i, r) in ranges.iter().enumerate() {
             match Cidr::parse(r) {
                 Ok(c) => cidrs.push(c),
-                Err(why) => return Err(ConfigError::new(format!("{spath}[{i}]"), why)),
+                Err(why) => return Err(ConfigError::new(item(&spath, i), why)),
             }
         }
         conditions.push(Condition::SourceIps(cidrs));
@@ -74,7 +74,7 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         }
         let mut groups = Vec::with_capacity(sets.len());
         for (i, set) in sets.into_iter().enumerate() {
-            groups.push(compile_group(&format!("{apath}[{i}]"), set)?);
+            groups.push(compile_group(&item(&apath, i), set)?);
         }
         conditions.push(Condition::AnyOf(groups));
     }
@@ -99,7 +99,7 @@ pub(super) fn compile_methods(
     for (i, method) in methods.iter().enumerate() {
         if method.is_empty() || !method.bytes().all(is_token_byte) {
             return Err(ConfigError::at(
-                format!("{path}[{i}]"),
+                item(path, i),
                 format_args!("\"{method}\" is not an HTTP method token"),
             ));
         }

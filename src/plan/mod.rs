@@ -146,12 +146,12 @@ impl Plan {
         if let Err(i) = index::first_repeat(config.rules.iter().map(|r| r.name.as_str())) {
             let name = config.rules.get(i).map_or("", |r| r.name.as_str());
             return Err(ConfigError::at(
-                format!("rules[{i}].name"),
+                fields::field(&fields::item("rules", i), "name"),
                 format_args!("duplicate rule name \"{name}\""),
             ));
         }
         for (i, rule) in config.rules.into_iter().enumerate() {
-            let path = format!("rules[{i}]");
+            let path = fields::item("rules", i);
             rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
         }
         let mut rollouts = Vec::new();

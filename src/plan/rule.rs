@@ -1,7 +1,7 @@
 //! One rule: its destinations (names, weights, fallbacks, breakers), salt and shadows.
 
 use super::breaker::compile_breaker;
-use super::fields::{check_cluster, check_name, field};
+use super::fields::{check_cluster, check_name, field, field_item, item};
 use super::matching::compile_match;
 use super::rollout::compile_rollout;
 use super::shadow::compile_shadow;
@@ -61,7 +61,7 @@ pub(super) fn compile_rule(
     }
     let mut shadows: Vec<ShadowPolicy> = Vec::with_capacity(rule.shadow.len());
     for (i, shadow) in rule.shadow.into_iter().enumerate() {
-        let spath = format!("{path}.shadow[{i}]");
+        let spath = field_item(path, "shadow", i);
         let policy = compile_shadow(&spath, shadow, shadow_targets)?;
         if shadows.iter().any(|s| s.target == policy.target) {
             return Err(ConfigError::at(
@@ -109,7 +109,7 @@ fn compile_destinations(
     let mut out: Vec<Destination> = Vec::with_capacity(destinations.len());
     let mut fallbacks: Vec<Option<String>> = Vec::with_capacity(destinations.len());
     for (i, d) in destinations.into_iter().enumerate() {
-        let dpath = format!("{path}[{i}]");
+        let dpath = item(path, i);
         check_name(&field(&dpath, "name"), &d.name)?;
         if out.iter().any(|o| o.name == d.name) {
             return Err(ConfigError::at(
@@ -159,7 +159,7 @@ fn compile_destinations(
         let Some(fallback) = fallback else {
             continue;
         };
-        let fpath = format!("{path}[{i}].fallback");
+        let fpath = field(&item(path, i), "fallback");
         let target = out.iter().position(|d| d.name == fallback).ok_or_else(|| {
             ConfigError::at(
                 &fpath,

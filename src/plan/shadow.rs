@@ -1,6 +1,6 @@
 //! `rules[].shadow[]` and `shadow_marker_secret`: shadow targets, named and shared by name.
 
-use super::fields::{check_cluster, check_name, field, header_name};
+use super::fields::{check_cluster, check_name, field, field_item, header_name};
 use super::matching::compile_methods;
 use super::MAX_NAME_LEN;
 use crate::config::{ConfigError, ShadowConfig};
@@ -79,7 +79,7 @@ pub(super) fn compile_shadow(
     };
     let mut remove_headers = Vec::with_capacity(shadow.remove_headers.len());
     for (i, h) in shadow.remove_headers.iter().enumerate() {
-        remove_headers.push(header_name(&format!("{path}.remove_headers[{i}]"), h)?);
+        remove_headers.push(header_name(&field_item(path, "remove_headers", i), h)?);
     }
     if shadow.compare_body && !shadow.compare {
         return Err(ConfigError::new(
