@@ -27,33 +27,33 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "shadow_marker_secret",
         ],
     )?;
-    let defaults = PluginConfig::default();
-    Ok(PluginConfig {
-        cluster_header: top
-            .string("cluster_header")?
-            .unwrap_or(defaults.cluster_header),
-        variant_header: top
-            .string("variant_header")?
-            .unwrap_or(defaults.variant_header),
-        debug_header: top.boolean("debug_header")?.unwrap_or(false),
-        rules: top.list("rules", rule)?.unwrap_or_default(),
-        max_in_flight: top
-            .integer("max_in_flight", u64::from(u32::MAX))?
-            .unwrap_or(defaults.max_in_flight),
-        max_buffered_body_bytes: top
-            .integer("max_buffered_body_bytes", MAX_SHADOW_BUFFER_BYTES)?
-            .unwrap_or(defaults.max_buffered_body_bytes),
-        clear_route_cache: top
-            .choice(
-                "clear_route_cache",
-                &[
-                    ("auto", RouteCacheMode::Auto),
-                    ("always", RouteCacheMode::Always),
-                ],
-            )?
-            .unwrap_or_default(),
-        shadow_marker_secret: top.string("shadow_marker_secret")?,
-    })
+    // Filled field by field into one value, starting from the defaults: see `match_config`.
+    let mut c = PluginConfig::default();
+    if let Some(name) = top.string("cluster_header")? {
+        c.cluster_header = name;
+    }
+    if let Some(name) = top.string("variant_header")? {
+        c.variant_header = name;
+    }
+    c.debug_header = top.boolean("debug_header")?.unwrap_or(false);
+    c.rules = top.list("rules", rule)?.unwrap_or_default();
+    if let Some(n) = top.integer("max_in_flight", u64::from(u32::MAX))? {
+        c.max_in_flight = n;
+    }
+    if let Some(n) = top.integer("max_buffered_body_bytes", MAX_SHADOW_BUFFER_BYTES)? {
+        c.max_buffered_body_bytes = n;
+    }
+    c.clear_route_cache = top
+        .choice(
+            "clear_route_cache",
+            &[
+                ("auto", RouteCacheMode::Auto),
+                ("always", RouteCacheMode::Always),
+            ],
+        )?
+        .unwrap_or_default();
+    c.shadow_marker_secret = top.string("shadow_marker_secret")?;
+    Ok(c)
 }
 
 fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
