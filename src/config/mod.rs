@@ -273,6 +273,8 @@ pub(crate) fn join(items: &[&str], sep: &str) -> String {
 }
 
 impl ConfigError {
+    // Out of line: dozens of error sites share each instance instead of inlining the copies.
+    #[inline(never)]
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
             path: path.into(),
