@@ -360,10 +360,9 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
         failure_statuses: o
             .list("failure_statuses", |path, v| match v {
                 Value::String(s) => Ok(FailureStatus::Text(s.clone())),
-                Value::Number(n) => n
-                    .as_u64()
-                    .map(FailureStatus::Code)
-                    .ok_or_else(|| ConfigError::at(path, format_args!("\"{n}\" is not a status code"))),
+                Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+                    ConfigError::at(path, format_args!("\"{n}\" is not a status code"))
+                }),
                 other => Err(wrong_type(
                     path,
                     "a status code or class like \"5xx\"",

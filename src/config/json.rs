@@ -59,7 +59,10 @@ impl<'a> Obj<'a> {
             None => Ok(()),
             Some(unknown) => Err(ConfigError::at(
                 self.child(unknown),
-                format_args!("unknown field, expected one of: {}", super::join(allowed, ", ")),
+                format_args!(
+                    "unknown field, expected one of: {}",
+                    super::join(allowed, ", ")
+                ),
             )),
         }
     }

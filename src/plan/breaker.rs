@@ -18,10 +18,7 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
         ("open_s", b.open_s),
     ] {
         if value == 0 {
-            return Err(ConfigError::new(
-                field(path, name),
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new(field(path, name), "must be at least 1"));
         }
     }
     if b.half_open_percent <= 0.0 {
@@ -90,7 +87,9 @@ pub(super) fn status_match(path: &str, status: &FailureStatus) -> Result<StatusM
     let bad = |shown: &str| {
         ConfigError::at(
             path,
-            format_args!("\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"),
+            format_args!(
+                "\"{shown}\" is not a status code (100-599) or class (\"1xx\" to \"5xx\")"
+            ),
         )
     };
     match status {

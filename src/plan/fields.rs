@@ -156,7 +156,9 @@ pub(super) fn check_cluster(path: &str, cluster: &str) -> Result<(), ConfigError
     if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::at(
             path,
-            format_args!("\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"),
+            format_args!(
+                "\"{cluster}\" must be a non-empty cluster name of visible ASCII characters"
+            ),
         ));
     }
     Ok(())

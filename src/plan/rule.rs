@@ -190,7 +190,11 @@ fn check_fallback_chains(path: &str, destinations: &[Destination]) -> Result<(),
             if chain.contains(&next) {
                 chain.push(next);
                 let mut names = String::new();
-                for (k, d) in chain.iter().filter_map(|&i| destinations.get(i)).enumerate() {
+                for (k, d) in chain
+                    .iter()
+                    .filter_map(|&i| destinations.get(i))
+                    .enumerate()
+                {
                     if k > 0 {
                         names.push_str(" -> ");
                     }
