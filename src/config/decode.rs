@@ -375,7 +375,7 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
             .list("grpc_failure_codes", |path, v| match v {
                 Value::String(s) => Ok(FailureStatus::Text(s.clone())),
                 Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
-                    ConfigError::new(path, format!("\"{n}\" is not a gRPC status code"))
+                    ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
                 }),
                 other => Err(wrong_type(path, "a gRPC status code or name", other)),
             })?

@@ -42,7 +42,7 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
     }
     let mut grpc_failure_codes = Vec::with_capacity(b.grpc_failure_codes.len());
     for (i, code) in b.grpc_failure_codes.iter().enumerate() {
-        let cpath = format!("{path}.grpc_failure_codes[{i}]");
+        let cpath = field_item(path, "grpc_failure_codes", i);
         let number = match code {
             FailureStatus::Code(n) => usize::try_from(*n).ok().filter(|n| *n < GRPC_CODES.len()),
             FailureStatus::Text(name) => GRPC_CODES.iter().position(|c| c == name),

@@ -1,6 +1,6 @@
 //! `rules[].rollout`: checks the schedule and compiles it to a `RolloutPolicy`.
 
-use super::fields::field;
+use super::fields::{field, field_item};
 use super::Destination;
 use crate::config::{ConfigError, HashKind, RolloutConfig};
 use crate::rollout::{basis_points_of, parse_rfc3339, RolloutPolicy, Step};
@@ -15,9 +15,9 @@ pub(super) fn compile_rollout(
 ) -> Result<RolloutPolicy, ConfigError> {
     let first = destinations.first().map_or("", |d| d.name.as_str());
     if rollout.destination != first {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             field(path, "destination"),
-            format!(
+            format_args!(
                 "must be the rule's first destination (\"{first}\"), got \"{}\": its share \
                  grows from the first buckets, so nobody who saw it leaves it",
                 rollout.destination
@@ -38,9 +38,9 @@ pub(super) fn compile_rollout(
         ));
     }
     let start_ms = parse_rfc3339(&rollout.start).ok_or_else(|| {
-        ConfigError::new(
+        ConfigError::at(
             field(path, "start"),
-            format!(
+            format_args!(
                 "\"{}\" is not an RFC 3339 time with a zone (e.g. 2026-12-01T10:00:00Z)",
                 rollout.start
             ),
@@ -48,14 +48,14 @@ pub(super) fn compile_rollout(
     })?;
     let n = rollout.steps.len();
     if n == 0 || n > MAX_ROLLOUT_STEPS {
-        return Err(ConfigError::new(
+        return Err(ConfigError::at(
             field(path, "steps"),
-            format!("must list 1 to {MAX_ROLLOUT_STEPS} steps, got {n}"),
+            format_args!("must list 1 to {MAX_ROLLOUT_STEPS} steps, got {n}"),
         ));
     }
     let mut steps: Vec<Step> = Vec::with_capacity(n);
     for (i, step) in rollout.steps.into_iter().enumerate() {
-        let spath = format!("{path}.steps[{i}]");
+        let spath = field_item(path, "steps", i);
         let basis_points = basis_points_of(step.percent).ok_or_else(|| {
             ConfigError::new(
                 field(&spath, "percent"),
