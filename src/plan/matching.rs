@@ -130,20 +130,10 @@ pub(super) fn non_empty_list(path: &str, list: &[String]) -> Result<(), ConfigEr
 }
 
 pub(super) fn named_op(path: &str, m: NamedMatchConfig) -> Result<StringOp, ConfigError> {
-    let m = m.op;
-    let regex = regex_op(path, m.regex.as_deref(), false)?;
-    let mut ops = [
-        m.exact.map(|s| StringOp::Exact(s.into_bytes())),
-        m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
-        m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
-        m.one_of
-            .map(|v| StringOp::OneOf(v.into_iter().map(String::into_bytes).collect())),
-        m.present.map(StringOp::Present),
-        regex,
-    ];
-    let op = exactly_one(
+    let op = op_of(
         path,
-        &mut ops,
+        m.op,
+        false,
         "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\", \"regex\"",
     )?;
     if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
@@ -161,18 +151,38 @@ pub(super) fn string_op(
     m: StringMatchConfig,
     ignore_case: bool,
 ) -> Result<StringOp, ConfigError> {
+    // Path and authority take no `one_of` or `present` (the decoder never fills them there).
+    let m = StringMatchConfig {
+        one_of: None,
+        present: None,
+        ..m
+    };
+    op_of(
+        path,
+        m,
+        ignore_case,
+        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"regex\"",
+    )
+}
+
+/// The one op of a match object, shared by both kinds: one copy in the `.wasm`.
+fn op_of(
+    path: &str,
+    m: StringMatchConfig,
+    ignore_case: bool,
+    reason: &str,
+) -> Result<StringOp, ConfigError> {
     let regex = regex_op(path, m.regex.as_deref(), ignore_case)?;
     let mut ops = [
         m.exact.map(|s| StringOp::Exact(s.into_bytes())),
         m.prefix.map(|s| StringOp::Prefix(s.into_bytes())),
         m.suffix.map(|s| StringOp::Suffix(s.into_bytes())),
+        m.one_of
+            .map(|v| StringOp::OneOf(v.into_iter().map(String::into_bytes).collect())),
+        m.present.map(StringOp::Present),
         regex,
     ];
-    exactly_one(
-        path,
-        &mut ops,
-        "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"regex\"",
-    )
+    exactly_one(path, &mut ops, reason)
 }
 
 fn regex_op(
