@@ -52,15 +52,14 @@ impl DecisionCounters {
 
     /// Metric names, slot by slot.
     pub fn names(plan: &Plan) -> Vec<String> {
-        plan.rules
-            .iter()
-            .flat_map(|r| {
-                r.destinations
-                    .iter()
-                    .map(move |d| destination_requests(&r.name, &d.name))
-            })
-            .chain(std::iter::once(UNMATCHED.to_string()))
-            .collect()
+        let mut out = Vec::new();
+        for r in &plan.rules {
+            for d in &r.destinations {
+                out.push(destination_requests(&r.name, &d.name));
+            }
+        }
+        out.push(UNMATCHED.to_string());
+        out
     }
 
     pub fn count_routed(&mut self, rule: usize, destination: usize) {
@@ -156,10 +155,14 @@ fn group_names<E>(
     groups: usize,
     name: impl Fn(usize, &str) -> String,
 ) -> Vec<String> {
-    (0..groups)
-        .flat_map(|g| events.iter().map(move |(_, what)| (g, *what)))
-        .map(|(g, what)| name(g, what))
-        .collect()
+    // Plain loops: iterator adapters here cost a copy of their code per caller in the `.wasm`.
+    let mut out = Vec::with_capacity(groups.saturating_mul(events.len()));
+    for g in 0..groups {
+        for (_, what) in events {
+            out.push(name(g, what));
+        }
+    }
+    out
 }
 
 /// Shadow counters: one group per shadow target, in target order.

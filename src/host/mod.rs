@@ -66,10 +66,11 @@ struct Loaded {
 impl Loaded {
     fn new(plan: Plan, scope: &str) -> Loaded {
         let define = |kind, names: &[String]| -> Vec<Option<u32>> {
-            names
-                .iter()
-                .map(|name| hostcalls::define_metric(kind, name).ok())
-                .collect()
+            let mut ids = Vec::with_capacity(names.len());
+            for name in names {
+                ids.push(hostcalls::define_metric(kind, name).ok());
+            }
+            ids
         };
         let histograms = |what: &str| -> Vec<Option<u32>> {
             let names: Vec<String> = plan
