@@ -172,10 +172,7 @@ impl Breakers {
                 .collect(),
             slots,
             counters: BreakerCounters::for_plan(plan),
-            counter_ids: BreakerCounters::names(plan)
-                .iter()
-                .map(|name| hostcalls::define_metric(MetricType::Counter, name).ok())
-                .collect(),
+            counter_ids: super::define_metrics(MetricType::Counter, &BreakerCounters::names(plan)),
         }
     }
 

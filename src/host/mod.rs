@@ -63,15 +63,18 @@ struct Loaded {
     rollouts: RefCell<Rollouts>,
 }
 
+/// The host's id of each metric in `names` (`None` where defining it failed).
+fn define_metrics(kind: MetricType, names: &[String]) -> Vec<Option<u32>> {
+    let mut ids = Vec::with_capacity(names.len());
+    for name in names {
+        ids.push(hostcalls::define_metric(kind, name).ok());
+    }
+    ids
+}
+
 impl Loaded {
     fn new(plan: Plan, scope: &str) -> Loaded {
-        let define = |kind, names: &[String]| -> Vec<Option<u32>> {
-            let mut ids = Vec::with_capacity(names.len());
-            for name in names {
-                ids.push(hostcalls::define_metric(kind, name).ok());
-            }
-            ids
-        };
+        let define = define_metrics;
         let histograms = |what: &str| -> Vec<Option<u32>> {
             let names: Vec<String> = plan
                 .shadow_targets
