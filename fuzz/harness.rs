@@ -360,6 +360,16 @@ fn plugin_config(u: &mut Unstructured<'_>) -> Result<Value> {
     })?;
     maybe(u, &mut top, "max_in_flight", number)?;
     maybe(u, &mut top, "max_buffered_body_bytes", number)?;
+    maybe(u, &mut top, "shadow_marker_secret", |u| {
+        Ok(if u.ratio(1, 2)? {
+            Value::from("a-shared-secret-of-24-chars")
+        } else {
+            string(u)?
+        })
+    })?;
+    maybe(u, &mut top, "clear_route_cache", |u| {
+        Ok(Value::from(*u.choose(&["auto", "always", "never", ""])?))
+    })?;
     let rules = list(u, 0..=4, rule)?;
     top.insert("rules".into(), rules);
     mutate(u, &mut top)?;
@@ -377,12 +387,72 @@ fn rule(u: &mut Unstructured<'_>) -> Result<Value> {
     })?;
     r.insert("destinations".into(), list(u, 0..=4, destination)?);
     maybe(u, &mut r, "shadow", |u| list(u, 0..=3, shadow))?;
+    maybe(u, &mut r, "rollout", rollout)?;
+    mutate(u, &mut r)?;
+    Ok(Value::Object(r))
+}
+
+fn rollout(u: &mut Unstructured<'_>) -> Result<Value> {
+    let mut r = Map::new();
+    r.insert("destination".into(), name(u)?);
+    r.insert(
+        "start".into(),
+        Value::from(*u.choose(&[
+            "2026-12-01T10:00:00Z",
+            "2026-12-01T10:00:00+02:00",
+            "1970-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2026-12-01 10:00:00",
+            "2026-02-30T10:00:00Z",
+            "",
+        ])?),
+    );
+    let steps = list(u, 0..=5, |u| {
+        let mut step = Map::new();
+        maybe(u, &mut step, "percent", number)?;
+        maybe(u, &mut step, "hold_s", number)?;
+        mutate(u, &mut step)?;
+        Ok(Value::Object(step))
+    })?;
+    r.insert("steps".into(), steps);
+    maybe(u, &mut r, "abort_on_breaker_open", |u| {
+        Ok(Value::Bool(u.arbitrary()?))
+    })?;
     mutate(u, &mut r)?;
     Ok(Value::Object(r))
 }
 
 fn match_(u: &mut Unstructured<'_>) -> Result<Value> {
+    match_at(u, 0)
+}
+
+/// A match object; `not` and `any_of` nest it, a little deeper than the filter allows.
+fn match_at(u: &mut Unstructured<'_>, depth: u8) -> Result<Value> {
     let mut m = Map::new();
+    maybe(u, &mut m, "source_ips", |u| {
+        list(u, 0..=3, |u| {
+            Ok(if u.ratio(1, 4)? {
+                string(u)?
+            } else {
+                Value::from(*u.choose(&[
+                    "10.0.0.0/8",
+                    "127.0.0.1",
+                    "::1",
+                    "2001:db8::/32",
+                    "::ffff:10.0.0.0/104",
+                    "1.2.3.4/33",
+                    "01.2.3.4",
+                    "0.0.0.0/0",
+                ])?)
+            })
+        })
+    })?;
+    if depth < 5 {
+        maybe(u, &mut m, "not", |u| match_at(u, depth + 1))?;
+        maybe(u, &mut m, "any_of", |u| {
+            list(u, 0..=3, |u| match_at(u, depth + 1))
+        })?;
+    }
     for key in ["headers", "cookies", "query"] {
         maybe(u, &mut m, key, |u| list(u, 0..=3, named_op))?;
     }
@@ -411,6 +481,26 @@ fn string_op(u: &mut Unstructured<'_>) -> Result<Value> {
             1 => op.insert("prefix".into(), string(u)?),
             2 => op.insert("suffix".into(), string(u)?),
             3 => op.insert("one_of".into(), list(u, 0..=3, string)?),
+            4 if u.ratio(1, 2)? => op.insert(
+                "regex".into(),
+                if u.ratio(1, 3)? {
+                    string(u)?
+                } else {
+                    Value::from(*u.choose(&[
+                        "^a+$",
+                        "(a|b)*c",
+                        "[0-9]{2,4}",
+                        "(a*)*b",
+                        "x{1000}",
+                        "[",
+                        "\\d+",
+                        ".*",
+                        "a{2}a",
+                        "(?i)abc",
+                        "\\bword",
+                    ])?)
+                },
+            ),
             _ => op.insert("present".into(), Value::Bool(u.arbitrary()?)),
         };
     }
@@ -428,6 +518,21 @@ fn sticky(u: &mut Unstructured<'_>) -> Result<Value> {
         Ok(Value::Bool(u.arbitrary()?))
     })?;
     maybe(u, &mut s, "cookie_max_age_s", number)?;
+    maybe(u, &mut s, "cookie_secure", |u| {
+        Ok(Value::Bool(u.arbitrary()?))
+    })?;
+    maybe(u, &mut s, "cookie_domain", |u| {
+        Ok(Value::from(*u.choose(&[
+            "example.com",
+            ".example.com",
+            "a b",
+            "",
+            "x;y",
+        ])?))
+    })?;
+    maybe(u, &mut s, "cookie_same_site", |u| {
+        Ok(Value::from(*u.choose(&["Lax", "Strict", "None", "lax"])?))
+    })?;
     mutate(u, &mut s)?;
     Ok(Value::Object(s))
 }
@@ -463,6 +568,17 @@ fn breaker(u: &mut Unstructured<'_>) -> Result<Value> {
             })
         })
     })?;
+    maybe(u, &mut b, "grpc_failure_codes", |u| {
+        list(u, 0..=3, |u| {
+            Ok(match u.int_in_range(0..=2u8)? {
+                0 => number(u)?,
+                1 => Value::from(*u.choose(&["UNAVAILABLE", "INTERNAL", "OK", "unavailable"])?),
+                _ => string(u)?,
+            })
+        })
+    })?;
+    maybe(u, &mut b, "slow_ms", number)?;
+    maybe(u, &mut b, "consecutive_failures", number)?;
     maybe(u, &mut b, "count_local_replies", |u| {
         Ok(Value::Bool(u.arbitrary()?))
     })?;
