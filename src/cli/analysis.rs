@@ -181,17 +181,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     // The filter's own decision (no breaker open): explain details it, never replaces it.
     let decision = plan.decide_at(&request, &mut Rng::from_seed(1), &[], &rollouts);
     let Decision::Routed(routed) = decision else {
-        for (i, rule) in plan.rules.iter().enumerate() {
-            let why = rule
-                .matcher
-                .first_failing(&request)
-                .map_or_else(|| "?".to_string(), condition_text);
-            lines.push(format!(
-                "rule[{i}] \"{}\": no match: {why} does not hold",
-                rule.name
-            ));
-            skipped.push(json!({"rule": rule.name, "failed": why}));
-        }
+        skip_rules(plan, plan.rules.len(), &request, &mut lines, &mut skipped);
         lines.push(format!(
             "unmatched: no rule matches; the filter removes {} from the request",
             plan.cluster_header
@@ -200,17 +190,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         report.insert("matched".into(), Value::Null);
         return print(args.json, &lines, &report);
     };
-    for (i, rule) in plan.rules.iter().enumerate().take(routed.rule) {
-        let why = rule
-            .matcher
-            .first_failing(&request)
-            .map_or_else(|| "?".to_string(), condition_text);
-        lines.push(format!(
-            "rule[{i}] \"{}\": no match: {why} does not hold",
-            rule.name
-        ));
-        skipped.push(json!({"rule": rule.name, "failed": why}));
-    }
+    skip_rules(plan, routed.rule, &request, &mut lines, &mut skipped);
     report.insert("skipped".into(), Value::from(skipped));
     let Some(rule) = plan.rules.get(routed.rule) else {
         return Err(Failure::Invalid("internal: decision names no rule".into()));
@@ -698,4 +678,26 @@ pub fn rollout(
         out!("no rule has a rollout");
     }
     Ok(())
+}
+
+/// Why each of the first `count` rules did not match: their first failing condition, as a line
+/// of the report and an entry of its `skipped` list.
+fn skip_rules(
+    plan: &Plan,
+    count: usize,
+    request: &Request<'_>,
+    lines: &mut Vec<String>,
+    skipped: &mut Vec<Value>,
+) {
+    for (i, rule) in plan.rules.iter().enumerate().take(count) {
+        let why = rule
+            .matcher
+            .first_failing(request)
+            .map_or_else(|| "?".to_string(), condition_text);
+        lines.push(format!(
+            "rule[{i}] \"{}\": no match: {why} does not hold",
+            rule.name
+        ));
+        skipped.push(json!({"rule": rule.name, "failed": why}));
+    }
 }
