@@ -15,6 +15,8 @@
 //! - `network`: CIDR ranges and the client address (`match.source_ips`).
 //! - `breaker`: the per-destination circuit breaker and how workers share it.
 //! - `rollout`: scheduled steps of a rule's first destination (a pure function of the clock).
+//! - `lane`: carrying a request's version across service hops (`propagate`, `from_lane`).
+//! - `signing`: values signed with a shared secret (shadow marker, lanes).
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
 //! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
 //! - `host`: the only module that talks to Envoy: reads, calls the core, writes.
@@ -28,6 +30,7 @@ pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod cookie;
+pub mod lane;
 pub mod matcher;
 pub mod metrics;
 pub mod network;
@@ -37,6 +40,7 @@ pub mod request;
 pub mod rng;
 pub mod rollout;
 pub mod shadow;
+pub mod signing;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

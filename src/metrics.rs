@@ -1,6 +1,7 @@
 //! Metric names (a public contract: dashboards use them) and per-VM counters that are
 //! aggregated locally and flushed to Envoy on a tick, so a request costs no metric host call.
 
+use crate::lane::LaneStep;
 use crate::plan::Plan;
 
 pub const UNMATCHED: &str = "traffic_split.unmatched";
@@ -29,10 +30,30 @@ impl Pending {
     }
 }
 
-/// One counter slot per (rule, destination) in plan order, then one for unmatched requests.
+pub fn lane_metric(rule: &str, what: &str) -> String {
+    format!("traffic_split.rule.{rule}.lane.{what}")
+}
+
+/// Per rule with `propagate`, one counter per `LaneStep`.
+const LANE_STEPS: [LaneStep; 4] = [
+    LaneStep::Followed,
+    LaneStep::Fallback,
+    LaneStep::Unknown,
+    LaneStep::Started,
+];
+
+/// Lane values removed on arrival: a client's, on a carrier where lanes start here.
+pub const LANE_UNTRUSTED: &str = "traffic_split.lane.untrusted";
+/// Lane values removed on arrival: failed `lane_secret` verification (or named nothing).
+pub const LANE_INVALID: &str = "traffic_split.lane.invalid";
+
+/// One counter slot per (rule, destination) in plan order, then one for unmatched requests,
+/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts.
 pub struct DecisionCounters {
     /// Index of each rule's first slot.
     rule_offsets: Vec<usize>,
+    /// The unmatched slot; lane slots follow it.
+    unmatched: usize,
     pending: Pending,
 }
 
@@ -44,9 +65,15 @@ impl DecisionCounters {
             rule_offsets.push(slots);
             slots += rule.destinations.len();
         }
+        let lane_slots = if plan.lanes.is_empty() {
+            0
+        } else {
+            plan.lane_rules * LANE_STEPS.len() + 2
+        };
         DecisionCounters {
             rule_offsets,
-            pending: Pending(vec![0; slots + 1]),
+            unmatched: slots,
+            pending: Pending(vec![0; slots + 1 + lane_slots]),
         }
     }
 
@@ -59,6 +86,17 @@ impl DecisionCounters {
             }
         }
         out.push(UNMATCHED.to_string());
+        if !plan.lanes.is_empty() {
+            for r in &plan.rules {
+                if r.lane.is_some() {
+                    for step in LANE_STEPS {
+                        out.push(lane_metric(&r.name, step.as_str()));
+                    }
+                }
+            }
+            out.push(LANE_UNTRUSTED.to_string());
+            out.push(LANE_INVALID.to_string());
+        }
         out
     }
 
@@ -69,7 +107,26 @@ impl DecisionCounters {
     }
 
     pub fn count_unmatched(&mut self) {
-        self.pending.add(self.pending.0.len().saturating_sub(1));
+        self.pending.add(self.unmatched);
+    }
+
+    /// What a request's lane did at the rule whose lane slot is `slot`.
+    pub fn count_lane(&mut self, slot: usize, step: LaneStep) {
+        let offset = LANE_STEPS.iter().position(|s| *s == step).unwrap_or(0);
+        self.pending
+            .add(self.unmatched + 1 + slot * LANE_STEPS.len() + offset);
+    }
+
+    /// A lane value removed on arrival: `invalid` (failed verification) or untrusted.
+    pub fn count_lane_removed(&mut self, invalid: bool) {
+        let last = self.pending.0.len().saturating_sub(1);
+        // Only a plan with lanes has these slots, after every other one.
+        if let Some(slot) = last
+            .checked_sub(usize::from(!invalid))
+            .filter(|&s| s > self.unmatched)
+        {
+            self.pending.add(slot);
+        }
     }
 
     /// Hands each non-zero pending count to `emit(slot, delta)` and resets it.

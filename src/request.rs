@@ -1,6 +1,7 @@
 //! A read-only view of the request attributes the rules look at, built from one read of the
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
+use crate::lane::Incoming;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
@@ -10,6 +11,8 @@ pub struct Request<'a> {
     headers: &'a [HeaderPair],
     route_name: Option<&'a [u8]>,
     source_address: Option<&'a [u8]>,
+    /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
+    lanes: &'a [Incoming],
 }
 
 impl<'a> Request<'a> {
@@ -20,6 +23,21 @@ impl<'a> Request<'a> {
             headers,
             route_name,
             source_address: None,
+            lanes: &[],
+        }
+    }
+
+    /// With what arrived on each lane carrier, in carrier order.
+    pub fn with_lanes(mut self, lanes: &'a [Incoming]) -> Self {
+        self.lanes = lanes;
+        self
+    }
+
+    /// The accepted lane (a destination name) on carrier `carrier`.
+    pub fn lane(&self, carrier: usize) -> Option<&'a [u8]> {
+        match self.lanes.get(carrier) {
+            Some(Incoming::Lane(name)) => Some(name),
+            _ => None,
         }
     }
 
@@ -40,6 +58,15 @@ impl<'a> Request<'a> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every value of a header, in order.
+    pub fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        let headers = self.headers;
+        headers
+            .iter()
+            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 

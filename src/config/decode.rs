@@ -25,6 +25,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "max_buffered_body_bytes",
             "clear_route_cache",
             "shadow_marker_secret",
+            "lane_secret",
         ],
     )?;
     // Filled field by field into one value, starting from the defaults: see `match_config`.
@@ -53,6 +54,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
         )?
         .unwrap_or_default();
     c.shadow_marker_secret = top.string("shadow_marker_secret")?;
+    c.lane_secret = top.string("lane_secret")?;
     Ok(c)
 }
 
@@ -69,6 +71,9 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "destinations",
             "shadow",
             "rollout",
+            "propagate",
+            "from_lane",
+            "lane_fallback",
         ],
     )?;
     // Filled field by field into one value: see `match_config`.
@@ -81,6 +86,9 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
         destinations: Vec::new(),
         shadow: Vec::new(),
         rollout: None,
+        propagate: None,
+        from_lane: false,
+        lane_fallback: None,
     };
     r.match_ = o.object("match", |o| match_config(o, 0))?;
     r.sticky = o.object("sticky", sticky)?;
@@ -94,7 +102,18 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     r.destinations = o.required("destinations", |o, key| o.list(key, destination))?;
     r.shadow = o.list("shadow", shadow)?.unwrap_or_default();
     r.rollout = o.object("rollout", rollout)?;
+    r.propagate = o.object("propagate", propagate)?;
+    r.from_lane = o.boolean("from_lane")?.unwrap_or(false);
+    r.lane_fallback = o.string("lane_fallback")?;
     Ok(r)
+}
+
+fn propagate(mut o: Obj<'_>) -> Result<PropagateConfig> {
+    o.allow(&["header", "baggage"])?;
+    Ok(PropagateConfig {
+        header: o.string("header")?,
+        baggage: o.string("baggage")?,
+    })
 }
 
 fn rollout(mut o: Obj<'_>) -> Result<RolloutConfig> {

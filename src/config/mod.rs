@@ -54,6 +54,9 @@ pub struct PluginConfig {
     /// Signs the shadow marker of copies so that other instances can trust it (see
     /// `shadow::MarkerKey`); `None`: copies carry `x-shadow-request: true`.
     pub shadow_marker_secret: Option<String>,
+    /// Signs lane values where they start and verifies them where rules route by them
+    /// (`crate::lane`); `None`: lane values are plain destination names.
+    pub lane_secret: Option<String>,
 }
 
 /// When the filter asks Envoy to re-pick the route after changing the routing header.
@@ -78,6 +81,7 @@ impl Default for PluginConfig {
             max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             clear_route_cache: RouteCacheMode::Auto,
             shadow_marker_secret: None,
+            lane_secret: None,
         }
     }
 }
@@ -93,6 +97,20 @@ pub struct RuleConfig {
     pub shadow: Vec<ShadowConfig>,
     /// A scheduled share for the rule's first destination (`plan::rollout` checks it).
     pub rollout: Option<RolloutConfig>,
+    /// Where the chosen destination's name travels to later hops (`crate::lane`).
+    pub propagate: Option<PropagateConfig>,
+    /// Route a request that carries a lane to the destination of that name.
+    pub from_lane: bool,
+    /// The destination for a lane that names none of this rule's (`from_lane` only).
+    pub lane_fallback: Option<String>,
+}
+
+/// `rules[].propagate`: exactly one of `header` (a header of its own) and `baggage` (the key
+/// of a W3C `baggage` member); `plan::lane` checks it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PropagateConfig {
+    pub header: Option<String>,
+    pub baggage: Option<String>,
 }
 
 /// `rules[].rollout`: the first destination's share walks `steps` from `start`.

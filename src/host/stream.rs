@@ -5,6 +5,7 @@ use super::shadow::{ShadowState, StreamShadow};
 use super::{breaker, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
 use crate::breaker::BreakerTicket;
 use crate::config::RouteCacheMode;
+use crate::lane::{Incoming, LaneStep};
 use crate::metrics::BreakerEvent;
 use crate::plan::{Decision, Routed};
 use crate::request::Request;
@@ -88,15 +89,62 @@ impl SplitStream {
         {
             self.routed_ms = breaker::clock_ms();
         }
-        let debug = plan
-            .debug_header
-            .then(|| format!("rule={}; variant={}", rule.name, dest.name));
+        let debug = plan.debug_header.then(|| match routed.lane {
+            Some(step) => format!(
+                "rule={}; variant={}; lane={}",
+                rule.name,
+                dest.name,
+                step.as_str()
+            ),
+            None => format!("rule={}; variant={}", rule.name, dest.name),
+        });
         if routed.set_cookie.is_some() || debug.is_some() {
             self.response_additions = Some(ResponseAdditions {
                 set_cookie: routed.set_cookie.clone(),
                 debug,
             });
         }
+    }
+
+    /// Writes the request's lane carriers (removing what must not pass, starting the lane of a
+    /// rule with `propagate`) and counts what the lanes did; returns the writes, which the
+    /// shadow copies get too.
+    fn lane_edits(
+        &self,
+        request: &Request<'_>,
+        incoming: &[Incoming],
+        decision: &Decision,
+        now_s: Option<u64>,
+    ) -> Vec<(String, Option<String>)> {
+        let plan = &self.active.plan;
+        let mut counters = self.active.counters.borrow_mut();
+        for i in incoming {
+            match i {
+                Incoming::Untrusted => counters.count_lane_removed(false),
+                Incoming::Invalid => counters.count_lane_removed(true),
+                Incoming::Absent | Incoming::Lane(_) => {}
+            }
+        }
+        let mut start = None;
+        if let Decision::Routed(routed) = decision {
+            let rule = plan.rules.get(routed.rule);
+            if let (Some(lane), Some(step)) = (rule.and_then(|r| r.lane.as_ref()), routed.lane) {
+                counters.count_lane(lane.slot, step);
+                let dest = rule.and_then(|r| r.destinations.get(routed.destination));
+                if let (LaneStep::Started, Some(dest)) = (step, dest) {
+                    start = Some((lane.carrier, plan.lanes.value_for(&dest.name, now_s)));
+                }
+            }
+        }
+        let edits = plan.lanes.edits(
+            request,
+            incoming,
+            start.as_ref().map(|(c, v)| (*c, v.as_str())),
+        );
+        for (name, value) in &edits {
+            set_request_header(name, value.as_deref());
+        }
+        edits
     }
 
     fn unmatched(&mut self, client_sent_routing_headers: bool) {
@@ -198,8 +246,21 @@ impl HttpContext for SplitStream {
         } else {
             None
         };
-        let request = Request::new(&headers, route_name.as_deref())
+        let base = Request::new(&headers, route_name.as_deref())
             .with_source_address(source_address.as_deref());
+        // Lane carriers: screened on every request (`crate::lane`), the clock read only to
+        // verify or sign with `lane_secret`.
+        let lane_clock_s = if plan.lanes.key.is_some() {
+            super::now_ms().map(|ms| ms / 1000)
+        } else {
+            None
+        };
+        let incoming = if plan.lanes.is_empty() {
+            Vec::new()
+        } else {
+            plan.lanes.screen(&base, lane_clock_s)
+        };
+        let request = base.with_lanes(&incoming);
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
         let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
@@ -209,6 +270,11 @@ impl HttpContext for SplitStream {
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
+        let lane_edits = if plan.lanes.is_empty() {
+            Vec::new()
+        } else {
+            self.lane_edits(&request, &incoming, &decision, lane_clock_s)
+        };
         match decision {
             Decision::Routed(routed) => {
                 self.route(&routed);
@@ -217,6 +283,9 @@ impl HttpContext for SplitStream {
                     .get(routed.rule)
                     .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
                 {
+                    // The copy carries the lane the primary carries.
+                    let mut headers = headers;
+                    crate::lane::apply_edits(&mut headers, &lane_edits);
                     self.shadow = StreamShadow::start(
                         &active,
                         &mut self.shadow_state.borrow_mut(),

@@ -3,6 +3,7 @@
 use super::{Plan, Rule, Sticky, StickyKey};
 use crate::breaker::{BreakerTicket, BreakerView, State};
 use crate::bucket;
+use crate::lane::LaneStep;
 use crate::request::Request;
 use crate::rng::Rng;
 use std::borrow::Cow;
@@ -26,6 +27,8 @@ pub struct Routed {
     /// The breaker this request's outcome is counted for: the final destination's, if it has
     /// one.
     pub ticket: Option<BreakerTicket>,
+    /// What the request's lane did, for a rule with `propagate`.
+    pub lane: Option<LaneStep>,
 }
 
 impl Plan {
@@ -72,8 +75,11 @@ impl Plan {
                 continue;
             };
             if rule.matcher.holds(request) {
-                let bounds = rule.bounds_in_force(rollouts);
-                let (bucketed, set_cookie) = rule.pick(request, rng, bounds);
+                let (laned, lane) = rule.follow_lane(request);
+                let (bucketed, set_cookie) = match laned {
+                    Some(destination) => (destination, None),
+                    None => rule.pick(request, rng, rule.bounds_in_force(rollouts)),
+                };
                 let (destination, rerouted) = rule.follow_breakers(bucketed, breakers, rng);
                 let ticket = rule
                     .destinations
@@ -89,6 +95,7 @@ impl Plan {
                     set_cookie,
                     rerouted,
                     ticket,
+                    lane,
                 });
             }
         }
@@ -102,6 +109,34 @@ impl Rule {
         self.rollout_slot
             .and_then(|slot| rollouts.get(slot))
             .map_or(&self.upper_bounds, |b| b)
+    }
+
+    /// For a rule with `propagate`: the destination the request's lane names (or
+    /// `lane_fallback`), when the rule routes by lanes and one came in, and what the lane did.
+    /// Breakers still apply to it after.
+    fn follow_lane(&self, request: &Request<'_>) -> (Option<usize>, Option<LaneStep>) {
+        let Some(lane) = &self.lane else {
+            return (None, None);
+        };
+        let carried = if lane.from_lane {
+            request.lane(lane.carrier)
+        } else {
+            None
+        };
+        let Some(name) = carried else {
+            return (None, Some(LaneStep::Started));
+        };
+        match self
+            .destinations
+            .iter()
+            .position(|d| d.name.as_bytes() == name)
+        {
+            Some(d) => (Some(d), Some(LaneStep::Followed)),
+            None => match lane.fallback {
+                Some(f) => (Some(f), Some(LaneStep::Fallback)),
+                None => (None, Some(LaneStep::Unknown)),
+            },
+        }
     }
 
     fn pick(
@@ -722,6 +757,89 @@ mod tests {
         // And the index is what made the difference: with a wrong index, answers change.
         indexed.index = crate::plan::RuleIndex::build(std::iter::empty());
         assert!(indexed.index.is_none());
+    }
+
+    /// A hop that routes by lanes: the lane's destination when the rule has it, else
+    /// `lane_fallback`, else the usual decision; a lane that does not verify counts as none;
+    /// an open breaker still moves a laned request on.
+    #[test]
+    fn lanes_route_to_the_named_destination_and_breakers_still_apply() {
+        let secret = "0123456789abcdef-lanes";
+        let downstream = |fallback: &str| {
+            plan(&format!(
+                r#"{{"lane_secret":"{secret}","rules":[{{"name":"b","from_lane":true,{fallback}
+                   "propagate":{{"baggage":"split-lane"}},"sticky":{{"header":"u"}},
+                   "destinations":[{{"name":"canary","cluster":"b2","weight":1,"fallback":"stable","breaker":{{}}}},
+                                   {{"name":"stable","cluster":"b1","weight":99}}]}}]}}"#
+            ))
+        };
+        let p = downstream("");
+        let now = 1_800_000_000;
+        let decide = |p: &Plan, baggage: &str, breakers: &[BreakerView]| {
+            let h = headers(&[("u", "user-1"), ("baggage", baggage)]);
+            let r = Request::new(&h, None);
+            let incoming = p.lanes.screen(&r, Some(now));
+            let r = r.with_lanes(&incoming);
+            let d = routed(p.decide(&r, &mut Rng::from_seed(1), breakers));
+            (p.rules[0].destinations[d.destination].name.clone(), d.lane)
+        };
+        let canary = format!("k=v,split-lane={}", p.lanes.value_for("canary", Some(now)));
+        let stable = format!("split-lane={}", p.lanes.value_for("stable", Some(now)));
+        let other = format!("split-lane={}", p.lanes.value_for("elsewhere", Some(now)));
+        // user-1 buckets to stable (weight 99 of 100) without a lane.
+        assert_eq!(
+            decide(&p, "", &[]),
+            ("stable".into(), Some(LaneStep::Started))
+        );
+        assert_eq!(
+            decide(&p, &canary, &[]),
+            ("canary".into(), Some(LaneStep::Followed))
+        );
+        assert_eq!(
+            decide(&p, &stable, &[]),
+            ("stable".into(), Some(LaneStep::Followed))
+        );
+        assert_eq!(
+            decide(&p, &other, &[]),
+            ("stable".into(), Some(LaneStep::Unknown))
+        );
+        // Forged (unsigned) and stale: as if no lane came.
+        assert_eq!(
+            decide(&p, "split-lane=canary", &[]),
+            ("stable".into(), Some(LaneStep::Started))
+        );
+        let open = [BreakerView {
+            state: State::Open,
+            generation: 1,
+        }];
+        assert_eq!(
+            decide(&p, &canary, &open),
+            ("stable".into(), Some(LaneStep::Followed))
+        );
+        let with_fallback = downstream(r#""lane_fallback":"canary","#);
+        let other = format!(
+            "split-lane={}",
+            with_fallback.lanes.value_for("elsewhere", Some(now))
+        );
+        assert_eq!(
+            decide(&with_fallback, &other, &[]),
+            ("canary".into(), Some(LaneStep::Fallback))
+        );
+    }
+
+    /// Where lanes start, an incoming lane never decides: it is untrusted.
+    #[test]
+    fn an_edge_rule_never_follows_an_incoming_lane() {
+        let p = plan(
+            r#"{"rules":[{"name":"edge","propagate":{"header":"x-split-lane"},"sticky":{"header":"u"},
+               "destinations":[{"name":"canary","cluster":"a","weight":0},{"name":"stable","cluster":"b"}]}]}"#,
+        );
+        let h = headers(&[("u", "x"), ("x-split-lane", "canary")]);
+        let r = Request::new(&h, None);
+        let incoming = p.lanes.screen(&r, None);
+        assert_eq!(incoming, vec![crate::lane::Incoming::Untrusted]);
+        let d = routed(p.decide(&r.with_lanes(&incoming), &mut Rng::from_seed(1), &[]));
+        assert_eq!((d.destination, d.lane), (1, Some(LaneStep::Started)));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::MAX_NAME_LEN;
 use crate::config::ConfigError;
+use crate::signing::SigningKey;
 /// The path of `name` inside the object at `path` (one function instead of a `format!` at
 /// every error site keeps the `.wasm` smaller).
 #[inline(never)]
@@ -162,4 +163,18 @@ pub(super) fn check_cluster(path: &str, cluster: &str) -> Result<(), ConfigError
         ));
     }
     Ok(())
+}
+
+/// A secret shared by every instance of the deployment (`shadow_marker_secret`,
+/// `lane_secret`): long enough not to be guessed, and printable so it survives YAML, JSON and
+/// Istio's `pluginConfig` unchanged.
+pub(super) fn compile_secret(path: &str, secret: &str) -> Result<SigningKey, ConfigError> {
+    let len = secret.len();
+    if !(16..=256).contains(&len) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::at(
+            path,
+            format_args!("must be 16 to 256 visible ASCII characters, got {len} characters"),
+        ));
+    }
+    Ok(SigningKey::from_secret(secret.as_bytes()))
 }

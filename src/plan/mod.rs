@@ -8,6 +8,7 @@ mod breaker;
 mod decide;
 mod fields;
 mod index;
+mod lane;
 mod matching;
 mod rollout;
 mod rule;
@@ -24,12 +25,13 @@ pub use shadow::default_shadow_name;
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
+use crate::lane::{Lanes, RuleLane};
 use crate::matcher::{Condition, Matcher};
 use crate::rollout::RolloutPolicy;
 use crate::shadow::{MarkerKey, ShadowPolicy, ShadowTarget};
 use fields::routing_header_name;
+use lane::{compile_lane_secret, compile_rule_lane, RuleLaneConfig};
 use rule::compile_rule;
-use shadow::compile_marker_secret;
 
 pub const MAX_DESTINATIONS: usize = 16;
 pub const MAX_SHADOWS_PER_RULE: usize = 8;
@@ -64,6 +66,10 @@ pub struct Plan {
     pub index: Option<RuleIndex>,
     /// Rules with a rollout, by rollout slot (`Rule::rollout_slot` indexes it).
     pub rollouts: Vec<usize>,
+    /// Lane carriers and the key of their values (`crate::lane`).
+    pub lanes: Lanes,
+    /// How many rules have a lane (`RuleLane::slot` counts them).
+    pub lane_rules: usize,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -91,6 +97,8 @@ pub struct Rule {
     pub rollout: Option<RolloutPolicy>,
     /// Index into `Plan::rollouts` when the rule has a rollout.
     pub rollout_slot: Option<usize>,
+    /// `propagate` (and `from_lane`, `lane_fallback`), compiled.
+    pub lane: Option<RuleLane>,
 }
 
 #[derive(Debug)]
@@ -150,9 +158,27 @@ impl Plan {
                 format_args!("duplicate rule name \"{name}\""),
             ));
         }
-        for (i, rule) in config.rules.into_iter().enumerate() {
+        let mut lanes = compile_lane_secret(config.lane_secret.as_deref())?;
+        let mut lane_rules = 0;
+        let mut routing_headers = vec![cluster_header.as_str()];
+        routing_headers.extend(variant_header.as_deref());
+        for (i, mut rule) in config.rules.into_iter().enumerate() {
             let path = fields::item("rules", i);
-            rules.push(compile_rule(&path, rule, &mut shadow_targets)?);
+            let lane = RuleLaneConfig {
+                propagate: rule.propagate.take(),
+                from_lane: rule.from_lane,
+                lane_fallback: rule.lane_fallback.take(),
+            };
+            let mut compiled = compile_rule(&path, rule, &mut shadow_targets)?;
+            compiled.lane = compile_rule_lane(
+                &path,
+                lane,
+                &compiled.destinations,
+                &routing_headers,
+                &mut lanes,
+                &mut lane_rules,
+            )?;
+            rules.push(compiled);
         }
         let mut rollouts = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
@@ -182,7 +208,7 @@ impl Plan {
         let marker_key = config
             .shadow_marker_secret
             .as_deref()
-            .map(compile_marker_secret)
+            .map(|s| fields::compile_secret("shadow_marker_secret", s))
             .transpose()?;
         let needs_source_address = rules.iter().any(|r| {
             r.matcher
@@ -193,12 +219,14 @@ impl Plan {
         let needs_route_name = rules
             .iter()
             .any(|r| r.matcher.conditions.iter().any(Condition::needs_route_name));
-        // Shadow copies carry the request's headers, so a rule with shadows needs them too.
-        let needs_request_headers = rules.iter().any(|r| {
-            r.matcher.conditions.iter().any(Condition::needs_headers)
-                || r.sticky.is_some()
-                || !r.shadows.is_empty()
-        });
+        // Shadow copies carry the request's headers, so a rule with shadows needs them too;
+        // lane carriers are screened on every request.
+        let needs_request_headers = !lanes.is_empty()
+            || rules.iter().any(|r| {
+                r.matcher.conditions.iter().any(Condition::needs_headers)
+                    || r.sticky.is_some()
+                    || !r.shadows.is_empty()
+            });
         let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
         Ok(Plan {
             index,
@@ -216,6 +244,8 @@ impl Plan {
             breakers,
             clear_route_cache: config.clear_route_cache,
             rollouts,
+            lanes,
+            lane_rules,
         })
     }
 }

@@ -87,6 +87,7 @@ pub(super) fn compile_rule(
         shadows,
         rollout,
         rollout_slot: None,
+        lane: None,
     })
 }
 

@@ -5,7 +5,7 @@ use super::matching::compile_methods;
 use super::MAX_NAME_LEN;
 use crate::config::{ConfigError, ShadowConfig};
 use crate::rng::sample_threshold;
-use crate::shadow::{MarkerKey, ShadowPolicy, ShadowTarget};
+use crate::shadow::{ShadowPolicy, ShadowTarget};
 use std::time::Duration;
 /// The default metric name of a shadow target: its cluster with every character outside
 /// `[A-Za-z0-9_-]` replaced by `_` (Istio clusters look like `outbound|8080||svc.ns.svc…`).
@@ -100,17 +100,4 @@ pub(super) fn compile_shadow(
         compare: shadow.compare,
         compare_body: shadow.compare_body,
     })
-}
-
-/// A secret shared by every instance of the deployment: long enough not to be guessed, and
-/// printable so it survives YAML, JSON and Istio's `pluginConfig` unchanged.
-pub(super) fn compile_marker_secret(secret: &str) -> Result<MarkerKey, ConfigError> {
-    let len = secret.len();
-    if !(16..=256).contains(&len) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::at(
-            "shadow_marker_secret",
-            format_args!("must be 16 to 256 visible ASCII characters, got {len} characters"),
-        ));
-    }
-    Ok(MarkerKey::from_secret(secret.as_bytes()))
 }

@@ -1,0 +1,425 @@
+//! Lanes: a request that entered a version at the edge stays on that version at every later
+//! hop that has one (`rules[].propagate`, `from_lane`, `lane_fallback`).
+//!
+//! The instance where a lane starts writes the chosen destination's name into a carrier: a
+//! header of its own, or one member of the W3C `baggage` header (which OpenTelemetry SDKs
+//! forward without code changes). Instances further down route a request that carries a lane
+//! to the destination of that name.
+//!
+//! Trust. A carrier that no rule of this instance routes by (`from_lane`) is one where lanes
+//! start: whatever a request brings on it is removed (or overwritten), so a client can never
+//! pick a lane through the edge. A carrier that some rule routes by keeps incoming values; with
+//! `lane_secret` every value is signed where it starts (`<name>;sig=<unix s>.<tag>`, see
+//! `crate::signing`) and verified where it is read, so only an instance holding the secret can
+//! start a lane, whichever path a request took to get here (docs/configuration.md "Lanes").
+
+use crate::request::{trim, HeaderPair, Request};
+use crate::signing::SigningKey;
+
+/// What lane signatures sign (domain separation from the shadow marker's).
+const LANE_DOMAIN: &[u8] = b"traffic-split lane v1:";
+/// How long a signed lane value verifies after it was written: it crosses every hop of one
+/// request chain, with room for queues between services and clock skew between hosts.
+pub const LANE_MAX_AGE_S: u64 = 300;
+/// The parameter that carries the signature after the name: `canary;sig=<unix s>.<tag>`, in
+/// the syntax of a W3C baggage member property, the same in a header of its own.
+const SIGNATURE_PARAM: &[u8] = b"sig=";
+pub const BAGGAGE: &str = "baggage";
+
+/// Where a lane travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carrier {
+    /// A request header of its own (lower case): its value is the lane.
+    Header(String),
+    /// The member with this key of the W3C `baggage` header.
+    Baggage(String),
+}
+
+/// One carrier of the plan, and whether this instance routes by what arrives on it.
+#[derive(Debug)]
+pub struct LaneCarrier {
+    pub carrier: Carrier,
+    /// Some rule has `from_lane` on it: incoming values are kept (verified with `lane_secret`).
+    /// Otherwise lanes start here and incoming values are removed.
+    pub read: bool,
+}
+
+/// The lanes of a plan: its carriers (each once) and the key that signs and verifies them.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    pub carriers: Vec<LaneCarrier>,
+    pub key: Option<SigningKey>,
+}
+
+/// A rule's `propagate`, compiled.
+#[derive(Debug)]
+pub struct RuleLane {
+    /// Index into `Lanes::carriers`.
+    pub carrier: usize,
+    pub from_lane: bool,
+    /// `lane_fallback`: the destination for a lane that names none of this rule's.
+    pub fallback: Option<usize>,
+    /// The rule's group of lane counters (`metrics::LANE_STEPS`).
+    pub slot: usize,
+}
+
+/// What arrived on one carrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Absent,
+    /// A lane this instance routes by (verified when a key is set): the destination name.
+    Lane(Vec<u8>),
+    /// A value on a carrier where lanes start here: a client's, removed.
+    Untrusted,
+    /// A value on a carrier this instance reads that failed verification (or has no name):
+    /// removed, and the request decided as if it carried none.
+    Invalid,
+}
+
+/// What a routed request's lane did at its rule (counted per rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneStep {
+    /// Routed to the destination its lane names.
+    Followed,
+    /// Its lane names no destination of the rule: sent to `lane_fallback`.
+    Fallback,
+    /// Its lane names no destination of the rule and there is no `lane_fallback`: decided as
+    /// usual; the lane is kept for later hops.
+    Unknown,
+    /// No lane came in: the lane starts here with the chosen destination.
+    Started,
+}
+
+impl LaneStep {
+    /// As counted (`traffic_split.rule.<rule>.lane.<step>`) and shown in `x-split-decision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneStep::Followed => "followed",
+            LaneStep::Fallback => "fallback",
+            LaneStep::Unknown => "unknown",
+            LaneStep::Started => "started",
+        }
+    }
+}
+
+/// `headers` (a copy of the request's) with `edits` (`Lanes::edits`) applied, as the host
+/// applied them to the request.
+pub fn apply_edits(headers: &mut Vec<HeaderPair>, edits: &[(String, Option<String>)]) {
+    for (name, value) in edits {
+        headers.retain(|(n, _)| n != name);
+        if let Some(v) = value {
+            headers.push((name.clone(), v.clone().into_bytes()));
+        }
+    }
+}
+
+impl Lanes {
+    pub fn is_empty(&self) -> bool {
+        self.carriers.is_empty()
+    }
+
+    /// What each carrier brings, in carrier order. `now_s` (unix seconds) verifies signatures;
+    /// without it no signed value verifies.
+    pub fn screen(&self, request: &Request<'_>, now_s: Option<u64>) -> Vec<Incoming> {
+        let mut out = Vec::with_capacity(self.carriers.len());
+        for c in &self.carriers {
+            let incoming = match incoming_value(&c.carrier, request) {
+                None => Incoming::Absent,
+                Some(_) if !c.read => Incoming::Untrusted,
+                Some(value) => self.accept(&value, now_s),
+            };
+            out.push(incoming);
+        }
+        out
+    }
+
+    fn accept(&self, value: &[u8], now_s: Option<u64>) -> Incoming {
+        let (name, params) = split_name(value);
+        if name.is_empty() {
+            return Incoming::Invalid;
+        }
+        let Some(key) = &self.key else {
+            return Incoming::Lane(name.to_vec());
+        };
+        let signature = params
+            .split(|&b| b == b';')
+            .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM));
+        match (signature, now_s) {
+            (Some(sig), Some(now)) if key.verify(LANE_DOMAIN, name, sig, now, LANE_MAX_AGE_S) => {
+                Incoming::Lane(name.to_vec())
+            }
+            _ => Incoming::Invalid,
+        }
+    }
+
+    /// The value that starts a lane on `name`: signed when a key is set and the clock is known
+    /// (without a clock, unsigned: the next hop then decides for itself, never a forgery).
+    pub fn value_for(&self, name: &str, now_s: Option<u64>) -> String {
+        match (&self.key, now_s) {
+            (Some(key), Some(now)) => {
+                let sig = key.sign(LANE_DOMAIN, name.as_bytes(), now);
+                format!("{name};sig={sig}")
+            }
+            _ => name.to_string(),
+        }
+    }
+
+    /// The request-header writes that carry out `incoming` (removing what must not pass) and
+    /// `start` (`(carrier, value)`: the lane this request starts): `(header, None)` removes the
+    /// header, `(header, Some(v))` sets it. Empty when nothing changes. Baggage members other
+    /// than the lanes' are kept byte for byte; several `baggage` lines become one (a list
+    /// header: the same value, RFC 9110 5.3).
+    pub fn edits(
+        &self,
+        request: &Request<'_>,
+        incoming: &[Incoming],
+        start: Option<(usize, &str)>,
+    ) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        let mut baggage_changes: Vec<(&str, Option<&str>)> = Vec::new();
+        for (i, c) in self.carriers.iter().enumerate() {
+            let write = start.filter(|(at, _)| *at == i).map(|(_, v)| v);
+            let remove = matches!(
+                incoming.get(i),
+                Some(Incoming::Untrusted | Incoming::Invalid)
+            );
+            if write.is_none() && !remove {
+                continue;
+            }
+            match &c.carrier {
+                Carrier::Header(name) => out.push((name.clone(), write.map(str::to_string))),
+                Carrier::Baggage(key) => baggage_changes.push((key, write)),
+            }
+        }
+        if !baggage_changes.is_empty() {
+            let edited = edit_baggage(&baggage_of(request), &baggage_changes);
+            out.push((BAGGAGE.to_string(), (!edited.is_empty()).then_some(edited)));
+        }
+        out
+    }
+}
+
+/// The raw value on `carrier`: the first header line, or the baggage member's value.
+fn incoming_value<'a>(carrier: &Carrier, request: &Request<'a>) -> Option<Vec<u8>> {
+    match carrier {
+        Carrier::Header(name) => request.header(name).map(<[u8]>::to_vec),
+        Carrier::Baggage(key) => {
+            let all = baggage_of(request);
+            all.split(|&b| b == b',').find_map(|member| {
+                let (k, v) = split_member(member)?;
+                (k == key.as_bytes()).then(|| v.to_vec())
+            })
+        }
+    }
+}
+
+/// Every `baggage` line of the request, joined with `,` (one list, RFC 9110 5.3).
+fn baggage_of(request: &Request<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in request.all(BAGGAGE) {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// A baggage member `key=value[;properties]` as (trimmed key, value with its properties).
+fn split_member(member: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = member.iter().position(|&b| b == b'=')?;
+    Some((trim(member.get(..eq)?), trim(member.get(eq + 1..)?)))
+}
+
+/// A lane value `name[;params]` as (trimmed name, params).
+fn split_name(value: &[u8]) -> (&[u8], &[u8]) {
+    match value.iter().position(|&b| b == b';') {
+        Some(at) => (
+            trim(value.get(..at).unwrap_or_default()),
+            value.get(at + 1..).unwrap_or_default(),
+        ),
+        None => (trim(value), &[]),
+    }
+}
+
+/// `baggage` with each `(key, value)` applied: `Some(v)` replaces the first member with that
+/// key by `key=v` (appended when there is none), `None` removes it; further members with the
+/// key are removed either way. Every other member is kept byte for byte, spaces included.
+/// Invalid UTF-8 in other members is kept as it came (lossless: bytes in, bytes out).
+fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(baggage.len() + 64);
+    let mut written = vec![false; changes.len()];
+    let push = |out: &mut Vec<u8>, member: &[u8]| {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(member);
+    };
+    if !baggage.is_empty() {
+        for member in baggage.split(|&b| b == b',') {
+            let key = split_member(member).map(|(k, _)| k);
+            let change = changes.iter().position(|(k, _)| key == Some(k.as_bytes()));
+            match change {
+                None => push(&mut out, member),
+                Some(i) => {
+                    if let (Some((k, Some(v))), Some(done)) = (changes.get(i), written.get_mut(i)) {
+                        if !*done {
+                            push(&mut out, format!("{k}={v}").as_bytes());
+                            *done = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (i, (k, v)) in changes.iter().enumerate() {
+        if let (Some(v), Some(false)) = (v, written.get(i)) {
+            push(&mut out, format!("{k}={v}").as_bytes());
+        }
+    }
+    // Header values the host accepts are bytes; a String here only because the host API takes
+    // one. Invalid UTF-8 (never produced by us) is replaced rather than dropped.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn lanes(read: bool, key: Option<&[u8]>) -> Lanes {
+        Lanes {
+            carriers: vec![
+                LaneCarrier {
+                    carrier: Carrier::Header("x-split-lane".into()),
+                    read,
+                },
+                LaneCarrier {
+                    carrier: Carrier::Baggage("split-lane".into()),
+                    read,
+                },
+            ],
+            key: key.map(SigningKey::from_secret),
+        }
+    }
+
+    #[test]
+    fn baggage_edits_keep_other_members_byte_for_byte() {
+        let edit = |b: &str, c: &[(&str, Option<&str>)]| edit_baggage(b.as_bytes(), c);
+        assert_eq!(
+            edit("", &[("split-lane", Some("canary"))]),
+            "split-lane=canary"
+        );
+        assert_eq!(
+            edit(
+                "userId=alice,  serverNode = DF%2028 ;p=1,isProduction=false",
+                &[("split-lane", Some("canary"))]
+            ),
+            "userId=alice,  serverNode = DF%2028 ;p=1,isProduction=false,split-lane=canary"
+        );
+        assert_eq!(
+            edit(
+                "a=1, split-lane = stable;sig=1.2 ,b=2,split-lane=x",
+                &[("split-lane", Some("canary"))]
+            ),
+            "a=1,split-lane=canary,b=2"
+        );
+        assert_eq!(
+            edit("a=1, split-lane=evil ,b=2", &[("split-lane", None)]),
+            "a=1,b=2"
+        );
+        assert_eq!(edit("split-lane=evil", &[("split-lane", None)]), "");
+        // A member without `=` or an empty one is someone else's: kept as it came.
+        assert_eq!(
+            edit("junk,,a=1", &[("split-lane", Some("c"))]),
+            "junk,,a=1,split-lane=c"
+        );
+    }
+
+    #[test]
+    fn where_lanes_start_every_incoming_value_is_untrusted() {
+        let l = lanes(false, None);
+        let h = headers(&[
+            ("x-split-lane", "canary"),
+            ("baggage", "a=1"),
+            ("baggage", "split-lane=canary"),
+        ]);
+        let r = Request::new(&h, None);
+        let incoming = l.screen(&r, Some(1));
+        assert_eq!(incoming, vec![Incoming::Untrusted, Incoming::Untrusted]);
+        assert_eq!(
+            l.edits(&r, &incoming, None),
+            vec![
+                ("x-split-lane".to_string(), None),
+                ("baggage".to_string(), Some("a=1".to_string()))
+            ]
+        );
+        // Starting a lane overwrites instead.
+        assert_eq!(
+            l.edits(&r, &incoming, Some((1, "stable"))),
+            vec![
+                ("x-split-lane".to_string(), None),
+                (
+                    "baggage".to_string(),
+                    Some("a=1,split-lane=stable".to_string())
+                )
+            ]
+        );
+        let none = headers(&[("baggage", "a=1")]);
+        let r = Request::new(&none, None);
+        let incoming = l.screen(&r, Some(1));
+        assert_eq!(incoming, vec![Incoming::Absent, Incoming::Absent]);
+        assert!(l.edits(&r, &incoming, None).is_empty(), "nothing to change");
+    }
+
+    #[test]
+    fn signed_lanes_verify_only_with_the_secret_and_while_fresh() {
+        let secret = b"0123456789abcdef-lanes";
+        let l = lanes(true, Some(secret));
+        let now = 1_800_000_000;
+        let value = l.value_for("canary", Some(now));
+        assert!(value.starts_with("canary;sig=1800000000."), "{value}");
+        let screen = |v: &str, at: Option<u64>| {
+            let h = headers(&[
+                ("x-split-lane", v),
+                ("baggage", &format!("k=v,split-lane={v}")),
+            ]);
+            l.screen(&Request::new(&h, None), at)
+        };
+        let lane = Incoming::Lane(b"canary".to_vec());
+        assert_eq!(screen(&value, Some(now + 299)), vec![lane.clone(), lane]);
+        for (forged, at) in [
+            ("canary", Some(now)),
+            ("stable;sig=1800000000.0123456789abcdef", Some(now)),
+            (value.as_str(), Some(now + LANE_MAX_AGE_S + 1)),
+            (value.as_str(), None),
+            (&value.replace("canary", "stable"), Some(now)),
+            (";sig=1.2", Some(now)),
+        ] {
+            assert_eq!(
+                screen(forged, at),
+                vec![Incoming::Invalid, Incoming::Invalid],
+                "{forged}"
+            );
+        }
+        let other = lanes(true, Some(b"0123456789abcdef-other!"));
+        assert_eq!(
+            other.value_for("canary", None),
+            "canary",
+            "no clock: unsigned"
+        );
+        // Without a secret, the name is taken as it comes, parameters ignored.
+        let open = lanes(true, None);
+        let h = headers(&[("x-split-lane", " canary ;x=1")]);
+        assert_eq!(
+            open.screen(&Request::new(&h, None), None)[0],
+            Incoming::Lane(b"canary".to_vec())
+        );
+    }
+}
