@@ -167,6 +167,9 @@ pub struct BackendState {
     pub delay_ms: AtomicU64,
     pub received: Mutex<Vec<Received>>,
     pub count: AtomicUsize,
+    /// When set, the backend is an application that calls the next service: it sends each
+    /// request on to this base URL with the headers it received (`Backend::forwarding`).
+    pub forward_to: Mutex<Option<String>>,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 answering `<name>` with header `x-backend: <name>`
@@ -190,6 +193,7 @@ impl Backend {
             delay_ms: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
+            forward_to: Mutex::new(None),
         });
         let st = Arc::clone(&state);
         runtime().spawn(async move {
@@ -209,6 +213,17 @@ impl Backend {
             }
         });
         Backend { addr, state }
+    }
+
+    /// An application in the middle of a call chain: it calls `next` (a base URL such as
+    /// `http://127.0.0.1:port`) with the method, path and every header it received except
+    /// hop-by-hop ones and `host` (as an app that forwards all headers, or OpenTelemetry's
+    /// propagators for `baggage`, would), and answers with the next service's status, body
+    /// and `x-backend`, adding `x-forwarded-by: <name>`.
+    pub fn forwarding(name: &str, next: &str) -> Backend {
+        let backend = Backend::start(name);
+        *backend.state.forward_to.lock().unwrap() = Some(next.to_string());
+        backend
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -254,12 +269,13 @@ async fn handle(
             )
         })
         .collect();
-    st.received.lock().unwrap().push(Received {
+    let received = Received {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         headers,
         body,
-    });
+    };
+    st.received.lock().unwrap().push(received.clone());
     st.count.fetch_add(1, Ordering::SeqCst);
     // A client can ask for a failure, to script exact failure ratios.
     // `x-fail: <name>` fails only at the backend of that name (not at a fallback).
@@ -267,6 +283,34 @@ async fn handle(
         .headers
         .get("x-fail")
         .is_some_and(|v| v == "1" || v.as_bytes() == st.name.as_bytes());
+    let next = st.forward_to.lock().unwrap().clone();
+    if let Some(next) = next {
+        let name = st.name.clone();
+        let (status, backend, body) = tokio::task::spawn_blocking(move || {
+            let mut call = ureq::request(&received.method, &format!("{next}{}", received.uri));
+            for (n, v) in &received.headers {
+                let hop = ["host", "connection", "content-length", "transfer-encoding"];
+                if !hop.contains(&n.as_str()) {
+                    call = call.set(n, v);
+                }
+            }
+            let r = match call.send_bytes(&received.body) {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{name}: calling the next service failed: {e}"),
+            };
+            let backend = r.header("x-backend").unwrap_or("").to_string();
+            (r.status(), backend, r.into_string().unwrap_or_default())
+        })
+        .await
+        .unwrap();
+        let response = hyper::Response::builder()
+            .status(status)
+            .header("x-backend", backend)
+            .header("x-forwarded-by", st.name.as_str())
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        return Ok(response);
+    }
     let delay = st.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
