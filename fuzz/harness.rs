@@ -249,11 +249,27 @@ pub fn decision(data: &[u8]) {
         })
         .collect();
     let mut rng = Rng::from_seed(u.arbitrary().unwrap_or(0));
-    let request = Request::new(&headers, route_name.as_deref());
+    let base = Request::new(&headers, route_name.as_deref());
+    // Lanes as the host screens and writes them (any clock, valid or not).
+    let now_s: Option<u64> = u.arbitrary().unwrap_or(None);
+    let incoming = plan.lanes.screen(&base, now_s);
+    let request = base.with_lanes(&incoming);
     if let Decision::Routed(routed) = plan.decide(&request, &mut rng, &views) {
         // What the host layer then indexes must exist.
         let rule = plan.rules.get(routed.rule);
-        assert!(rule.is_some_and(|r| r.destinations.get(routed.destination).is_some()));
+        let dest = rule.and_then(|r| r.destinations.get(routed.destination));
+        assert!(dest.is_some());
+        let start = match (rule.and_then(|r| r.lane.as_ref()), routed.lane, dest) {
+            (Some(lane), Some(traffic_split::lane::LaneStep::Started), Some(d)) => {
+                Some((lane.carrier, plan.lanes.value_for(&d.name, now_s)))
+            }
+            _ => None,
+        };
+        let edits = plan
+            .lanes
+            .edits(&request, &incoming, start.as_ref().map(|(c, v)| (*c, v.as_str())));
+        let mut edited = headers.clone();
+        traffic_split::lane::apply_edits(&mut edited, &edits);
     }
 }
 
@@ -277,7 +293,10 @@ pub const RICH_PLAN: &str = r#"{
                         { "name": "b", "cluster": "cb", "weight": 60,
                           "fallback": "c", "breaker": {} },
                         { "name": "c", "cluster": "cc", "weight": 0 } ] },
-    { "name": "all", "sticky": { "header": "x-user-id" },
+    { "name": "lane", "match": { "headers": [ { "name": "x-b", "present": true } ] },
+      "propagate": { "baggage": "split-lane" }, "from_lane": true, "lane_fallback": "b",
+      "destinations": [ { "name": "a", "cluster": "ca" }, { "name": "b", "cluster": "cb" } ] },
+    { "name": "all", "sticky": { "header": "x-user-id" }, "propagate": { "header": "x-split-lane" },
       "destinations": [ { "name": "a", "cluster": "ca", "weight": 1,
                           "fallback": "b", "breaker": { "half_open_percent": 50 } },
                         { "name": "b", "cluster": "cb", "weight": 1 } ] }
@@ -298,6 +317,7 @@ const HEADER_NAMES: &[&str] = &[
     "x-split-variant",
     "x-shadow-request",
     "baggage",
+    "x-split-lane",
 ];
 
 /// Value fragments that meet the parsers' edge cases.
@@ -321,6 +341,9 @@ const VALUE_PARTS: &[&[u8]] = &[
     b"GET",
     b"x.example.com",
     b"X.EXAMPLE.COM:443",
+    b"split-lane=a",
+    b";sig=1800000000.0123456789abcdef",
+    b",",
 ];
 
 fn request_headers(u: &mut Unstructured<'_>) -> Result<Vec<HeaderPair>> {
@@ -367,6 +390,13 @@ fn plugin_config(u: &mut Unstructured<'_>) -> Result<Value> {
             string(u)?
         })
     })?;
+    maybe(u, &mut top, "lane_secret", |u| {
+        Ok(if u.ratio(1, 2)? {
+            Value::from("a-shared-lane-secret-24ch")
+        } else {
+            string(u)?
+        })
+    })?;
     maybe(u, &mut top, "clear_route_cache", |u| {
         Ok(Value::from(*u.choose(&["auto", "always", "never", ""])?))
     })?;
@@ -388,6 +418,21 @@ fn rule(u: &mut Unstructured<'_>) -> Result<Value> {
     r.insert("destinations".into(), list(u, 0..=4, destination)?);
     maybe(u, &mut r, "shadow", |u| list(u, 0..=3, shadow))?;
     maybe(u, &mut r, "rollout", rollout)?;
+    maybe(u, &mut r, "propagate", |u| {
+        let mut p = Map::new();
+        if u.ratio(1, 2)? {
+            p.insert("header".into(), header_name(u)?);
+        } else {
+            p.insert(
+                "baggage".into(),
+                Value::from(*u.choose(&["split-lane", "lane", "a b", ""])?),
+            );
+        }
+        mutate(u, &mut p)?;
+        Ok(Value::Object(p))
+    })?;
+    maybe(u, &mut r, "from_lane", |u| Ok(Value::Bool(u.arbitrary()?)))?;
+    maybe(u, &mut r, "lane_fallback", name)?;
     mutate(u, &mut r)?;
     Ok(Value::Object(r))
 }

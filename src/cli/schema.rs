@@ -104,6 +104,8 @@ pub fn schema() -> Value {
                 "description": "Shadow bulkhead: bytes held for shadow copies per worker (header copies and bodies). A copy that would pass it is dropped and counted."},
             "shadow_marker_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
                 "description": "Signs the `x-shadow-request` marker of copies so that other instances sharing the secret keep it. 16–256 visible ASCII characters; treat it as a secret."},
+            "lane_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
+                "description": "Signs lane values where they start (`<name>;sig=<unix s>.<tag>`) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
             "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
                 "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
         },
@@ -127,8 +129,26 @@ pub fn schema() -> Value {
                     "shadow": {"type": "array", "maxItems": MAX_SHADOWS_PER_RULE,
                         "items": {"$ref": "#/$defs/shadow"},
                         "description": "Copies of this rule's requests sent to shadow clusters (at most 8 targets, each once)."},
-                    "rollout": {"$ref": "#/$defs/rollout"}
+                    "rollout": {"$ref": "#/$defs/rollout"},
+                    "propagate": {"$ref": "#/$defs/propagate"},
+                    "from_lane": {"type": "boolean", "default": false,
+                        "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
+                    "lane_fallback": {"type": "string", "pattern": NAME,
+                        "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."}
                 }
+            },
+            "propagate": {
+                "type": "object",
+                "additionalProperties": false,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "header": {"type": "string", "pattern": TOKEN,
+                        "description": "A request header of its own carries the lane (not a reserved header, not `cluster_header` or `variant_header`)."},
+                    "baggage": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$",
+                        "description": "The member with this key of the W3C `baggage` header carries the lane; other members are kept byte for byte."}
+                },
+                "description": "Where the chosen destination's `name` travels to later hops: exactly one of `header` and `baggage`."
             },
             "rollout": {
                 "type": "object",
