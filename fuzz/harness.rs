@@ -265,9 +265,11 @@ pub fn decision(data: &[u8]) {
             }
             _ => None,
         };
-        let edits = plan
-            .lanes
-            .edits(&request, &incoming, start.as_ref().map(|(c, v)| (*c, v.as_str())));
+        let edits = plan.lanes.edits(
+            &request,
+            &incoming,
+            start.as_ref().map(|(c, v)| (*c, v.as_str())),
+        );
         let mut edited = headers.clone();
         traffic_split::lane::apply_edits(&mut edited, &edits);
     }

@@ -269,6 +269,47 @@ fn explain_the_unleash_example() {
     assert_eq!(v["destination"]["name"], want);
 }
 
+/// A hop that routes by lanes: explain shows the lane the filter would follow, and that an
+/// unsigned lane does not count once `lane_secret` is set.
+#[test]
+fn explain_shows_the_lane() {
+    let lanes = |secret: &str| {
+        format!(
+            r#"{{{secret}"rules":[{{"name":"b","sticky":{{"header":"x-user-id"}},"propagate":{{"baggage":"split-lane"}},
+               "from_lane":true,"destinations":[{{"name":"canary","cluster":"b2"}},{{"name":"stable","cluster":"b1"}}]}}]}}"#
+        )
+    };
+    let cfg = Temp::new("lanes.json", &lanes(""));
+    let o = run(&[
+        "explain",
+        cfg.path(),
+        "--header",
+        "baggage=k=v,split-lane=canary",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lane"]["step"], "followed");
+    assert_eq!(v["destination"]["name"], "canary");
+    let signed = Temp::new(
+        "signed.json",
+        &lanes(r#""lane_secret":"0123456789abcdef-lanes","#),
+    );
+    let o = run(&[
+        "explain",
+        signed.path(),
+        "--header",
+        "baggage=split-lane=canary",
+        "--header",
+        "x-user-id=u1",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("lane (baggage member split-lane): started"),
+        "{out}"
+    );
+}
+
 #[test]
 fn explain_says_why_earlier_rules_failed_and_the_side_effects() {
     let o = run(&[

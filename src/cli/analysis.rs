@@ -3,6 +3,7 @@
 use super::{hash_name, load_one, ExplainArgs, Failure};
 use crate::bucket::{FINE_BUCKETS, UNLEASH_BUCKETS};
 use crate::config::HashKind;
+use crate::lane::{Carrier, LaneStep};
 use crate::matcher::{Condition, StringOp};
 use crate::plan::{Decision, Plan, Rule, StickyKey};
 use crate::request::{HeaderPair, Request};
@@ -170,7 +171,14 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     };
     let headers = request_headers(args);
     let route = args.route_name.as_ref().map(|r| r.as_bytes());
-    let request = Request::new(&headers, route);
+    // Lane carriers as the filter screens them (signatures checked against this clock).
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .ok();
+    let base = Request::new(&headers, route);
+    let incoming = plan.lanes.screen(&base, now_s);
+    let request = base.with_lanes(&incoming);
     let mut lines: Vec<String> = vec![format!("config: {}", checked.embedded.label())];
     let mut skipped = Vec::new();
     let mut report = serde_json::Map::new();
@@ -233,7 +241,29 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .as_ref()
         .and_then(|s| Rule::user_key(s, &request).map(|k| (s, k)));
     let mut destination = routed.destination;
+    let lane = rule.lane.as_ref().zip(routed.lane);
+    if let Some((lane, step)) = lane {
+        let carrier = match plan.lanes.carriers.get(lane.carrier).map(|c| &c.carrier) {
+            Some(Carrier::Header(h)) => format!("header {h}"),
+            Some(Carrier::Baggage(k)) => format!("baggage member {k}"),
+            None => String::new(),
+        };
+        let carried = request.lane(lane.carrier).map(text);
+        lines.push(format!(
+            "  lane ({carrier}): {}{}",
+            step.as_str(),
+            carried
+                .as_deref()
+                .map_or(String::new(), |c| format!(", carried {c:?}"))
+        ));
+        report.insert(
+            "lane".into(),
+            json!({"carrier": carrier, "step": step.as_str(), "carried": carried}),
+        );
+    }
+    let by_lane = matches!(lane, Some((_, LaneStep::Followed | LaneStep::Fallback)));
     match (&rule.sticky, &key) {
+        _ if by_lane => {}
         _ if fixed => lines.push("  one destination: every request goes to it (no bucket)".into()),
         (Some(_), Some((sticky, k))) => {
             let b = rule.bucket_of_key(k);
@@ -283,13 +313,20 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     }
     report.insert("salt".into(), Value::from(salt));
     report.insert("hash".into(), Value::from(hash_name(rule.hash)));
-    report.insert("random".into(), Value::from(!fixed && key.is_none()));
+    report.insert(
+        "random".into(),
+        Value::from(!fixed && key.is_none() && !by_lane),
+    );
     if let Some(d) = rule.destinations.get(destination) {
         let variant = plan
             .variant_header
             .as_ref()
             .map_or_else(String::new, |v| format!(", {v}: {}", d.name));
-        let prefix = if !fixed && key.is_none() { "e.g. " } else { "" };
+        let prefix = if !fixed && key.is_none() && !by_lane {
+            "e.g. "
+        } else {
+            ""
+        };
         lines.push(format!(
             "  destination: {prefix}{} ({}: {}{variant})",
             d.name, plan.cluster_header, d.cluster
