@@ -5,6 +5,12 @@
 //!   client → edge Envoy ─┬─ app-a-canary ─┐
 //!                        └─ app-a-stable ─┴→ Envoy B ─┬─ b-canary
 //!                                                     └─ b-stable
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
