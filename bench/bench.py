@@ -191,6 +191,9 @@ SCENARIOS = [
              module="filter", config="filter-sticky.json"),
     Scenario("filter-lean", 'filter-sticky with variant_header "": one read, one write, the same job as the lua script',
              module="filter", config="filter-sticky.json", config_set={"variant_header": ""}),
+    Scenario("filter-lanes",
+             "filter-sticky starting a signed lane: the baggage member split-lane written (lane_secret)",
+             module="filter", config="filter-lanes.json"),
     Scenario("filter-5000-rules",
              "traffic-split with 5,000 rules, each scoped to its own host (exact authority), sticky 95/5; "
              "the load's host is the last rule's",
@@ -225,6 +228,13 @@ SCENARIOS = [
     # before a direct_response, so only the filter and Envoy itself are counted.
     Scenario("callgrind", "(tool) bench/callgrind.sh's Envoy", routes="routes-direct.yaml", module="filter",
              config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    # callgrind's rule starting a signed lane in baggage (CG_SCENARIO=callgrind-lanes).
+    Scenario("callgrind-lanes", "(tool) bench/callgrind.sh's Envoy, the rule starting a signed lane",
+             routes="routes-direct.yaml", module="filter",
+             config='{"lane_secret":"bench-lane-secret-0123456789","rules":[{"name":"r","sticky":{"header":"x-user-id"},'
+                    '"propagate":{"baggage":"split-lane"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
