@@ -2,8 +2,8 @@
 //! fields, their types, bounds and defaults.
 
 use super::json::{string_item, wrong_type, Obj, Result};
+use super::json_value::Value;
 use super::*;
-use serde_json::Value;
 
 /// Parses the JSON plugin configuration. An empty (or all-whitespace) configuration is the
 /// default configuration: no rules.
@@ -11,8 +11,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(PluginConfig::default());
     }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|err| ConfigError::at("", format_args!("invalid JSON: {err}")))?;
+    let value = super::json_value::parse(bytes)?;
     let mut top = Obj::new(
         "",
         &value,

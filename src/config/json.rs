@@ -1,8 +1,8 @@
-//! Reading a `serde_json::Value` field by field, with each field's path for error messages.
-//! `null` counts as absent; unknown fields are rejected before any value is read.
+//! Reading a JSON `Value` (`json_value`) field by field, with each field's path for error
+//! messages. `null` counts as absent; unknown fields are rejected before any value is read.
 
+use super::json_value::Value;
 use super::ConfigError;
-use serde_json::{Map, Value};
 
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -32,7 +32,8 @@ pub(super) fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError
 /// `null` counts as absent.
 pub(super) struct Obj<'a> {
     path: String,
-    map: &'a Map<String, Value>,
+    /// In document order, duplicate keys kept (the last one counts, as in serde_json's map).
+    map: &'a [(String, Value)],
 }
 
 impl<'a> Obj<'a> {
@@ -53,9 +54,11 @@ impl<'a> Obj<'a> {
     }
 
     /// Rejects fields not in `allowed`, before any value is looked at, so a misspelt field is
-    /// reported as such rather than as a missing one.
+    /// reported as such rather than as a missing one. Of several, the first in byte order is
+    /// named (serde_json's map was sorted), whatever the order in the document.
     pub(super) fn allow(&self, allowed: &[&str]) -> Result<()> {
-        match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let unknown = self.map.iter().map(|(k, _)| k.as_str());
+        match unknown.filter(|k| !allowed.contains(k)).min() {
             None => Ok(()),
             Some(unknown) => Err(ConfigError::at(
                 self.child(unknown),
@@ -81,7 +84,8 @@ impl<'a> Obj<'a> {
     }
 
     fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+        let mut found = self.map.iter().rev().filter(|(k, _)| k == key);
+        found.next().map(|(_, v)| v).filter(|v| !v.is_null())
     }
 
     pub(super) fn required<T>(

@@ -12,6 +12,7 @@
 
 mod decode;
 mod json;
+mod json_value;
 
 pub use decode::parse;
 
