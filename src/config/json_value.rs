@@ -147,8 +147,9 @@ impl<'a> Parser<'a> {
             b'-' | b'0'..=b'9' => {
                 let start = self.i;
                 self.number()?;
+                // ASCII: nothing is replaced.
                 let text = self.s.get(start..self.i).unwrap_or_default();
-                Value::Number(Number(text.iter().map(|&b| char::from(b)).collect()))
+                Value::Number(Number(String::from_utf8_lossy(text).into_owned()))
             }
             b'"' => {
                 self.i += 1;
@@ -252,22 +253,17 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Result<String> {
         let mut out = Vec::new();
         loop {
-            let rest = self.s.get(self.i..).unwrap_or_default();
-            let run = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .unwrap_or(rest.len());
-            out.extend_from_slice(rest.get(..run).unwrap_or_default());
-            self.i += run;
+            // Byte by byte: copying runs would be a quarter faster, and ~100 B larger.
             match self.next() {
                 Some(b'"') => break,
                 Some(b'\\') => self.escape(&mut out)?,
-                Some(_) => {
+                Some(0..0x20) => {
                     return Err(self.fail(
                         "control character (\\u0000-\\u001F) found while parsing a string",
                         self.i,
                     ))
                 }
+                Some(c) => out.push(c),
                 None => return Err(self.fail(EOF_STRING, self.i)),
             }
         }
