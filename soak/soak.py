@@ -15,7 +15,9 @@ On 127.0.0.1 only, for SOAK_SECONDS (default 600):
   * every SOAK_ECDS_SECONDS a new filter configuration is published (weights change, a rule is
     added and removed; every 5th one is invalid and must be rejected);
   * SOAK_HOSTILE_RPS hostile requests per second on their own listener (non-UTF-8 header
-    bytes, 60 KB cookies, malformed percent-encoding, bodies cut off mid-stream).
+    bytes, 60 KB cookies, malformed percent-encoding, bodies cut off mid-stream, a 40 KB
+    baggage with a forged lane over two lines: every request of the main rule starts a signed
+    lane, so each such baggage is edited).
 Then it checks the invariants (zero client-visible errors caused by the filter, the shadow
 counters add up, no VM died, every valid configuration applied and every invalid one refused),
 writes target/soak/result.json and result.md, and with --report replaces the generated block
@@ -187,6 +189,8 @@ def filter_config(version):
     rules.append({
         "name": RULE,
         "sticky": {"header": "x-user-id"},
+        # Every request starts a signed lane: the hostile baggage (below) is edited too.
+        "propagate": {"baggage": "split-lane"},
         "destinations": [
             {"name": CANARY, "cluster": "canary", "weight": canary_weight if version % 5 != 4 else 2.5,
              "fallback": "stable",
@@ -199,7 +203,7 @@ def filter_config(version):
         "shadow": [{"name": SHADOW, "cluster": "shadow", "percent": 100, "timeout_ms": 2000,
                     "compare": True}],
     })
-    return {"max_in_flight": 128, "rules": rules}
+    return {"max_in_flight": 128, "lane_secret": "soak-lane-secret-0123456789", "rules": rules}
 
 
 def ecds_resource(wasm, version):
@@ -255,12 +259,18 @@ def hostile_request(kind, n):
     if kind == "badpct-path":
         return (b"GET /hostile/%zz/%E0%A4%A/%/a%2 HTTP/1.1\r\nhost: soak\r\n"
                 b"x-soak-kind: badpct-path\r\nx-user-id: " + user + b"\r\n\r\n"), True
+    if kind == "baggage":
+        # A forged lane in a 40 KB baggage with non-UTF-8 members, on two lines.
+        members = b",".join(b"m%d=%s" % (i, b"v" * 60) for i in range(600))
+        return (b"GET /hostile HTTP/1.1\r\nhost: soak\r\nx-soak-kind: baggage\r\nx-user-id: " + user +
+                b"\r\nbaggage: split-lane=canary;sig=1.0123456789abcdef, bad=\xff\xfe," + members +
+                b"\r\nbaggage: split-lane=stable\r\n\r\n"), True
     # cutbody: a body announced as 10000 bytes, 3000 sent, then the client leaves.
     return (b"POST /hostile/upload HTTP/1.1\r\nhost: soak\r\nx-soak-kind: cutbody\r\nx-user-id: " + user +
             b"\r\ncontent-type: application/octet-stream\r\ncontent-length: 10000\r\n\r\n" + b"b" * 3000), False
 
 
-HOSTILE_KINDS = ["nonutf8", "cookie60k", "badpct-query", "badpct-path", "cutbody"]
+HOSTILE_KINDS = ["nonutf8", "cookie60k", "badpct-query", "badpct-path", "cutbody", "baggage"]
 
 
 def send_hostile(port, kind, n):

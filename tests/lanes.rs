@@ -207,6 +207,14 @@ fn a_lane_started_at_the_edge_is_followed_at_the_next_hop_and_a_forged_one_chang
         total
     );
     assert_eq!(c.b.counter("traffic_split.lane.invalid"), 0);
+    // Prometheus labels (envoy/stats_config.yaml): the rule becomes a label.
+    let prom = c.b.admin_get("/stats/prometheus");
+    assert!(
+        prom.contains(&format!(
+            "traffic_split_rule_lane_followed{{rule=\"b\"}} {total}"
+        )),
+        "{prom}"
+    );
 }
 
 /// With `lane_secret`, lanes are signed where they start and verified where they are read:
