@@ -104,14 +104,17 @@ impl LaneStep {
 
 /// `headers` (a copy of the request's) with `edits` (`Lanes::edits`) applied, as the host
 /// applied them to the request.
-pub fn apply_edits(headers: &mut Vec<HeaderPair>, edits: &[(String, Option<String>)]) {
+pub fn apply_edits(headers: &mut Vec<HeaderPair>, edits: &[HeaderEdit]) {
     for (name, value) in edits {
         headers.retain(|(n, _)| n != name);
         if let Some(v) = value {
-            headers.push((name.clone(), v.clone().into_bytes()));
+            headers.push((name.clone(), v.clone()));
         }
     }
 }
+
+/// One request-header write: `(name, None)` removes the header, `(name, Some(v))` sets it.
+pub type HeaderEdit = (String, Option<Vec<u8>>);
 
 impl Lanes {
     pub fn is_empty(&self) -> bool {
@@ -165,8 +168,7 @@ impl Lanes {
     }
 
     /// The request-header writes that carry out `incoming` (removing what must not pass) and
-    /// `start` (`(carrier, value)`: the lane this request starts): `(header, None)` removes the
-    /// header, `(header, Some(v))` sets it. Empty when nothing changes. Baggage members other
+    /// `start` (`(carrier, value)`: the lane this request starts). Empty when nothing changes. Baggage members other
     /// than the lanes' are kept byte for byte; several `baggage` lines become one (a list
     /// header: the same value, RFC 9110 5.3).
     pub fn edits(
@@ -174,7 +176,7 @@ impl Lanes {
         request: &Request<'_>,
         incoming: &[Incoming],
         start: Option<(usize, &str)>,
-    ) -> Vec<(String, Option<String>)> {
+    ) -> Vec<HeaderEdit> {
         let mut out = Vec::new();
         let mut baggage_changes: Vec<(&str, Option<&str>)> = Vec::new();
         for (i, c) in self.carriers.iter().enumerate() {
@@ -187,7 +189,9 @@ impl Lanes {
                 continue;
             }
             match &c.carrier {
-                Carrier::Header(name) => out.push((name.clone(), write.map(str::to_string))),
+                Carrier::Header(name) => {
+                    out.push((name.clone(), write.map(|v| v.as_bytes().to_vec())))
+                }
                 Carrier::Baggage(key) => baggage_changes.push((key, write)),
             }
         }
@@ -244,9 +248,9 @@ fn split_name(value: &[u8]) -> (&[u8], &[u8]) {
 
 /// `baggage` with each `(key, value)` applied: `Some(v)` replaces the first member with that
 /// key by `key=v` (appended when there is none), `None` removes it; further members with the
-/// key are removed either way. Every other member is kept byte for byte, spaces included.
-/// Invalid UTF-8 in other members is kept as it came (lossless: bytes in, bytes out).
-fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> String {
+/// key are removed either way. Every other member is kept byte for byte, spaces and bytes that
+/// are not UTF-8 included.
+fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(baggage.len() + 64);
     let mut written = vec![false; changes.len()];
     let push = |out: &mut Vec<u8>, member: &[u8]| {
@@ -277,21 +281,13 @@ fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> String {
             push(&mut out, format!("{k}={v}").as_bytes());
         }
     }
-    // Header values the host accepts are bytes; a String here only because the host API takes
-    // one. Invalid UTF-8 (never produced by us) is replaced rather than dropped.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::request::header_pairs as headers;
 
     fn lanes(read: bool, key: Option<&[u8]>) -> Lanes {
         Lanes {
@@ -311,7 +307,9 @@ mod tests {
 
     #[test]
     fn baggage_edits_keep_other_members_byte_for_byte() {
-        let edit = |b: &str, c: &[(&str, Option<&str>)]| edit_baggage(b.as_bytes(), c);
+        let edit = |b: &str, c: &[(&str, Option<&str>)]| {
+            String::from_utf8(edit_baggage(b.as_bytes(), c)).unwrap()
+        };
         assert_eq!(
             edit("", &[("split-lane", Some("canary"))]),
             "split-lane=canary"
@@ -335,6 +333,11 @@ mod tests {
             "a=1,b=2"
         );
         assert_eq!(edit("split-lane=evil", &[("split-lane", None)]), "");
+        // Bytes that are not UTF-8 in other members pass unchanged.
+        assert_eq!(
+            edit_baggage(b"a=\xff\xfe,split-lane=x", &[("split-lane", Some("c"))]),
+            b"a=\xff\xfe,split-lane=c".to_vec()
+        );
         // A member without `=` or an empty one is someone else's: kept as it came.
         assert_eq!(
             edit("junk,,a=1", &[("split-lane", Some("c"))]),
@@ -357,7 +360,7 @@ mod tests {
             l.edits(&r, &incoming, None),
             vec![
                 ("x-split-lane".to_string(), None),
-                ("baggage".to_string(), Some("a=1".to_string()))
+                ("baggage".to_string(), Some(b"a=1".to_vec()))
             ]
         );
         // Starting a lane overwrites instead.
@@ -367,7 +370,7 @@ mod tests {
                 ("x-split-lane".to_string(), None),
                 (
                     "baggage".to_string(),
-                    Some("a=1,split-lane=stable".to_string())
+                    Some(b"a=1,split-lane=stable".to_vec())
                 )
             ]
         );

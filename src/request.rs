@@ -125,6 +125,15 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Test requests from text pairs (one helper for every module's tests).
+#[cfg(test)]
+pub(crate) fn header_pairs(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|&b| b == sep)?;
     Some((bytes.get(..at)?, bytes.get(at + 1..)?))

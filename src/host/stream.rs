@@ -5,7 +5,7 @@ use super::shadow::{ShadowState, StreamShadow};
 use super::{breaker, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
 use crate::breaker::BreakerTicket;
 use crate::config::RouteCacheMode;
-use crate::lane::{Incoming, LaneStep};
+use crate::lane::{HeaderEdit, Incoming, LaneStep};
 use crate::metrics::BreakerEvent;
 use crate::plan::{Decision, Routed};
 use crate::request::Request;
@@ -115,7 +115,7 @@ impl SplitStream {
         incoming: &[Incoming],
         decision: &Decision,
         now_s: Option<u64>,
-    ) -> Vec<(String, Option<String>)> {
+    ) -> Vec<HeaderEdit> {
         let plan = &self.active.plan;
         let mut counters = self.active.counters.borrow_mut();
         for i in incoming {
@@ -142,7 +142,8 @@ impl SplitStream {
             start.as_ref().map(|(c, v)| (*c, v.as_str())),
         );
         for (name, value) in &edits {
-            set_request_header(name, value.as_deref());
+            let _ =
+                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value.as_deref());
         }
         edits
     }

@@ -251,14 +251,7 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::HeaderPair;
-
-    fn headers(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::request::{header_pairs as headers, HeaderPair};
 
     fn plan(json: &str) -> Plan {
         Plan::from_json(json.as_bytes()).unwrap()
