@@ -631,6 +631,17 @@ def evaluate(r, check_rss):
           opened >= fails and closed >= max(1, heals - 1),
           f"opened {opened} (at least {fails}), closed {closed} (at least {max(1, heals - 1)}) "
           f"after {r['events']['flaps']} flaps")
+    # Lanes: every request the main rule routed started one (its rule has `propagate`), and
+    # every hostile request with a forged lane had it removed, none lost across reloads.
+    routed = sum(v for k, v in f.items()
+                 if k.startswith(f"{PREFIX}rule.{RULE}.destination.") and k.endswith(".requests"))
+    started = counter(f, f"rule.{RULE}.lane.started")
+    untrusted = counter(f, "lane.untrusted")
+    forged = sum(n for status, n in r["hostile"].get("baggage", {}).items() if status.isdigit())
+    check("every routed request started a lane, every forged lane was removed",
+          started == routed and routed > 0 and untrusted == forged,
+          f"lane.started {started} of {routed} routed by '{RULE}'; lane.untrusted {untrusted} "
+          f"for {forged} answered hostile requests with a forged lane")
     reloads = {k: v for k, v in f.items() if k.startswith("wasm.") and "vm_reload" in k and v}
     check("no Wasm VM died", not reloads and r["front_log_lines"]["panicked"] == 0,
           f"vm_reload counters {reloads or 'all 0 or absent'}, 'panicked' in the log {r['front_log_lines']['panicked']}x")
