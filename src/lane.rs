@@ -168,9 +168,9 @@ impl Lanes {
     }
 
     /// The request-header writes that carry out `incoming` (removing what must not pass) and
-    /// `start` (`(carrier, value)`: the lane this request starts). Empty when nothing changes. Baggage members other
-    /// than the lanes' are kept byte for byte; several `baggage` lines become one (a list
-    /// header: the same value, RFC 9110 5.3).
+    /// `start` (`(carrier, value)`: the lane this request starts); empty when nothing changes.
+    /// Baggage members other than the lanes' are kept byte for byte; several `baggage` lines
+    /// become one (a list header: the same value, RFC 9110 5.3).
     pub fn edits(
         &self,
         request: &Request<'_>,
