@@ -35,10 +35,10 @@ pub fn bucket_counts_in(rule: &Rule, bounds: &[u32]) -> Vec<u32> {
     counts
 }
 
-/// The filter's load-time warnings (`Plan::unscoped_side_effects`) plus what only an offline
+/// The filter's load-time warnings (`Plan::load_warnings`) plus what only an offline
 /// check can afford: rules that can never match, destinations that get no bucket.
 pub fn warnings(plan: &Plan) -> Vec<String> {
-    let mut out = plan.unscoped_side_effects();
+    let mut out = plan.load_warnings();
     let mut catch_all: Option<&str> = None;
     for rule in &plan.rules {
         if let Some(earlier) = catch_all {

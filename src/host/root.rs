@@ -251,7 +251,7 @@ impl RootContext for SplitRoot {
 /// from the ABI the module declares), but whether it offers the explicit call can: from the
 /// root context the call has no stream to act on, so it is a harmless probe.
 fn log_platform_checks(plan: &Plan) {
-    for warning in plan.unscoped_side_effects() {
+    for warning in plan.load_warnings() {
         log::warn!("traffic-split: {warning}");
     }
     let offered = hostcalls::call_foreign_function("clear_route_cache", None).is_ok();

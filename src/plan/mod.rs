@@ -274,6 +274,25 @@ impl Plan {
         self.rules.get(rule)?.shadows.get(shadow)
     }
 
+    /// Every warning logged when the plan is loaded: `unscoped_side_effects`, and rules that
+    /// route by unsigned lanes.
+    pub fn load_warnings(&self) -> Vec<String> {
+        let mut out = self.unscoped_side_effects();
+        if self.lanes.key.is_none() {
+            for rule in &self.rules {
+                if rule.lane.as_ref().is_some_and(|l| l.from_lane) {
+                    out.push(format!(
+                        "rule \"{}\" routes by lanes (from_lane) without lane_secret: any caller \
+                         that reaches this proxy without passing the edge can pick a lane; set the \
+                         same lane_secret where lanes start and here",
+                        rule.name
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Rules with effects beyond routing (assigning a cookie, shadowing, a breaker) that are
     /// not scoped to a host or an Envoy route: on a shared gateway such a rule acts on every
     /// app behind it (docs/deploy.md). Logged as warnings at load; the configuration stays valid.

@@ -414,6 +414,26 @@ fn rules_with_side_effects_and_no_host_or_route_scope_are_reported() {
     assert!(warnings[2].starts_with("rule \"breaks\" has breaker but"));
 }
 
+#[test]
+fn following_unsigned_lanes_is_a_load_warning() {
+    let lane = |secret: &str| {
+        Plan::from_json(
+            format!(
+                r#"{{{secret}"rules":[{{"name":"b","match":{{"authority":{{"exact":"b"}}}},
+                   "propagate":{{"header":"x-lane"}},"from_lane":true,{DESTS}}},
+                   {{"name":"edge","match":{{"authority":{{"exact":"e"}}}},"propagate":{{"header":"x-lane"}},{DESTS}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+        .load_warnings()
+    };
+    let warnings = lane("");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("rule \"b\" routes by lanes (from_lane) without lane_secret"));
+    assert!(lane(r#""lane_secret":"0123456789abcdef-lanes","#).is_empty());
+}
+
 /// Rule `r` with destinations canary (first) and stable, and a rollout of `fields`.
 fn rollout(fields: &str) -> String {
     rule(&format!(
