@@ -252,7 +252,7 @@ pub fn decision(data: &[u8]) {
     let base = Request::new(&headers, route_name.as_deref());
     // Lanes as the host screens and writes them (any clock, valid or not).
     let now_s: Option<u64> = u.arbitrary().unwrap_or(None);
-    let incoming = plan.lanes.screen(&base, now_s);
+    let incoming = plan.lanes.screen(&base, || now_s);
     let request = base.with_lanes(&incoming);
     if let Decision::Routed(routed) = plan.decide(&request, &mut rng, &views) {
         // What the host layer then indexes must exist.

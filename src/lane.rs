@@ -13,8 +13,9 @@
 //! `crate::signing`) and verified where it is read, so only an instance holding the secret can
 //! start a lane, whichever path a request took to get here (docs/configuration.md "Lanes").
 
-use crate::request::{trim, HeaderPair, Request};
+use crate::request::{split_once, trim, HeaderPair, Request};
 use crate::signing::SigningKey;
+use std::borrow::Cow;
 
 /// What lane signatures sign (domain separation from the shadow marker's).
 const LANE_DOMAIN: &[u8] = b"traffic-split lane v1:";
@@ -121,22 +122,27 @@ impl Lanes {
         self.carriers.is_empty()
     }
 
-    /// What each carrier brings, in carrier order. `now_s` (unix seconds) verifies signatures;
+    /// What each carrier brings, in carrier order. `now_s` (unix seconds) verifies signatures,
+    /// and is only asked for when a value must be verified (the host's clock is a host call);
     /// without it no signed value verifies.
-    pub fn screen(&self, request: &Request<'_>, now_s: Option<u64>) -> Vec<Incoming> {
+    pub fn screen(
+        &self,
+        request: &Request<'_>,
+        mut now_s: impl FnMut() -> Option<u64>,
+    ) -> Vec<Incoming> {
         let mut out = Vec::with_capacity(self.carriers.len());
         for c in &self.carriers {
             let incoming = match incoming_value(&c.carrier, request) {
                 None => Incoming::Absent,
                 Some(_) if !c.read => Incoming::Untrusted,
-                Some(value) => self.accept(&value, now_s),
+                Some(value) => self.accept(&value, &mut now_s),
             };
             out.push(incoming);
         }
         out
     }
 
-    fn accept(&self, value: &[u8], now_s: Option<u64>) -> Incoming {
+    fn accept(&self, value: &[u8], now_s: &mut impl FnMut() -> Option<u64>) -> Incoming {
         let (name, params) = split_name(value);
         if name.is_empty() {
             return Incoming::Invalid;
@@ -147,7 +153,7 @@ impl Lanes {
         let signature = params
             .split(|&b| b == b';')
             .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM));
-        match (signature, now_s) {
+        match (signature, signature.and_then(|_| now_s())) {
             (Some(sig), Some(now)) if key.verify(LANE_DOMAIN, name, sig, now, LANE_MAX_AGE_S) => {
                 Incoming::Lane(name.to_vec())
             }
@@ -204,44 +210,52 @@ impl Lanes {
 }
 
 /// The raw value on `carrier`: the first header line, or the baggage member's value.
-fn incoming_value<'a>(carrier: &Carrier, request: &Request<'a>) -> Option<Vec<u8>> {
+fn incoming_value<'a>(carrier: &Carrier, request: &Request<'a>) -> Option<Cow<'a, [u8]>> {
     match carrier {
-        Carrier::Header(name) => request.header(name).map(<[u8]>::to_vec),
-        Carrier::Baggage(key) => {
-            let all = baggage_of(request);
-            all.split(|&b| b == b',').find_map(|member| {
-                let (k, v) = split_member(member)?;
-                (k == key.as_bytes()).then(|| v.to_vec())
-            })
-        }
+        Carrier::Header(name) => request.header(name).map(Cow::Borrowed),
+        Carrier::Baggage(key) => match baggage_of(request) {
+            Cow::Borrowed(all) => member_value(all, key).map(Cow::Borrowed),
+            Cow::Owned(all) => member_value(&all, key).map(|v| Cow::Owned(v.to_vec())),
+        },
     }
 }
 
-/// Every `baggage` line of the request, joined with `,` (one list, RFC 9110 5.3).
-fn baggage_of(request: &Request<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in request.all(BAGGAGE) {
-        if !out.is_empty() {
-            out.push(b',');
-        }
+/// The value (with its properties) of the first baggage member named `key`.
+fn member_value<'b>(baggage: &'b [u8], key: &str) -> Option<&'b [u8]> {
+    baggage.split(|&b| b == b',').find_map(|member| {
+        let (k, v) = split_member(member)?;
+        (k == key.as_bytes()).then_some(v)
+    })
+}
+
+/// Every `baggage` line of the request, joined with `,` (one list, RFC 9110 5.3): borrowed
+/// when there is at most one line, as there nearly always is.
+fn baggage_of<'a>(request: &Request<'a>) -> Cow<'a, [u8]> {
+    let mut lines = request.all(BAGGAGE);
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = first.to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        out.push(b',');
         out.extend_from_slice(line);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// A baggage member `key=value[;properties]` as (trimmed key, value with its properties).
 fn split_member(member: &[u8]) -> Option<(&[u8], &[u8])> {
-    let eq = member.iter().position(|&b| b == b'=')?;
-    Some((trim(member.get(..eq)?), trim(member.get(eq + 1..)?)))
+    let (key, value) = split_once(member, b'=')?;
+    Some((trim(key), trim(value)))
 }
 
 /// A lane value `name[;params]` as (trimmed name, params).
 fn split_name(value: &[u8]) -> (&[u8], &[u8]) {
-    match value.iter().position(|&b| b == b';') {
-        Some(at) => (
-            trim(value.get(..at).unwrap_or_default()),
-            value.get(at + 1..).unwrap_or_default(),
-        ),
+    match split_once(value, b';') {
+        Some((name, params)) => (trim(name), params),
         None => (trim(value), &[]),
     }
 }
@@ -354,7 +368,7 @@ mod tests {
             ("baggage", "split-lane=canary"),
         ]);
         let r = Request::new(&h, None);
-        let incoming = l.screen(&r, Some(1));
+        let incoming = l.screen(&r, || Some(1));
         assert_eq!(incoming, vec![Incoming::Untrusted, Incoming::Untrusted]);
         assert_eq!(
             l.edits(&r, &incoming, None),
@@ -376,7 +390,7 @@ mod tests {
         );
         let none = headers(&[("baggage", "a=1")]);
         let r = Request::new(&none, None);
-        let incoming = l.screen(&r, Some(1));
+        let incoming = l.screen(&r, || Some(1));
         assert_eq!(incoming, vec![Incoming::Absent, Incoming::Absent]);
         assert!(l.edits(&r, &incoming, None).is_empty(), "nothing to change");
     }
@@ -393,7 +407,7 @@ mod tests {
                 ("x-split-lane", v),
                 ("baggage", &format!("k=v,split-lane={v}")),
             ]);
-            l.screen(&Request::new(&h, None), at)
+            l.screen(&Request::new(&h, None), || at)
         };
         let lane = Incoming::Lane(b"canary".to_vec());
         assert_eq!(screen(&value, Some(now + 299)), vec![lane.clone(), lane]);
@@ -421,7 +435,7 @@ mod tests {
         let open = lanes(true, None);
         let h = headers(&[("x-split-lane", " canary ;x=1")]);
         assert_eq!(
-            open.screen(&Request::new(&h, None), None)[0],
+            open.screen(&Request::new(&h, None), || None)[0],
             Incoming::Lane(b"canary".to_vec())
         );
     }

@@ -134,7 +134,7 @@ pub(crate) fn header_pairs(pairs: &[(&str, &str)]) -> Vec<HeaderPair> {
         .collect()
 }
 
-fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_once(bytes: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let at = bytes.iter().position(|&b| b == sep)?;
     Some((bytes.get(..at)?, bytes.get(at + 1..)?))
 }

@@ -177,7 +177,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .map(|d| d.as_secs())
         .ok();
     let base = Request::new(&headers, route);
-    let incoming = plan.lanes.screen(&base, now_s);
+    let incoming = plan.lanes.screen(&base, || now_s);
     let request = base.with_lanes(&incoming);
     let mut lines: Vec<String> = vec![format!("config: {}", checked.embedded.label())];
     let mut skipped = Vec::new();

@@ -114,7 +114,7 @@ impl SplitStream {
         request: &Request<'_>,
         incoming: &[Incoming],
         decision: &Decision,
-        now_s: Option<u64>,
+        clock: Option<Option<u64>>,
     ) -> Vec<HeaderEdit> {
         let plan = &self.active.plan;
         let mut counters = self.active.counters.borrow_mut();
@@ -132,6 +132,11 @@ impl SplitStream {
                 counters.count_lane(lane.slot, step);
                 let dest = rule.and_then(|r| r.destinations.get(routed.destination));
                 if let (LaneStep::Started, Some(dest)) = (step, dest) {
+                    let now_s = match (&plan.lanes.key, clock) {
+                        (None, _) => None,
+                        (Some(_), Some(read)) => read,
+                        (Some(_), None) => unix_seconds(),
+                    };
                     start = Some((lane.carrier, plan.lanes.value_for(&dest.name, now_s)));
                 }
             }
@@ -249,17 +254,14 @@ impl HttpContext for SplitStream {
         };
         let base = Request::new(&headers, route_name.as_deref())
             .with_source_address(source_address.as_deref());
-        // Lane carriers: screened on every request (`crate::lane`), the clock read only to
-        // verify or sign with `lane_secret`.
-        let lane_clock_s = if plan.lanes.key.is_some() {
-            super::now_ms().map(|ms| ms / 1000)
-        } else {
-            None
-        };
+        // Lane carriers: screened on every request (`crate::lane`); the clock is read at most
+        // once, and only to verify or sign with `lane_secret`.
+        let mut lane_clock: Option<Option<u64>> = None;
         let incoming = if plan.lanes.is_empty() {
             Vec::new()
         } else {
-            plan.lanes.screen(&base, lane_clock_s)
+            plan.lanes
+                .screen(&base, || *lane_clock.get_or_insert_with(unix_seconds))
         };
         let request = base.with_lanes(&incoming);
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
@@ -274,7 +276,7 @@ impl HttpContext for SplitStream {
         let lane_edits = if plan.lanes.is_empty() {
             Vec::new()
         } else {
-            self.lane_edits(&request, &incoming, &decision, lane_clock_s)
+            self.lane_edits(&request, &incoming, &decision, lane_clock)
         };
         match decision {
             Decision::Routed(routed) => {
@@ -430,6 +432,11 @@ fn keep_from_shared_caches() {
     if !crate::cookie::kept_from_shared_caches(existing.as_deref()) {
         let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "cache-control", "private");
     }
+}
+
+/// The host's clock in unix seconds (one host call).
+fn unix_seconds() -> Option<u64> {
+    super::now_ms().map(|ms| ms / 1000)
 }
 
 fn set_request_header(name: &str, value: Option<&str>) {

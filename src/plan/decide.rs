@@ -771,7 +771,7 @@ mod tests {
         let decide = |p: &Plan, baggage: &str, breakers: &[BreakerView]| {
             let h = headers(&[("u", "user-1"), ("baggage", baggage)]);
             let r = Request::new(&h, None);
-            let incoming = p.lanes.screen(&r, Some(now));
+            let incoming = p.lanes.screen(&r, || Some(now));
             let r = r.with_lanes(&incoming);
             let d = routed(p.decide(&r, &mut Rng::from_seed(1), breakers));
             (p.rules[0].destinations[d.destination].name.clone(), d.lane)
@@ -829,7 +829,7 @@ mod tests {
         );
         let h = headers(&[("u", "x"), ("x-split-lane", "canary")]);
         let r = Request::new(&h, None);
-        let incoming = p.lanes.screen(&r, None);
+        let incoming = p.lanes.screen(&r, || None);
         assert_eq!(incoming, vec![crate::lane::Incoming::Untrusted]);
         let d = routed(p.decide(&r.with_lanes(&incoming), &mut Rng::from_seed(1), &[]));
         assert_eq!((d.destination, d.lane), (1, Some(LaneStep::Started)));
