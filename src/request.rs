@@ -1,18 +1,22 @@
 //! A read-only view of the request attributes the rules look at, built from one read of the
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
+use crate::body::RequestBody;
 use crate::lane::Incoming;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
 pub type HeaderPair = (String, Vec<u8>);
 
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     headers: &'a [HeaderPair],
     route_name: Option<&'a [u8]>,
     source_address: Option<&'a [u8]>,
     /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
     lanes: &'a [Incoming],
+    /// The JSON body, for `match.body` (absent unless the host read one).
+    body: RequestBody<'a>,
 }
 
 impl<'a> Request<'a> {
@@ -24,7 +28,18 @@ impl<'a> Request<'a> {
             route_name,
             source_address: None,
             lanes: &[],
+            body: RequestBody::Absent,
         }
+    }
+
+    /// With the request body as `match.body` sees it.
+    pub fn with_body(mut self, body: RequestBody<'a>) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn body(&self) -> RequestBody<'a> {
+        self.body
     }
 
     /// With what arrived on each lane carrier, in carrier order.

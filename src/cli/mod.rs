@@ -137,9 +137,13 @@ pub struct ExplainArgs {
     /// `:path` (without the query)
     #[arg(long, default_value = "/")]
     pub path: String,
-    /// `:method`
-    #[arg(long, default_value = "GET")]
-    pub method: String,
+    /// `:method` (default GET; POST with --body)
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The JSON request body for `match.body`: `@FILE` or the text itself (adds
+    /// `content-type: application/json` unless --header sets one)
+    #[arg(long, value_name = "@FILE|JSON")]
+    pub body: Option<String>,
     /// `:authority` (the Host)
     #[arg(long)]
     pub authority: Option<String>,
@@ -170,6 +174,17 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 pub enum Failure {
     Invalid(String),
     Usage(String),
+}
+
+impl ExplainArgs {
+    /// `:method`: as given, else POST with a body and GET without.
+    pub fn method(&self) -> &str {
+        match (&self.method, &self.body) {
+            (Some(m), _) => m,
+            (None, Some(_)) => "POST",
+            (None, None) => "GET",
+        }
+    }
 }
 
 impl From<InputError> for Failure {

@@ -12,6 +12,7 @@
 //! is removed from every request: found in the header map when it was read (a removal only when
 //! present), else one removal call per request (a read, with `shadow_marker_secret`).
 
+mod body;
 mod breaker;
 mod rollout;
 mod root;
@@ -154,6 +155,8 @@ struct Vm {
     retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
+    /// Requests held for their body, and whether Envoy delivers their body (`body`).
+    holds: Rc<body::BodyHolds>,
 }
 
 thread_local! {
@@ -168,6 +171,7 @@ thread_local! {
             shadow: Rc::new(RefCell::new(shadow)),
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
+            holds: Rc::new(body::BodyHolds::new()),
         })
     };
 }

@@ -70,6 +70,10 @@ pub struct Plan {
     pub lanes: Lanes,
     /// How many rules have a lane (`RuleLane::slot` counts them).
     pub lane_rules: usize,
+    /// Whether any rule has `match.body` (then JSON requests may be held for their body).
+    pub reads_body: bool,
+    /// `body_max_bytes`: the most of a body held for `match.body`.
+    pub body_max_bytes: u64,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -227,6 +231,9 @@ impl Plan {
                     || r.sticky.is_some()
                     || !r.shadows.is_empty()
             });
+        let reads_body = rules.iter().any(|r| r.matcher.reads_body());
+        // Whether a request may carry a JSON body is read from its headers.
+        let needs_request_headers = needs_request_headers || reads_body;
         let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
         Ok(Plan {
             index,
@@ -246,6 +253,8 @@ impl Plan {
             rollouts,
             lanes,
             lane_rules,
+            reads_body,
+            body_max_bytes: config.body_max_bytes,
         })
     }
 }
