@@ -7,11 +7,15 @@
 //! turns the pause into StopAllIterationAndWatermark and no body callback comes until the
 //! filter resumes the request itself. No host call says which one applies, so the VM finds
 //! out: a held request whose first body callback arrives proves the setting (`Support::
-//! Present`, for the life of the VM); a held request that has seen none `HOLD_CHECK_MS` after
-//! its headers is resumed by the root context's tick with the routing headers of its header
-//! decision (written before the resume, while Envoy still holds the headers), and the VM stops
-//! holding requests (`Support::Absent`), with one warning per Envoy process. Other workers
-//! learn it through shared data on their next tick.
+//! Present`, for the life of the VM). A held request that has seen none after `HOLD_CHECK_MS`
+//! is looked at from the root context's tick: when Envoy has received body bytes for it
+//! (`request.total_size` grew since its headers) that the filter was not given, the setting is
+//! absent. The request is then resumed with the routing headers of its header decision
+//! (written before the resume, while Envoy still holds the headers), and the VM stops holding
+//! requests (`Support::Absent`), with one warning per Envoy process; other workers learn it
+//! through shared data on their next tick. A client that is merely slow to send its body has
+//! no bytes received: it stays held (where the property cannot be read, `HOLD_GIVE_UP_MS`
+//! decides instead).
 
 use super::now_ms;
 use crate::lane::HeaderEdit;
@@ -19,10 +23,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use std::cell::{Cell, RefCell};
 
-/// How long a held request may wait for its first body callback before the VM concludes that
-/// Envoy does not deliver them (the setting is absent). With the setting, a client's body
-/// normally follows its headers within milliseconds.
-pub(super) const HOLD_CHECK_MS: u64 = 500;
+/// How long a held request waits for its first body callback before the root looks at it.
+pub(super) const HOLD_CHECK_MS: u64 = 100;
+/// Without `request.total_size`: how long before the VM concludes the setting is absent.
+pub(super) const HOLD_GIVE_UP_MS: u64 = 2000;
 
 /// Shared data key (all VMs of the process): set once a VM found the setting absent.
 const ABSENT_KEY: &str = "traffic-split.body_hold.absent";
@@ -43,6 +47,18 @@ struct Waiting {
     since_ms: u64,
     /// The routing (and lane) header writes of its header decision.
     fallback: Vec<HeaderEdit>,
+    /// `request.total_size` when it was held (headers and any body bytes received).
+    size_at_hold: Option<u64>,
+}
+
+/// Envoy's `request.total_size` of the effective stream: its header bytes plus the body bytes
+/// received from the client so far (whether or not a filter has seen them).
+fn received_size() -> Option<u64> {
+    let bytes = hostcalls::get_property(vec!["request", "total_size"])
+        .ok()
+        .flatten()?;
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
 }
 
 pub(super) struct BodyHolds {
@@ -58,9 +74,20 @@ impl BodyHolds {
         }
     }
 
-    /// Whether requests may be held for their body.
+    /// Whether requests may be held for their body. Until this VM knows, another worker may
+    /// have found the setting absent (one shared-data read per request that could be held).
     pub(super) fn may_hold(&self) -> bool {
-        self.support.get() != Support::Absent
+        match self.support.get() {
+            Support::Present => true,
+            Support::Absent => false,
+            Support::Unknown => {
+                if absent_in_process() {
+                    self.support.set(Support::Absent);
+                    return false;
+                }
+                true
+            }
+        }
     }
 
     /// A request is held. Until its support is known, the root watches it.
@@ -68,10 +95,12 @@ impl BodyHolds {
         if self.support.get() == Support::Present {
             return;
         }
+        let size_at_hold = received_size();
         self.waiting.borrow_mut().push(Waiting {
             context_id,
             since_ms: now_ms().unwrap_or(0),
             fallback,
+            size_at_hold,
         });
     }
 
@@ -99,27 +128,25 @@ impl BodyHolds {
         }
     }
 
-    /// Root tick: resumes held requests that waited `HOLD_CHECK_MS` for a first body callback
-    /// (or every one, once another worker found the setting absent). Call it last in the
-    /// tick: a resume may run the stream's callbacks before it returns.
+    /// Root tick: resumes held requests whose body Envoy received but did not deliver (or
+    /// every one, once another worker found the setting absent). Call it last in the tick: a
+    /// resume may run the stream's callbacks before it returns.
     pub(super) fn on_tick(&self, root_id: u32, now_ms: Option<u64>) {
         if self.support.get() == Support::Present || self.waiting.borrow().is_empty() {
             return;
         }
         let now = now_ms.unwrap_or(u64::MAX);
-        let absent_elsewhere = self.support.get() == Support::Absent
-            || hostcalls::get_shared_data(ABSENT_KEY)
-                .ok()
-                .and_then(|(v, _)| v)
-                .is_some();
+        let absent_elsewhere = self.support.get() == Support::Absent || absent_in_process();
         let due: Vec<Waiting> = {
             let mut waiting = self.waiting.borrow_mut();
-            let (due, keep): (Vec<Waiting>, Vec<Waiting>) = waiting
-                .drain(..)
-                .partition(|w| absent_elsewhere || now.saturating_sub(w.since_ms) >= HOLD_CHECK_MS);
+            let (due, keep): (Vec<Waiting>, Vec<Waiting>) = waiting.drain(..).partition(|w| {
+                let age = now.saturating_sub(w.since_ms);
+                absent_elsewhere || (age >= HOLD_CHECK_MS && undelivered(w, age))
+            });
             *waiting = keep;
             due
         };
+        let _ = hostcalls::set_effective_context(root_id);
         if due.is_empty() {
             return;
         }
@@ -131,7 +158,7 @@ impl BodyHolds {
             {
                 log::warn!(
                     "traffic-split: match.body is OFF: Envoy did not deliver the body of a held \
-                     request within {HOLD_CHECK_MS} ms, so its Wasm PluginConfig lacks \
+                     request it had received, so its Wasm PluginConfig lacks \
                      `allow_on_headers_stop_iteration: true` (Envoy >= 1.35). Requests are now \
                      decided on their headers (body conditions do not hold); set it in the Wasm \
                      filter's config (docs/deploy.md) to route on bodies"
@@ -154,4 +181,24 @@ impl BodyHolds {
         }
         let _ = hostcalls::set_effective_context(root_id);
     }
+}
+
+/// Whether Envoy received body bytes for a held request that its filter was not given (sets
+/// the effective context to that stream; the caller sets it back).
+fn undelivered(w: &Waiting, age_ms: u64) -> bool {
+    if hostcalls::set_effective_context(w.context_id).is_err() {
+        return false; // gone: `forget` removes it
+    }
+    match (w.size_at_hold, received_size()) {
+        (Some(then), Some(now)) => now > then,
+        _ => age_ms >= HOLD_GIVE_UP_MS,
+    }
+}
+
+/// Whether a worker of this Envoy process found the setting absent.
+fn absent_in_process() -> bool {
+    hostcalls::get_shared_data(ABSENT_KEY)
+        .ok()
+        .and_then(|(v, _)| v)
+        .is_some()
 }
