@@ -41,7 +41,15 @@ struct Chat {
 
 impl Chat {
     fn start(config: &str, patch: Option<(&str, &str)>) -> Chat {
-        let names = ["default", "streaming", "newprov", "large", "small", "other"];
+        let names = [
+            "default",
+            "streaming",
+            "newprov",
+            "large",
+            "small",
+            "other",
+            "shadowc",
+        ];
         let backends: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
         let mut spec = EnvoySpec::new(config);
         for b in &backends {
@@ -605,4 +613,83 @@ fn with_the_setting_a_slow_client_is_held_not_mistaken_for_a_missing_setting() {
     );
     assert_eq!(r.backend(), "streaming");
     assert!(!chat.envoy.log().contains(OFF_LINE));
+}
+
+#[test]
+fn shadow_copies_of_a_body_routed_request_carry_the_body() {
+    let config = r#"{"rules":[{"name":"small","match":{"body":[{"pointer":"/model","exact":"small"}]},
+        "destinations":[{"name":"small","cluster":"small"}],
+        "shadow":[{"name":"copy","cluster":"shadowc"}]}]}"#;
+    let chat = Chat::start(config, None);
+    let body = chat_body("small", false, 40);
+    let r = post(
+        &chat.envoy,
+        "/v1/chat/completions",
+        "application/json",
+        body.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.backend(), "small");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat.backend("shadowc").count() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let copies = chat.backend("shadowc").received();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].body, body.as_bytes());
+    assert_eq!(chat.backend("small").received()[0].body, body.as_bytes());
+    assert_eq!(
+        chat.envoy.wait_counter("traffic_split.shadow.copy.sent", 1),
+        1
+    );
+}
+
+#[test]
+fn a_slow_provider_fails_its_users_over_to_the_other() {
+    let config = r#"{"rules":[{"name":"large","match":{"body":[{"pointer":"/model","exact":"large"}]},
+        "destinations":[
+          {"name":"large","cluster":"large","weight":100,"fallback":"newprov",
+           "breaker":{"slow_ms":150,"min_requests":5,"failure_ratio":0.5,"window_s":10,"open_s":60}},
+          {"name":"newprov","cluster":"newprov","weight":0}]}]}"#;
+    let chat = Chat::start(config, None);
+    let body = chat_body("large", false, 2);
+    let r = post(
+        &chat.envoy,
+        "/v1/chat/completions",
+        "application/json",
+        body.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.backend(), "large");
+    chat.backend("large").set_delay(Duration::from_millis(400));
+    let mut sent = 0;
+    let mut in_a_row = 0;
+    while in_a_row < 10 && sent < 60 {
+        let r = post(
+            &chat.envoy,
+            "/v1/chat/completions",
+            "application/json",
+            body.as_bytes(),
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        sent += 1;
+        in_a_row = if r.backend() == "newprov" {
+            in_a_row + 1
+        } else {
+            0
+        };
+    }
+    assert_eq!(
+        in_a_row, 10,
+        "still on the slow provider after {sent} requests"
+    );
+    // Open (state 1): the users were moved by the breaker, not by chance.
+    assert_eq!(
+        chat.envoy
+            .counter("traffic_split.breaker.large.large.state"),
+        1
+    );
+    let last = chat.backend("newprov").received();
+    assert_eq!(last.last().unwrap().body, body.as_bytes());
 }
