@@ -244,4 +244,137 @@ mod tests {
         assert!(matches!(parse(br#"{"a":"#, 100), BodyOutcome::Invalid));
         assert!(matches!(parse(b"", 100), BodyOutcome::Invalid));
     }
+
+    mod plan {
+        use super::*;
+        use crate::plan::{Decision, Plan};
+        use crate::rng::Rng;
+
+        const RULES: &str = r#"{"rules":[
+            {"name":"vip","match":{"headers":[{"name":"x-vip","exact":"1"}]},
+             "destinations":[{"name":"vip","cluster":"vip"}]},
+            {"name":"small","match":{"path":{"prefix":"/chat"},
+              "body":[{"pointer":"/model","exact":"small"},{"pointer":"/n","not":{"exact":"0"}}]},
+             "destinations":[{"name":"small","cluster":"small"}]},
+            {"name":"rest","destinations":[{"name":"rest","cluster":"rest"}]}]}"#;
+
+        fn rule_of(p: &Plan, r: &Request<'_>) -> Option<String> {
+            match p.decide(r, &mut Rng::from_seed(1), &[]) {
+                Decision::Routed(x) => Some(p.rules[x.rule].name.clone()),
+                Decision::Unmatched => None,
+            }
+        }
+
+        #[test]
+        fn held_only_when_the_first_rule_that_can_match_reads_the_body() {
+            let p = Plan::from_json(RULES.as_bytes()).unwrap();
+            assert!(p.reads_body && p.needs_request_headers);
+            let pending = |pairs: &[(&str, &str)], yes: bool| {
+                let h = header_pairs(pairs);
+                let r = Request::new(&h, None).with_body(RequestBody::Pending);
+                assert_eq!(p.needs_body(&r), yes, "{pairs:?}");
+                // While pending, the body rule cannot match: the header decision.
+                let absent = Request::new(&h, None);
+                assert_eq!(rule_of(&p, &r), rule_of(&p, &absent));
+            };
+            pending(&[(":path", "/chat")], true);
+            pending(&[(":path", "/chat"), ("x-vip", "1")], false);
+            pending(&[(":path", "/other")], false);
+            let h = header_pairs(&[(":path", "/chat")]);
+            assert!(
+                !p.needs_body(&Request::new(&h, None)),
+                "never without Pending"
+            );
+            for (body, want) in [
+                (r#"{"model":"small","n":2}"#, "small"),
+                (r#"{"model":"small","n":0}"#, "rest"),
+                (r#"{"model":"small"}"#, "small"),
+                (r#"{"model":"large"}"#, "rest"),
+                (r#"["small"]"#, "rest"),
+            ] {
+                let v: Value = serde_json::from_str(body).unwrap();
+                let r = Request::new(&h, None).with_body(RequestBody::Json(&v));
+                assert_eq!(rule_of(&p, &r).as_deref(), Some(want), "{body}");
+            }
+        }
+
+        #[test]
+        fn configuration_errors_name_the_field() {
+            let err = |config: &str| Plan::from_json(config.as_bytes()).unwrap_err().to_string();
+            let rule = |m: &str| {
+                format!(
+                    r#"{{"rules":[{{"name":"r","match":{m},"destinations":[{{"name":"a","cluster":"a"}}]}}]}}"#
+                )
+            };
+            for (m, want) in [
+                (
+                    r#"{"body":[]}"#,
+                    "rules[0].match.body: must list at least one condition",
+                ),
+                (
+                    r#"{"body":[{"pointer":"model","exact":"a"}]}"#,
+                    "rules[0].match.body[0].pointer: must be a JSON pointer",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m"}]}"#,
+                    "rules[0].match.body[0]: needs exactly one of",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m","exact":"a","prefix":"b"}]}"#,
+                    "rules[0].match.body[0]: needs exactly one of",
+                ),
+                (
+                    r#"{"body":[{"exact":"a"}]}"#,
+                    "rules[0].match.body[0].pointer: is required",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m","name":"a"}]}"#,
+                    "rules[0].match.body[0]",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m","not":{}}]}"#,
+                    "rules[0].match.body[0].not: needs exactly one of",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m","any_of":[]}]}"#,
+                    "rules[0].match.body[0].any_of: must list at least one",
+                ),
+                (
+                    r#"{"body":[{"pointer":"/m","regex":"("}]}"#,
+                    "rules[0].match.body[0].regex",
+                ),
+                (
+                    r#"{"not":{"body":[{"pointer":"/m","exact":"a"}]}}"#,
+                    "rules[0].match.not.body: is read only at the top level",
+                ),
+            ] {
+                let e = err(&rule(m));
+                assert!(e.starts_with(want), "{m}: {e}");
+            }
+            let e = err(r#"{"body_max_bytes":1048577}"#);
+            assert!(
+                e.starts_with("body_max_bytes: must be a whole number from 0 to 1048576"),
+                "{e}"
+            );
+            let p = Plan::from_json(br#"{"body_max_bytes":1048576}"#).unwrap();
+            assert_eq!(p.body_max_bytes, 1_048_576);
+            assert!(!p.reads_body);
+            assert_eq!(Plan::from_json(b"{}").unwrap().body_max_bytes, 65_536);
+            // Every op the contract names compiles.
+            for op in [
+                r#""exact":"a""#,
+                r#""prefix":"a""#,
+                r#""suffix":"a""#,
+                r#""contains":"a""#,
+                r#""regex":"gpt-.*""#,
+                r#""present":true"#,
+                r#""one_of":["a","b"]"#,
+                r#""not":{"exact":"a"}"#,
+                r#""any_of":[{"exact":"a"},{"contains":"b"}]"#,
+            ] {
+                let config = rule(&format!(r#"{{"body":[{{"pointer":"/m",{op}}}]}}"#));
+                assert!(Plan::from_json(config.as_bytes()).is_ok(), "{op}");
+            }
+        }
+    }
 }
