@@ -20,6 +20,7 @@ WANTED = {
         ("networking.istio.io", "VirtualService"): ["v1"],
         ("networking.istio.io", "DestinationRule"): ["v1"],
         ("networking.istio.io", "Gateway"): ["v1"],
+        ("networking.istio.io", "EnvoyFilter"): ["v1alpha3"],
     }),
     "gateway-api-crd.yaml": ("gateway-api.yaml", {
         ("gateway.networking.k8s.io", "Gateway"): ["v1"],
