@@ -274,10 +274,27 @@ pub struct Checked {
 
 pub fn check(embedded: Embedded) -> Checked {
     let plan = Plan::from_json(&embedded.json);
-    let warnings = match &plan {
+    let mut warnings = match &plan {
         Ok(p) => analysis::warnings(p),
         Err(_) => Vec::new(),
     };
+    if let (Ok(p), input::BodySetting::Missing(hint)) = (&plan, &embedded.body_setting) {
+        if p.reads_body {
+            let rules: Vec<&str> = p
+                .rules
+                .iter()
+                .filter(|r| r.matcher.reads_body())
+                .map(|r| r.name.as_str())
+                .collect();
+            warnings.push(format!(
+                "rule(s) {} use match.body, but this Wasm filter lacks {}: true, so Envoy \
+                 delivers no body to a held request and the filter decides on headers only \
+                 (\"match.body is OFF\" in its log): {hint}",
+                rules.join(", "),
+                input::BODY_SETTING
+            ));
+        }
+    }
     Checked {
         embedded,
         plan,
