@@ -538,7 +538,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     ] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml") {
+            if p.extension().is_some_and(|x| x == "yaml" || x == "json") {
                 yamls.push(p);
             }
         }
