@@ -214,9 +214,11 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         None => None,
     };
     let outcome = match &body_bytes {
-        Some(bytes) if crate::body::may_carry_json(&base) => {
-            Some(crate::body::parse(bytes, plan.body_max_bytes))
-        }
+        Some(bytes) if crate::body::may_carry_json(&base) => Some(crate::body::parse(
+            bytes,
+            plan.body_max_bytes,
+            &plan.body_pointers,
+        )),
         _ => None,
     };
     if let Some(bytes) = &body_bytes {

@@ -166,8 +166,8 @@ impl SplitStream {
             BodyOutcome::TooLarge
         } else {
             match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                Ok(Some(bytes)) => body::parse(&bytes, max),
-                Ok(None) => body::parse(&[], max),
+                Ok(Some(bytes)) => body::parse(&bytes, max, &self.active.plan.body_pointers),
+                Ok(None) => body::parse(&[], max, &self.active.plan.body_pointers),
                 Err(_) => BodyOutcome::Invalid,
             }
         };

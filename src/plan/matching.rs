@@ -110,6 +110,7 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
             }
             conditions.push(Condition::Body(BodyCondition {
                 pointer: b.pointer,
+                slot: 0, // assigned by `Plan::compile`
                 test: body_test(&ipath, b.op)?,
             }));
         }

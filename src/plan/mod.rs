@@ -22,6 +22,7 @@ pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
+use crate::body::PointerTree;
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
@@ -74,6 +75,8 @@ pub struct Plan {
     pub reads_body: bool,
     /// `body_max_bytes`: the most of a body held for `match.body`.
     pub body_max_bytes: u64,
+    /// The pointers of every body condition: what parsing a body keeps.
+    pub body_pointers: PointerTree,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -232,6 +235,15 @@ impl Plan {
                     || !r.shadows.is_empty()
             });
         let reads_body = rules.iter().any(|r| r.matcher.reads_body());
+        // Each distinct body pointer gets a slot in the parsed body.
+        let mut body_pointers = PointerTree::default();
+        for rule in &mut rules {
+            for c in &mut rule.matcher.conditions {
+                if let Condition::Body(b) = c {
+                    b.slot = body_pointers.add(&b.pointer);
+                }
+            }
+        }
         // Whether a request may carry a JSON body is read from its headers.
         let needs_request_headers = needs_request_headers || reads_body;
         let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
@@ -255,6 +267,7 @@ impl Plan {
             lane_rules,
             reads_body,
             body_max_bytes: config.body_max_bytes,
+            body_pointers,
         })
     }
 }
