@@ -252,19 +252,22 @@ fn over_limit_and_invalid_bodies_fall_through_to_the_next_rule_and_are_counted()
     );
 }
 
+/// When each request's headers reached a `RawBackend`, and its body.
+type Seen = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
 /// A plain HTTP/1.1 server that notes when each request's headers arrived, then reads the
 /// body (content-length or chunked) and answers `raw`.
 struct RawBackend {
     addr: SocketAddr,
     /// When each request's headers arrived, and its body.
-    seen: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    seen: Seen,
 }
 
 impl RawBackend {
     fn start() -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&seen);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
