@@ -30,6 +30,11 @@ fails):
 and the breaker alert must be firing (Prometheus's /api/v1/alerts) while the breaker is open
 (its gauge is 1 at that moment). `promtool check rules` must pass on the shipped rules file.
 
+Adding a panel, an alert or a template query for a metric: the check fails until this Envoy
+exports the metric and its situation happens here, so extend `plugin_config()` (configure the
+feature) and `drive_traffic()` (make it happen) in the same change; a template argument needs
+a value in TEMPLATE_VALUES.
+
 Without Prometheus the check fails when CI=true and otherwise says loudly that it did not run
 (exit 0 only outside CI, so a laptop without the package can still run `make test`).
 """
