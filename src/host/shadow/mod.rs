@@ -44,6 +44,8 @@ pub(super) struct ShadowState {
     wake_pending: bool,
     /// Counts shadowed requests, to time one in `DELAY_SAMPLE` from complete to dispatched.
     shadowed_requests: u64,
+    /// Copies dropped because their stream ended before its request body did (for the log).
+    unfinished_drops: u64,
     pub queue_id: Option<u32>,
     /// This VM's shared-queue name (see `host::Vm`), registered at its first copy.
     pub queue_name: String,
@@ -146,6 +148,7 @@ impl ShadowState {
             jobs: Vec::new(),
             wake_pending: false,
             shadowed_requests: 0,
+            unfinished_drops: 0,
             queue_id: None,
             queue_name: String::new(),
             book: CompareBook::new(0),
@@ -243,6 +246,24 @@ impl ShadowState {
                 .count_shadow(policy.target, ShadowEvent::Dropped);
         }
         self.end(copy);
+    }
+
+    /// A copy whose stream ended before the request body was complete (`seen` bytes of it
+    /// arrived): never sent, counted `dropped`. Logged at info on this worker's 1st, 2nd, 4th,
+    /// 8th, ... such copy: an upstream that always answers before reading the body must not
+    /// flood the log.
+    fn drop_unfinished(&mut self, copy: &ShadowCopy, seen: usize) {
+        self.drop_copy(copy);
+        self.unfinished_drops += 1;
+        if self.unfinished_drops.is_power_of_two() {
+            log::info!(
+                "traffic-split: shadow copy to cluster {} dropped: the request's stream ended \
+                 before its body was complete ({} bytes seen); {} such copies on this worker",
+                copy.policy().map_or("", |p| p.cluster.as_str()),
+                seen,
+                self.unfinished_drops
+            );
+        }
     }
 
     /// Root context, every tick: abandons copies whose body is still arriving past their
