@@ -154,6 +154,9 @@ struct Vm {
     retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
+    /// Root contexts Envoy keeps after `on_done` (waiting for their calls), with their plugin
+    /// key (see `SplitRoot::on_done`).
+    waiting: RefCell<Vec<(String, u32)>>,
 }
 
 thread_local! {
@@ -168,6 +171,7 @@ thread_local! {
             shadow: Rc::new(RefCell::new(shadow)),
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
+            waiting: RefCell::new(Vec::new()),
         })
     };
 }
