@@ -96,7 +96,7 @@ impl Loaded {
                 shadow::define_dispatch_delay()
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
-            rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
+            rollouts: RefCell::new(Rollouts::new(&plan, scope)),
             plan,
         }
     }
@@ -199,15 +199,6 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
-}
-
-/// The configuration bytes when the plan has a rollout (its abort is scoped to them).
-fn rollout_configuration(plan: &Plan) -> Vec<u8> {
-    if plan.rollouts.is_empty() {
-        Vec::new()
-    } else {
-        plugin_configuration()
-    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).
