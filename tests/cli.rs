@@ -541,15 +541,59 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
             }
         }
     }
+    // A file carries a filter configuration when it has an Envoy Wasm filter, an Istio
+    // WasmPlugin or an Envoy Gateway EnvoyExtensionPolicy: each of those must yield one (a
+    // silent skip would let a broken one ship). Any other file must be one with no
+    // configuration at all, not one that failed to parse.
+    const CARRIERS: [&str; 3] = [
+        "envoy.extensions.filters.http.wasm.v3.Wasm",
+        "kind: WasmPlugin",
+        "kind: EnvoyExtensionPolicy",
+    ];
+    let mut carrying: Vec<String> = Vec::new();
     for p in &yamls {
         let bytes = std::fs::read(p).unwrap();
-        if let Ok(found) = extract(&p.display().to_string(), &bytes, false) {
-            for e in found {
-                let v = serde_json::from_slice(&e.json).unwrap();
-                out.push((e.label(), v));
+        let text = String::from_utf8_lossy(&bytes);
+        let carries = CARRIERS.iter().any(|c| text.contains(c));
+        if carries {
+            let name = p.strip_prefix(root()).unwrap_or(p).display().to_string();
+            carrying.push(name);
+        }
+        match extract(&p.display().to_string(), &bytes, false) {
+            Ok(found) => {
+                for e in found {
+                    let v = serde_json::from_slice(&e.json)
+                        .unwrap_or_else(|err| panic!("{}: {err}", e.label()));
+                    out.push((e.label(), v));
+                }
+            }
+            Err(err) => {
+                let err = format!("{err:?}");
+                assert!(
+                    !carries,
+                    "{} carries a configuration the CLI cannot extract: {err}",
+                    p.display()
+                );
+                assert!(
+                    err.contains("no traffic-split configuration found"),
+                    "{}: {err}",
+                    p.display()
+                );
             }
         }
     }
+    // The shipped files that carry one (a file moved out of these folders, or a carrier no
+    // longer recognised, must not pass unnoticed; a new one is added here).
+    carrying.sort();
+    assert_eq!(
+        carrying,
+        [
+            "deploy/compose/envoy.yaml",
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "deploy/istio/wasmplugin.yaml",
+            "envoy/demo.yaml",
+        ]
+    );
     for doc in ["README.md", "docs/configuration.md"] {
         let text = std::fs::read_to_string(root().join(doc)).unwrap();
         for (i, block) in text.split("```json\n").skip(1).enumerate() {
