@@ -840,3 +840,30 @@ fn explain_decides_with_the_rollout_share_in_force() {
     let o = run_stdin(&["validate", "-"], ROLLOUT);
     assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
 }
+
+/// soak/soak.py's "no Wasm VM died" check: a reload counter that does not exist is an error,
+/// never a pass (it used to pass when Envoy reported no `vm_reload` stat at all).
+#[test]
+fn the_soak_takes_a_missing_vm_reload_stat_for_an_error() {
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import soak
+zero = {k: 0 for k in soak.VM_RELOAD_STATS}
+assert soak.no_vm_died(zero, 0)[0], soak.no_vm_died(zero, 0)
+for k in soak.VM_RELOAD_STATS:
+    partial = {n: 0 for n in soak.VM_RELOAD_STATS if n != k}
+    ok, detail = soak.no_vm_died(partial, 0)
+    assert not ok and "MISSING " + k in detail, detail
+assert not soak.no_vm_died({}, 0)[0]
+assert not soak.no_vm_died(dict(zero, **{soak.VM_RELOAD_STATS[0]: 1}), 0)[0]
+assert not soak.no_vm_died(zero, 1)[0]
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(root().join("soak"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
