@@ -265,7 +265,7 @@ impl RootContext for SplitRoot {
         } else if self.serving {
             let dispatches = {
                 let mut shadow = self.shadow.borrow_mut();
-                if shadow.queue_owner.is_none() && shadow.has_queued() {
+                if shadow.needs_dispatcher() {
                     // The dispatcher is gone and no stream took the role yet.
                     shadow.register_queue(self.id);
                 }

@@ -54,6 +54,10 @@ pub(super) const COMPARE_GRACE_MS: u64 = 60_000;
 /// and bytes return.
 pub(super) const LOST_CALL_SLACK_MS: u64 = 5_000;
 
+/// A copy queued this long without being dispatched: the dispatcher is taken to be gone (see
+/// `ShadowState::needs_dispatcher`). The doorbell normally has it sent within the event.
+const STALLED_MS: u64 = 1_000;
+
 /// Per-VM (per-worker) shadow state, shared by the root context and the streams.
 pub(super) struct ShadowState {
     pub bulkhead: Bulkhead,
@@ -69,6 +73,8 @@ pub(super) struct ShadowState {
     /// The root context the queue's doorbell wakes, which dispatches every copy: `None` until
     /// a root context takes the queue, and again once its owner is deleted.
     pub queue_owner: Option<u32>,
+    /// When the oldest queued copy was queued (the coarse clock).
+    queued_since_ms: u64,
     book: CompareBook,
     /// Keys of shadowed streams (collections and comparisons), increasing.
     next_key: u64,
@@ -175,6 +181,7 @@ impl ShadowState {
             queue_id: None,
             queue_name: String::new(),
             queue_owner: None,
+            queued_since_ms: 0,
             book: CompareBook::new(0),
             next_key: 0,
             collecting: Keyed::default(),
@@ -226,6 +233,14 @@ impl ShadowState {
     /// Whether `root` dispatches the copies.
     pub fn dispatches(&self, root: u32) -> bool {
         self.queue_owner == Some(root)
+    }
+
+    /// Copies wait and no root context dispatches them, or the dispatcher has not for
+    /// `STALLED_MS` (it is gone without Envoy telling): a serving root context takes over.
+    pub fn needs_dispatcher(&self) -> bool {
+        !self.jobs.is_empty()
+            && (self.queue_owner.is_none()
+                || self.clock_ms.saturating_sub(self.queued_since_ms) >= STALLED_MS)
     }
 
     /// Copies complete but not dispatched yet.
@@ -280,6 +295,9 @@ impl ShadowState {
     fn enqueue(&mut self, job: Job) {
         // The queue was registered when the stream began (`SplitRoot::create_http_context`);
         // without it the dispatcher's tick sends the copy.
+        if self.jobs.is_empty() {
+            self.queued_since_ms = self.clock_ms;
+        }
         self.jobs.push(job);
         if !self.wake_pending {
             if let Some(queue) = self.queue_id {
