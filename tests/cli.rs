@@ -528,13 +528,16 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     use traffic_split::cli::input::extract;
     let mut out = Vec::new();
     let mut yamls: Vec<PathBuf> = Vec::new();
-    for dir in [
-        "envoy",
-        "deploy/compose",
-        "deploy/istio",
-        "deploy/envoy-gateway",
-    ] {
-        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+    // envoy/ (not its templates: placeholders, not YAML) and every folder of deploy/.
+    let mut dirs = vec![root().join("envoy")];
+    for e in std::fs::read_dir(root().join("deploy")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            dirs.push(p);
+        }
+    }
+    for dir in dirs {
+        for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
                 yamls.push(p);
