@@ -97,7 +97,7 @@ impl Loaded {
                 shadow::define_dispatch_delay()
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
-            rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
+            rollouts: RefCell::new(Rollouts::new(&plan, scope)),
             plan,
         }
     }
@@ -157,6 +157,9 @@ struct Vm {
     serving: Cell<usize>,
     /// Requests held for their body, and whether Envoy delivers their body (`body`).
     holds: Rc<body::BodyHolds>,
+    /// Root contexts Envoy keeps after `on_done` (waiting for their calls), with their plugin
+    /// key (see `SplitRoot::on_done`).
+    waiting: RefCell<Vec<(String, u32)>>,
 }
 
 thread_local! {
@@ -172,6 +175,7 @@ thread_local! {
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
             holds: Rc::new(body::BodyHolds::new()),
+            waiting: RefCell::new(Vec::new()),
         })
     };
 }
@@ -199,15 +203,6 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
-}
-
-/// The configuration bytes when the plan has a rollout (its abort is scoped to them).
-fn rollout_configuration(plan: &Plan) -> Vec<u8> {
-    if plan.rollouts.is_empty() {
-        Vec::new()
-    } else {
-        plugin_configuration()
-    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).
