@@ -541,7 +541,9 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         let json_too = dir == root().join("examples");
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml" || (json_too && x == "json")) {
+            if p.extension()
+                .is_some_and(|x| x == "yaml" || (json_too && x == "json"))
+            {
                 yamls.push(p);
             }
         }
@@ -595,6 +597,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         [
             "deploy/compose/envoy.yaml",
             "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "deploy/istio-body-routing/envoyfilter.yaml",
             "deploy/istio/wasmplugin.yaml",
             "envoy/demo.yaml",
         ]
@@ -957,6 +960,8 @@ fn validate_warns_when_match_body_lacks_allow_on_headers_stop_iteration() {
     // A bare JSON configuration says nothing of Envoy: no warning.
     let json = Temp::new("m.json", MODEL_ROUTING);
     assert!(!stdout(&run(&["validate", json.path()])).contains(warning));
+}
+
 /// soak/soak.py's "no Wasm VM died" check: a reload counter that does not exist is an error,
 /// never a pass (it used to pass when Envoy reported no `vm_reload` stat at all).
 #[test]
