@@ -351,6 +351,7 @@ const VALUE_PARTS: &[&[u8]] = &[
     b"X.EXAMPLE.COM:443",
     b"split-lane=a",
     b";sig=1800000000.0123456789abcdef",
+    b";sig=v2.1800000000.0123456789abcdef0123456789abcdef",
     b",",
 ];
 
