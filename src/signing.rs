@@ -99,8 +99,8 @@ impl SigningKey {
         out.push_str(&now_s.to_string());
         out.push('.');
         for b in full.iter().take(TAG_BYTES) {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            out.push(hex_digit(b >> 4));
+            out.push(hex_digit(b & 0xf));
         }
         out
     }
@@ -149,7 +149,10 @@ pub struct Window {
     pub max_future_s: u64,
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The lower-case hex digit of a nibble (0–15).
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+}
 
 /// A decimal number in its one canonical spelling: ASCII digits, no leading zero (but `0`
 /// itself), no overflow.
