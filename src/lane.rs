@@ -159,9 +159,7 @@ impl Lanes {
         let Some(key) = &self.key else {
             return Incoming::Lane(name.to_vec());
         };
-        let signature = params
-            .split(|&b| b == b';')
-            .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM));
+        let signature = signature_of(params);
         match (signature, signature.and_then(|_| now_s())) {
             (Some(sig), Some(now))
                 if key.verify(LANE_DOMAIN, &[Some(name)], sig, now, LANE_WINDOW) =>
@@ -203,25 +201,35 @@ impl Lanes {
             let change = match (write, incoming.get(i)) {
                 (Some(v), _) => Some(Some(Cow::Borrowed(v.as_bytes()))),
                 (None, Some(Incoming::Untrusted | Incoming::Invalid)) => Some(None),
-                // An accepted lane passes on alone: a second line or member with the same
-                // name, which the application might read instead, is removed.
-                (None, Some(Incoming::Lane(_))) => match &c.carrier {
-                    Carrier::Header(name) => {
-                        let mut lines = request.all(name);
-                        match (lines.next(), lines.next()) {
-                            (Some(first), Some(_)) => Some(Some(Cow::Borrowed(first))),
-                            _ => None,
+                // An accepted lane passes on alone, exactly as verified: a second line or
+                // member with the same name, or anything after the signature, which the
+                // application might read instead, is removed.
+                (None, Some(Incoming::Lane(_))) => {
+                    let signed = self.key.is_some();
+                    match &c.carrier {
+                        Carrier::Header(name) => {
+                            let mut lines = request.all(name);
+                            let (first, second) = (lines.next(), lines.next());
+                            first.and_then(|raw| {
+                                let exact = verified_form(raw, signed);
+                                let unchanged =
+                                    second.is_none() && matches!(exact, Cow::Borrowed(_));
+                                (!unchanged).then_some(Some(exact))
+                            })
+                        }
+                        Carrier::Baggage(key) => {
+                            let all = baggage.get_or_insert_with(|| baggage_of(request));
+                            let mut values = member_values(all, key);
+                            let (first, second) = (values.next(), values.next());
+                            first.and_then(|raw| {
+                                let exact = verified_form(raw, signed);
+                                let unchanged =
+                                    second.is_none() && matches!(exact, Cow::Borrowed(_));
+                                (!unchanged).then(|| Some(Cow::Owned(exact.into_owned())))
+                            })
                         }
                     }
-                    Carrier::Baggage(key) => {
-                        let all = baggage.get_or_insert_with(|| baggage_of(request));
-                        let mut values = member_values(all, key);
-                        match (values.next(), values.next()) {
-                            (Some(first), Some(_)) => Some(Some(Cow::Owned(first.to_vec()))),
-                            _ => None,
-                        }
-                    }
-                },
+                }
                 (None, Some(Incoming::Absent) | None) => None,
             };
             let Some(value) = change else {
@@ -239,6 +247,44 @@ impl Lanes {
         }
         out
     }
+}
+
+/// The `sig=` parameter of a lane value's parameters, if any (the first).
+fn signature_of(params: &[u8]) -> Option<&[u8]> {
+    params
+        .split(|&b| b == b';')
+        .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM))
+}
+
+/// An accepted lane value exactly as it was verified: `name;sig=<signature>` with a key (other
+/// parameters, spaces and anything after the signature dropped), the bare name without one.
+/// Borrowed when `raw` is already exactly that, as it nearly always is.
+fn verified_form(raw: &[u8], signed: bool) -> Cow<'_, [u8]> {
+    let (name, params) = split_name(raw);
+    let sig = if signed { signature_of(params) } else { None };
+    let Some(sig) = sig else {
+        return if name == raw {
+            Cow::Borrowed(raw)
+        } else {
+            Cow::Owned(name.to_vec())
+        };
+    };
+    let exact = raw.len() == name.len() + 1 + SIGNATURE_PARAM.len() + sig.len()
+        && raw.starts_with(name)
+        && raw.ends_with(sig)
+        && raw.get(name.len()) == Some(&b';')
+        && raw
+            .get(name.len() + 1..)
+            .is_some_and(|rest| rest.starts_with(SIGNATURE_PARAM));
+    if exact {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(name.len() + 1 + SIGNATURE_PARAM.len() + sig.len());
+    out.extend_from_slice(name);
+    out.push(b';');
+    out.extend_from_slice(SIGNATURE_PARAM);
+    out.extend_from_slice(sig);
+    Cow::Owned(out)
 }
 
 /// The raw value on `carrier`: the first header line, or the baggage member's value.
@@ -564,6 +610,35 @@ mod tests {
             let r = Request::new(&single, None);
             let incoming = l.screen(&r, || Some(now));
             assert!(l.edits(&r, &incoming, None).is_empty());
+            // One value with more after the signature (a list the application might split):
+            // exactly what was verified passes on.
+            let padded = headers(&[
+                ("x-split-lane", &format!(" {good} ;p=1, stable")),
+                ("baggage", &format!("a=1,split-lane={good};p=1")),
+            ]);
+            let r = Request::new(&padded, None);
+            let incoming = l.screen(&r, || Some(now));
+            assert_eq!(incoming[0], Incoming::Lane(b"canary".to_vec()));
+            assert_eq!(
+                l.edits(&r, &incoming, None),
+                vec![
+                    ("x-split-lane".to_string(), Some(good.as_bytes().to_vec())),
+                    (
+                        "baggage".to_string(),
+                        Some(format!("a=1,split-lane={good}").into_bytes())
+                    )
+                ]
+            );
         }
+        assert_eq!(verified_form(b"canary;sig=x", false), &b"canary"[..]);
+        assert_eq!(verified_form(b"canary;sig=x", true), &b"canary;sig=x"[..]);
+        assert!(matches!(
+            verified_form(b"canary;sig=x", true),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            verified_form(b"canary;p;sig=x ", true),
+            &b"canary;sig=x"[..]
+        );
     }
 }

@@ -421,9 +421,19 @@ fn a_reframed_lane_is_unsigned_and_a_followed_lane_passes_on_alone() {
                 vec![format!("k=v,split-lane={signed},k=v").as_str()]
             );
         }
+        // One value with more after the signature (a list the application might split).
+        let padded = format!("{signed};p=1 , v1");
+        let padded = match carrier {
+            "x-split-lane" => padded,
+            _ => format!("{signed};p=1"),
+        };
+        send("/padded", &[&padded]);
+        let got = v10.received().pop().unwrap();
+        assert_eq!(got.uri, "/padded");
+        assert_eq!(carried(&got, carrier), vec![signed.clone()], "{got:?}");
         assert_eq!(
             b.settled_counter("traffic_split.rule.b.lane.followed"),
-            1,
+            2,
             "{carrier}"
         );
         assert_eq!(
