@@ -18,8 +18,9 @@ def frame(b):
 
 
 def lane_value(secret, name, ts):
-    msg = frame(b"traffic-split lane v2") + struct.pack(">Q", 1) + frame(name.encode()) + struct.pack(">Q", ts)
-    tag = hmac.new(secret.encode(), msg, hashlib.sha256).digest()[:16].hex()
+    key = hmac.new(secret.encode(), b"traffic-split lane v2", hashlib.sha256).digest()
+    msg = struct.pack(">Q", 1) + frame(name.encode()) + struct.pack(">Q", ts)
+    tag = hmac.new(key, msg, hashlib.sha256).digest()[:16].hex()
     return f"{name};sig=v2.{ts}.{tag}"
 
 

@@ -17,11 +17,9 @@
 //! routed by.
 
 use crate::request::{split_once, trim, HeaderPair, Request};
-use crate::signing::{SigningKey, Window};
+use crate::signing::{Domain, SigningKey, Window};
 use std::borrow::Cow;
 
-/// What lane signatures sign (domain separation from the shadow marker's; the format version).
-const LANE_DOMAIN: &[u8] = b"traffic-split lane v2";
 /// How long a signed lane value verifies after it was written: it crosses every hop of one
 /// request chain, with room for queues between services and clock skew between hosts.
 pub const LANE_MAX_AGE_S: u64 = 300;
@@ -162,7 +160,7 @@ impl Lanes {
         let signature = signature_of(params);
         match (signature, signature.and_then(|_| now_s())) {
             (Some(sig), Some(now))
-                if key.verify(LANE_DOMAIN, &[Some(name)], sig, now, LANE_WINDOW) =>
+                if key.verify(Domain::Lane, &[Some(name)], sig, now, LANE_WINDOW) =>
             {
                 Incoming::Lane(name.to_vec())
             }
@@ -175,7 +173,7 @@ impl Lanes {
     pub fn value_for(&self, name: &str, now_s: Option<u64>) -> String {
         match (&self.key, now_s) {
             (Some(key), Some(now)) => {
-                let sig = key.sign(LANE_DOMAIN, &[Some(name.as_bytes())], now);
+                let sig = key.sign(Domain::Lane, &[Some(name.as_bytes())], now);
                 format!("{name};sig={sig}")
             }
             _ => name.to_string(),

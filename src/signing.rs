@@ -2,20 +2,22 @@
 //! marker (`shadow_marker_secret`) and lane values (`lane_secret`).
 //!
 //! A signature is `v2.<unix seconds>.<32 hex digits>`: the first 128 bits of HMAC-SHA256
-//! (RustCrypto `hmac` + `sha2`) under the secret, of
+//! (RustCrypto `hmac` + `sha2`) of
 //!
 //! ```text
-//! frame(domain) ‖ u64be(number of fields) ‖ frame(field)… ‖ u64be(unix seconds)
+//! u64be(number of fields) ‖ frame(field)… ‖ u64be(unix seconds)
 //! frame(Some(b)) = 0x01 ‖ u64be(len(b)) ‖ b        frame(None) = 0x00
 //! ```
 //!
-//! Every part is length-prefixed, so no two different (domain, fields, time) give the same MAC
-//! input; the time is signed as a number and accepted only in its canonical decimal form (no
-//! sign, no leading zero), so a value has exactly one spelling. The domain (which names the
-//! format version) keeps a value signed for one purpose from verifying for another even when
-//! both secrets are the same. The `v2.` prefix versions the wire format: the earlier format
-//! (`<unix seconds>.<16 hex digits>`, SipHash) does not verify here, and this one does not
-//! verify there (docs/configuration.md, "Signed values").
+//! under a key of its own purpose (`Domain`): `HMAC-SHA256(secret, domain label)`, derived once
+//! per configuration. Every part is length-prefixed, so no two different (fields, time) give
+//! the same MAC input; the time is signed as a number and accepted only in its canonical
+//! decimal form (no sign, no leading zero), so a value has exactly one spelling. The per-purpose
+//! key keeps a value signed for one purpose from verifying for another even when both secrets
+//! are the same, and keeps the MAC input short (a lane: one SHA-256 block). The `v2.` prefix and
+//! the labels version the wire format: the earlier format (`<unix seconds>.<16 hex digits>`,
+//! SipHash) does not verify here, and this one does not verify there (docs/configuration.md,
+//! "Signed values").
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -28,10 +30,29 @@ pub const SIGNATURE_PREFIX: &str = "v2.";
 /// digits.
 pub const TAG_BYTES: usize = 16;
 
-/// The key derived from a configured secret: the HMAC state keyed once, cloned per signature.
+/// What a signature is for: each purpose signs with a key of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    ShadowMarker,
+    Lane,
+}
+
+impl Domain {
+    /// The label its key is derived from (`HMAC-SHA256(secret, label)`).
+    pub fn label(self) -> &'static [u8] {
+        match self {
+            Domain::ShadowMarker => b"traffic-split shadow marker v2",
+            Domain::Lane => b"traffic-split lane v2",
+        }
+    }
+}
+
+/// The keys derived from a configured secret: one HMAC state per purpose, keyed once, cloned
+/// per signature.
 #[derive(Clone)]
 pub struct SigningKey {
-    mac: HmacSha256,
+    marker: HmacSha256,
+    lane: HmacSha256,
     /// Tells keys apart without keeping or comparing the secret itself.
     fingerprint: [u8; TAG_BYTES],
 }
@@ -63,26 +84,42 @@ fn frame(mac: &mut HmacSha256, part: Option<&[u8]>) {
     }
 }
 
+/// HMAC-SHA256 keyed with `key` (any length is a valid HMAC key).
+fn keyed(key: &[u8]) -> HmacSha256 {
+    match HmacSha256::new_from_slice(key) {
+        Ok(mac) => mac,
+        // Unreachable for HMAC (every length is valid).
+        Err(_) => HmacSha256::new(&Default::default()),
+    }
+}
+
 impl SigningKey {
     pub fn from_secret(secret: &[u8]) -> SigningKey {
-        // HMAC takes a key of any length (longer ones are hashed first).
-        let mac = match HmacSha256::new_from_slice(secret) {
-            Ok(mac) => mac,
-            // Unreachable for HMAC (every length is valid); an empty key still signs.
-            Err(_) => HmacSha256::new(&Default::default()),
+        let root = keyed(secret);
+        let derive = |label: &[u8]| {
+            let mut mac = root.clone();
+            mac.update(label);
+            mac.finalize().into_bytes()
         };
-        let mut fp = mac.clone();
-        frame(&mut fp, Some(b"traffic-split key fingerprint"));
         let mut fingerprint = [0u8; TAG_BYTES];
-        for (out, b) in fingerprint.iter_mut().zip(fp.finalize().into_bytes()) {
+        for (out, b) in fingerprint
+            .iter_mut()
+            .zip(derive(b"traffic-split key fingerprint"))
+        {
             *out = b;
         }
-        SigningKey { mac, fingerprint }
+        SigningKey {
+            marker: keyed(&derive(Domain::ShadowMarker.label())),
+            lane: keyed(&derive(Domain::Lane.label())),
+            fingerprint,
+        }
     }
 
-    fn mac(&self, domain: &[u8], fields: &[Option<&[u8]>], signed_at: u64) -> HmacSha256 {
-        let mut mac = self.mac.clone();
-        frame(&mut mac, Some(domain));
+    fn mac(&self, domain: Domain, fields: &[Option<&[u8]>], signed_at: u64) -> HmacSha256 {
+        let mut mac = match domain {
+            Domain::ShadowMarker => self.marker.clone(),
+            Domain::Lane => self.lane.clone(),
+        };
         mac.update(&(fields.len() as u64).to_be_bytes());
         for field in fields {
             frame(&mut mac, *field);
@@ -92,7 +129,7 @@ impl SigningKey {
     }
 
     /// `v2.<now_s>.<tag>`: `fields` signed for `domain` at `now_s` (unix seconds).
-    pub fn sign(&self, domain: &[u8], fields: &[Option<&[u8]>], now_s: u64) -> String {
+    pub fn sign(&self, domain: Domain, fields: &[Option<&[u8]>], now_s: u64) -> String {
         let full = self.mac(domain, fields, now_s).finalize().into_bytes();
         let mut out = String::with_capacity(SIGNATURE_PREFIX.len() + 20 + 1 + 2 * TAG_BYTES);
         out.push_str(SIGNATURE_PREFIX);
@@ -110,7 +147,7 @@ impl SigningKey {
     /// (hosts' clocks differ a little). The tag is checked by the `hmac` crate in constant time.
     pub fn verify(
         &self,
-        domain: &[u8],
+        domain: Domain,
         fields: &[Option<&[u8]>],
         signature: &[u8],
         now_s: u64,
@@ -198,16 +235,17 @@ mod tests {
         max_age_s: 300,
         max_future_s: 5,
     };
+    const LANE: Domain = Domain::Lane;
 
     #[test]
     fn domains_fields_and_time_are_bound() {
         let key = SigningKey::from_secret(b"0123456789abcdef-deployment");
         let now = 1_800_000_000;
-        let sig = key.sign(b"lane", &[Some(b"canary")], now);
+        let sig = key.sign(LANE, &[Some(b"canary")], now);
         assert!(sig.starts_with("v2.1800000000."), "{sig}");
         assert_eq!(sig.len(), 3 + 10 + 1 + 32);
         let ok = |fields: &[Option<&[u8]>], s: &str, at: u64| {
-            key.verify(b"lane", fields, s.as_bytes(), at, W)
+            key.verify(LANE, fields, s.as_bytes(), at, W)
         };
         assert!(ok(&[Some(b"canary")], &sig, now));
         assert!(ok(&[Some(b"canary")], &sig, now + 300));
@@ -219,9 +257,15 @@ mod tests {
         assert!(!ok(&[Some(b"canary")], &sig, now - 6), "too far ahead");
         assert!(!ok(&[Some(b"stable")], &sig, now));
         assert!(!ok(&[Some(b"canary"), None], &sig, now), "field count");
-        assert!(!key.verify(b"marker", &[Some(b"canary")], sig.as_bytes(), now, W));
+        assert!(!key.verify(
+            Domain::ShadowMarker,
+            &[Some(b"canary")],
+            sig.as_bytes(),
+            now,
+            W
+        ));
         let other = SigningKey::from_secret(b"0123456789abcdef-elsewhere!");
-        assert!(!other.verify(b"lane", &[Some(b"canary")], sig.as_bytes(), now, W));
+        assert!(!other.verify(LANE, &[Some(b"canary")], sig.as_bytes(), now, W));
         assert_ne!(key, other);
         assert_eq!(key, SigningKey::from_secret(b"0123456789abcdef-deployment"));
         assert_eq!(format!("{key:?}"), "SigningKey(..)");
@@ -233,7 +277,7 @@ mod tests {
     fn parts_are_framed_and_the_time_has_one_spelling() {
         let key = SigningKey::from_secret(b"0123456789abcdef-deployment");
         let now = 1_800_000_000;
-        let sig = key.sign(b"lane", &[Some(b"v10")], now);
+        let sig = key.sign(LANE, &[Some(b"v10")], now);
         let (_, tag) = sig.rsplit_once('.').unwrap();
         for reframed in [
             format!("v2.01800000000.{tag}"),
@@ -244,19 +288,17 @@ mod tests {
         ] {
             for name in [&b"v1"[..], b"v10"] {
                 assert!(
-                    !key.verify(b"lane", &[Some(name)], reframed.as_bytes(), now, W),
+                    !key.verify(LANE, &[Some(name)], reframed.as_bytes(), now, W),
                     "{reframed}"
                 );
             }
         }
-        // Moving bytes between the domain and a field, or between fields.
-        let a = key.sign(b"ab", &[Some(b"c")], now);
-        assert_ne!(a, key.sign(b"a", &[Some(b"bc")], now));
-        let b = key.sign(b"d", &[Some(b"x"), Some(b"yz")], now);
-        assert_ne!(b, key.sign(b"d", &[Some(b"xy"), Some(b"z")], now));
+        // Moving bytes between fields.
+        let b = key.sign(LANE, &[Some(b"x"), Some(b"yz")], now);
+        assert_ne!(b, key.sign(LANE, &[Some(b"xy"), Some(b"z")], now));
         assert_ne!(
-            key.sign(b"d", &[None], now),
-            key.sign(b"d", &[Some(b"")], now),
+            key.sign(LANE, &[None], now),
+            key.sign(LANE, &[Some(b"")], now),
             "absent differs from empty"
         );
         assert_eq!(parse_canonical(b"0"), Some(0));
@@ -273,37 +315,31 @@ mod tests {
         }
     }
 
-    /// The tag is HMAC-SHA256 as RFC 4231 defines it (test case 2), truncated to its first
-    /// 128 bits, over the framed message.
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// HMAC-SHA256 as RFC 4231 defines it (test case 2); the lane key derived from the secret
+    /// with it, and the tag its first 128 bits over the framed message.
     #[test]
-    fn the_tag_is_truncated_hmac_sha256() {
-        let mut mac = HmacSha256::new_from_slice(b"Jefe").unwrap();
-        mac.update(b"what do ya want for nothing?");
-        let full: Vec<String> = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    fn the_tag_is_truncated_hmac_sha256_under_a_derived_key() {
+        let hmac = |key: &[u8], msg: &[u8]| {
+            let mut mac = HmacSha256::new_from_slice(key).unwrap();
+            mac.update(msg);
+            mac.finalize().into_bytes().to_vec()
+        };
         assert_eq!(
-            full.concat(),
+            hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        let key = SigningKey::from_secret(b"Jefe");
-        let mut message = vec![1u8];
-        message.extend_from_slice(&4u64.to_be_bytes());
-        message.extend_from_slice(b"lane");
-        message.extend_from_slice(&1u64.to_be_bytes());
+        let lane_key = hmac(b"Jefe", b"traffic-split lane v2");
+        let mut message = 1u64.to_be_bytes().to_vec();
         message.push(1);
         message.extend_from_slice(&1u64.to_be_bytes());
         message.extend_from_slice(b"a");
         message.extend_from_slice(&7u64.to_be_bytes());
-        let mut mac = HmacSha256::new_from_slice(b"Jefe").unwrap();
-        mac.update(&message);
-        let want: String = mac.finalize().into_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(key.sign(b"lane", &[Some(b"a")], 7), format!("v2.7.{want}"));
+        let want = hex(&hmac(&lane_key, &message)[..16]);
+        let key = SigningKey::from_secret(b"Jefe");
+        assert_eq!(key.sign(LANE, &[Some(b"a")], 7), format!("v2.7.{want}"));
     }
 }

@@ -23,9 +23,7 @@ const MARKER_WINDOW: Window = Window {
 /// signature of the copy's request as sent to the shadow (`MarkedRequest`) and its dispatch
 /// time.
 pub use crate::signing::SigningKey as MarkerKey;
-use crate::signing::Window;
-
-const MARKER_DOMAIN: &[u8] = b"traffic-split shadow marker v2";
+use crate::signing::{Domain, Window};
 
 /// The request headers a signed marker is bound to, in signing order: the copy's
 /// `:authority` as sent to the shadow (with `host_suffix`), its method, its path with the
@@ -88,14 +86,15 @@ impl<'a> MarkedRequest<'a> {
 impl MarkerKey {
     /// The marker value of a copy of `request` dispatched at `now_s` (unix seconds).
     pub fn sign_marker(&self, request: &MarkedRequest<'_>, now_s: u64) -> String {
-        request.signed(|fields| self.sign(MARKER_DOMAIN, fields, now_s))
+        request.signed(|fields| self.sign(Domain::ShadowMarker, fields, now_s))
     }
 
     /// Whether `value` is a marker this key signed for exactly `request` (same host, method,
     /// path and request id) at most `MARKER_MAX_AGE_S` seconds before `now_s` (or at most
     /// `MARKER_MAX_FUTURE_S` after).
     pub fn verify_marker(&self, value: &[u8], request: &MarkedRequest<'_>, now_s: u64) -> bool {
-        request.signed(|fields| self.verify(MARKER_DOMAIN, fields, value, now_s, MARKER_WINDOW))
+        request
+            .signed(|fields| self.verify(Domain::ShadowMarker, fields, value, now_s, MARKER_WINDOW))
     }
 }
 
