@@ -372,7 +372,13 @@ fn power_table() {
     };
     println!("| scenario (defaults: max_increase 0.01, max_ratio 1.2, confidence 0.99) | 100 req/arm | 500 req/arm | 2,000 req/arm |");
     println!("|---|---|---|---|");
-    let cells: [(&str, &JudgePolicy, (f64, Option<f64>), (f64, Option<f64>)); 6] = [
+    type Cell<'a> = (
+        &'a str,
+        &'a JudgePolicy,
+        (f64, Option<f64>),
+        (f64, Option<f64>),
+    );
+    let cells: [Cell<'_>; 6] = [
         (
             "A/A (both 1% errors, same latency)",
             &policy(),
