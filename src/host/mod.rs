@@ -13,6 +13,7 @@
 //! present), else one removal call per request (a read, with `shadow_marker_secret`).
 
 mod breaker;
+mod judge;
 mod rollout;
 mod root;
 mod shadow;
@@ -27,6 +28,7 @@ use crate::metrics::{
 use crate::plan::Plan;
 use crate::rng::Rng;
 use breaker::Breakers;
+use judge::Judges;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
@@ -61,6 +63,8 @@ struct Loaded {
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
+    /// Each rule's judge: pending counts, published on the tick.
+    judges: RefCell<Judges>,
 }
 
 /// The host's id of each metric in `names` (`None` where defining it failed).
@@ -97,6 +101,7 @@ impl Loaded {
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
             rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
+            judges: RefCell::new(Judges::new(&plan, scope, &judge_configuration(&plan))),
             plan,
         }
     }
@@ -200,6 +205,15 @@ fn plugin_configuration() -> Vec<u8> {
 /// The configuration bytes when the plan has a rollout (its abort is scoped to them).
 fn rollout_configuration(plan: &Plan) -> Vec<u8> {
     if plan.rollouts.is_empty() {
+        Vec::new()
+    } else {
+        plugin_configuration()
+    }
+}
+
+/// The configuration bytes when the plan has a judge (its record is scoped to them).
+fn judge_configuration(plan: &Plan) -> Vec<u8> {
+    if plan.judges.is_empty() {
         Vec::new()
     } else {
         plugin_configuration()

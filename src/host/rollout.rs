@@ -76,6 +76,18 @@ impl Rollouts {
     /// when nothing changes: a comparison per rollout, and a shared-data read per rollout that
     /// can still abort.
     pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, breakers: &[BreakerView]) {
+        self.tick_judged(plan, now_ms, breakers, &[]);
+    }
+
+    /// `tick`, where `judged` says per judge slot whether the judge's `on_fail: "abort"` ran
+    /// (`host::judge`): that aborts the rule's rollout as its breaker opening does.
+    pub fn tick_judged(
+        &mut self,
+        plan: &Plan,
+        now_ms: Option<u64>,
+        breakers: &[BreakerView],
+        judged: &[bool],
+    ) {
         let Some(now) = now_ms.and_then(|n| i64::try_from(n).ok()) else {
             return;
         };
@@ -90,10 +102,15 @@ impl Rollouts {
             };
             let canary = rule.destinations.first();
             let mut newly_aborted = false;
-            if policy.abort_on_breaker_open && !slot.aborted {
-                let open = canary
-                    .and_then(|d| d.breaker_slot)
-                    .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
+            let judge_failed = rule
+                .judge_slot
+                .is_some_and(|j| judged.get(j).copied().unwrap_or(false));
+            if (policy.abort_on_breaker_open || judge_failed) && !slot.aborted {
+                let breaker_open = policy.abort_on_breaker_open
+                    && canary
+                        .and_then(|d| d.breaker_slot)
+                        .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
+                let open = breaker_open || judge_failed;
                 slot.aborted = match HostStore.get(&slot.abort_key) {
                     Ok(Some((value, _))) if value == b"1" => true,
                     Ok(Some((_, cas))) if open => {
@@ -127,10 +144,20 @@ impl Rollouts {
                 if let Some(id) = slot.aborted_counter {
                     let _ = hostcalls::increment_metric(id, 1);
                 }
+                let reason = if judge_failed {
+                    "its judge failed"
+                } else {
+                    "the breaker of destination"
+                };
+                let whose = if judge_failed {
+                    String::new()
+                } else {
+                    format!(" \"{dest}\" opened")
+                };
                 log::warn!(
                     "traffic-split: rollout of rule \"{}\" aborted at step {}/{steps} (share was \
-                     {}%, now 0%): reason: the breaker of destination \"{dest}\" opened; held \
-                     at 0% until the configuration changes",
+                     {}%, now 0%): reason: {reason}{whose}; held at 0% until the configuration \
+                     changes",
                     rule.name,
                     phase.step,
                     percent_text(phase.basis_points)

@@ -1,7 +1,8 @@
 //! `rules[].judge`: the defaults, the checks, and the compiled `JudgePolicy`.
 
 use super::fields::field;
-use super::Destination;
+use super::{Destination, Plan, Routed};
+use crate::breaker::{BreakerPolicy, BreakerTicket, BreakerView, StatusMatch};
 use crate::config::{ConfigError, JudgeConfig};
 use crate::judge::{
     ErrorsCriterion, JudgePolicy, LatencyCriterion, DEFAULT_CONFIDENCE, DEFAULT_FAIL_AFTER,
@@ -118,6 +119,78 @@ pub(super) fn compile_judge(
     })
 }
 
+/// What counts as a failure for the judge on a destination without a breaker: the breaker's
+/// defaults (`failure_statuses` 5xx, Envoy's local replies, `grpc_failure_codes`
+/// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE; no `slow_ms`).
+pub fn default_failure_policy() -> BreakerPolicy {
+    BreakerPolicy {
+        failure_ratio: crate::config::DEFAULT_BREAKER_FAILURE_RATIO,
+        min_requests: crate::config::DEFAULT_BREAKER_MIN_REQUESTS,
+        window_s: crate::config::DEFAULT_BREAKER_WINDOW_S,
+        open_s: crate::config::DEFAULT_BREAKER_OPEN_S,
+        half_open_threshold: crate::rng::sample_threshold(
+            crate::config::DEFAULT_BREAKER_HALF_OPEN_PERCENT,
+        ),
+        half_open_permille: (crate::config::DEFAULT_BREAKER_HALF_OPEN_PERCENT * 10.0) as u64,
+        failure_statuses: vec![StatusMatch::Class(5)],
+        count_local_replies: true,
+        grpc_failure_codes: vec![4, 13, 14],
+        slow_ms: None,
+        consecutive_failures: None,
+    }
+}
+
+impl Plan {
+    /// After a judge with `on_fail: "abort"` triggered on a rule without a rollout, the
+    /// canary's requests go to the baseline (as with an open breaker) until the configuration
+    /// changes. `tripped` is the host's view per judge slot. Returns whether it moved the
+    /// request; the breaker ticket then follows the new destination.
+    pub fn judge_moves(
+        &self,
+        routed: &mut Routed,
+        tripped: &[bool],
+        breakers: &[BreakerView],
+    ) -> bool {
+        let Some(rule) = self.rules.get(routed.rule) else {
+            return false;
+        };
+        let (Some(judge), Some(slot)) = (&rule.judge, rule.judge_slot) else {
+            return false;
+        };
+        if judge.on_fail != crate::judge::OnFail::Abort
+            || rule.rollout.is_some()
+            || routed.destination != judge.canary
+            || !tripped.get(slot).copied().unwrap_or(false)
+        {
+            return false;
+        }
+        routed.destination = judge.baseline;
+        routed.ticket = rule
+            .destinations
+            .get(judge.baseline)
+            .and_then(|d| d.breaker_slot)
+            .map(|slot| BreakerTicket {
+                slot,
+                generation: BreakerView::of(breakers, slot).generation,
+            });
+        true
+    }
+
+    /// The judge arm a request routed to `destination` of rule `rule` counts for:
+    /// `(judge slot, is the canary)`.
+    pub fn judge_arm(&self, rule: usize, destination: usize) -> Option<(usize, bool)> {
+        let rule = self.rules.get(rule)?;
+        let (judge, slot) = (rule.judge.as_ref()?, rule.judge_slot?);
+        if destination == judge.canary {
+            Some((slot, true))
+        } else if destination == judge.baseline {
+            Some((slot, false))
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::judge::OnFail;
@@ -135,6 +208,45 @@ mod tests {
 
     fn error(json: &str) -> String {
         Plan::from_json(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_default_failure_policy_is_a_default_breaker() {
+        let p = Plan::from_json(
+            br#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a",
+                "fallback":"b","breaker":{}},{"name":"b","cluster":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.rules[0].destinations[0].breaker.as_ref().unwrap(),
+            &super::default_failure_policy()
+        );
+    }
+
+    #[test]
+    fn a_triggered_abort_moves_the_canary_to_the_baseline_without_a_rollout() {
+        use crate::plan::Routed;
+        let p = Plan::from_json(rule_with("{}", "").as_bytes()).unwrap();
+        let routed = |destination| Routed {
+            rule: 0,
+            destination,
+            set_cookie: None,
+            rerouted: 0,
+            ticket: None,
+            lane: None,
+        };
+        let mut r = routed(0);
+        assert!(!p.judge_moves(&mut r, &[false], &[]));
+        assert!(p.judge_moves(&mut r, &[true], &[]));
+        assert_eq!(r.destination, 2);
+        let mut r = routed(1);
+        assert!(!p.judge_moves(&mut r, &[true], &[]), "not the canary");
+        assert_eq!(p.judge_arm(0, 0), Some((0, true)));
+        assert_eq!(p.judge_arm(0, 2), Some((0, false)));
+        assert_eq!(p.judge_arm(0, 1), None);
+        let p = Plan::from_json(rule_with(r#"{"on_fail":"report"}"#, "").as_bytes()).unwrap();
+        let mut r = routed(0);
+        assert!(!p.judge_moves(&mut r, &[true], &[]), "report only");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod tests;
 
 pub use decide::{Decision, Routed};
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
+pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
