@@ -191,6 +191,57 @@ impl Plan {
     }
 }
 
+impl super::Rule {
+    /// The rule's judge in one line, for `traffic-split explain` and `rollout`.
+    pub fn judge_text(&self) -> Option<String> {
+        use crate::judge::{decimal_text, thousands};
+        let j = self.judge.as_ref()?;
+        let name = |i: usize| self.destinations.get(i).map_or("", |d| d.name.as_str());
+        let mut criteria = Vec::new();
+        if let Some(e) = j.errors {
+            criteria.push(format!(
+                "failures at most +{} pp",
+                decimal_text(e.max_increase * 100.0, 2, true)
+            ));
+        }
+        if let Some(l) = j.latency {
+            criteria.push(format!(
+                "p{} at most x{}",
+                decimal_text(l.percentile, 1, false),
+                decimal_text(l.max_ratio, 2, false)
+            ));
+        }
+        let action = match (j.on_fail, self.rollout.is_some()) {
+            (crate::judge::OnFail::Report, _) => "report".to_string(),
+            (_, true) => "abort the rollout".to_string(),
+            (_, false) => format!(
+                "send \"{}\"'s traffic to \"{}\"",
+                name(j.canary),
+                name(j.baseline)
+            ),
+        };
+        Some(format!(
+            "judge: \"{}\" vs \"{}\" every {} s (min {} req per arm): {} at {}%; {} failing \
+             window(s) in a row -> {action}{}",
+            name(j.canary),
+            name(j.baseline),
+            j.window_s,
+            thousands(j.min_requests),
+            crate::config::join(
+                &criteria.iter().map(String::as_str).collect::<Vec<_>>(),
+                ", "
+            ),
+            decimal_text(j.confidence * 100.0, 2, false),
+            j.fail_after,
+            if self.rollout_gated {
+                "; gates the rollout's steps"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::judge::OnFail;
@@ -264,6 +315,12 @@ mod tests {
         assert_eq!((l.percentile, l.max_ratio), (99.0, 1.2));
         assert_eq!((j.confidence, j.on_fail), (0.99, OnFail::Abort));
         assert_eq!(p.judges, vec![0]);
+        assert_eq!(
+            p.rules[0].judge_text().unwrap(),
+            "judge: \"canary\" vs \"stable\" every 60 s (min 100 req per arm): failures at most \
+             +1.0 pp, p99 at most x1.2 at 99%; 2 failing window(s) in a row -> send \"canary\"'s \
+             traffic to \"stable\""
+        );
         assert_eq!(p.rules[0].judge_slot, Some(0));
         assert!(p.judge_site(0).is_some());
     }
