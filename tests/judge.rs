@@ -330,3 +330,46 @@ fn a_canary_with_5_requests_per_window_stays_inconclusive() {
     );
     assert!(!envoy.log().contains("judge of rule"));
 }
+
+#[test]
+fn gate_judge_holds_a_step_while_windows_are_inconclusive_and_advances_after_a_pass() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    // Step 1's hold (2 s) passed long ago: only the judge holds it.
+    let config = r#"{"rules":[{"name":"checkout","destinations":[
+            {"name":"canary","cluster":"canary"},{"name":"stable","cluster":"stable"}],
+        "rollout":{"destination":"canary","start":"2026-01-01T00:00:00Z","gate":"judge",
+            "steps":[{"percent":50,"hold_s":2},{"percent":100}]},
+        "judge":{"window_s":2,"min_requests":20,"errors":{}}}]}"#;
+    let envoy = Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let rollout = |what: &str| envoy.counter(&format!("traffic_split.rollout.checkout.{what}"));
+    assert_eq!((rollout("step"), rollout("basis_points")), (1, 5000));
+    // A trickle (about 4 requests per window): inconclusive windows hold step 1.
+    let before = stat(&envoy, "windows_inconclusive");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        envoy.get("/", &[]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(stat(&envoy, "windows_inconclusive") >= before + 2);
+    assert_eq!(stat(&envoy, "windows_passed"), 0);
+    assert_eq!((rollout("step"), rollout("basis_points")), (1, 5000));
+    // Enough traffic for a passing window: the step ends.
+    let load = Load::start(&envoy, 2, Duration::from_millis(2), 50_000, |_| None);
+    let advanced = wait_until(Duration::from_secs(20), || rollout("step") == 2);
+    let sent = load.stop();
+    assert!(
+        advanced,
+        "still on step {} after {sent} requests; passed {}",
+        rollout("step"),
+        stat(&envoy, "windows_passed")
+    );
+    assert_eq!(rollout("basis_points"), 10_000);
+    assert!(stat(&envoy, "windows_passed") >= 1);
+    assert_eq!(stat(&envoy, "windows_failed"), 0);
+}

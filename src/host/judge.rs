@@ -9,6 +9,7 @@
 
 use super::breaker::HostStore;
 use crate::breaker::{instance_scope, BreakerPolicy};
+use crate::judge::gate::JudgeView;
 use crate::judge::{judge_key, publish, JudgePolicy, Judged, OnFail, Tally, Verdict};
 use crate::metrics::{judge_metric, JUDGE_COUNTERS, JUDGE_GAUGES};
 use crate::plan::{default_failure_policy, Plan, Rule};
@@ -35,8 +36,8 @@ pub(super) fn clock_us() -> Option<u64> {
 pub(super) struct Judges {
     /// Per judge slot: `on_fail: abort` ran, for decisions (`Plan::judge_moves`) and rollouts.
     pub tripped: Vec<bool>,
-    /// Per judge slot: the verdict of the last window judged.
-    pub last_verdict: Vec<Verdict>,
+    /// Per judge slot: what rollouts need (the trigger, the last passing window).
+    pub views: Vec<JudgeView>,
     /// What counts as a failure on a destination without a breaker.
     pub default_failures: BreakerPolicy,
     slots: Vec<Slot>,
@@ -75,7 +76,7 @@ impl Judges {
             .collect();
         Judges {
             tripped: vec![false; slots.len()],
-            last_verdict: vec![Verdict::Inconclusive; slots.len()],
+            views: vec![JudgeView::default(); slots.len()],
             default_failures: default_failure_policy(),
             slots,
         }
@@ -113,8 +114,17 @@ impl Judges {
             if let Some(t) = self.tripped.get_mut(slot) {
                 *t = done.triggered && policy.on_fail == OnFail::Abort;
             }
-            if let Some(v) = self.last_verdict.get_mut(slot) {
-                *v = done.last_verdict;
+            if let Some(v) = self.views.get_mut(slot) {
+                let last_window_ms = done
+                    .window
+                    .checked_sub(1)
+                    .map(|w| w.saturating_mul(policy.window_s).saturating_mul(1000))
+                    .and_then(|ms| i64::try_from(ms).ok());
+                *v = JudgeView {
+                    tripped: done.triggered && policy.on_fail == OnFail::Abort,
+                    passed_window_start_ms: last_window_ms
+                        .filter(|_| done.last_verdict == Verdict::Pass),
+                };
             }
             if let Some(closed) = done.closed {
                 report(rule, policy, s, &closed);

@@ -6,6 +6,7 @@
 
 use super::breaker::HostStore;
 use crate::breaker::{instance_scope, BreakerView, SetResult, SharedStore, State};
+use crate::judge::gate::{Gated, JudgeView};
 use crate::metrics::{rollout_metric, ROLLOUT_ABORTED, ROLLOUT_BASIS_POINTS, ROLLOUT_STEP};
 use crate::plan::Plan;
 use crate::rollout::{percent_text, upper_bounds, Phase};
@@ -26,6 +27,8 @@ struct Slot {
     abort_key: String,
     /// Shared: the last step logged, so a step is logged once per process.
     logged_key: String,
+    /// Shared (`rollout.gate: "judge"` only): the step in force and when it began.
+    gate_key: Option<String>,
     step_gauge: Option<u32>,
     basis_points_gauge: Option<u32>,
     aborted_counter: Option<u32>,
@@ -52,11 +55,18 @@ impl Rollouts {
                 let metric = |kind, what| {
                     hostcalls::define_metric(kind, &rollout_metric(&rule.name, what)).ok()
                 };
+                let gate_key = rule.rollout_gated.then(|| format!("{base}/gate"));
+                if let Some(key) = &gate_key {
+                    if let Ok(None) = HostStore.get(key) {
+                        HostStore.set(key, Gated::default().encode().as_bytes(), None);
+                    }
+                }
                 Slot {
                     phase: None,
                     aborted: false,
                     abort_key,
                     logged_key,
+                    gate_key,
                     step_gauge: metric(MetricType::Gauge, ROLLOUT_STEP),
                     basis_points_gauge: metric(MetricType::Gauge, ROLLOUT_BASIS_POINTS),
                     aborted_counter: metric(MetricType::Counter, ROLLOUT_ABORTED),
@@ -80,13 +90,14 @@ impl Rollouts {
     }
 
     /// `tick`, where `judged` says per judge slot whether the judge's `on_fail: "abort"` ran
-    /// (`host::judge`): that aborts the rule's rollout as its breaker opening does.
+    /// (`host::judge`): that aborts the rule's rollout as its breaker opening does; and, for
+    /// `gate: "judge"`, which window last passed.
     pub fn tick_judged(
         &mut self,
         plan: &Plan,
         now_ms: Option<u64>,
         breakers: &[BreakerView],
-        judged: &[bool],
+        judged: &[JudgeView],
     ) {
         let Some(now) = now_ms.and_then(|n| i64::try_from(n).ok()) else {
             return;
@@ -102,9 +113,11 @@ impl Rollouts {
             };
             let canary = rule.destinations.first();
             let mut newly_aborted = false;
-            let judge_failed = rule
+            let judge = rule
                 .judge_slot
-                .is_some_and(|j| judged.get(j).copied().unwrap_or(false));
+                .and_then(|j| judged.get(j).copied())
+                .unwrap_or_default();
+            let judge_failed = judge.tripped;
             if (policy.abort_on_breaker_open || judge_failed) && !slot.aborted {
                 let breaker_open = policy.abort_on_breaker_open
                     && canary
@@ -121,14 +134,19 @@ impl Rollouts {
                     _ => open,
                 };
             }
-            let due = match slot.phase {
-                None => true,
-                Some(p) => p.next_ms.is_some_and(|next| now >= next),
+            let gated = slot
+                .gate_key
+                .as_deref()
+                .map(|key| gated_phase(key, policy, now, judge.passed_window_start_ms));
+            let due = match (slot.phase, gated) {
+                (None, _) => true,
+                (Some(p), Some(g)) => p != g,
+                (Some(p), None) => p.next_ms.is_some_and(|next| now >= next),
             };
             if !(due || newly_aborted || (slot.aborted && bounds.first() != Some(&0))) {
                 continue;
             }
-            let phase = policy.phase_at(now);
+            let phase = gated.unwrap_or_else(|| policy.phase_at(now));
             let share = if slot.aborted { 0 } else { phase.basis_points };
             let rest: Vec<u32> = rule.destinations.iter().skip(1).map(|d| d.weight).collect();
             *bounds = upper_bounds(share, &rest);
@@ -168,6 +186,29 @@ impl Rollouts {
             }
             slot.phase = Some(phase);
         }
+    }
+}
+
+/// A gated rollout's phase at `now`: its shared position moved on if its step may end
+/// (`Gated::advance`), with compare-and-swap; a lost race keeps what was read (the next tick
+/// tries again).
+fn gated_phase(
+    key: &str,
+    policy: &crate::rollout::RolloutPolicy,
+    now: i64,
+    passed_window_start_ms: Option<i64>,
+) -> Phase {
+    let (at, cas) = match HostStore.get(key) {
+        Ok(Some((bytes, cas))) => (Gated::decode(&bytes).unwrap_or_default(), Some(cas)),
+        _ => (Gated::default(), None),
+    };
+    let (next, phase) = at.advance(policy, now, passed_window_start_ms);
+    if next == at {
+        return phase;
+    }
+    match HostStore.set(key, next.encode().as_bytes(), cas) {
+        SetResult::Written => phase,
+        _ => at.advance(policy, now, None).1,
     }
 }
 

@@ -218,7 +218,7 @@ impl RootContext for SplitRoot {
                     &active.plan,
                     now,
                     &active.breakers.borrow().views,
-                    &active.judges.borrow().tripped,
+                    &active.judges.borrow().views,
                 );
             }
             active.flush();

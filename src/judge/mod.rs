@@ -15,6 +15,7 @@
 //!   upper edge).
 //! - `inconclusive` while either arm has fewer than `min_requests` outcomes.
 
+pub mod gate;
 mod shared;
 pub mod stats;
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Synced {
     /// `on_fail` ran (by any worker) under this configuration.
     pub triggered: bool,
     pub last_verdict: Verdict,
+    /// The window the record counts now (the last judged one is the one before it).
+    pub window: u64,
     pub closed: Option<Judged>,
     pub conflicts: u32,
 }
@@ -106,6 +108,7 @@ pub fn publish(
         done.synced = true;
         done.triggered = record.streak.triggered;
         done.last_verdict = record.last_verdict;
+        done.window = record.window;
         done.closed = closed;
         return done;
     }
