@@ -302,6 +302,12 @@ pub fn judge_metric(rule: &str, what: &str) -> String {
     format!("traffic_split.judge.{rule}.{what}")
 }
 
+/// `traffic_split.rule.<rule>.srm`: 1 when the last judge window's distinct users per
+/// destination do not follow the shares (sample ratio mismatch), else 0.
+pub fn srm_metric(rule: &str) -> String {
+    format!("traffic_split.rule.{rule}.srm")
+}
+
 /// The judge's gauges, in the order the host defines them: `verdict` (0 inconclusive, 1 pass,
 /// 2 fail) and the numbers of the last window.
 pub const JUDGE_GAUGES: [&str; 7] = [

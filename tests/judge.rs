@@ -373,3 +373,57 @@ fn gate_judge_holds_a_step_while_windows_are_inconclusive_and_advances_after_a_p
     assert!(stat(&envoy, "windows_passed") >= 1);
     assert_eq!(stat(&envoy, "windows_failed"), 0);
 }
+
+#[test]
+fn srm_flags_a_rule_whose_canary_users_stop_returning_and_not_a_healthy_one() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    // Two sticky 50/50 rules with the same salt (so the same users), told apart by a header.
+    let rule = |name: &str| {
+        format!(
+            r#"{{"name":"{name}","match":{{"headers":[{{"name":"x-rule","exact":"{name}"}}]}},
+            "salt":"s","sticky":{{"header":"x-user-id"}},"destinations":[
+            {{"name":"canary","cluster":"canary"}},{{"name":"stable","cluster":"stable"}}],
+            "judge":{{"window_s":2,"min_requests":5,"on_fail":"report"}}}}"#
+        )
+    };
+    let config = format!(r#"{{"rules":[{},{}]}}"#, rule("healthy"), rule("leaky"));
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    let srm = |name: &str| envoy.counter(&format!("traffic_split.rule.{name}.srm"));
+    assert_eq!((srm("healthy"), srm("leaky")), (0, 0));
+    let canary_users = users_bucketed_to(&config, 0, 200);
+    let stable_users = users_bucketed_to(&config, 1, 200);
+    // Every second: 8 new users per destination arrive; on "healthy" everyone seen comes back,
+    // on "leaky" the canary's users never come back after their first request.
+    let start = Instant::now();
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(11) && round < 20 {
+        let tick = Instant::now();
+        round += 1;
+        let seen = (round * 8).min(200);
+        for user in &stable_users[..seen] {
+            for name in ["healthy", "leaky"] {
+                envoy.get("/", &[("x-rule", name), ("x-user-id", user)]);
+            }
+        }
+        for (i, user) in canary_users[..seen].iter().enumerate() {
+            envoy.get("/", &[("x-rule", "healthy"), ("x-user-id", user)]);
+            if i >= seen - 8 {
+                envoy.get("/", &[("x-rule", "leaky"), ("x-user-id", user)]);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
+    let flagged = wait_until(Duration::from_secs(5), || srm("leaky") == 1);
+    assert!(flagged, "the leaky rule's SRM stayed 0\n{}", envoy.log());
+    assert_eq!(srm("healthy"), 0);
+    assert!(
+        envoy.counter("traffic_split.judge.healthy.windows_passed") >= 3,
+        "healthy windows judged"
+    );
+}

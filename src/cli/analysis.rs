@@ -791,6 +791,7 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
     let e = policy.evaluate(&Tally {
         canary: arm(args.canary),
         baseline: arm(args.baseline),
+        ..Tally::default()
     });
     let numbers = policy.numbers_text(&e);
     let mut why = policy.reason_text(&e);

@@ -11,7 +11,7 @@ use super::breaker::HostStore;
 use crate::breaker::{instance_scope, BreakerPolicy};
 use crate::judge::gate::JudgeView;
 use crate::judge::{judge_key, publish, JudgePolicy, Judged, OnFail, Tally, Verdict};
-use crate::metrics::{judge_metric, JUDGE_COUNTERS, JUDGE_GAUGES};
+use crate::metrics::{judge_metric, srm_metric, JUDGE_COUNTERS, JUDGE_GAUGES};
 use crate::plan::{default_failure_policy, Plan, Rule};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -48,6 +48,8 @@ struct Slot {
     pending: Tally,
     gauges: Vec<Option<u32>>,
     counters: Vec<Option<u32>>,
+    /// `traffic_split.rule.<rule>.srm` (sticky rules only).
+    srm_gauge: Option<u32>,
 }
 
 impl Judges {
@@ -71,6 +73,9 @@ impl Judges {
                     pending: Tally::default(),
                     gauges: define(MetricType::Gauge, &JUDGE_GAUGES),
                     counters: define(MetricType::Counter, &JUDGE_COUNTERS),
+                    srm_gauge: rule.sticky.as_ref().and_then(|_| {
+                        hostcalls::define_metric(MetricType::Gauge, &srm_metric(&rule.name)).ok()
+                    }),
                 }
             })
             .collect();
@@ -96,9 +101,17 @@ impl Judges {
         }
     }
 
+    /// A sticky rule's user (`srm::user_hash` of its key) served by `destination`.
+    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u32) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.pending.add_user(destination, hash);
+        }
+    }
+
     /// On every tick (wall clock `now_ms`): publishes each judge's counts, closing a window
-    /// that ended, and learns whether `on_fail` ran.
-    pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>) {
+    /// that ended, and learns whether `on_fail` ran. `rollouts`: the bounds in force of each
+    /// rollout slot (the shares the SRM test expects).
+    pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, rollouts: &[Vec<u32>]) {
         let Some(now_s) = now_ms.map(|ms| ms / 1000) else {
             return;
         };
@@ -107,7 +120,19 @@ impl Judges {
                 continue;
             };
             let window = now_s / policy.window_s.max(1);
-            let done = publish(&mut HostStore, &s.key, policy, window, &mut s.pending);
+            let shares = if rule.sticky.is_some() {
+                rule.bucket_shares(rule.bounds_in_force(rollouts))
+            } else {
+                Vec::new()
+            };
+            let done = publish(
+                &mut HostStore,
+                &s.key,
+                policy,
+                window,
+                &mut s.pending,
+                &shares,
+            );
             if !done.synced {
                 continue;
             }
@@ -154,6 +179,9 @@ fn report(rule: &Rule, policy: &JudgePolicy, s: &Slot, closed: &Judged) {
     }
     if let Some(Some(id)) = s.counters.get(e.verdict as usize) {
         let _ = hostcalls::increment_metric(*id, 1);
+    }
+    if let (Some(id), Some(flag)) = (s.srm_gauge, e.srm) {
+        let _ = hostcalls::record_metric(id, u64::from(flag));
     }
     if e.verdict != Verdict::Fail {
         return;

@@ -211,7 +211,11 @@ impl RootContext for SplitRoot {
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
             if !active.plan.judges.is_empty() {
-                active.judges.borrow_mut().tick(&active.plan, now);
+                active.judges.borrow_mut().tick(
+                    &active.plan,
+                    now,
+                    &active.rollouts.borrow().bounds,
+                );
             }
             if !active.plan.rollouts.is_empty() {
                 active.rollouts.borrow_mut().tick_judged(
@@ -227,7 +231,9 @@ impl RootContext for SplitRoot {
         for r in retired.iter() {
             r.breakers.borrow_mut().publish_all(&r.plan);
             if !r.plan.judges.is_empty() {
-                r.judges.borrow_mut().tick(&r.plan, now);
+                r.judges
+                    .borrow_mut()
+                    .tick(&r.plan, now, &r.rollouts.borrow().bounds);
             }
             r.flush();
         }

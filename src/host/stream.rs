@@ -339,6 +339,19 @@ impl HttpContext for SplitStream {
                 &active.judges.borrow().tripped,
                 &active.breakers.borrow().views,
             );
+            // A sticky judged rule counts its distinct users per destination (SRM).
+            if let Some(rule) = plan.rules.get(routed.rule) {
+                if let (Some(slot), Some(sticky)) = (rule.judge_slot, &rule.sticky) {
+                    let key = crate::plan::Rule::user_key(sticky, &request);
+                    if let Some(key) = key {
+                        active.judges.borrow_mut().record_user(
+                            slot,
+                            routed.destination,
+                            crate::judge::srm::user_hash(&key),
+                        );
+                    }
+                }
+            }
         }
         let lane_edits = if plan.lanes.is_empty() {
             Vec::new()

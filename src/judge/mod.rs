@@ -17,6 +17,7 @@
 
 pub mod gate;
 mod shared;
+pub mod srm;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -226,21 +227,45 @@ impl Arm {
     }
 }
 
-/// One window of both arms.
+/// One window of both arms, and (sticky rules) the distinct users per destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     pub canary: Arm,
     pub baseline: Arm,
+    /// By destination index; empty unless the rule is sticky.
+    pub users: Vec<srm::Distinct>,
 }
 
 impl Tally {
     pub fn is_empty(&self) -> bool {
-        self.canary.is_empty() && self.baseline.is_empty()
+        self.canary.is_empty()
+            && self.baseline.is_empty()
+            && self.users.iter().all(|u| u.hashes.is_empty())
     }
 
     pub fn merge(&mut self, other: &Tally) {
         self.canary.merge(&other.canary);
         self.baseline.merge(&other.baseline);
+        if self.users.len() < other.users.len() {
+            self.users
+                .resize(other.users.len(), srm::Distinct::default());
+        }
+        for (mine, theirs) in self.users.iter_mut().zip(&other.users) {
+            mine.merge(theirs);
+        }
+    }
+
+    /// A user (its `srm::user_hash`) seen on `destination`.
+    pub fn add_user(&mut self, destination: usize, hash: u32) {
+        if destination >= crate::plan::MAX_DESTINATIONS {
+            return;
+        }
+        if self.users.len() <= destination {
+            self.users.resize(destination + 1, srm::Distinct::default());
+        }
+        if let Some(d) = self.users.get_mut(destination) {
+            d.insert(hash);
+        }
     }
 }
 
@@ -263,6 +288,9 @@ pub struct Evaluation {
     pub errors_z: Option<f64>,
     /// The canary's lower and the baseline's upper bound of the percentile, µs, when both exist.
     pub latency_bounds: Option<(u64, u64)>,
+    /// Sample ratio mismatch of the window's distinct users (`srm::srm`); `None` when not
+    /// judged (not sticky, or too few users).
+    pub srm: Option<bool>,
 }
 
 impl JudgePolicy {

@@ -4,6 +4,7 @@
 //! new window (windows are aligned to the wall clock: `now_s / window_s`) closes the old one:
 //! it evaluates it, moves the streak on, and is the one that reports it and acts.
 
+use super::srm::Distinct;
 use super::{Arm, Evaluation, Histogram, JudgePolicy, Streak, Tally, Verdict, LATENCY_BUCKETS};
 use crate::breaker::{ReadFailed, SetResult, SharedStore, PUBLISH_ATTEMPTS};
 
@@ -54,12 +55,14 @@ pub struct Synced {
 /// Merges `pending` (this worker's outcomes since its last publish) into the shared record,
 /// closing the record's window first when `window` (the current one) is later. `pending` is
 /// emptied once written; kept when every attempt lost its race.
+/// `shares` are the destinations' expected shares (bucket counts in force) for the SRM test.
 pub fn publish(
     store: &mut impl SharedStore,
     key: &str,
     policy: &JudgePolicy,
     window: u64,
     pending: &mut Tally,
+    shares: &[u32],
 ) -> Synced {
     let mut done = Synced::default();
     for _ in 0..PUBLISH_ATTEMPTS {
@@ -79,7 +82,10 @@ pub fn publish(
         };
         let mut closed = None;
         if record.window < window {
-            let evaluation = policy.evaluate(&record.tally);
+            let mut evaluation = policy.evaluate(&record.tally);
+            if !record.tally.users.is_empty() {
+                evaluation.srm = super::srm::srm(&record.tally.users, shares);
+            }
             let triggered_now = record.streak.after(evaluation.verdict, policy.fail_after);
             record.judged = record.judged.saturating_add(1);
             record.last_verdict = evaluation.verdict;
@@ -139,6 +145,15 @@ impl JudgeRecord {
                 out.extend_from_slice(&c.to_le_bytes());
             }
         }
+        // At most MAX_DESTINATIONS sets of at most EXACT_USERS hashes.
+        out.push(self.tally.users.len() as u8);
+        for d in &self.tally.users {
+            out.push(d.level);
+            out.extend_from_slice(&(d.hashes.len() as u16).to_le_bytes());
+            for h in &d.hashes {
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+        }
         out
     }
 
@@ -177,6 +192,29 @@ impl JudgeRecord {
                 last = Some(i);
                 arm.latency.add_count(i, c);
             }
+        }
+        let sets = r.take::<1>()?[0];
+        if usize::from(sets) > crate::plan::MAX_DESTINATIONS {
+            return None;
+        }
+        for _ in 0..sets {
+            let level = r.take::<1>()?[0];
+            let n = usize::from(u16::from_le_bytes(r.take()?));
+            if n > super::srm::EXACT_USERS || level > 32 {
+                return None;
+            }
+            let mut d = Distinct {
+                level,
+                hashes: Vec::with_capacity(n),
+            };
+            for _ in 0..n {
+                let h = u32::from_le_bytes(r.take()?);
+                if d.hashes.last().is_some_and(|&l| l >= h) {
+                    return None;
+                }
+                d.hashes.push(h);
+            }
+            record.tally.users.push(d);
         }
         r.0.is_empty().then_some(record)
     }

@@ -58,6 +58,7 @@ fn too_little_traffic_is_inconclusive_whatever_it_shows() {
     let w = Tally {
         canary: counts(99, 99),
         baseline: counts(5000, 0),
+        ..Tally::default()
     };
     let e = p.evaluate(&w);
     assert_eq!(e.verdict, Verdict::Inconclusive);
@@ -73,6 +74,7 @@ fn the_issue_example_fails_on_errors() {
     let e = p.evaluate(&Tally {
         canary: counts(412, 33),
         baseline: counts(3950, 44),
+        ..Tally::default()
     });
     assert_eq!(e.verdict, Verdict::Fail);
     assert!(e.errors_failed);
@@ -85,6 +87,7 @@ fn the_issue_example_fails_on_errors() {
     let e = p.evaluate(&Tally {
         canary: counts(412, 6),
         baseline: counts(3950, 44),
+        ..Tally::default()
     });
     assert_eq!(e.verdict, Verdict::Pass);
 }
@@ -208,13 +211,14 @@ fn workers_merge_into_one_window_and_the_first_in_the_next_closes_it() {
         let mut pending = Tally {
             canary: counts(206, 17),
             baseline: counts(1975, 22),
+            ..Tally::default()
         };
-        let done = publish(&mut store, &key, &p, 10, &mut pending);
+        let done = publish(&mut store, &key, &p, 10, &mut pending, &[]);
         assert!(done.synced && done.closed.is_none());
         assert!(pending.is_empty());
     }
     // Window 11: the first publish closes window 10 on both workers' counts.
-    let done = publish(&mut store, &key, &p, 11, &mut Tally::default());
+    let done = publish(&mut store, &key, &p, 11, &mut Tally::default(), &[]);
     let closed = done.closed.unwrap();
     assert_eq!(closed.ordinal, 1);
     assert_eq!(closed.evaluation.canary_requests, 412);
@@ -222,18 +226,19 @@ fn workers_merge_into_one_window_and_the_first_in_the_next_closes_it() {
     assert_eq!(closed.evaluation.verdict, Verdict::Fail);
     assert!(!closed.triggered_now);
     // The second worker in window 11 closes nothing.
-    let done = publish(&mut store, &key, &p, 11, &mut Tally::default());
+    let done = publish(&mut store, &key, &p, 11, &mut Tally::default(), &[]);
     assert!(done.synced && done.closed.is_none());
     assert_eq!(done.last_verdict, Verdict::Fail);
     // A second failing window triggers, once.
     let mut pending = Tally {
         canary: counts(412, 33),
         baseline: counts(3950, 44),
+        ..Tally::default()
     };
-    publish(&mut store, &key, &p, 11, &mut pending);
-    let done = publish(&mut store, &key, &p, 12, &mut Tally::default());
+    publish(&mut store, &key, &p, 11, &mut pending, &[]);
+    let done = publish(&mut store, &key, &p, 12, &mut Tally::default(), &[]);
     assert!(done.closed.unwrap().triggered_now && done.triggered);
-    let done = publish(&mut store, &key, &p, 13, &mut Tally::default());
+    let done = publish(&mut store, &key, &p, 13, &mut Tally::default(), &[]);
     let closed = done.closed.unwrap();
     assert_eq!(closed.evaluation.verdict, Verdict::Inconclusive);
     assert!(!closed.triggered_now && done.triggered);
@@ -244,17 +249,18 @@ fn lost_races_keep_the_counts_for_later() {
     let p = policy();
     let mut store = Mem::default();
     let key = judge_key("s", "r", "c");
-    publish(&mut store, &key, &p, 1, &mut Tally::default());
+    publish(&mut store, &key, &p, 1, &mut Tally::default(), &[]);
     store.lose = 3;
     let mut pending = Tally {
         canary: counts(5, 1),
         baseline: counts(7, 0),
+        ..Tally::default()
     };
-    let done = publish(&mut store, &key, &p, 1, &mut pending);
+    let done = publish(&mut store, &key, &p, 1, &mut pending, &[]);
     assert!(!done.synced);
     assert_eq!(done.conflicts, 3);
     assert_eq!(pending.canary.requests, 5);
-    let done = publish(&mut store, &key, &p, 1, &mut pending);
+    let done = publish(&mut store, &key, &p, 1, &mut pending, &[]);
     assert!(done.synced);
     assert!(pending.is_empty());
 }
@@ -329,6 +335,7 @@ fn simulate(
         let w = Tally {
             canary: arm(&mut rng, n, canary.0, canary.1),
             baseline: arm(&mut rng, n, baseline.0, baseline.1),
+            ..Tally::default()
         };
         let verdict = p.evaluate(&w).verdict;
         fails += u32::from(verdict == Verdict::Fail);

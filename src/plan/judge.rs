@@ -192,6 +192,23 @@ impl Plan {
 }
 
 impl super::Rule {
+    /// Each destination's expected share of users under `bounds` (buckets it owns), for the
+    /// judge's sample-ratio-mismatch test.
+    pub fn bucket_shares(&self, bounds: &[u32]) -> Vec<u32> {
+        let mut prev = match self.hash {
+            crate::config::HashKind::Fine => 0,
+            crate::config::HashKind::Unleash => 1,
+        };
+        bounds
+            .iter()
+            .map(|&upper| {
+                let share = upper.saturating_sub(prev);
+                prev = upper.max(prev);
+                share
+            })
+            .collect()
+    }
+
     /// The rule's judge in one line, for `traffic-split explain` and `rollout`.
     pub fn judge_text(&self) -> Option<String> {
         use crate::judge::{decimal_text, thousands};
@@ -315,6 +332,10 @@ mod tests {
         assert_eq!((l.percentile, l.max_ratio), (99.0, 1.2));
         assert_eq!((j.confidence, j.on_fail), (0.99, OnFail::Abort));
         assert_eq!(p.judges, vec![0]);
+        assert_eq!(
+            p.rules[0].bucket_shares(&p.rules[0].upper_bounds),
+            vec![500, 1500, 8000]
+        );
         assert_eq!(
             p.rules[0].judge_text().unwrap(),
             "judge: \"canary\" vs \"stable\" every 60 s (min 100 req per arm): failures at most \
