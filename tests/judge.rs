@@ -427,3 +427,47 @@ fn srm_flags_a_rule_whose_canary_users_stop_returning_and_not_a_healthy_one() {
         "healthy windows judged"
     );
 }
+
+#[test]
+fn without_a_rollout_an_abort_sends_the_canarys_traffic_to_the_baseline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    canary.set_status(503);
+    let config = r#"{"rules":[{"name":"checkout","destinations":[
+            {"name":"canary","cluster":"canary"},{"name":"stable","cluster":"stable"}],
+        "judge":{"window_s":2,"min_requests":20,"fail_after":1,"errors":{}}}]}"#;
+    let envoy = Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr),
+    );
+    // Before: the canary gets its half.
+    let served: Vec<String> = (0..40)
+        .map(|_| envoy.get("/", &[]).backend().to_string())
+        .collect();
+    assert!(served.iter().any(|b| b == "canary"), "{served:?}");
+    let load = Load::start(&envoy, 2, Duration::from_millis(2), 50_000, |_| None);
+    let failed = wait_until(Duration::from_secs(20), || {
+        stat(&envoy, "windows_failed") > 0
+    });
+    let sent = load.stop();
+    assert!(
+        failed,
+        "no failing window ({sent} requests)\n{}",
+        envoy.log()
+    );
+    // Every worker learns the trigger on its next tick.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = canary.count();
+    let served: Vec<String> = (0..60)
+        .map(|_| envoy.get("/", &[]).backend().to_string())
+        .collect();
+    assert!(served.iter().all(|b| b == "stable"), "{served:?}");
+    assert_eq!(canary.count(), before);
+    let log = envoy.log();
+    assert!(
+        log.contains("-> traffic of \"canary\" goes to \"stable\" until the configuration changes"),
+        "{log}"
+    );
+}
