@@ -246,6 +246,12 @@ SCENARIOS = [
              config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # The same judge with the errors criterion only (no latency: no clock reads, no histogram).
+    Scenario("callgrind-judge-errors", "(tool) bench/callgrind.sh's Envoy, the rule with an errors-only judge",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{"errors":{}},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
     # the rule index's per-request cost, load-independent.
     *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",

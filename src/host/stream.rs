@@ -46,6 +46,9 @@ pub(super) struct SplitStream {
     routed_ms: Option<u64>,
     /// When the request was routed (µs): only for a judge with a latency criterion.
     routed_us: Option<u64>,
+    /// The request headers were read and the request is not gRPC: a judged destination
+    /// without a breaker then skips the response's `content-type` read.
+    not_grpc: bool,
     /// A gRPC response whose status comes in trailers: who it counts for, whether it was
     /// slow, and its latency (µs, for a judge).
     grpc_pending: Option<(OutcomeFor, bool, Option<u64>)>,
@@ -66,6 +69,7 @@ impl SplitStream {
             outcome_for: None,
             routed_ms: None,
             routed_us: None,
+            not_grpc: false,
             grpc_pending: None,
         }
     }
@@ -227,7 +231,8 @@ impl SplitStream {
             _ => false,
         };
         let mut failed = failed || slow;
-        if !failed && status == 200 && !policy.grpc_failure_codes.is_empty() {
+        let skip_grpc = outcome_for.ticket.is_none() && self.not_grpc;
+        if !failed && status == 200 && !policy.grpc_failure_codes.is_empty() && !skip_grpc {
             // gRPC answers 200 with `content-type: application/grpc...`; one read for others.
             let grpc = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
                 .ok()
@@ -339,6 +344,10 @@ impl HttpContext for SplitStream {
                 &active.judges.borrow().tripped,
                 &active.breakers.borrow().views,
             );
+            self.not_grpc = plan.needs_request_headers
+                && !request
+                    .header("content-type")
+                    .is_some_and(|c| c.starts_with(b"application/grpc"));
             // A sticky judged rule counts its distinct users per destination (SRM).
             if let Some(rule) = plan.rules.get(routed.rule) {
                 if let (Some(slot), Some(sticky)) = (rule.judge_slot, &rule.sticky) {

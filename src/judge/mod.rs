@@ -432,20 +432,23 @@ impl JudgePolicy {
     /// p99 212 ms vs 98 ms, allowed x1.2 at 99%`.
     pub fn numbers_text(&self, e: &Evaluation) -> String {
         let confidence = decimal_text(self.confidence * 100.0, 2, false);
-        let mut parts: Vec<String> = Vec::new();
+        let mut out = String::new();
         if let Some(errors) = self.errors {
-            parts.push(format!(
+            out = format!(
                 "canary failures {}% ({} req) vs baseline {}% ({} req), allowed +{} pp at {confidence}%",
                 decimal_text(e.canary_failure_bp as f64 / 100.0, 1, true),
                 thousands(e.canary_requests),
                 decimal_text(e.baseline_failure_bp as f64 / 100.0, 1, true),
                 thousands(e.baseline_requests),
                 decimal_text(errors.max_increase * 100.0, 2, true),
-            ));
+            );
         }
         if let Some(latency) = self.latency {
             let shown = |v: Option<u64>| v.map_or_else(|| "-".to_string(), ms_text);
-            parts.push(format!(
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(&format!(
                 "p{} {} ms vs {} ms, allowed x{} at {confidence}%",
                 decimal_text(latency.percentile, 1, false),
                 shown(e.canary_latency_us),
@@ -453,14 +456,7 @@ impl JudgePolicy {
                 decimal_text(latency.max_ratio, 2, false),
             ));
         }
-        if self.errors.is_none() && self.latency.is_none() {
-            parts.push(format!(
-                "canary {} req vs baseline {} req",
-                thousands(e.canary_requests),
-                thousands(e.baseline_requests)
-            ));
-        }
-        crate::config::join(&parts.iter().map(String::as_str).collect::<Vec<_>>(), "; ")
+        out
     }
 
     /// Why a window got its verdict, in words (CLI and inconclusive explanations).
