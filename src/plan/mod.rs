@@ -8,6 +8,7 @@ mod breaker;
 mod decide;
 mod fields;
 mod index;
+mod judge;
 mod lane;
 mod matching;
 mod rollout;
@@ -19,6 +20,7 @@ mod tests;
 
 pub use decide::{Decision, Routed};
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
+pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
@@ -26,6 +28,7 @@ use crate::body::PointerTree;
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
+use crate::judge::JudgePolicy;
 use crate::lane::{Lanes, RuleLane};
 use crate::matcher::{Condition, Matcher};
 use crate::rollout::RolloutPolicy;
@@ -77,6 +80,8 @@ pub struct Plan {
     pub body_max_bytes: u64,
     /// The pointers of every body condition: what parsing a body keeps.
     pub body_pointers: PointerTree,
+    /// Rules with a judge, by judge slot (`Rule::judge_slot` indexes it).
+    pub judges: Vec<usize>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -106,6 +111,12 @@ pub struct Rule {
     pub rollout_slot: Option<usize>,
     /// `propagate` (and `from_lane`, `lane_fallback`), compiled.
     pub lane: Option<RuleLane>,
+    /// Compares the canary with its baseline (`crate::judge`).
+    pub judge: Option<JudgePolicy>,
+    /// Index into `Plan::judges` when the rule has a judge.
+    pub judge_slot: Option<usize>,
+    /// `rollout.gate: "judge"`: a step ends only once the judge's last window passed.
+    pub rollout_gated: bool,
 }
 
 #[derive(Debug)]
@@ -194,6 +205,13 @@ impl Plan {
                 rollouts.push(r);
             }
         }
+        let mut judges = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            if rule.judge.is_some() {
+                rule.judge_slot = Some(judges.len());
+                judges.push(r);
+            }
+        }
         let mut breakers = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             for (d, dest) in rule.destinations.iter_mut().enumerate() {
@@ -268,6 +286,7 @@ impl Plan {
             reads_body,
             body_max_bytes: config.body_max_bytes,
             body_pointers,
+            judges,
         })
     }
 }
@@ -289,6 +308,12 @@ impl Plan {
     pub fn rollout_site(&self, slot: usize) -> Option<(&Rule, &RolloutPolicy)> {
         let rule = self.rules.get(*self.rollouts.get(slot)?)?;
         Some((rule, rule.rollout.as_ref()?))
+    }
+
+    /// The rule and judge of judge slot `slot`.
+    pub fn judge_site(&self, slot: usize) -> Option<(&Rule, &JudgePolicy)> {
+        let rule = self.rules.get(*self.judges.get(slot)?)?;
+        Some((rule, rule.judge.as_ref()?))
     }
 
     /// The `shadow`-th shadow of rule `rule`.
