@@ -20,11 +20,11 @@ pub const MAX_PATTERN_LEN: usize = 1024;
 /// count depends on the platform's pointer width: the CLI (64-bit) counts a program 1.4–1.6
 /// times larger than the filter in Envoy (wasm32) does, so `validate` never accepts a pattern
 /// the filter refuses (but may refuse one near the limit that the filter would take).
-pub const SIZE_LIMIT: usize = 2048;
+pub const SIZE_LIMIT: usize = 1280;
 /// Nesting limit of groups and repetitions (regex-lite's `nest_limit`).
 pub const NEST_LIMIT: u32 = 32;
 /// Longest value a pattern is evaluated against, in bytes; a longer value does not match.
-pub const MAX_VALUE_LEN: usize = 512;
+pub const MAX_VALUE_LEN: usize = 200;
 
 /// A compiled pattern that must match the whole value.
 #[derive(Debug, Clone)]

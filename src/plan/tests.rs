@@ -226,7 +226,7 @@ fn bad_configs_name_the_field_and_the_reason() {
         (matching(r#""headers":[{"name":"x","rgx":"."}]"#), "rules[0].match.headers[0].rgx: unknown field, expected one of: name, exact, prefix, suffix, one_of, present, regex"),
         (matching(r#""cookies":[{"name":"c","regex":"(a"}]"#), "rules[0].match.cookies[0].regex: found open group without closing ')'"),
         (matching(r#""path":{"regex":"/(a|b"}"#), "rules[0].match.path.regex: found open group without closing ')'"),
-        (matching(r#""authority":{"regex":"x{99999}"}"#), "rules[0].match.authority.regex: compiles to more than 2048 bytes (the regex size limit): use a simpler pattern"),
+        (matching(r#""authority":{"regex":"x{99999}"}"#), "rules[0].match.authority.regex: compiles to more than 1280 bytes (the regex size limit): use a simpler pattern"),
         (matching(r#""any_of":[{"query":[{"name":"q","regex":"(a)\\1"}]}]"#), "rules[0].match.any_of[0].query[0].regex: backreferences are not supported"),
         (sticky(r#""cookie":"uid","assign_cookie":true,"cookie_max_age_s":-5"#), "rules[0].sticky.cookie_max_age_s: must be a whole number from 0 to 4294967295, got -5"),
         (matching(r#""route_names":[]"#), "rules[0].match.route_names: must not be empty (omit the field to match everything)"),
