@@ -237,6 +237,13 @@ SCENARIOS = [
                     '"propagate":{"baggage":"split-lane"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # callgrind's rule behind a path regex that matches (CG_SCENARIO=callgrind-regex): what one
+    # regex evaluation costs on top of the sticky pick.
+    Scenario("callgrind-regex", "(tool) bench/callgrind.sh's Envoy, the rule behind a path regex",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"path":{"regex":"/r[0-9]+"}},"sticky":{"header":"x-user-id"},'
+                    '"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
     # the rule index's per-request cost, load-independent.
     *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",
