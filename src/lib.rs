@@ -30,6 +30,7 @@ pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod cookie;
+pub mod fnv;
 pub mod lane;
 pub mod matcher;
 pub mod metrics;

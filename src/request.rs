@@ -1,11 +1,23 @@
 //! A read-only view of the request attributes the rules look at, built from one read of the
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
-use crate::lane::Incoming;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
 pub type HeaderPair = (String, Vec<u8>);
+
+/// What arrived on one lane carrier (`lane::Lanes::screen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Absent,
+    /// A lane this instance routes by (verified when a key is set): the destination name.
+    Lane(Vec<u8>),
+    /// A value on a carrier where lanes start here: a client's, removed.
+    Untrusted,
+    /// A value on a carrier this instance reads that failed verification (or has no name):
+    /// removed, and the request decided as if it carried none.
+    Invalid,
+}
 
 pub struct Request<'a> {
     headers: &'a [HeaderPair],

@@ -14,6 +14,7 @@ macro_rules! out {
 }
 
 pub mod analysis;
+pub mod diff;
 pub mod input;
 pub mod schema;
 
@@ -192,7 +193,7 @@ pub fn main() -> ExitCode {
             user,
             all,
             json,
-        } => analysis::diff(&old, &new, user.as_deref(), all, json),
+        } => diff::diff(&old, &new, user.as_deref(), all, json),
         Command::Bucket {
             salt,
             key,
