@@ -5,8 +5,8 @@
 //! Bounds (docs/configuration.md, "regex"):
 //! - at load: the pattern is at most `MAX_PATTERN_LEN` bytes, nests at most `NEST_LIMIT` deep and
 //!   compiles to at most `SIZE_LIMIT` bytes of program (regex-lite's `size_limit`, which counts
-//!   the compiled program's memory: so `((((){1000}){1000}){1000}){1000}` is refused in
-//!   microseconds instead of compiling for minutes);
+//!   the compiled program's memory: so `((((){1000}){1000}){1000}){1000}` is refused at
+//!   once, well under 50 ms, instead of compiling for minutes);
 //! - per request: regex-lite's Pike VM costs time linear in value × program, so a value longer
 //!   than `MAX_VALUE_LEN` bytes is not evaluated and does not match. The worst the two admit
 //!   (measured in Envoy, BENCHMARKS.md) is about 1 ms per evaluation.
@@ -17,7 +17,7 @@ use std::borrow::Cow;
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_LEN: usize = 1024;
 /// Compiled program size limit, in bytes as regex-lite counts them (its `size_limit`). The
-/// count depends on the platform's pointer width: the CLI (64-bit) counts a program 1.4–1.6
+/// count depends on the platform's pointer width: the CLI (64-bit) counts a program 1.3–1.6
 /// times larger than the filter in Envoy (wasm32) does, so `validate` never accepts a pattern
 /// the filter refuses (but may refuse one near the limit that the filter would take).
 pub const SIZE_LIMIT: usize = 1280;
