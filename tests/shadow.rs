@@ -550,7 +550,8 @@ fn a_client_that_leaves_mid_body_gives_its_copy_capacity_back() {
         );
     }
     assert_eq!(wait_metric(&envoy, "shadow", "sent", 3), 3);
-    assert_eq!(metric(&envoy, "shadow", "dropped"), 0);
+    // The three copies of the abandoned uploads were never sent (never truncated): dropped.
+    assert_eq!(metric(&envoy, "shadow", "dropped"), 3);
     assert_eq!(wait_count(&shadow, 3), 3);
     assert!(shadow.received().iter().all(|r| r.body == b"whole"));
 }
@@ -823,6 +824,134 @@ fn a_copy_still_collecting_its_body_after_timeout_ms_is_abandoned_and_counted_dr
     assert_eq!(upload.body.len(), 20_000);
 }
 
+/// Environment that preloads tests/clock-shim/shim.c (compiled here with `cc`) into Envoy: its
+/// wall clock is then stepped by the seconds the test writes into `file`; its monotonic clock
+/// is left alone.
+fn clock_shim_env(file: &std::path::Path) -> Vec<(String, String)> {
+    let dir = file.parent().unwrap();
+    let lib = dir.join("clock-shim.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clock-shim/shim.c"
+        ))
+        .status()
+        .unwrap();
+    assert!(built.success(), "cc could not build the clock shim");
+    std::fs::write(file, "+0").unwrap();
+    vec![
+        ("LD_PRELOAD".to_string(), lib.display().to_string()),
+        ("CLOCK_SHIM_FILE".to_string(), file.display().to_string()),
+    ]
+}
+
+/// Shadow deadlines run on the monotonic clock, not the wall clock: a step back of an hour
+/// does not keep a copy whose body is still arriving past `timeout_ms` (holding the worker's
+/// only slot, so the next request's copy would be dropped instead), and a step forward of an
+/// hour does not drop a copy whose body is still arriving well within it.
+#[test]
+fn a_wall_clock_step_neither_holds_nor_drops_a_copy_collecting_its_body() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(
+        r#"{"cluster":"shadow","timeout_ms":2000}"#,
+        r#""max_in_flight":1,"#,
+    );
+    let dir = std::env::temp_dir().join(format!("traffic-split-clock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clock = dir.join("offset");
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1; // one worker: its only slot is what the slow upload holds
+    spec.env = clock_shim_env(&clock);
+    let spec = spec.patch(
+        "- name: api\n",
+        "- name: clock\n                match: { prefix: \"/clock\" }\n                \
+         direct_response: { status: 204 }\n                typed_per_filter_config: \
+         { envoy.filters.http.wasm: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, \
+         disabled: true } }\n              - name: api\n",
+    );
+    let envoy = Envoy::start(spec);
+    // Envoy's wall clock (the `date` header of a reply of its own, `/clock`; seconds of the
+    // day) is the one stepped.
+    let seconds_of_day = |envoy: &Envoy| -> i64 {
+        let r = envoy.get("/clock", &[]);
+        assert_eq!(r.status, 204);
+        let date = r.header("date").unwrap().to_string();
+        let hms: Vec<i64> = date
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .split(':')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    };
+    let before = seconds_of_day(&envoy);
+    let part = body_of(10_000);
+    let upload = |path: &str, pause: Duration| {
+        let body = SlowBody {
+            parts: vec![part.clone(), part.clone()],
+            pause,
+            sent_parts: 0,
+            offset: 0,
+        };
+        Resp::from(
+            ureq::AgentBuilder::new()
+                .build()
+                .post(&envoy.url(path))
+                .send(body),
+        )
+    };
+    // An hour back while the first upload pauses for 3.5 s: abandoned after 2 s all the same.
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| upload("/back", Duration::from_millis(3500)));
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&clock, "-3600").unwrap();
+        assert_eq!(wait_metric(&envoy, "shadow", "dropped", 1), 1);
+        // Its slot is free: this copy is sent.
+        let r = envoy.get("/meanwhile", &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+        let up = slow.join().unwrap();
+        assert_eq!((up.status, up.backend()), (200, "stable"));
+    });
+    // Envoy refreshes its date every 0.5 s; the upload took about 4 s.
+    let step = (seconds_of_day(&envoy) - before).rem_euclid(86_400);
+    assert!(
+        (86_400 - 3600..86_400 - 3600 + 60).contains(&step),
+        "Envoy's wall clock did not step back an hour: {step} s"
+    );
+    assert_eq!(wait_count(&shadow, 1), 1);
+    // An hour forward (from the real time) while the next upload pauses 1 s: still sent whole.
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| upload("/forward", Duration::from_millis(1000)));
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&clock, "+3600").unwrap();
+        let up = slow.join().unwrap();
+        assert_eq!((up.status, up.backend()), (200, "stable"));
+    });
+    assert_eq!(wait_count(&shadow, 2), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::remove_dir_all(&dir);
+    let copies: Vec<(String, usize)> = shadow
+        .received()
+        .into_iter()
+        .map(|r| (r.uri, r.body.len()))
+        .collect();
+    assert_eq!(
+        copies,
+        vec![
+            ("/meanwhile".to_string(), 0),
+            ("/forward".to_string(), 20_000)
+        ]
+    );
+    assert_eq!(metric(&envoy, "shadow", "dropped"), 1);
+    assert_eq!(metric(&envoy, "shadow", "sent"), 2);
+}
+
 /// Envoy buffers the whole answer of a dispatched call (`AsyncRequestSharedImpl::onData`) up to
 /// the runtime key `http.async_response_buffer_limit` (default 32 MiB), then resets the call.
 /// With the limit at 1 MiB (docs/operations.md), eight 50 MB shadow answers in flight at once
@@ -936,4 +1065,152 @@ fn a_copy_holds_its_bytes_until_the_shadow_answers_and_header_copies_count_too()
     let copies = shadow.received();
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0].uri, "/small");
+}
+
+/// An HTTP/1.1 upstream that answers as soon as it has a request's headers, before reading its
+/// body (as Envoy's `direct_response`, the demo's backends, or an app rejecting early do), then
+/// closes once the peer is done. Answers `x-backend: <name>`.
+fn early_answering_backend(name: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let _ = conn.write_all(answer.as_bytes());
+                // Whatever body follows is read and ignored, until the peer closes.
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// One HTTP/1.1 request on a fresh connection that says `connection: close` (as Python's
+/// urllib does), read to the end. `early`: the 9-byte body is written only after the whole
+/// response was read; otherwise headers and body leave in one write. Returns the response.
+fn closing_request(envoy: &Envoy, method: &str, early: bool) -> String {
+    use std::io::{Read, Write};
+    let url = envoy.url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut client = std::net::TcpStream::connect(authority).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let body: &[u8] = if method == "GET" { b"" } else { b"123456789" };
+    let head = format!(
+        "{method} /checkout/pay HTTP/1.1\r\nhost: shop\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut out = head.into_bytes();
+    if !early {
+        out.extend_from_slice(body);
+    }
+    client.write_all(&out).unwrap();
+    let mut response = Vec::new();
+    let _ = client.read_to_end(&mut response);
+    if early {
+        // Too late: Envoy has answered and closed; the body goes nowhere.
+        let _ = client.write_all(body);
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The demo's loss: its backends answer before reading the body and Python's urllib closes the
+/// connection, so a POST's stream can end before its body reached the filter. Each shadowed
+/// request is then accounted for exactly once, request by request: a copy whose whole body was
+/// seen is `sent` (with that body, never a truncated one), one whose stream ended first is
+/// `dropped`; every sent copy then ends as `responses`, `failed` or `cancelled`.
+#[test]
+fn a_copy_whose_stream_ends_before_its_body_is_counted_dropped_never_lost() {
+    let stable = early_answering_backend("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(r#"{"cluster":"shadow","timeout_ms":8000}"#, "");
+    let envoy = Envoy::start(
+        EnvoySpec::new(&cfg)
+            .cluster("stable", stable)
+            .cluster("shadow", shadow.addr),
+    );
+    let counted = |what: &str| metric(&envoy, "shadow", what);
+    // GET (header-only copy), POST with its body in the first packet, POST whose body comes
+    // only after the answer (its stream is reset before the filter sees it).
+    let plan = [
+        ("GET", false),
+        ("POST", false),
+        ("POST", true),
+        ("POST", true),
+        ("GET", false),
+        ("POST", true),
+        ("POST", false),
+        ("POST", false),
+        ("POST", true),
+        ("GET", false),
+        ("POST", true),
+        ("POST", false),
+    ];
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    for (i, (method, early)) in plan.iter().enumerate() {
+        let response = closing_request(&envoy, method, *early);
+        assert!(
+            response.starts_with("HTTP/1.1 200") && response.contains("x-backend: stable"),
+            "request {i}: {response:?}"
+        );
+        if *early {
+            dropped += 1;
+        } else {
+            sent += 1;
+        }
+        // Poll until this request is counted (counts are flushed on a tick), then exactly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counted("sent") + counted("dropped") < sent + dropped && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            (counted("sent"), counted("dropped")),
+            (sent, dropped),
+            "after request {i} ({method}, body after the answer: {early}): (sent, dropped)"
+        );
+    }
+    // Every sent copy ends in exactly one of responses / failed / cancelled.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ended = || counted("responses") + counted("failed") + counted("cancelled");
+    while ended() < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ended(), sent);
+    assert_eq!(counted("sent"), sent);
+    assert_eq!(counted("dropped"), dropped);
+    // The shadow got exactly the sent copies, each POST with its whole body.
+    assert_eq!(wait_count(&shadow, sent as usize), sent as usize);
+    let copies = shadow.received();
+    assert_eq!(copies.len() as u64, sent);
+    for copy in &copies {
+        let expected: &[u8] = if copy.method == "POST" {
+            b"123456789"
+        } else {
+            b""
+        };
+        assert_eq!(copy.body, expected, "{copy:?}");
+    }
+    // Said in the log with the reason (at info, on each worker's 1st, 2nd, 4th, ... such copy).
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "dropped: the request's stream ended before its body was complete (0 bytes seen)"
+        ),
+        "no drop logged"
+    );
 }

@@ -426,6 +426,8 @@ pub struct EnvoySpec {
     /// through ECDS) but its own plugin configuration and, optionally, a `traffic_direction`
     /// and another plugin name.
     pub extra_listeners: Vec<ExtraListener>,
+    /// Environment variables of the Envoy process (e.g. libfaketime's, to step its wall clock).
+    pub env: Vec<(String, String)>,
 }
 
 /// A listener after the main one (see `EnvoySpec::extra_listeners`).
@@ -478,6 +480,7 @@ impl EnvoySpec {
             ecds: false,
             runtime: Vec::new(),
             extra_listeners: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -752,6 +755,7 @@ impl Envoy {
             .args(["--disable-hot-restart", "--concurrency"])
             .arg(spec.concurrency.to_string())
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
