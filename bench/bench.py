@@ -244,6 +244,15 @@ SCENARIOS = [
              config='{"rules":[{"name":"r","match":{"path":{"regex":"/r[0-9]+"}},"sticky":{"header":"x-user-id"},'
                     '"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # A hop following signed lanes: every request carries a fresh signed lane the filter
+    # verifies (CG_SCENARIO=callgrind-lanes-verify, with
+    # CG_HEADER_CMD="bench/lane_value.py bench-lane-secret-0123456789 a").
+    Scenario("callgrind-lanes-verify", "(tool) bench/callgrind.sh's Envoy, the rule verifying a signed lane",
+             routes="routes-direct.yaml", module="filter",
+             config='{"lane_secret":"bench-lane-secret-0123456789","rules":[{"name":"r","sticky":{"header":"x-user-id"},'
+                    '"propagate":{"baggage":"split-lane"},"from_lane":true,"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
     # the rule index's per-request cost, load-independent.
     *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",

@@ -620,7 +620,11 @@ fn forged_markers() -> Vec<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    vec!["true".to_string(), format!("{now}.0123456789abcdef")]
+    vec![
+        "true".to_string(),
+        format!("{now}.0123456789abcdef"),
+        format!("v2.{now}.0123456789abcdef0123456789abcdef"),
+    ]
 }
 
 #[test]
@@ -752,9 +756,13 @@ fn a_copy_is_never_copied_again_and_a_shared_secret_keeps_its_marker() {
     // The inner application still knows each copy for what it is: a signed marker.
     for copy in &app {
         let marker = copy.header("x-shadow-request").unwrap_or_default();
-        let (ts, tag) = marker.split_once('.').unwrap_or_default();
+        // `v2.<unix s>.<32 hex digits>` (docs/configuration.md).
+        let (ts, tag) = marker
+            .strip_prefix("v2.")
+            .and_then(|m| m.split_once('.'))
+            .unwrap_or_default();
         assert!(
-            ts.parse::<u64>().is_ok() && tag.len() == 16,
+            ts.parse::<u64>().is_ok() && tag.len() == 32,
             "not a signed marker: {copy:?}"
         );
     }
@@ -1213,4 +1221,192 @@ fn a_copy_whose_stream_ends_before_its_body_is_counted_dropped_never_lost() {
         ),
         "no drop logged"
     );
+}
+
+/// A request written byte for byte to `addr` (the `host` line included); returns the status.
+fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    use std::io::{Read, Write};
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Issue 20, item 1: a signed marker is bound to its copy. Whoever reads one copy's headers
+/// (the shadow's application, its logs, a tracing backend) and puts its marker on another
+/// request to an instance sharing the secret — another path, host, method or request id — gets
+/// it removed there; only that same request to that same shadow host keeps it, and only for
+/// `MARKER_MAX_AGE_S` (10 s). Checked where the filter reads the header map (the inner
+/// instance shadows too) and where it reads no header at all.
+#[test]
+fn a_marker_lifted_from_one_copy_is_trusted_only_on_that_same_request_briefly() {
+    let secret = format!(r#""shadow_marker_secret":"{SECRET}","#);
+    let inner_configs = [
+        (
+            "reads headers",
+            format!(
+                r#"{{{secret}"rules":[{{"name":"inner","destinations":[{{"name":"app","cluster":"inner-app"}}],
+                    "shadow":[{{"cluster":"inner-shadow"}}]}}]}}"#
+            ),
+        ),
+        (
+            "reads no header",
+            format!(
+                r#"{{{secret}"rules":[{{"name":"inner","destinations":[{{"name":"app","cluster":"inner-app"}}]}}]}}"#
+            ),
+        ),
+    ];
+    let last = inner_configs.len() - 1;
+    for (round, (what, inner_cfg)) in inner_configs.iter().enumerate() {
+        let stable = Backend::start("stable");
+        let inner_app = Backend::start("inner-app");
+        let inner_shadow = Backend::start("inner-shadow");
+        let outer_cfg = format!(
+            r#"{{{secret}"rules":[{{"name":"outer","destinations":[{{"name":"stable","cluster":"stable"}}],
+                "shadow":[{{"name":"inner","cluster":"inner","host_suffix":"-shadow"}}]}}]}}"#
+        );
+        let (inner, outer) = Envoy::start_pair(
+            EnvoySpec::new(inner_cfg)
+                .cluster("inner-app", inner_app.addr)
+                .cluster("inner-shadow", inner_shadow.addr),
+            |inner| {
+                EnvoySpec::new(&outer_cfg)
+                    .cluster("stable", stable.addr)
+                    .cluster("inner", inner.listener)
+            },
+        );
+        let r = outer.get("/orders/7?x=1", &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+        assert_eq!(wait_count(&inner_app, 1), 1, "{what}");
+        let copy = inner_app.received().pop().unwrap();
+        let header = |name: &str| copy.header(name).unwrap_or_default().to_string();
+        let (host, rid, marker) = (
+            header("host"),
+            header("x-request-id"),
+            header("x-shadow-request"),
+        );
+        assert!(host.contains("-shadow"), "{what}: {copy:?}");
+        assert!(
+            !marker.is_empty(),
+            "{what}: the copy's marker was kept: {copy:?}"
+        );
+        let replay = |label: &str, method: &str, path: &str, host: &str, rid: Option<&str>| {
+            let mut headers = vec![
+                ("host", host),
+                ("x-replay", label),
+                ("x-shadow-request", marker.as_str()),
+            ];
+            if let Some(rid) = rid {
+                headers.push(("x-request-id", rid));
+            }
+            assert_eq!(raw_request(inner.listener, method, path, &headers), 200);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = inner_app
+                    .received()
+                    .into_iter()
+                    .find(|r| r.header("x-replay") == Some(label));
+                if let Some(got) = got {
+                    return got.header("x-shadow-request").map(str::to_string);
+                }
+                assert!(Instant::now() < deadline, "{what}: {label} never arrived");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let other_rid: String = {
+            let mut c: Vec<char> = rid.chars().collect();
+            let end = c.len() - 1;
+            c[end] = if c[end] == '0' { '1' } else { '0' };
+            c.into_iter().collect()
+        };
+        assert_ne!(other_rid, rid);
+        let primary_host = host.replace("-shadow", "");
+        for (label, method, path, host, rid) in [
+            (
+                "path",
+                "GET",
+                "/orders/8?x=1",
+                host.as_str(),
+                Some(rid.as_str()),
+            ),
+            (
+                "query",
+                "GET",
+                "/orders/7?x=2",
+                host.as_str(),
+                Some(rid.as_str()),
+            ),
+            (
+                "host",
+                "GET",
+                "/orders/7?x=1",
+                primary_host.as_str(),
+                Some(rid.as_str()),
+            ),
+            (
+                "method",
+                "POST",
+                "/orders/7?x=1",
+                host.as_str(),
+                Some(rid.as_str()),
+            ),
+            (
+                "request id",
+                "GET",
+                "/orders/7?x=1",
+                host.as_str(),
+                Some(other_rid.as_str()),
+            ),
+            ("no request id", "GET", "/orders/7?x=1", host.as_str(), None),
+        ] {
+            assert_eq!(
+                replay(label, method, path, host, rid),
+                None,
+                "{what}: the marker was trusted on another {label}"
+            );
+        }
+        // The same request to the same shadow host, at once: still a copy.
+        let same = |label| replay(label, "GET", "/orders/7?x=1", &host, Some(&rid));
+        assert_eq!(same("same"), Some(marker.clone()), "{what}");
+        // `v2.<unix s>.<32 hex digits>` (docs/configuration.md).
+        let mut parts = marker.split('.');
+        let (v, ts, tag) = (parts.next(), parts.next(), parts.next());
+        assert_eq!(v, Some("v2"), "{marker}");
+        assert_eq!(tag.map(str::len), Some(32), "{marker}");
+        let signed_at: u64 = ts.unwrap().parse().unwrap();
+        if round == last {
+            // Briefly: past MARKER_MAX_AGE_S (10 s) the same request is no copy any more.
+            while unix_now() < signed_at + 12 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert_eq!(same("same, 12 s later"), None, "{what}");
+        }
+        // Whatever the inner instance did not trust, it did not copy either.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(inner_shadow.count(), 0, "{what}");
+    }
 }

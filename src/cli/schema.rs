@@ -103,9 +103,9 @@ pub fn schema() -> Value {
             "max_buffered_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_SHADOW_BUFFER_BYTES, "default": DEFAULT_MAX_BUFFERED_BODY_BYTES,
                 "description": "Shadow bulkhead: bytes held for shadow copies per worker (header copies and bodies). A copy that would pass it is dropped and counted."},
             "shadow_marker_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
-                "description": "Signs the `x-shadow-request` marker of copies so that other instances sharing the secret keep it. 16–256 visible ASCII characters; treat it as a secret."},
+                "description": "Signs the `x-shadow-request` marker of copies (`v2.<unix s>.<tag>`, HMAC-SHA256 of the copy's :authority, :method, :path and x-request-id) so that other instances sharing the secret keep it on that same request for 10 s. 16–256 visible ASCII characters; treat it as a secret."},
             "lane_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
-                "description": "Signs lane values where they start (`<name>;sig=<unix s>.<tag>`) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
+                "description": "Signs lane values where they start (`<name>;sig=v2.<unix s>.<tag>`, HMAC-SHA256) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s, or over 5 s ahead) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
             "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
                 "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
         },

@@ -10,7 +10,8 @@
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
 //! is removed from every request: found in the header map when it was read (a removal only when
-//! present), else one removal call per request (a read, with `shadow_marker_secret`).
+//! present), else one removal call per request (a read, with `shadow_marker_secret`; when a
+//! marker is there, four more reads for the headers it is bound to).
 
 mod breaker;
 mod rollout;
