@@ -25,6 +25,9 @@ pub struct Request<'a> {
     source_address: Option<&'a [u8]>,
     /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
     lanes: &'a [Incoming],
+    /// `regex` conditions not evaluated because the value was over
+    /// `pattern::MAX_VALUE_LEN` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
+    regex_skipped: std::cell::Cell<u32>,
 }
 
 impl<'a> Request<'a> {
@@ -36,7 +39,19 @@ impl<'a> Request<'a> {
             route_name,
             source_address: None,
             lanes: &[],
+            regex_skipped: std::cell::Cell::new(0),
         }
+    }
+
+    /// A `regex` condition met a value too long to evaluate (it does not hold).
+    pub fn note_regex_skipped(&self) {
+        self.regex_skipped
+            .set(self.regex_skipped.get().saturating_add(1));
+    }
+
+    /// How many `regex` conditions were not evaluated for this request (value too long).
+    pub fn regex_skipped(&self) -> u32 {
+        self.regex_skipped.get()
     }
 
     /// With what arrived on each lane carrier, in carrier order.

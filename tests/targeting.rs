@@ -239,6 +239,33 @@ fn the_hang_pattern_is_refused_at_load_and_the_previous_plan_serves() {
     assert_eq!(r.header("x-split-decision"), Some("rule=r; variant=c"));
 }
 
+/// A value longer than `MAX_VALUE_LEN` is not evaluated by a `regex`: the condition does not
+/// hold, and the request is counted in `traffic_split.regex.value_too_long` (nothing silent).
+#[test]
+fn regex_values_over_the_cap_do_not_match_and_are_counted() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"debug_header":true,"rules":[{"name":"mobile","match":{"headers":[{"name":"user-agent","regex":".*Android.*"}]},"destinations":[{"name":"m","cluster":"canary"}]}]}"#;
+    let envoy = Envoy::start(spec(config, &stable, &canary));
+    let max = traffic_split::pattern::MAX_VALUE_LEN;
+    let ua = |len: usize| format!("Android{}", "x".repeat(len - 7));
+    let at_cap = envoy.get("/", &[("user-agent", &ua(max))]);
+    assert_eq!(at_cap.backend(), "canary", "{at_cap:?}");
+    let name = "traffic_split.regex.value_too_long";
+    // Defined with the plan (it has a regex), nothing counted yet.
+    assert_eq!(envoy.counter(name), 0);
+    let over = envoy.get("/", &[("user-agent", &ua(max + 1))]);
+    assert_eq!(over.backend(), "stable", "{over:?}");
+    assert_eq!(over.header("x-split-decision"), None);
+    assert_eq!(envoy.wait_counter(name, 1), 1);
+    // A short value that does not match is not counted.
+    assert_eq!(
+        envoy.get("/", &[("user-agent", "curl")]).backend(),
+        "stable"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(envoy.counter(name), 1);
+}
+
 /// What one regex evaluation costs in Envoy at the worst the limits admit: 20 rules, each with
 /// the largest `.*[a-z]{1,N}0` the wasm32 size limit takes (so all of its states stay alive on
 /// every byte), none matching, against a value of `MAX_VALUE_LEN` bytes; and against a
