@@ -187,3 +187,8 @@ fuzz-wasm32: ## Replay the fuzz corpora through a wasm32 build (32-bit usize, ov
 .PHONY: bench-decision
 bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns per decision)
 	cargo bench --bench decision
+
+.PHONY: judge-power
+judge-power: ## The judge's seeded A/A false-fail rate and power table (docs/configuration.md, "judge")
+	cargo test --lib judge::tests::a_a -- --nocapture
+	cargo test --lib judge::tests::power_table -- --ignored --nocapture

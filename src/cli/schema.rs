@@ -134,7 +134,40 @@ pub fn schema() -> Value {
                     "from_lane": {"type": "boolean", "default": false,
                         "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
                     "lane_fallback": {"type": "string", "pattern": NAME,
-                        "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."}
+                        "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."},
+                    "judge": {"$ref": "#/$defs/judge"}
+                }
+            },
+            "judge": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
+                "properties": {
+                    "canary": {"type": "string", "pattern": NAME,
+                        "description": "The destination judged. Default: the rollout's destination, else the first destination."},
+                    "baseline": {"type": "string", "pattern": NAME,
+                        "description": "The destination it is compared with. Default: the other destination with the largest weight."},
+                    "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
+                        "description": "Window length in seconds."},
+                    "min_requests": {"type": "integer", "minimum": 1, "default": 100,
+                        "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
+                    "errors": {"type": "object", "additionalProperties": false,
+                        "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
+                            "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
+                        "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
+                    "latency": {"type": "object", "additionalProperties": false,
+                        "properties": {
+                            "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
+                                "description": "The latency percentile compared (time from routing to response headers)."},
+                            "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
+                                "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
+                        "description": "Order-statistic confidence bounds of the percentile of each arm."},
+                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
+                        "description": "One-sided confidence of each criterion."},
+                    "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
+                        "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
+                    "on_fail": {"enum": ["abort", "report"], "default": "abort",
+                        "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
                 }
             },
             "propagate": {
@@ -170,7 +203,9 @@ pub fn schema() -> Value {
                             }},
                         "description": "In order; step i begins at start + the hold_s of the earlier steps."},
                     "abort_on_breaker_open": {"type": "boolean",
-                        "description": "Default: true when the destination has a breaker. When its breaker opens, this Envoy holds the rollout at 0% until the configuration changes."}
+                        "description": "Default: true when the destination has a breaker. When its breaker opens, this Envoy holds the rollout at 0% until the configuration changes."},
+                    "gate": {"enum": ["judge"],
+                        "description": "`judge`: a step ends only once its `hold_s` has passed and the rule's judge passed its last window; otherwise it holds (needs `judge`). Without it, steps follow the clock."}
                 }
             },
             "match": {

@@ -14,6 +14,7 @@
 //! marker is there, four more reads for the headers it is bound to).
 
 mod breaker;
+mod judge;
 mod rollout;
 mod root;
 mod shadow;
@@ -29,6 +30,7 @@ use crate::metrics::{
 use crate::plan::Plan;
 use crate::rng::Rng;
 use breaker::Breakers;
+use judge::Judges;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
@@ -65,6 +67,8 @@ struct Loaded {
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
+    /// Each rule's judge: pending counts, published on the tick.
+    judges: RefCell<Judges>,
 }
 
 /// The host's id of each metric in `names` (`None` where defining it failed).
@@ -107,6 +111,7 @@ impl Loaded {
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
             rollouts: RefCell::new(Rollouts::new(&plan, scope)),
+            judges: RefCell::new(Judges::new(&plan, scope, &judge_configuration(&plan))),
             plan,
         }
     }
@@ -209,6 +214,15 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// The configuration bytes when the plan has a judge (its record is scoped to them).
+fn judge_configuration(plan: &Plan) -> Vec<u8> {
+    if plan.judges.is_empty() {
+        Vec::new()
+    } else {
+        plugin_configuration()
+    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).
