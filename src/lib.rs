@@ -32,6 +32,7 @@ pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod cookie;
+pub mod fnv;
 pub mod judge;
 pub mod lane;
 pub mod matcher;

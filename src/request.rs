@@ -2,13 +2,24 @@
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
 use crate::body::RequestBody;
-use crate::lane::Incoming;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
 pub type HeaderPair = (String, Vec<u8>);
 
-#[derive(Clone, Copy)]
+/// What arrived on one lane carrier (`lane::Lanes::screen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Absent,
+    /// A lane this instance routes by (verified when a key is set): the destination name.
+    Lane(Vec<u8>),
+    /// A value on a carrier where lanes start here: a client's, removed.
+    Untrusted,
+    /// A value on a carrier this instance reads that failed verification (or has no name):
+    /// removed, and the request decided as if it carried none.
+    Invalid,
+}
+
 pub struct Request<'a> {
     headers: &'a [HeaderPair],
     route_name: Option<&'a [u8]>,
@@ -17,6 +28,9 @@ pub struct Request<'a> {
     lanes: &'a [Incoming],
     /// The JSON body, for `match.body` (absent unless the host read one).
     body: RequestBody<'a>,
+    /// `regex` conditions not evaluated because the value was over
+    /// `pattern::MAX_VALUE_LEN` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
+    regex_skipped: std::cell::Cell<u32>,
 }
 
 impl<'a> Request<'a> {
@@ -29,6 +43,7 @@ impl<'a> Request<'a> {
             source_address: None,
             lanes: &[],
             body: RequestBody::Absent,
+            regex_skipped: std::cell::Cell::new(0),
         }
     }
 
@@ -40,6 +55,17 @@ impl<'a> Request<'a> {
 
     pub fn body(&self) -> RequestBody<'a> {
         self.body
+    }
+
+    /// A `regex` condition met a value too long to evaluate (it does not hold).
+    pub fn note_regex_skipped(&self) {
+        self.regex_skipped
+            .set(self.regex_skipped.get().saturating_add(1));
+    }
+
+    /// How many `regex` conditions were not evaluated for this request (value too long).
+    pub fn regex_skipped(&self) -> u32 {
+        self.regex_skipped.get()
     }
 
     /// With what arrived on each lane carrier, in carrier order.

@@ -596,6 +596,12 @@ impl HttpContext for SplitStream {
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
+        let skipped = request.regex_skipped();
+        if skipped > 0 {
+            if let Some(id) = active.regex_skipped_id {
+                let _ = hostcalls::increment_metric(id, i64::from(skipped));
+            }
+        }
         self.judge(&request, &mut decision);
         if hold {
             let fallback = self.fallback_writes(&request, &incoming, &decision, lane_clock);
