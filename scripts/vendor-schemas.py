@@ -29,6 +29,9 @@ WANTED = {
     "envoy-gateway-envoyextensionpolicies.yaml": ("envoy-gateway.yaml", {
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy"): ["v1alpha1"],
     }),
+    "gateway.envoyproxy.io_envoypatchpolicies.yaml": ("envoy-patch-policy.yaml", {
+        ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
+    }),
     "monitoring.coreos.com_prometheusrules.yaml": ("prometheus-operator.yaml", {
         ("monitoring.coreos.com", "PrometheusRule"): ["v1"],
     }),
