@@ -200,6 +200,25 @@ def plugin_config(bootstrap):
     # The breaker stays open for the whole check (the alert must fire while it is open).
     breaker = next(d for d in everyone["destinations"] if d["name"] == "canary")["breaker"]
     breaker["open_s"] = 300
+    # The judge (docs/configuration.md, "judge") on `checkout`, as in docs/operations.md's
+    # examples: windows of 3 s, reporting only (it keeps judging); the check's canary answers
+    # 500 on /checkout/unstable, so its windows fail, and its users do not come back (SRM).
+    checkout["judge"] = {"canary": "canary", "baseline": "stable", "window_s": 3, "min_requests": 10,
+                         "errors": {"max_increase": 0.01}, "latency": {"percentile": 90, "max_ratio": 1.2},
+                         "fail_after": 1, "on_fail": "report"}
+    # A judge on `everyone` too: the Flagger and Argo templates' `rule` (TEMPLATE_VALUES).
+    everyone["judge"] = {"window_s": 2, "min_requests": 10, "on_fail": "report"}
+    # Body routing (match.body) and a regex condition, each made to fail to evaluate in
+    # drive_traffic(): a body over body_max_bytes, a body that is not JSON, a header value over
+    # the regex limit (200 bytes).
+    config["body_max_bytes"] = 1024
+    config["rules"].insert(0, {
+        "name": "tenants", "match": {"headers": [{"name": "x-tenant", "regex": "[a-z]+-[0-9]+"}]},
+        "destinations": [{"name": "stable", "cluster": "stable"}]})
+    config["rules"].insert(0, {
+        "name": "large-model",
+        "match": {"path": {"prefix": "/v1/chat"}, "body": [{"pointer": "/model", "exact": "large"}]},
+        "destinations": [{"name": "canary", "cluster": "canary"}]})
     config["rules"].insert(0, {
         "name": "payments", "match": {"path": {"prefix": "/payments"}},
         "propagate": {"header": "x-split-lane"}, "from_lane": True, "lane_fallback": "stable",
@@ -218,6 +237,8 @@ def ecds_file(path, config, version, wasm):
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
                     "name": "traffic-split", "root_id": "traffic-split", "failure_policy": "FAIL_RELOAD",
+                    # match.body holds requests in their headers callback (envoy/demo.yaml).
+                    "allow_on_headers_stop_iteration": True,
                     "vm_config": {"vm_id": "traffic-split", "runtime": "envoy.wasm.runtime.v8",
                                   "code": {"local": {"filename": wasm}}},
                     "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -270,7 +291,14 @@ def front_bootstrap(tmp, ports):
 
 
 def backends_bootstrap(tmp, ports):
+    """envoy/demo-backends.yaml on free ports; the canary also fails on /checkout/unstable (the
+    judge of `checkout` has something to fail on)."""
     boot = yaml.safe_load((ROOT / "envoy" / "demo-backends.yaml").read_text(encoding="utf-8"))
+    canary = next(x for x in boot["static_resources"]["listeners"] if x["name"] == "canary")
+    vhost = canary["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    vhost["routes"].insert(0, {"match": {"prefix": "/checkout/unstable"},
+                               "direct_response": {"status": 500,
+                                                   "body": {"inline_string": "canary (v2) failed\n"}}})
     boot["admin"]["address"]["socket_address"]["port_value"] = 0
     for listener in boot["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["port_value"] = ports[listener["name"]]
@@ -407,6 +435,48 @@ def drive_traffic(demo):
                lambda: demo.stats().get("wasmcustom.traffic_split.rollout.everyone.aborted", 0) == 1)
     for i in range(40):
         demo.get("/unstable", {"x-user-id": f"user{i}"})
+
+    step("body and regex conditions that cannot be evaluated")
+    json_post = {"content-type": "application/json"}
+    status, hdrs, _ = demo.get("/v1/chat", json_post, data=b'{"model": "large"}')
+    if status != 200 or hdrs.get("x-backend") != "canary":
+        fail(f"a body-routed request: {status}, backend {hdrs.get('x-backend')} (not canary)")
+    big = json.dumps({"model": "large", "pad": "x" * 2048}).encode()
+    demo.get("/v1/chat", json_post, data=big)  # over body_max_bytes (1024)
+    demo.get("/v1/chat", json_post, data=b"model=large")  # not JSON
+    demo.get("/", {"x-user-id": "user1", "x-tenant": "acme-" + "1" * 300})  # over the regex limit
+    wait_until("body and regex counters are flushed", lambda: all(
+        demo.stats().get(f"wasmcustom.traffic_split.{name}", 0) >= 1
+        for name in ("body.too_large", "body.invalid", "regex.value_too_long")))
+
+    step("the judge of `checkout` fails windows; its canary users stop coming back (SRM)")
+    # Which checkout visitors the rollout (10%) sends to the canary.
+    canary_users, stable_users = [], []
+    for i in range(300):
+        status, hdrs, _ = demo.get("/checkout", {"cookie": f"uid=judged{i}"})
+        if status != 200:
+            fail(f"GET /checkout for judged{i}: {status}")
+        (canary_users if hdrs.get("x-backend") == "canary" else stable_users).append(f"judged{i}")
+    if len(canary_users) < 2 or len(stable_users) < 150:
+        fail(f"checkout's split: {len(canary_users)} canary and {len(stable_users)} stable visitors of 300")
+    # Every stable visitor comes back; of the canary's, two, many times, each answered 500.
+    prefix = "wasmcustom.traffic_split."
+    deadline = time.monotonic() + 60
+    n = 0
+    while True:
+        for j, user in enumerate(stable_users):
+            demo.get("/checkout/unstable", {"cookie": f"uid={user}"})
+            if j % 4 == 0:
+                demo.get("/checkout/unstable", {"cookie": f"uid={canary_users[n % 2]}"})
+                n += 1
+        stats = demo.stats()
+        if (stats.get(prefix + "judge.checkout.windows_failed", 0) >= 1
+                and stats.get(prefix + "judge.checkout.verdict") == 2
+                and stats.get(prefix + "rule.checkout.srm") == 1):
+            break
+        if time.monotonic() > deadline:
+            fail("the judge of checkout did not fail a window with SRM within 60 s",
+                 "\n".join(f"{k}: {v}" for k, v in sorted(stats.items()) if ".checkout." in k))
 
     step("steady traffic for a few scrapes (rates and histograms need two samples apart)")
     for round_ in range(4):
