@@ -9,8 +9,11 @@ from a watched file (as Istio does), with the demo's rules plus a rollout and la
 every metric family the dashboard reads exists. All on 127.0.0.1, on free ports, in a temporary
 directory. Then it drives traffic: sticky users, a checkout payment the shadow answers 503
 (a class mismatch), the canary failing on /unstable until its breaker opens (which aborts the
-rollout), lane hops, a refused and an accepted configuration update, and a Wasm VM that dies
-(a second, test-only filter: tests/panic-module; traffic-split itself does not panic).
+rollout), lane hops, a refused and an accepted configuration update, a Wasm VM that dies
+(a second, test-only filter: tests/panic-module; traffic-split itself does not panic), bodies
+a `match.body` rule cannot read (too large, not JSON) and a header value too long for a `regex`,
+and judge windows of `checkout` that fail (its canary answers 500 on /checkout/unstable) while
+its canary's users stop coming back (sample ratio mismatch).
 
 A real Prometheus (`prometheus`, Debian's package) scrapes the front Envoy's /stats/prometheus
 every second and loads deploy/prometheus/alerts.yaml with every `for:` shortened to 1s. Then,
@@ -201,9 +204,9 @@ def plugin_config(bootstrap):
     breaker = next(d for d in everyone["destinations"] if d["name"] == "canary")["breaker"]
     breaker["open_s"] = 300
     # The judge (docs/configuration.md, "judge") on `checkout`, as in docs/operations.md's
-    # examples: windows of 3 s, reporting only (it keeps judging); the check's canary answers
+    # examples: windows of 4 s, reporting only (it keeps judging); the check's canary answers
     # 500 on /checkout/unstable, so its windows fail, and its users do not come back (SRM).
-    checkout["judge"] = {"canary": "canary", "baseline": "stable", "window_s": 3, "min_requests": 10,
+    checkout["judge"] = {"canary": "canary", "baseline": "stable", "window_s": 4, "min_requests": 10,
                          "errors": {"max_increase": 0.01}, "latency": {"percentile": 90, "max_ratio": 1.2},
                          "fail_after": 1, "on_fail": "report"}
     # A judge on `everyone` too: the Flagger and Argo templates' `rule` (TEMPLATE_VALUES).
@@ -357,6 +360,9 @@ class Demo:
                 out[name] = int(value)
         return out
 
+    def config_rule(self, name):
+        return next(r for r in self.config["rules"] if r["name"] == name)
+
     def stat(self, name):
         stats = self.stats()
         if name not in stats:
@@ -449,35 +455,6 @@ def drive_traffic(demo):
         demo.stats().get(f"wasmcustom.traffic_split.{name}", 0) >= 1
         for name in ("body.too_large", "body.invalid", "regex.value_too_long")))
 
-    step("the judge of `checkout` fails windows; its canary users stop coming back (SRM)")
-    # Which checkout visitors the rollout (10%) sends to the canary.
-    canary_users, stable_users = [], []
-    for i in range(300):
-        status, hdrs, _ = demo.get("/checkout", {"cookie": f"uid=judged{i}"})
-        if status != 200:
-            fail(f"GET /checkout for judged{i}: {status}")
-        (canary_users if hdrs.get("x-backend") == "canary" else stable_users).append(f"judged{i}")
-    if len(canary_users) < 2 or len(stable_users) < 150:
-        fail(f"checkout's split: {len(canary_users)} canary and {len(stable_users)} stable visitors of 300")
-    # Every stable visitor comes back; of the canary's, two, many times, each answered 500.
-    prefix = "wasmcustom.traffic_split."
-    deadline = time.monotonic() + 60
-    n = 0
-    while True:
-        for j, user in enumerate(stable_users):
-            demo.get("/checkout/unstable", {"cookie": f"uid={user}"})
-            if j % 4 == 0:
-                demo.get("/checkout/unstable", {"cookie": f"uid={canary_users[n % 2]}"})
-                n += 1
-        stats = demo.stats()
-        if (stats.get(prefix + "judge.checkout.windows_failed", 0) >= 1
-                and stats.get(prefix + "judge.checkout.verdict") == 2
-                and stats.get(prefix + "rule.checkout.srm") == 1):
-            break
-        if time.monotonic() > deadline:
-            fail("the judge of checkout did not fail a window with SRM within 60 s",
-                 "\n".join(f"{k}: {v}" for k, v in sorted(stats.items()) if ".checkout." in k))
-
     step("steady traffic for a few scrapes (rates and histograms need two samples apart)")
     for round_ in range(4):
         for i in range(10):
@@ -486,6 +463,49 @@ def drive_traffic(demo):
             demo.get("/checkout/pay", data=b"card=4242")
             demo.get("/payments", {"x-split-lane": "canary"})
         time.sleep(1.2)
+
+    step("the judge of `checkout` fails windows; its canary users stop coming back (SRM)")
+    # Which checkout visitors the rollout (10%) sends to the canary.
+    canary_users, stable_users = [], []
+    for i in range(300):
+        status, hdrs, _ = demo.get("/checkout", {"cookie": f"uid=judged{i}"})
+        if status != 200:
+            fail(f"GET /checkout for judged{i}: {status}")
+        (canary_users if hdrs.get("x-backend") == "canary" else stable_users).append(f"judged{i}")
+    if len(canary_users) < 2 or len(stable_users) < 200:
+        fail(f"checkout's split: {len(canary_users)} canary and {len(stable_users)} stable visitors of 300")
+    # Within one judge window (aligned to the wall clock), 200 stable visitors come back, and of
+    # the canary's only two, many times, each answered 500: the window fails (canary 100% vs
+    # baseline 0% failures, 40 and 200 requests) and shows a sample ratio mismatch (2 users seen
+    # where 10% of 202 are expected). Nothing else is sent to `checkout` in those windows, and
+    # nothing after (the windows after have no users: srm keeps its value), so no window holds a
+    # part of the pattern too small to reject and large enough to reset srm.
+    window_s = demo.config_rule("checkout")["judge"]["window_s"]
+    prefix = "wasmcustom.traffic_split."
+
+    def until_next_window(extra):
+        now = time.time()
+        time.sleep((now // window_s + 1) * window_s - now + extra)
+    deadline = time.monotonic() + 90
+    while True:
+        until_next_window(0.05)
+        started = time.time()
+        for j, user in enumerate(stable_users[:200]):
+            demo.get("/checkout/unstable", {"cookie": f"uid={user}"})
+            if j % 5 == 0:
+                demo.get("/checkout/unstable", {"cookie": f"uid={canary_users[j % 2]}"})
+        took = time.time() - started
+        until_next_window(0.5)  # the first worker to tick in the next window closes this one
+        stats = demo.stats()
+        if (stats.get(prefix + "judge.checkout.verdict") == 2
+                and stats.get(prefix + "rule.checkout.srm") == 1):
+            break
+        print(f"     (one window's pattern took {took:.1f} s of {window_s} s; judge of checkout: verdict "
+              f"{stats.get(prefix + 'judge.checkout.verdict')}, srm {stats.get(prefix + 'rule.checkout.srm')})",
+              flush=True)
+        if time.monotonic() > deadline:
+            fail("the judge of checkout did not fail a window with SRM within 90 s",
+                 "\n".join(f"{k}: {v}" for k, v in sorted(stats.items()) if ".checkout." in k))
 
 
 # --- Prometheus ----------------------------------------------------------------------------------
@@ -778,6 +798,10 @@ def main():
             promtool_check(rules_for_test(tmp))
             url = start_prometheus(tmp, demo.admin)
             drive_traffic(demo)
+            step("Prometheus has scraped the end of the traffic (the judge's failed window and SRM)")
+            for query in ('traffic_split_rule_srm{rule="checkout"} == 1',
+                          'traffic_split_judge_windows_failed{rule="checkout"} > 0'):
+                wait_until(f"Prometheus answers {query}", lambda: instant(url, query), timeout=30, every=0.5)
             step("the breaker alert fires while the breaker is open")
             check_alert_firing(url, demo, "TrafficSplitBreakerOpen")
             step("every dashboard variable has values")
