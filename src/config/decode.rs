@@ -73,6 +73,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "propagate",
             "from_lane",
             "lane_fallback",
+            "fault",
         ],
     )?;
     // Filled field by field into one value: see `match_config`.
@@ -88,6 +89,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
         propagate: None,
         from_lane: false,
         lane_fallback: None,
+        fault: None,
     };
     r.match_ = o.object("match", |o| match_config(o, 0))?;
     r.sticky = o.object("sticky", sticky)?;
@@ -104,7 +106,31 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     r.propagate = o.object("propagate", propagate)?;
     r.from_lane = o.boolean("from_lane")?.unwrap_or(false);
     r.lane_fallback = o.string("lane_fallback")?;
+    r.fault = o.object("fault", fault)?;
     Ok(r)
+}
+
+fn fault(mut o: Obj<'_>) -> Result<FaultConfig> {
+    o.allow(&[
+        "percent",
+        "delay_ms",
+        "abort_status",
+        "abort_grpc_status",
+        "destinations",
+    ])?;
+    Ok(FaultConfig {
+        percent: o.required("percent", |o, key| o.number(key, 0, 100))?,
+        delay_ms: o.integer("delay_ms", 60_000)?,
+        abort_status: o.integer("abort_status", 599)?,
+        abort_grpc_status: o.value("abort_grpc_status", |path, v| match v {
+            Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+            Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+                ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
+            }),
+            other => Err(wrong_type(path, "a gRPC status code or name", other)),
+        })?,
+        destinations: o.list("destinations", string_item)?,
+    })
 }
 
 fn propagate(mut o: Obj<'_>) -> Result<PropagateConfig> {

@@ -106,6 +106,22 @@ pub struct RuleConfig {
     pub from_lane: bool,
     /// The destination for a lane that names none of this rule's (`from_lane` only).
     pub lane_fallback: Option<String>,
+    /// Faults injected by Envoy's fault filter into a slice of the rule's requests.
+    pub fault: Option<FaultConfig>,
+}
+
+/// `rules[].fault`: the share of the rule's requests that get a delay and/or an abort from
+/// Envoy's fault filter (`plan::fault` checks the fields together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// 0-100, at most two decimals.
+    pub percent: f64,
+    pub delay_ms: Option<u64>,
+    pub abort_status: Option<u64>,
+    /// A gRPC status code: a number, or a name as `Text`.
+    pub abort_grpc_status: Option<FailureStatus>,
+    /// Names of the rule's destinations the fault applies to; `None`: all.
+    pub destinations: Option<Vec<String>>,
 }
 
 /// `rules[].propagate`: exactly one of `header` (a header of its own) and `baggage` (the key

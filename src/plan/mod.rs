@@ -6,6 +6,7 @@
 
 mod breaker;
 mod decide;
+mod fault;
 mod fields;
 mod index;
 mod lane;
@@ -18,6 +19,7 @@ mod sticky;
 mod tests;
 
 pub use decide::{Decision, Routed};
+pub use fault::FaultPolicy;
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
@@ -70,6 +72,8 @@ pub struct Plan {
     pub lanes: Lanes,
     /// How many rules have a lane (`RuleLane::slot` counts them).
     pub lane_rules: usize,
+    /// Rules with a `fault`, by fault slot (`FaultPolicy::slot` indexes it).
+    pub fault_rules: Vec<usize>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -99,6 +103,8 @@ pub struct Rule {
     pub rollout_slot: Option<usize>,
     /// `propagate` (and `from_lane`, `lane_fallback`), compiled.
     pub lane: Option<RuleLane>,
+    /// The slice of requests Envoy's fault filter delays or aborts.
+    pub fault: Option<FaultPolicy>,
 }
 
 #[derive(Debug)]
@@ -187,6 +193,13 @@ impl Plan {
                 rollouts.push(r);
             }
         }
+        let mut fault_rules = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            if let Some(fault) = &mut rule.fault {
+                fault.slot = fault_rules.len();
+                fault_rules.push(r);
+            }
+        }
         let mut breakers = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             for (d, dest) in rule.destinations.iter_mut().enumerate() {
@@ -246,6 +259,7 @@ impl Plan {
             rollouts,
             lanes,
             lane_rules,
+            fault_rules,
         })
     }
 }
