@@ -327,9 +327,68 @@ impl BreakerCounters {
     }
 }
 
+/// What Envoy's fault filter did to a request of a rule's fault slice (`rules[].fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultEvent {
+    /// The fault filter delayed it (`x-envoy-fault-delay-request`).
+    Delayed,
+    /// The fault filter answered it with the abort status (HTTP or gRPC).
+    Aborted,
+}
+
+const FAULT_EVENTS: [(FaultEvent, &str); 2] = [
+    (FaultEvent::Delayed, "delayed"),
+    (FaultEvent::Aborted, "aborted"),
+];
+
+/// `traffic_split.fault.<rule>.<what>`: `delayed`, `aborted` (counters).
+pub fn fault_metric(rule: &str, what: &str) -> String {
+    format!("traffic_split.fault.{rule}.{what}")
+}
+
+/// Fault counters: one group per rule with a `fault`, in fault-slot order.
+pub type FaultCounters = GroupCounters<FaultEvent>;
+
+impl FaultCounters {
+    pub fn for_plan(plan: &Plan) -> Self {
+        GroupCounters::new(&FAULT_EVENTS, plan.fault_rules.len())
+    }
+
+    pub fn names(plan: &Plan) -> Vec<String> {
+        group_names(&FAULT_EVENTS, plan.fault_rules.len(), |g, what| {
+            plan.fault_rules
+                .get(g)
+                .and_then(|&r| plan.rules.get(r))
+                .map_or_else(String::new, |rule| fault_metric(&rule.name, what))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_slots_follow_fault_rules() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"a","destinations":[{"name":"d","cluster":"c"}]},
+               {"name":"b","destinations":[{"name":"d","cluster":"c"}],"fault":{"percent":1,"delay_ms":5}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            FaultCounters::names(&plan),
+            vec![
+                "traffic_split.fault.b.delayed",
+                "traffic_split.fault.b.aborted"
+            ]
+        );
+        let mut c = FaultCounters::for_plan(&plan);
+        c.count(0, FaultEvent::Aborted);
+        c.count(0, FaultEvent::Aborted);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((slot, delta)));
+        assert_eq!(seen, vec![(1, 2)]);
+    }
 
     #[test]
     fn slots_follow_plan_order_and_flush_resets() {

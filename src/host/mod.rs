@@ -3,14 +3,16 @@
 //! root context (configuration, tick); `stream`: the HTTP context; `breaker` and `shadow`: their
 //! host halves. This file: what every context shares (the loaded configuration, the VM state).
 //!
-//! Host calls per routed request: one header-map read (only when a rule looks at the request),
+//! Host calls per routed request: one header-map read (on every request: client-sent
+//! `x-envoy-fault-*` headers are found there and removed, a call each, only when present),
 //! the routing-header write, the variant-header write (unless disabled), and response-header
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
 //! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
-//! is removed from every request: found in the header map when it was read (a removal only when
-//! present), else one removal call per request (a read, with `shadow_marker_secret`).
+//! is removed from every request: found in the header map (a removal only when present). A
+//! request in a rule's fault slice adds the fault filter's headers (two per fault kind) and one
+//! `response.flags` read on its response.
 
 mod breaker;
 mod rollout;
@@ -21,7 +23,7 @@ mod stream;
 use root::SplitRoot;
 
 use crate::metrics::{
-    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
+    shadow_metric, DecisionCounters, FaultCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
     SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
@@ -61,6 +63,9 @@ struct Loaded {
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
+    /// Per rule with a `fault`: what the fault filter did (`traffic_split.fault.<rule>.*`).
+    fault_ids: Vec<Option<u32>>,
+    fault_counters: RefCell<FaultCounters>,
 }
 
 /// The host's id of each metric in `names` (`None` where defining it failed).
@@ -97,6 +102,8 @@ impl Loaded {
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
             rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
+            fault_ids: define(MetricType::Counter, &FaultCounters::names(&plan)),
+            fault_counters: RefCell::new(FaultCounters::for_plan(&plan)),
             plan,
         }
     }
@@ -112,6 +119,9 @@ impl Loaded {
         self.shadow_counters
             .borrow_mut()
             .flush(|slot, delta| increment(&self.shadow_ids, slot, delta));
+        self.fault_counters
+            .borrow_mut()
+            .flush(|slot, delta| increment(&self.fault_ids, slot, delta));
         let mut breakers = self.breakers.borrow_mut();
         let Breakers {
             counters,

@@ -5,9 +5,10 @@ use super::shadow::{ShadowState, StreamShadow};
 use super::{breaker, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
 use crate::breaker::BreakerTicket;
 use crate::config::RouteCacheMode;
+use crate::fault;
 use crate::lane::{HeaderEdit, Incoming, LaneStep};
-use crate::metrics::BreakerEvent;
-use crate::plan::{Decision, Routed};
+use crate::metrics::{BreakerEvent, FaultEvent};
+use crate::plan::{Decision, FaultPolicy, Routed};
 use crate::request::Request;
 use crate::rng::Rng;
 use crate::shadow::Marker;
@@ -35,6 +36,19 @@ pub(super) struct SplitStream {
     routed_ms: Option<u64>,
     /// A gRPC response whose status comes in trailers: its ticket, and whether it was slow.
     grpc_pending: Option<(BreakerTicket, bool)>,
+    /// Set when this request is in a rule's fault slice: its outcome was injected (by Envoy's
+    /// fault filter), so it is no evidence of the destination's health. Breakers never see it
+    /// (no ticket); anything else that judges outcomes must skip it too.
+    pub(super) injected: Option<InjectedFault>,
+}
+
+/// A request of a rule's fault slice: the rule's fault slot (its counters) and the kinds of
+/// fault asked of Envoy's fault filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InjectedFault {
+    pub slot: usize,
+    pub delay: bool,
+    pub abort: bool,
 }
 
 impl SplitStream {
@@ -52,6 +66,53 @@ impl SplitStream {
             breaker_ticket: None,
             routed_ms: None,
             grpc_pending: None,
+            injected: None,
+        }
+    }
+
+    /// Asks Envoy's fault filter (after this filter, `header_delay` / `header_abort`) to fault
+    /// this request: each fault header with its percentage header at 100.
+    fn inject(fault: &FaultPolicy) -> InjectedFault {
+        let write = |name: &str, value: &Option<String>| -> bool {
+            match value {
+                Some(v) => {
+                    set_request_header(name, Some(v));
+                    true
+                }
+                None => false,
+            }
+        };
+        let delay = write(fault::DELAY_REQUEST, &fault.delay_ms);
+        let http = write(fault::ABORT_REQUEST, &fault.abort_status);
+        let grpc = write(fault::ABORT_GRPC_REQUEST, &fault.abort_grpc_status);
+        if delay {
+            set_request_header(fault::DELAY_REQUEST_PERCENTAGE, Some(fault::ALL));
+        }
+        if http || grpc {
+            set_request_header(fault::ABORT_REQUEST_PERCENTAGE, Some(fault::ALL));
+        }
+        InjectedFault {
+            slot: fault.slot,
+            delay,
+            abort: http || grpc,
+        }
+    }
+
+    /// Counts what the fault filter did to this request, from Envoy's response flags (one
+    /// property read, on faulted requests only): a fault it skipped (`max_active_faults`
+    /// reached, no fault filter) is not counted.
+    fn count_injected(&self, injected: InjectedFault) {
+        let flags = hostcalls::get_property(vec!["response", "flags"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let (delayed, aborted) = fault::injected(&flags);
+        let mut counters = self.active.fault_counters.borrow_mut();
+        if delayed && injected.delay {
+            counters.count(injected.slot, FaultEvent::Delayed);
+        }
+        if aborted && injected.abort {
+            counters.count(injected.slot, FaultEvent::Aborted);
         }
     }
 
@@ -67,6 +128,8 @@ impl SplitStream {
         if let Some(variant_header) = &plan.variant_header {
             set_request_header(variant_header, Some(&dest.name));
         }
+        let fault = rule.fault.as_ref().filter(|_| routed.fault);
+        self.injected = fault.map(Self::inject);
         clear_route_cache(plan.clear_route_cache);
         self.active
             .counters
@@ -89,14 +152,21 @@ impl SplitStream {
         {
             self.routed_ms = breaker::clock_ms();
         }
-        let debug = plan.debug_header.then(|| match routed.lane {
-            Some(step) => format!(
-                "rule={}; variant={}; lane={}",
-                rule.name,
-                dest.name,
-                step.as_str()
-            ),
-            None => format!("rule={}; variant={}", rule.name, dest.name),
+        let debug = plan.debug_header.then(|| {
+            let mut d = match routed.lane {
+                Some(step) => format!(
+                    "rule={}; variant={}; lane={}",
+                    rule.name,
+                    dest.name,
+                    step.as_str()
+                ),
+                None => format!("rule={}; variant={}", rule.name, dest.name),
+            };
+            if let Some(fault) = fault {
+                d.push_str("; fault=");
+                d.push_str(&fault.describe);
+            }
+            d
         });
         if routed.set_cookie.is_some() || debug.is_some() {
             self.response_additions = Some(ResponseAdditions {
@@ -233,11 +303,18 @@ impl HttpContext for SplitStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let active = Rc::clone(&self.active);
         let plan = &active.plan;
-        let headers = if plan.needs_request_headers {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        // Read on every request, whatever the plan needs: client-sent fault-filter headers are
+        // found here (removed only when present) instead of a removal call per known name.
+        let mut headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        if headers.iter().any(|(name, _)| fault::is_fault_header(name)) {
+            headers.retain(|(name, _)| {
+                let client_fault = fault::is_fault_header(name);
+                if client_fault {
+                    set_request_header(name, None);
+                }
+                !client_fault
+            });
+        }
         let route_name = if plan.needs_route_name {
             hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
@@ -266,7 +343,7 @@ impl HttpContext for SplitStream {
         let request = base.with_lanes(&incoming);
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
-        let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
+        let marker = shadow::screen_marker(plan, Some(&request));
         let decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
@@ -301,9 +378,7 @@ impl HttpContext for SplitStream {
                 }
             }
             Decision::Unmatched => {
-                // Without the header map we cannot know: remove to be safe.
-                let client_sent = !plan.needs_request_headers
-                    || request.header(&plan.cluster_header).is_some()
+                let client_sent = request.header(&plan.cluster_header).is_some()
                     || plan
                         .variant_header
                         .as_deref()
@@ -350,6 +425,9 @@ impl HttpContext for SplitStream {
         }
         if let Some(ticket) = self.breaker_ticket.take() {
             self.count_outcome(ticket, end_of_stream);
+        }
+        if let Some(injected) = self.injected {
+            self.count_injected(injected);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(
