@@ -2,7 +2,7 @@
 """Regenerates schemas/*.yaml, the CRD schemas `make validate` checks deploy/** against, from the
 upstream CRD bundles (their sources and versions: schemas/README.md).
 
-  python3 scripts/vendor-schemas.py DIR   # DIR holds the three upstream files named below
+  python3 scripts/vendor-schemas.py DIR   # DIR holds the four upstream files named below
 
 Keeps only the CRDs and versions the manifests use, and drops `description` texts (the bulk of
 the files; validation never reads them). Everything else is copied unchanged.
@@ -20,6 +20,7 @@ WANTED = {
         ("networking.istio.io", "VirtualService"): ["v1"],
         ("networking.istio.io", "DestinationRule"): ["v1"],
         ("networking.istio.io", "Gateway"): ["v1"],
+        ("networking.istio.io", "EnvoyFilter"): ["v1alpha3"],
     }),
     "gateway-api-crd.yaml": ("gateway-api.yaml", {
         ("gateway.networking.k8s.io", "Gateway"): ["v1"],
@@ -27,6 +28,9 @@ WANTED = {
     }),
     "envoy-gateway-envoyextensionpolicies.yaml": ("envoy-gateway.yaml", {
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy"): ["v1alpha1"],
+    }),
+    "envoy-gateway-envoypatchpolicies.yaml": ("envoy-gateway-patch.yaml", {
+        ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
     }),
 }
 
