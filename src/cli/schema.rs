@@ -134,7 +134,33 @@ pub fn schema() -> Value {
                     "from_lane": {"type": "boolean", "default": false,
                         "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
                     "lane_fallback": {"type": "string", "pattern": NAME,
-                        "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."}
+                        "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."},
+                    "fault": {"$ref": "#/$defs/fault"}
+                }
+            },
+            "fault": {
+                "type": "object",
+                "required": ["percent"],
+                "additionalProperties": false,
+                "anyOf": [
+                    {"required": ["delay_ms"]}, {"required": ["abort_status"]}, {"required": ["abort_grpc_status"]}
+                ],
+                "not": {"required": ["abort_status", "abort_grpc_status"]},
+                "description": "Controlled fault injection: Envoy's fault filter (after this filter, with header_delay/header_abort) delays or aborts this share of the rule's requests. Sticky rules fault the same users every time (their bucket under the salt `fault:<salt>`), others a random share. Faulted requests are no breaker evidence; they are counted in traffic_split.fault.<rule>.delayed / .aborted. At least one of delay_ms, abort_status, abort_grpc_status (not both aborts).",
+                "properties": {
+                    "percent": {"type": "number", "minimum": 0, "maximum": 100,
+                        "description": "The share of the rule's matched requests (routed to `destinations`) that get the fault, at most two decimals."},
+                    "delay_ms": {"type": "integer", "minimum": 1, "maximum": 60000,
+                        "description": "Delay before the request goes upstream (x-envoy-fault-delay-request)."},
+                    "abort_status": {"type": "integer", "minimum": 200, "maximum": 599,
+                        "description": "Answer with this HTTP status instead of going upstream (x-envoy-fault-abort-request)."},
+                    "abort_grpc_status": {"anyOf": [
+                            {"type": "integer", "minimum": 1, "maximum": 16},
+                            {"enum": GRPC_CODES.get(1..).unwrap_or_default()}
+                        ],
+                        "description": "Answer with this gRPC status, a name or number (x-envoy-fault-abort-grpc-request; HTTP 200)."},
+                    "destinations": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": NAME},
+                        "description": "Names of this rule's destinations the fault applies to (the destination that finally gets the request). Default: all."}
                 }
             },
             "propagate": {
