@@ -283,3 +283,36 @@ fn a_fault_for_the_canary_only_faults_requests_routed_to_the_canary() {
         30
     );
 }
+
+/// A faulted request is still copied to a shadow, but not compared: its answer was injected.
+#[test]
+fn faulted_requests_are_shadowed_but_never_compared() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let config = r#"{"rules":[{"name":"checkout","destinations":[{"name":"stable","cluster":"stable"}],
+        "shadow":[{"name":"v3","cluster":"shadow","compare":true}],
+        "fault":{"percent":50,"abort_status":503}}]}"#;
+    let envoy = Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("shadow", shadow.addr)
+            .fault_filter(100),
+    );
+    let n = 60;
+    let aborted = (0..n).filter(|_| envoy.get("/", &[]).status == 503).count();
+    assert!(aborted > 0 && aborted < n, "{aborted}");
+    let sent = envoy.wait_counter("traffic_split.shadow.v3.responses", n as u64);
+    assert_eq!(sent, n as u64, "every request is copied");
+    assert_eq!(
+        envoy.settled_counter("traffic_split.shadow.v3.sent"),
+        n as u64
+    );
+    // The shadow answers 200 like stable: only an injected 503 could differ.
+    assert_eq!(envoy.counter("traffic_split.shadow.v3.status_mismatch"), 0);
+    assert_eq!(envoy.counter("traffic_split.shadow.v3.class_mismatch"), 0);
+    let a = aborted as u64;
+    assert_eq!(
+        counter_settled(&envoy, "traffic_split.fault.checkout.aborted", a),
+        a
+    );
+}

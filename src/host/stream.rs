@@ -374,6 +374,7 @@ impl HttpContext for SplitStream {
                         rule,
                         &headers,
                         end_of_stream,
+                        routed.fault,
                     );
                 }
             }

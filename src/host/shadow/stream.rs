@@ -38,8 +38,9 @@ struct PrimaryWatch {
 }
 
 impl StreamShadow {
-    /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies.
-    /// Returns `None` when nothing is shadowed.
+    /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies
+    /// (compared with the primary unless its outcome is `injected`). Returns `None` when
+    /// nothing is shadowed.
     pub fn start(
         active: &Rc<Loaded>,
         state: &mut ShadowState,
@@ -48,6 +49,7 @@ impl StreamShadow {
         rule: &Rule,
         headers: &[HeaderPair],
         end_of_stream: bool,
+        injected: bool,
     ) -> Option<StreamShadow> {
         let plan = &active.plan;
         let mut routing = vec![plan.cluster_header.as_str()];
@@ -71,7 +73,13 @@ impl StreamShadow {
         }
         state.next_key += 1;
         let key = state.next_key;
-        let compared = ComparePlan::of(&rule.shadows, &copies);
+        // A request of the rule's fault slice is copied, but its answer was injected by Envoy's
+        // fault filter: comparing the shadow's with it would count a made-up mismatch.
+        let compared = if injected {
+            None
+        } else {
+            ComparePlan::of(&rule.shadows, &copies)
+        };
         // The clock is read only when something needs it: a comparison (the primary's latency)
         // or a sampled dispatch-delay measurement.
         let sampled = state.sample_delay();
