@@ -18,6 +18,17 @@ pub const ABORT_GRPC_REQUEST: &str = "x-envoy-fault-abort-grpc-request";
 /// Share of requests carrying an abort header that are aborted (both kinds), as
 /// `DELAY_REQUEST_PERCENTAGE` for `abort.percentage`.
 pub const ABORT_REQUEST_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
+/// Every header Envoy's fault filter reads (1.36-1.40): what is removed by name when the
+/// request's header map could not be read.
+pub const READ_BY_ENVOY: [&str; 7] = [
+    DELAY_REQUEST,
+    DELAY_REQUEST_PERCENTAGE,
+    ABORT_REQUEST,
+    ABORT_GRPC_REQUEST,
+    ABORT_REQUEST_PERCENTAGE,
+    "x-envoy-fault-throughput-response",
+    "x-envoy-fault-throughput-response-percentage",
+];
 /// The numerator the filter writes with each fault header: every request it marks gets the
 /// fault, provided the fault filter's `percentage` is 100/HUNDRED (the shipped configuration;
 /// Envoy takes the smaller of the two numerators).

@@ -305,8 +305,15 @@ impl HttpContext for SplitStream {
         let plan = &active.plan;
         // Read on every request, whatever the plan needs: client-sent fault-filter headers are
         // found here (removed only when present) instead of a removal call per known name.
-        let mut headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        if headers.iter().any(|(name, _)| fault::is_fault_header(name)) {
+        // Should the read fail, what must not pass is removed by name, unseen.
+        let read = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        let map_read = read.is_ok();
+        let mut headers = read.unwrap_or_default();
+        if !map_read {
+            for name in fault::READ_BY_ENVOY {
+                set_request_header(name, None);
+            }
+        } else if headers.iter().any(|(name, _)| fault::is_fault_header(name)) {
             headers.retain(|(name, _)| {
                 let client_fault = fault::is_fault_header(name);
                 if client_fault {
@@ -343,7 +350,7 @@ impl HttpContext for SplitStream {
         let request = base.with_lanes(&incoming);
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
-        let marker = shadow::screen_marker(plan, Some(&request));
+        let marker = shadow::screen_marker(plan, map_read.then_some(&request));
         let decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
@@ -370,16 +377,17 @@ impl HttpContext for SplitStream {
                         &active,
                         &mut self.shadow_state.borrow_mut(),
                         &mut self.rng.borrow_mut(),
-                        routed.rule,
+                        &routed,
                         rule,
                         &headers,
                         end_of_stream,
-                        routed.fault,
                     );
                 }
             }
             Decision::Unmatched => {
-                let client_sent = request.header(&plan.cluster_header).is_some()
+                // Without the header map we cannot know: remove to be safe.
+                let client_sent = !map_read
+                    || request.header(&plan.cluster_header).is_some()
                     || plan
                         .variant_header
                         .as_deref()

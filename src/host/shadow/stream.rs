@@ -7,7 +7,7 @@ use super::{
 };
 use crate::host::{now, status_of, Loaded};
 use crate::metrics::ShadowEvent;
-use crate::plan::Rule;
+use crate::plan::{Routed, Rule};
 use crate::request::HeaderPair;
 use crate::rng::Rng;
 use crate::shadow::{select_copies, Answer, BodyDigest, ComparePlan};
@@ -39,18 +39,18 @@ struct PrimaryWatch {
 
 impl StreamShadow {
     /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies
-    /// (compared with the primary unless its outcome is `injected`). Returns `None` when
+    /// (compared with the primary unless its outcome is injected: `routed.fault`). Returns `None` when
     /// nothing is shadowed.
     pub fn start(
         active: &Rc<Loaded>,
         state: &mut ShadowState,
         rng: &mut Rng,
-        rule_index: usize,
+        routed: &Routed,
         rule: &Rule,
         headers: &[HeaderPair],
         end_of_stream: bool,
-        injected: bool,
     ) -> Option<StreamShadow> {
+        let rule_index = routed.rule;
         let plan = &active.plan;
         let mut routing = vec![plan.cluster_header.as_str()];
         if let Some(v) = &plan.variant_header {
@@ -75,7 +75,7 @@ impl StreamShadow {
         let key = state.next_key;
         // A request of the rule's fault slice is copied, but its answer was injected by Envoy's
         // fault filter: comparing the shadow's with it would count a made-up mismatch.
-        let compared = if injected {
+        let compared = if routed.fault {
             None
         } else {
             ComparePlan::of(&rule.shadows, &copies)
