@@ -36,7 +36,7 @@ run: wasm envoy ## Run the demo: Envoy + the filter + demo backends on 127.0.0.1
 	@ENVOY=$(ENVOY) WASM=$(WASM) ./scripts/run-demo.sh
 
 .PHONY: test
-test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, the `make run` demo check and a 60 s soak
+test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, the `make run` demo check, every shipped PromQL query against a real Prometheus and a 60 s soak
 	@# tests/cli.rs checks schema/traffic-split.schema.json with Python's jsonschema (draft 2020-12)
 	@$(VENV)/bin/python -c 'import jsonschema' 2>/dev/null \
 		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check jsonschema
@@ -45,7 +45,18 @@ test: wasm envoy ## Run unit tests, end-to-end tests against real Envoy, the `ma
 		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check grpcio
 	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test
 	ENVOY=$(CURDIR)/$(ENVOY) ./scripts/check-demo.sh
+	@# a real Prometheus (Debian's prometheus package; .ci/run installs it) asks every query of
+	@# deploy/grafana, deploy/prometheus, deploy/flagger, deploy/argo-rollouts and docs/operations.md
+	@$(VENV)/bin/python -c 'import yaml' 2>/dev/null \
+		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check pyyaml
+	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) $(VENV)/bin/python scripts/check-prometheus.py
 	SOAK_SECONDS=$(TEST_SOAK_SECONDS) ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) python3 soak/soak.py
+
+.PHONY: check-prometheus
+check-prometheus: wasm envoy ## Only the part of make test that asks every shipped PromQL query of a real Prometheus (needs apt-get install prometheus)
+	@$(VENV)/bin/python -c 'import yaml' 2>/dev/null \
+		|| $(VENV)/bin/pip install --quiet --disable-pip-version-check pyyaml
+	ENVOY=$(CURDIR)/$(ENVOY) WASM=$(CURDIR)/$(WASM) $(VENV)/bin/python scripts/check-prometheus.py
 
 SOAK_SECONDS      ?= 600
 TEST_SOAK_SECONDS ?= 60

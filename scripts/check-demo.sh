@@ -130,6 +130,24 @@ has_line "no breaker line in the log" \
   "$(grep -o 'breaker everyone.*' run/envoy.log | head -1)"
 has_line "the README's breaker line" "$breaker_line" "$(cat README.md)"
 
+step "Prometheus sees the open breaker"
+query='max by (rule, destination) (traffic_split_breaker_state) > 0'
+readme_has "\$ promtool query instant http://127.0.0.1:9099 '$query'"
+if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+  has_line "make run did not print Prometheus's URL" '^Prometheus: http://127.0.0.1:9099 ' "$(cat "$log")"
+  # the answer without its evaluation time (`@[<unix time>]`)
+  prom_answer() { promtool query instant http://127.0.0.1:9099 "$query" 2>&1 | sed -E 's/ @\[[0-9.]+\]$//'; }
+  breaker_answer='{destination="canary", rule="everyone"} => 1'
+  prom_answer_is() { [ "$(prom_answer)" = "$1" ]; }
+  wait_for 50 prom_answer_is "$breaker_answer" || true # scraped every second
+  expect "Prometheus's answer" "$breaker_answer" "$(prom_answer)"
+  has_line "the README's Prometheus answer" '^\{destination="canary", rule="everyone"\} => 1 @\[[0-9.]+\]$' "$(cat README.md)"
+elif [ "${CI:-}" = true ]; then
+  fail "Prometheus is not installed (apt-get install prometheus): CI runs this step"
+else
+  echo "> [demo] SKIPPED: Prometheus is not installed (apt-get install prometheus); CI runs this step"
+fi
+
 step "a sticky fault slice fails the same users and the breaker stays closed"
 chaos=$(for r in 1 2; do for u in $(seq 1 20); do curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$u" $url/chaos; done; echo; done)
 shown "200 200 200 200 200 503 200 200 200 200 200 200 503 200 200 503 200 503 200 200 
@@ -169,4 +187,4 @@ wait_for 50 last_access_is "$last" || true # Envoy flushes it every 250 ms here
 shown "$last" "$(last_access)"
 has_line "the employee's decision is not in the access log" "cluster=canary variant=canary" "$(cat run/access.log)"
 
-echo "demo check ok: the README tour's outputs (sticky users, employee, cookie, shadow copy and comparison, breaker, fault slice, forged header, metrics, access log)"
+echo "demo check ok: the README tour's outputs (sticky users, employee, cookie, shadow copy and comparison, breaker, Prometheus, fault slice, forged header, metrics, access log)"

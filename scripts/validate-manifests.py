@@ -39,6 +39,15 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
 - `envoy --mode validate` on deploy/compose/*.yaml, on a temporary copy in which every path the
   compose file mounts (/etc/envoy/...) is replaced by the repository file it mounts, and the
   module the Dockerfile copies into the image by target/traffic_split.wasm.
+- deploy/prometheus/: each plain rules file (a top-level `groups`) passes `promtool check rules`
+  (Debian's prometheus package; without it the check is skipped, and fails when CI=true), and
+  every PrometheusRule there holds exactly the groups of alerts.yaml.
+- deploy/grafana/*.json: each dashboard parses, has the `datasource`, `rule` and `destination`
+  variables, unique panel ids, and every panel and target reads the `${datasource}` variable
+  with a PromQL `expr` (what the queries return is `make test`'s: scripts/check-prometheus.py).
+- deploy/flagger/ and deploy/argo-rollouts/: every Canary metric's templateRef names a
+  MetricTemplate shipped beside it and sets every `{{ variables.X }}` its query uses; every
+  `{{args.X}}` of an AnalysisTemplate query is one of its declared args.
 - Dockerfile and deploy/oci/Dockerfile: the same build stage, with the Makefile's strip list and
   wasm-opt flags; the OCI image's last stage is FROM scratch with one COPY to plugin.wasm.
 """
@@ -46,6 +55,7 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -797,6 +807,135 @@ def check_dockerfiles():
         report("ok", "Dockerfile", f"build stage identical in {', '.join(build_stages)}")
 
 
+# --- monitoring: Prometheus rules, Grafana, Flagger, Argo Rollouts -----------------------------
+
+
+def check_rules_file(path, doc):
+    where = rel(path)
+    promtool = shutil.which("promtool")
+    if not promtool:
+        status = "FAIL" if os.environ.get("CI") == "true" else "skip"
+        report(status, where, "promtool check rules: no promtool (apt-get install prometheus)")
+    else:
+        run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+        lines = (run.stdout + run.stderr).strip().splitlines() or ["?"]
+        if run.returncode == 0:
+            report("ok", where, f"promtool check rules: {lines[-1].strip()}")
+        else:
+            report("FAIL", where, f"promtool check rules: {' '.join(lines[-3:])}")
+    rules = [r for g in doc.get("groups") or [] for r in g.get("rules") or []]
+    unexplained = [r.get("alert") for r in rules if "alert" in r
+                   and not ((r.get("annotations") or {}).get("summary") and (r.get("annotations") or {}).get("description"))]
+    if unexplained:
+        report("FAIL", where, f"alert(s) {', '.join(unexplained)} lack a summary or description annotation")
+    else:
+        report("ok", where, f"{len(rules)} rule(s), every alert with a summary and a description")
+
+
+def cross_check_prometheus_rules(directory, docs):
+    rules_file = ROOT / directory / "alerts.yaml"
+    if not rules_file.exists():
+        report("FAIL", directory, "PrometheusRule without the plain rules file alerts.yaml beside it")
+        return
+    groups = load_all(rules_file)[0].get("groups")
+    for where, doc in docs:
+        if doc.get("kind") != "PrometheusRule":
+            continue
+        name = f"PrometheusRule {doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
+        if (doc.get("spec") or {}).get("groups") == groups:
+            report("ok", where, f"{name}: spec.groups equal {rel(rules_file)}'s groups")
+        else:
+            report("FAIL", where, f"{name}: spec.groups differ from {rel(rules_file)}'s groups: keep them equal")
+
+
+def check_dashboard(path):
+    where = rel(path)
+    try:
+        dash = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        report("FAIL", where, f"does not parse as JSON: {e}")
+        return
+    if not isinstance(dash, dict) or "panels" not in dash:
+        report("FAIL", where, "not a Grafana dashboard (no panels)")
+        return
+    problems = []
+    variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list") or []}
+    for wanted in ("datasource", "rule", "destination"):
+        if wanted not in variables:
+            problems.append(f"no `{wanted}` variable")
+    if (variables.get("datasource") or {}).get("type") != "datasource":
+        problems.append("the `datasource` variable is not of type datasource")
+    ids, targets = [], 0
+
+    def walk(panels):
+        nonlocal targets
+        for panel in panels:
+            ids.append(panel.get("id"))
+            walk(panel.get("panels") or [])
+            if panel.get("type") == "row":
+                continue
+            title = panel.get("title")
+            if (panel.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(f"panel {title!r} does not read the ${{datasource}} variable")
+            if not panel.get("targets"):
+                problems.append(f"panel {title!r} has no query")
+            for t in panel.get("targets") or []:
+                targets += 1
+                if not t.get("expr") or (t.get("datasource") or {}).get("uid") != "${datasource}":
+                    problems.append(f"panel {title!r} target {t.get('refId')}: no expr, or not on ${{datasource}}")
+    walk(dash["panels"])
+    if len(ids) != len(set(ids)):
+        problems.append("panel ids are not unique")
+    for v in variables.values():
+        if v.get("type") == "query" and (v.get("datasource") or {}).get("uid") != "${datasource}":
+            problems.append(f"variable {v.get('name')} does not query the ${{datasource}} variable")
+    if problems:
+        report("FAIL", where, "; ".join(problems[:5]))
+    else:
+        report("ok", where, f"Grafana dashboard {dash.get('title')!r}: {len(ids)} panels and rows, {targets} queries, "
+               f"variables {', '.join(variables)}")
+
+
+def cross_check_flagger(directory, docs):
+    templates = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                 for _, d in docs if d.get("kind") == "MetricTemplate"}
+    for where, canary in docs:
+        if canary.get("kind") != "Canary":
+            continue
+        ns = canary["metadata"].get("namespace", "default")
+        for metric in ((canary.get("spec") or {}).get("analysis") or {}).get("metrics") or []:
+            ref = metric.get("templateRef")
+            if not ref:
+                continue
+            name = f"Canary {ns}/{canary['metadata']['name']} metric {metric.get('name')}"
+            template = templates.get((ref.get("namespace") or ns, ref.get("name")))
+            if template is None:
+                report("FAIL", where, f"{name}: templateRef {ref} is not a MetricTemplate in {directory}")
+                continue
+            used = set(re.findall(r"\{\{\s*variables\.([\w-]+)\s*\}\}", template["spec"].get("query", "")))
+            missing = sorted(used - set(metric.get("templateVariables") or {}))
+            if missing:
+                report("FAIL", where, f"{name}: templateVariables lack {', '.join(missing)} (used by {ref.get('name')})")
+            else:
+                report("ok", where, f"{name}: MetricTemplate {ref.get('name')} exists; its variables are set")
+
+
+def cross_check_argo(directory, docs):
+    for where, doc in docs:
+        if doc.get("kind") != "AnalysisTemplate":
+            continue
+        spec = doc.get("spec") or {}
+        declared = {a.get("name") for a in spec.get("args") or []}
+        for metric in spec.get("metrics") or []:
+            query = ((metric.get("provider") or {}).get("prometheus") or {}).get("query", "")
+            used = set(re.findall(r"\{\{\s*args\.([\w-]+)\s*\}\}", query))
+            name = f"AnalysisTemplate {doc['metadata']['name']} metric {metric.get('name')}"
+            if used - declared:
+                report("FAIL", where, f"{name}: uses undeclared args {', '.join(sorted(used - declared))}")
+            else:
+                report("ok", where, f"{name}: every arg it uses is declared")
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -841,13 +980,18 @@ def main():
                     configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
                 if any(True for _ in wasm_filters(doc)):
                     compare_with_demo(path, doc)
+            elif isinstance(doc, dict) and "groups" in doc and path.parent == ROOT / "deploy" / "prometheus":
+                check_rules_file(path, doc)
             else:
-                report("FAIL", where, "neither a Kubernetes manifest (apiVersion, kind) nor an Envoy bootstrap under deploy/compose/")
+                report("FAIL", where, "neither a Kubernetes manifest (apiVersion, kind), an Envoy bootstrap under "
+                       "deploy/compose/ nor a Prometheus rules file under deploy/prometheus/")
     for path in sorted((ROOT / "envoy").glob("*.yaml")):
         for doc in load_all(path):
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
     check_dockerfiles()
+    for path in sorted((ROOT / "deploy").rglob("*.json")):
+        check_dashboard(path)
 
     for directory, docs in sorted(by_dir.items()):
         kinds = {d.get("kind") for _, d in docs}
@@ -862,6 +1006,12 @@ def main():
             cross_check_istio(directory, docs)
         if "EnvoyExtensionPolicy" in kinds or "HTTPRoute" in kinds:
             cross_check_gateway(directory, docs)
+        if "Canary" in kinds or "MetricTemplate" in kinds:
+            cross_check_flagger(directory, docs)
+        if "AnalysisTemplate" in kinds:
+            cross_check_argo(directory, docs)
+        if "PrometheusRule" in kinds:
+            cross_check_prometheus_rules(directory, docs)
 
     configs.check()
 

@@ -2,9 +2,9 @@
 """Regenerates schemas/*.yaml, the CRD schemas `make validate` checks deploy/** against, from the
 upstream CRD bundles (their sources and versions: schemas/README.md).
 
-  python3 scripts/vendor-schemas.py DIR   # DIR holds the four upstream files named below
+  python3 scripts/vendor-schemas.py DIR   # DIR holds some of the upstream files named below
 
-Keeps only the CRDs and versions the manifests use, and drops `description` texts (the bulk of
+Regenerates the output of each upstream file found in DIR (at least one must be). Keeps only the CRDs and versions the manifests use, and drops `description` texts (the bulk of
 the files; validation never reads them). Everything else is copied unchanged.
 """
 import sys
@@ -29,6 +29,16 @@ WANTED = {
     "envoy-gateway-envoyextensionpolicies.yaml": ("envoy-gateway.yaml", {
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy"): ["v1alpha1"],
     }),
+    "monitoring.coreos.com_prometheusrules.yaml": ("prometheus-operator.yaml", {
+        ("monitoring.coreos.com", "PrometheusRule"): ["v1"],
+    }),
+    "flagger-crd.yaml": ("flagger.yaml", {
+        ("flagger.app", "Canary"): ["v1beta1"],
+        ("flagger.app", "MetricTemplate"): ["v1beta1"],
+    }),
+    "argo-rollouts-analysis-template-crd.yaml": ("argo-rollouts.yaml", {
+        ("argoproj.io", "AnalysisTemplate"): ["v1alpha1"],
+    }),
     "envoy-gateway-envoypatchpolicies.yaml": ("envoy-gateway-patch.yaml", {
         ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
     }),
@@ -44,7 +54,11 @@ def strip_descriptions(node):
 
 
 def main(source):
-    for upstream, (out, wanted) in WANTED.items():
+    found = [u for u in WANTED if (Path(source) / u).exists()]
+    if not found:
+        sys.exit(f"{source}: none of {', '.join(WANTED)}")
+    for upstream in found:
+        out, wanted = WANTED[upstream]
         docs = []
         with open(Path(source) / upstream, encoding="utf-8") as f:
             for doc in yaml.safe_load_all(f):

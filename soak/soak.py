@@ -589,6 +589,23 @@ def counter(stats_, name):
     return stats_.get(PREFIX + name)
 
 
+# Envoy's reload counters of the plugin (FAIL_RELOAD, as shipped).
+VM_RELOAD_STATS = [f"wasm.traffic-split.{k}" for k in
+                   ("vm_reload", "vm_reload_backoff", "vm_reload_failure", "vm_reload_success")]
+
+
+def no_vm_died(stats_, panicked):
+    """(ok, detail) of the "no Wasm VM died" check: every reload counter exists (a missing one,
+    e.g. a renamed plugin or another failure policy, proves nothing: an error) and is 0, and
+    Envoy's log has no 'panicked'."""
+    missing = [k for k in VM_RELOAD_STATS if k not in stats_]
+    reloads = {k: stats_[k] for k in VM_RELOAD_STATS if stats_.get(k)}
+    detail = (f"vm_reload counters {reloads or 'all 0'}"
+              + (f", MISSING {', '.join(missing)}" if missing else "")
+              + f", 'panicked' in the log {panicked}x")
+    return not missing and not reloads and panicked == 0, detail
+
+
 def evaluate(r, check_rss):
     f = r["stats_final"]
     checks = []
@@ -642,9 +659,7 @@ def evaluate(r, check_rss):
           started == routed and routed > 0 and untrusted == forged,
           f"lane.started {started} of {routed} routed by '{RULE}'; lane.untrusted {untrusted} "
           f"for {forged} answered hostile requests with a forged lane")
-    reloads = {k: v for k, v in f.items() if k.startswith("wasm.") and "vm_reload" in k and v}
-    check("no Wasm VM died", not reloads and r["front_log_lines"]["panicked"] == 0,
-          f"vm_reload counters {reloads or 'all 0 or absent'}, 'panicked' in the log {r['front_log_lines']['panicked']}x")
+    check("no Wasm VM died", *no_vm_died(f, r["front_log_lines"]["panicked"]))
     ev = r["events"]
     ecds = "extension_config_discovery.http_filter.traffic-split."
     okc, rejected, bad = (f.get(ecds + k) for k in ("update_success", "update_rejected", "config_fail"))

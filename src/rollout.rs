@@ -115,6 +115,57 @@ impl RolloutPolicy {
     }
 }
 
+impl RolloutPolicy {
+    /// What identifies this rollout plan in its shared values (`abort_value`, `logged_value`):
+    /// its start, steps and abort setting, hashed. The shared-data keys name the filter
+    /// instance, rule, destination and cluster (`rollout_keys`), so only a change of the
+    /// rollout itself, or of its destination's cluster, starts it afresh (and clears an
+    /// abort); any other edit of the configuration keeps it where it is.
+    pub fn identity(&self) -> String {
+        let mut text = format!("{};{}", self.start_ms, self.abort_on_breaker_open);
+        for step in &self.steps {
+            match step.hold_s {
+                Some(hold) => text.push_str(&format!(";{}/{hold}", step.basis_points)),
+                None => text.push_str(&format!(";{}/-", step.basis_points)),
+            }
+        }
+        crate::breaker::instance_scope(&[text.as_bytes()])
+    }
+}
+
+/// The shared-data keys of one rollout (its abort flag, the last step logged): one pair per
+/// filter instance (`scope`), rule, destination and cluster, whatever else the configuration
+/// says, so the keys do not grow with configuration pushes (proxy-wasm cannot delete one).
+/// Rule and destination names never contain a `/`; the cluster comes last.
+pub fn rollout_keys(scope: &str, rule: &str, destination: &str, cluster: &str) -> (String, String) {
+    let key = |what: &str| {
+        format!("traffic-split/rollout/v2/{what}/{scope}/{rule}/{destination}/{cluster}")
+    };
+    (key("aborted"), key("logged"))
+}
+
+/// The abort flag's value once the rollout `plan` (an `identity`) aborted.
+pub fn abort_value(plan: &str) -> Vec<u8> {
+    format!("1 {plan}").into_bytes()
+}
+
+/// Whether the abort flag's `value` says the rollout `plan` aborted (an abort of another plan
+/// of the same rule, or none, does not count).
+pub fn aborted_under(value: &[u8], plan: &str) -> bool {
+    value == abort_value(plan).as_slice()
+}
+
+/// The "last step logged" value for `step` of `plan`.
+pub fn logged_value(plan: &str, step: usize) -> Vec<u8> {
+    format!("{step} {plan}").into_bytes()
+}
+
+/// The last step of `plan` logged, from a "last step logged" value (`None`: none of this plan).
+pub fn logged_step(value: &[u8], plan: &str) -> Option<usize> {
+    let (step, of) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+    (of == plan).then(|| step.parse().ok()).flatten()
+}
+
 /// Fine-bucket bounds with the first destination at `basis_points` and the others sharing the
 /// rest in proportion to `rest_weights` (at least one positive). The first destination owns
 /// `[0, basis_points)`: the same buckets as a fixed weight of that share, so a user who saw it
@@ -288,6 +339,51 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_keys_are_bounded_and_only_a_rollout_change_starts_it_afresh() {
+        // The keys name the instance, rule, destination and cluster: nothing else of the
+        // configuration, so a push that edits something else reuses them.
+        let (abort, logged) = rollout_keys("0123456789abcdef", "ramp", "canary", "canary-v2");
+        assert_eq!(
+            abort,
+            "traffic-split/rollout/v2/aborted/0123456789abcdef/ramp/canary/canary-v2"
+        );
+        assert_eq!(
+            logged,
+            "traffic-split/rollout/v2/logged/0123456789abcdef/ramp/canary/canary-v2"
+        );
+        assert_ne!(
+            rollout_keys("s", "ramp", "canary", "canary-v3").0,
+            abort,
+            "another cluster is another version: its own flag"
+        );
+        let plan = issue_plan();
+        let id = plan.identity();
+        assert_eq!(id, issue_plan().identity(), "stable for the same rollout");
+        assert!(aborted_under(&abort_value(&id), &id));
+        // Any change of the rollout is another plan: its abort flag reads as not aborted.
+        let changes: [fn(&mut RolloutPolicy); 4] = [
+            |p| p.start_ms += 1000,
+            |p| p.steps[0].basis_points += 1,
+            |p| p.steps[0].hold_s = p.steps[0].hold_s.map(|h| h + 1),
+            |p| p.abort_on_breaker_open = !p.abort_on_breaker_open,
+        ];
+        for change in changes {
+            let mut other = issue_plan();
+            change(&mut other);
+            assert_ne!(other.identity(), id, "{other:?}");
+            assert!(!aborted_under(&abort_value(&id), &other.identity()));
+        }
+        assert!(!aborted_under(b"0", &id));
+        assert!(
+            !aborted_under(b"1", &id),
+            "the v1 flag of a whole configuration"
+        );
+        assert_eq!(logged_step(&logged_value(&id, 3), &id), Some(3));
+        assert_eq!(logged_step(&logged_value("other", 3), &id), None);
+        assert_eq!(logged_step(b"-", &id), None);
+    }
 
     const START: &str = "2026-12-01T10:00:00Z";
 

@@ -598,28 +598,75 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     use traffic_split::cli::input::extract;
     let mut out = Vec::new();
     let mut yamls: Vec<PathBuf> = Vec::new();
-    for dir in [
-        "envoy",
-        "deploy/compose",
-        "deploy/istio",
-        "deploy/envoy-gateway",
-    ] {
-        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+    // envoy/ (not its templates: placeholders, not YAML) and every folder of deploy/.
+    let mut dirs = vec![root().join("envoy")];
+    for e in std::fs::read_dir(root().join("deploy")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            dirs.push(p);
+        }
+    }
+    for dir in dirs {
+        for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
                 yamls.push(p);
             }
         }
     }
+    // A file carries a filter configuration when it has an Envoy Wasm filter, an Istio
+    // WasmPlugin or an Envoy Gateway EnvoyExtensionPolicy: each of those must yield one (a
+    // silent skip would let a broken one ship). Any other file must be one with no
+    // configuration at all, not one that failed to parse.
+    const CARRIERS: [&str; 3] = [
+        "envoy.extensions.filters.http.wasm.v3.Wasm",
+        "kind: WasmPlugin",
+        "kind: EnvoyExtensionPolicy",
+    ];
+    let mut carrying: Vec<String> = Vec::new();
     for p in &yamls {
         let bytes = std::fs::read(p).unwrap();
-        if let Ok(found) = extract(&p.display().to_string(), &bytes, false) {
-            for e in found {
-                let v = serde_json::from_slice(&e.json).unwrap();
-                out.push((e.label(), v));
+        let text = String::from_utf8_lossy(&bytes);
+        let carries = CARRIERS.iter().any(|c| text.contains(c));
+        if carries {
+            let name = p.strip_prefix(root()).unwrap_or(p).display().to_string();
+            carrying.push(name);
+        }
+        match extract(&p.display().to_string(), &bytes, false) {
+            Ok(found) => {
+                for e in found {
+                    let v = serde_json::from_slice(&e.json)
+                        .unwrap_or_else(|err| panic!("{}: {err}", e.label()));
+                    out.push((e.label(), v));
+                }
+            }
+            Err(err) => {
+                let err = format!("{err:?}");
+                assert!(
+                    !carries,
+                    "{} carries a configuration the CLI cannot extract: {err}",
+                    p.display()
+                );
+                assert!(
+                    err.contains("no traffic-split configuration found"),
+                    "{}: {err}",
+                    p.display()
+                );
             }
         }
     }
+    // The shipped files that carry one (a file moved out of these folders, or a carrier no
+    // longer recognised, must not pass unnoticed; a new one is added here).
+    carrying.sort();
+    assert_eq!(
+        carrying,
+        [
+            "deploy/compose/envoy.yaml",
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "deploy/istio/wasmplugin.yaml",
+            "envoy/demo.yaml",
+        ]
+    );
     for doc in ["README.md", "docs/configuration.md"] {
         let text = std::fs::read_to_string(root().join(doc)).unwrap();
         for (i, block) in text.split("```json\n").skip(1).enumerate() {
@@ -871,4 +918,31 @@ fn explain_decides_with_the_rollout_share_in_force() {
     // A destination with no bucket before start is not reported as unreachable.
     let o = run_stdin(&["validate", "-"], ROLLOUT);
     assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
+}
+
+/// soak/soak.py's "no Wasm VM died" check: a reload counter that does not exist is an error,
+/// never a pass (it used to pass when Envoy reported no `vm_reload` stat at all).
+#[test]
+fn the_soak_takes_a_missing_vm_reload_stat_for_an_error() {
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import soak
+zero = {k: 0 for k in soak.VM_RELOAD_STATS}
+assert soak.no_vm_died(zero, 0)[0], soak.no_vm_died(zero, 0)
+for k in soak.VM_RELOAD_STATS:
+    partial = {n: 0 for n in soak.VM_RELOAD_STATS if n != k}
+    ok, detail = soak.no_vm_died(partial, 0)
+    assert not ok and "MISSING " + k in detail, detail
+assert not soak.no_vm_died({}, 0)[0]
+assert not soak.no_vm_died(dict(zero, **{soak.VM_RELOAD_STATS[0]: 1}), 0)[0]
+assert not soak.no_vm_died(zero, 1)[0]
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(root().join("soak"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

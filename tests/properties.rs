@@ -87,24 +87,32 @@ fn salt() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// The ranges partition [0, 10000): every bucket has exactly one owner, a destination
-    /// with weight 0 owns none, and the plan routes each key to the owner of its bucket.
+    /// The compiled plan's ranges partition [0, 10000): every bucket has exactly the owner
+    /// the documented formula gives, a destination with weight 0 owns none, each destination
+    /// owns its documented number of buckets, and the plan routes each key to the owner of its
+    /// bucket.
     #[test]
     fn fine_ranges_partition_the_buckets_and_keys_follow_them(
         weights in weights(), salt in salt(), key in key(),
     ) {
-        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let plan = sticky_plan(&salt, "fine", &weights);
+        let rule = &plan.rules[0];
         let mut owned = vec![0u64; weights.len()];
-        for bucket in (0..10_000).step_by(7).chain([9_999]) {
-            owned[reference_owner(&weights, bucket)] += 1;
+        for bucket in 0..10_000 {
+            let owner = rule.destination_of_bucket(bucket);
+            prop_assert_eq!(owner, reference_owner(&weights, bucket), "bucket {}", bucket);
+            owned[owner] += 1;
         }
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let mut below = 0u64;
         for (i, &w) in weights.iter().enumerate() {
             if w == 0 {
-                prop_assert_eq!(owned[i], 0, "weight 0 owns buckets");
+                prop_assert_eq!(owned[i], 0, "weight 0 owns buckets: {:?}", weights);
             }
+            let share = 10_000 * (below + u64::from(w)) / total - 10_000 * below / total;
+            prop_assert_eq!(owned[i], share, "destination {} of {:?}", i, weights);
+            below += u64::from(w);
         }
-        prop_assert!(total > 0);
-        let plan = sticky_plan(&salt, "fine", &weights);
         let bucket = reference_hash(&salt, &key) % 10_000;
         prop_assert_eq!(destination(&plan, &key, 1), reference_owner(&weights, bucket));
     }
@@ -214,7 +222,8 @@ proptest! {
             match event {
                 Event::Outcomes { requests, failures, stale } => {
                     let generation = if stale { record.generation.wrapping_sub(1) } else { record.generation };
-                    let mut outcomes = Outcomes::default();
+                    // A worker's outcomes under the generation it decided them with.
+                    let mut outcomes = Outcomes { generation, ..Outcomes::default() };
                     for i in 0..requests {
                         outcomes.add(generation, i < failures);
                     }
@@ -246,6 +255,23 @@ proptest! {
                 prop_assert_eq!(record.since_ms, now_ms);
             } else {
                 prop_assert_eq!(record.state, before.state);
+                // No transition, so none was due: the window (closed) or the probes
+                // (half-open) do not trip, or open_s has not passed.
+                let (requests, failures) = record.counts();
+                let trips = requests >= min_requests
+                    && requests > 0
+                    && failures as f64 >= policy.failure_ratio * requests as f64;
+                match record.state {
+                    State::Closed => prop_assert!(!trips, "should have opened: {:?}", record),
+                    State::Open => prop_assert!(
+                        now_ms.saturating_sub(record.since_ms) < open_s * 1000,
+                        "should have half-opened: {:?} at {}", record, now_ms
+                    ),
+                    State::HalfOpen => prop_assert!(
+                        requests < min_requests,
+                        "should have closed or reopened: {:?}", record
+                    ),
+                }
             }
             prop_assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
         }

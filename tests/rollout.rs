@@ -246,3 +246,90 @@ fn a_failing_canary_aborts_its_rollout_on_each_envoy_while_a_healthy_one_reaches
         );
     }
 }
+
+/// The abort of a rollout is shared under a key of the filter instance, rule, destination and
+/// cluster, with the rollout plan in its value: a configuration push that changes something
+/// else (here: another rule, through ECDS as an Istio WasmPlugin change) keeps the rollout
+/// aborted at 0% (the canary's half-open breaker gets no probe: no request reaches it), while
+/// a change of the rollout itself starts it afresh.
+#[test]
+fn an_abort_survives_unrelated_pushes_and_only_a_rollout_change_clears_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stable = Backend::start("stable");
+    let bad = Backend::start("bad");
+    bad.set_status(503);
+    let start = format_rfc3339(now_ms() - 1000);
+    let config = |percent: u32, other_rule: bool| {
+        let other = if other_rule {
+            r#"{"name":"other","match":{"headers":[{"name":"x-other","present":true}]},
+                "destinations":[{"name":"stable","cluster":"stable"}]},"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"rules":[{other}{{"name":"ramp","sticky":{{"header":"x-user-id"}},"destinations":[
+              {{"name":"canary","cluster":"bad","fallback":"stable",
+                "breaker":{{"failure_ratio":0.5,"min_requests":10,"window_s":10,"open_s":1}}}},
+              {{"name":"stable","cluster":"stable"}}],
+              "rollout":{{"destination":"canary","start":"{start}","steps":[
+                {{"percent":{percent}}}]}}}}]}}"#
+        )
+    };
+    let envoy = Envoy::start(
+        EnvoySpec::new(&config(50, false))
+            .ecds()
+            .cluster("stable", stable.addr)
+            .cluster("bad", bad.addr),
+    );
+    assert_eq!(gauge(&envoy, "ramp", "basis_points"), 5000);
+    let mut sent = 0;
+    while gauge(&envoy, "ramp", "aborted") == 0 && sent < 400 {
+        fresh(&envoy, &format!("u{sent}"), &[]);
+        sent += 1;
+    }
+    assert_eq!(
+        wait_gauge(&envoy, "ramp", "aborted", 1, Duration::from_secs(3)),
+        1
+    );
+    assert_eq!(
+        wait_gauge(&envoy, "ramp", "basis_points", 0, Duration::from_secs(2)),
+        0
+    );
+    // Past open_s: the breaker is half-open and would let probes through to the canary.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(envoy.reconfigure(&config(50, true), 1), "push not applied");
+    std::thread::sleep(Duration::from_millis(500)); // a few ticks of the new configuration
+    let reached = bad.count();
+    for i in 0..60 {
+        let r = fresh(&envoy, &format!("after{i}"), &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"), "after{i}");
+    }
+    assert_eq!(bad.count(), reached, "the aborted canary got traffic again");
+    assert_eq!(gauge(&envoy, "ramp", "basis_points"), 0);
+    assert_eq!(gauge(&envoy, "ramp", "aborted"), 1, "aborted again");
+    // The rollout itself changes (40%, the canary fixed): it starts afresh.
+    bad.set_status(200);
+    assert!(envoy.reconfigure(&config(40, true), 2), "push not applied");
+    assert_eq!(
+        wait_gauge(&envoy, "ramp", "basis_points", 4000, Duration::from_secs(3)),
+        4000
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    while bad.count() == reached && Instant::now() < deadline {
+        fresh(&envoy, &format!("new{i}"), &[]);
+        i += 1;
+    }
+    assert!(
+        bad.count() > reached,
+        "the restarted rollout sent nothing to the canary"
+    );
+    assert_eq!(gauge(&envoy, "ramp", "aborted"), 1);
+    let log = envoy.log();
+    assert_eq!(
+        log.matches("rollout of rule \"ramp\" aborted at step 1/1")
+            .count(),
+        1,
+        "{log}"
+    );
+}

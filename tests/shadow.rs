@@ -823,6 +823,134 @@ fn a_copy_still_collecting_its_body_after_timeout_ms_is_abandoned_and_counted_dr
     assert_eq!(upload.body.len(), 20_000);
 }
 
+/// Environment that preloads tests/clock-shim/shim.c (compiled here with `cc`) into Envoy: its
+/// wall clock is then stepped by the seconds the test writes into `file`; its monotonic clock
+/// is left alone.
+fn clock_shim_env(file: &std::path::Path) -> Vec<(String, String)> {
+    let dir = file.parent().unwrap();
+    let lib = dir.join("clock-shim.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clock-shim/shim.c"
+        ))
+        .status()
+        .unwrap();
+    assert!(built.success(), "cc could not build the clock shim");
+    std::fs::write(file, "+0").unwrap();
+    vec![
+        ("LD_PRELOAD".to_string(), lib.display().to_string()),
+        ("CLOCK_SHIM_FILE".to_string(), file.display().to_string()),
+    ]
+}
+
+/// Shadow deadlines run on the monotonic clock, not the wall clock: a step back of an hour
+/// does not keep a copy whose body is still arriving past `timeout_ms` (holding the worker's
+/// only slot, so the next request's copy would be dropped instead), and a step forward of an
+/// hour does not drop a copy whose body is still arriving well within it.
+#[test]
+fn a_wall_clock_step_neither_holds_nor_drops_a_copy_collecting_its_body() {
+    let stable = Backend::start("stable");
+    let shadow = Backend::start("shadow");
+    let cfg = config(
+        r#"{"cluster":"shadow","timeout_ms":2000}"#,
+        r#""max_in_flight":1,"#,
+    );
+    let dir = std::env::temp_dir().join(format!("traffic-split-clock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clock = dir.join("offset");
+    let mut spec = EnvoySpec::new(&cfg)
+        .cluster("stable", stable.addr)
+        .cluster("shadow", shadow.addr);
+    spec.concurrency = 1; // one worker: its only slot is what the slow upload holds
+    spec.env = clock_shim_env(&clock);
+    let spec = spec.patch(
+        "- name: api\n",
+        "- name: clock\n                match: { prefix: \"/clock\" }\n                \
+         direct_response: { status: 204 }\n                typed_per_filter_config: \
+         { envoy.filters.http.wasm: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, \
+         disabled: true } }\n              - name: api\n",
+    );
+    let envoy = Envoy::start(spec);
+    // Envoy's wall clock (the `date` header of a reply of its own, `/clock`; seconds of the
+    // day) is the one stepped.
+    let seconds_of_day = |envoy: &Envoy| -> i64 {
+        let r = envoy.get("/clock", &[]);
+        assert_eq!(r.status, 204);
+        let date = r.header("date").unwrap().to_string();
+        let hms: Vec<i64> = date
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .split(':')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    };
+    let before = seconds_of_day(&envoy);
+    let part = body_of(10_000);
+    let upload = |path: &str, pause: Duration| {
+        let body = SlowBody {
+            parts: vec![part.clone(), part.clone()],
+            pause,
+            sent_parts: 0,
+            offset: 0,
+        };
+        Resp::from(
+            ureq::AgentBuilder::new()
+                .build()
+                .post(&envoy.url(path))
+                .send(body),
+        )
+    };
+    // An hour back while the first upload pauses for 3.5 s: abandoned after 2 s all the same.
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| upload("/back", Duration::from_millis(3500)));
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&clock, "-3600").unwrap();
+        assert_eq!(wait_metric(&envoy, "shadow", "dropped", 1), 1);
+        // Its slot is free: this copy is sent.
+        let r = envoy.get("/meanwhile", &[]);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+        let up = slow.join().unwrap();
+        assert_eq!((up.status, up.backend()), (200, "stable"));
+    });
+    // Envoy refreshes its date every 0.5 s; the upload took about 4 s.
+    let step = (seconds_of_day(&envoy) - before).rem_euclid(86_400);
+    assert!(
+        (86_400 - 3600..86_400 - 3600 + 60).contains(&step),
+        "Envoy's wall clock did not step back an hour: {step} s"
+    );
+    assert_eq!(wait_count(&shadow, 1), 1);
+    // An hour forward (from the real time) while the next upload pauses 1 s: still sent whole.
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| upload("/forward", Duration::from_millis(1000)));
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&clock, "+3600").unwrap();
+        let up = slow.join().unwrap();
+        assert_eq!((up.status, up.backend()), (200, "stable"));
+    });
+    assert_eq!(wait_count(&shadow, 2), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::remove_dir_all(&dir);
+    let copies: Vec<(String, usize)> = shadow
+        .received()
+        .into_iter()
+        .map(|r| (r.uri, r.body.len()))
+        .collect();
+    assert_eq!(
+        copies,
+        vec![
+            ("/meanwhile".to_string(), 0),
+            ("/forward".to_string(), 20_000)
+        ]
+    );
+    assert_eq!(metric(&envoy, "shadow", "dropped"), 1);
+    assert_eq!(metric(&envoy, "shadow", "sent"), 2);
+}
+
 /// Envoy buffers the whole answer of a dispatched call (`AsyncRequestSharedImpl::onData`) up to
 /// the runtime key `http.async_response_buffer_limit` (default 32 MiB), then resets the call.
 /// With the limit at 1 MiB (docs/operations.md), eight 50 MB shadow answers in flight at once

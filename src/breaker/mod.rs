@@ -200,13 +200,14 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
-    /// Counts one outcome decided under `generation`; older counts are stale and discarded.
+    /// Counts one outcome decided under `generation`. `self.generation` is the newest this
+    /// worker knows (the last publish moved it on, together with the views requests are
+    /// decided with), so an outcome of any other generation was decided under an older state
+    /// and is dropped: it must neither count towards the current state nor wipe the outcomes
+    /// counted under it (a slow answer decided before a transition arrives after it).
     pub fn add(&mut self, generation: u64, failed: bool) {
         if generation != self.generation {
-            *self = Outcomes {
-                generation,
-                ..Outcomes::default()
-            };
+            return;
         }
         self.requests = self.requests.saturating_add(1);
         self.failures = self.failures.saturating_add(u64::from(failed));

@@ -167,6 +167,8 @@ fn stale_outcomes_are_discarded() {
         },
     );
     assert_eq!(r.counts(), (0, 0));
+    // A worker's pending outcomes follow the generation it last published under: outcomes
+    // decided under any other one are dropped, in either order.
     let mut o = Outcomes::default();
     o.add(0, true);
     o.add(0, false);
@@ -175,13 +177,53 @@ fn stale_outcomes_are_discarded() {
     assert_eq!(
         o,
         Outcomes {
-            generation: 2,
-            requests: 1,
+            generation: 0,
+            requests: 2,
             failures: 1,
-            streak: 1,
+            streak: 0,
             peak: 1,
         }
     );
+}
+
+/// During an outage the slow failing answers decided while closed arrive after the breaker
+/// went half-open: they must not wipe the probe outcomes counted since (which would stretch
+/// half-open), nor count as probes.
+#[test]
+fn late_answers_of_an_older_generation_keep_the_probe_outcomes() {
+    let p = policy();
+    let mut mem = Mem::default();
+    let half_open = Record {
+        state: State::HalfOpen,
+        generation: 2,
+        since_ms: T0,
+        ..Record::default()
+    };
+    mem.values.insert("k".to_string(), (half_open.encode(), 1));
+    let mut w = Publisher::load(&mut mem, "k");
+    assert_eq!(w.pending.generation, 2);
+    // Probes decided under generation 2 answer first: 19 successes...
+    for _ in 0..19 {
+        w.pending.add(2, false);
+    }
+    // ...then a slow failure decided under generation 0 (closed, before the outage opened
+    // the breaker) arrives, then a last probe success.
+    w.pending.add(0, true);
+    w.pending.add(2, false);
+    assert_eq!(
+        (w.pending.generation, w.pending.requests, w.pending.failures),
+        (2, 20, 0)
+    );
+    // 20 healthy probes close the breaker at the next publish.
+    let done = w.publish(&mut mem, "k", &p, T0 + 1000);
+    let t = done.transition.expect("the probes decide");
+    assert_eq!(
+        (t.from, t.to, t.requests, t.failures),
+        (State::HalfOpen, State::Closed, 20, 0)
+    );
+    // And the same late answer after the publish is dropped, not counted under the new one.
+    w.pending.add(2, true);
+    assert_eq!((w.pending.generation, w.pending.requests), (3, 0));
 }
 
 #[test]

@@ -69,11 +69,22 @@ pub(super) fn clock_ms() -> Option<u64> {
     monotonic_ms().or_else(now_ms)
 }
 
+/// The same clock in microseconds (the shadow's dispatch delay is finer than a millisecond).
+pub(super) fn clock_us() -> Option<u64> {
+    monotonic_ns()
+        .map(|ns| ns / 1000)
+        .or_else(|| now_ms().map(|ms| ms.saturating_mul(1000)))
+}
+
 fn monotonic_ms() -> Option<u64> {
+    monotonic_ns().map(|ns| ns / 1_000_000)
+}
+
+fn monotonic_ns() -> Option<u64> {
     let mut ns: u64 = 0;
     // SAFETY: the import writes one u64 to the pointer it is given, a live local here.
-    let errno = unsafe { wasi_clock_time_get(1, 1_000_000, &mut ns) };
-    (errno == 0 && ns > 0).then_some(ns / 1_000_000)
+    let errno = unsafe { wasi_clock_time_get(1, 1_000, &mut ns) };
+    (errno == 0 && ns > 0).then_some(ns)
 }
 
 /// This filter instance among those sharing the `vm_id` (see `crate::breaker::instance_scope`).

@@ -101,7 +101,7 @@ impl Loaded {
                 shadow::define_dispatch_delay()
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
-            rollouts: RefCell::new(Rollouts::new(&plan, scope, &rollout_configuration(&plan))),
+            rollouts: RefCell::new(Rollouts::new(&plan, scope)),
             fault_ids: define(MetricType::Counter, &FaultCounters::names(&plan)),
             fault_counters: RefCell::new(FaultCounters::for_plan(&plan)),
             plan,
@@ -164,6 +164,9 @@ struct Vm {
     retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
+    /// Root contexts Envoy keeps after `on_done` (waiting for their calls), with their plugin
+    /// key (see `SplitRoot::on_done`).
+    waiting: RefCell<Vec<(String, u32)>>,
 }
 
 thread_local! {
@@ -178,6 +181,7 @@ thread_local! {
             shadow: Rc::new(RefCell::new(shadow)),
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
+            waiting: RefCell::new(Vec::new()),
         })
     };
 }
@@ -205,15 +209,6 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
-}
-
-/// The configuration bytes when the plan has a rollout (its abort is scoped to them).
-fn rollout_configuration(plan: &Plan) -> Vec<u8> {
-    if plan.rollouts.is_empty() {
-        Vec::new()
-    } else {
-        plugin_configuration()
-    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).

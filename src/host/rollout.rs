@@ -1,14 +1,20 @@
 //! Host side of rollouts: on each tick (and once at configure time) the share in force is
 //! recomputed from the wall clock, so a request reads the bounds and never the clock. The
-//! abort is shared by every worker of the process through one shared-data flag per rule and
-//! configuration; the worker whose compare-and-swap sets it counts `aborted` and logs why,
+//! abort is shared by every worker of the process through one shared-data flag per filter
+//! instance, rule, destination and cluster (`rollout::rollout_keys`: bounded, whatever the
+//! configuration pushes), whose value names the rollout plan it is about
+//! (`RolloutPolicy::identity`): only a change of the rollout or of its destination's cluster
+//! clears an abort. The worker whose compare-and-swap sets it counts `aborted` and logs why,
 //! and so does the first to see a new step (`rollout::RolloutPolicy::phase_at`).
 
 use super::breaker::HostStore;
-use crate::breaker::{instance_scope, BreakerView, SetResult, SharedStore, State};
+use crate::breaker::{BreakerView, SetResult, SharedStore, State};
 use crate::metrics::{rollout_metric, ROLLOUT_ABORTED, ROLLOUT_BASIS_POINTS, ROLLOUT_STEP};
 use crate::plan::Plan;
-use crate::rollout::{percent_text, upper_bounds, Phase};
+use crate::rollout::{
+    abort_value, aborted_under, logged_step, logged_value, percent_text, rollout_keys,
+    upper_bounds, Phase,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -22,9 +28,11 @@ struct Slot {
     /// What `bounds` were last computed for.
     phase: Option<Phase>,
     aborted: bool,
-    /// Shared flag: "1" once this configuration's rollout of the rule aborted.
+    /// This rollout plan (`RolloutPolicy::identity`).
+    plan_id: String,
+    /// Shared flag: `abort_value(plan_id)` once this rollout plan aborted.
     abort_key: String,
-    /// Shared: the last step logged, so a step is logged once per process.
+    /// Shared: the last step logged (and its plan), so a step is logged once per process.
     logged_key: String,
     step_gauge: Option<u32>,
     basis_points_gauge: Option<u32>,
@@ -32,17 +40,25 @@ struct Slot {
 }
 
 impl Rollouts {
-    /// From `on_configure`: `configuration` (its bytes) scopes the abort, so a configuration
-    /// change restarts the rollout.
-    pub fn new(plan: &Plan, scope: &str, configuration: &[u8]) -> Rollouts {
-        let config_id = instance_scope(&[configuration]);
+    /// From `on_configure`.
+    pub fn new(plan: &Plan, scope: &str) -> Rollouts {
         let slots = plan
             .rollouts
             .iter()
             .filter_map(|&r| plan.rules.get(r))
             .map(|rule| {
-                let base = format!("traffic-split/rollout/v1/{scope}/{}/{config_id}", rule.name);
-                let (abort_key, logged_key) = (format!("{base}/aborted"), format!("{base}/logged"));
+                let canary = rule.destinations.first();
+                let (abort_key, logged_key) = rollout_keys(
+                    scope,
+                    &rule.name,
+                    canary.map_or("", |d| d.name.as_str()),
+                    canary.map_or("", |d| d.cluster.as_str()),
+                );
+                let plan_id = rule
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.identity())
+                    .unwrap_or_default();
                 // Created before any worker serves, so later updates are compare-and-swaps.
                 for (key, initial) in [(&abort_key, b"0"), (&logged_key, b"-")] {
                     if let Ok(None) = HostStore.get(key) {
@@ -55,6 +71,7 @@ impl Rollouts {
                 Slot {
                     phase: None,
                     aborted: false,
+                    plan_id,
                     abort_key,
                     logged_key,
                     step_gauge: metric(MetricType::Gauge, ROLLOUT_STEP),
@@ -95,10 +112,11 @@ impl Rollouts {
                     .and_then(|d| d.breaker_slot)
                     .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
                 slot.aborted = match HostStore.get(&slot.abort_key) {
-                    Ok(Some((value, _))) if value == b"1" => true,
+                    Ok(Some((value, _))) if aborted_under(&value, &slot.plan_id) => true,
                     Ok(Some((_, cas))) if open => {
+                        let value = abort_value(&slot.plan_id);
                         newly_aborted =
-                            HostStore.set(&slot.abort_key, b"1", Some(cas)) == SetResult::Written;
+                            HostStore.set(&slot.abort_key, &value, Some(cas)) == SetResult::Written;
                         true
                     }
                     _ => open,
@@ -130,14 +148,21 @@ impl Rollouts {
                 log::warn!(
                     "traffic-split: rollout of rule \"{}\" aborted at step {}/{steps} (share was \
                      {}%, now 0%): reason: the breaker of destination \"{dest}\" opened; held \
-                     at 0% until the configuration changes",
+                     at 0% until its rollout (or the destination's cluster) changes",
                     rule.name,
                     phase.step,
                     percent_text(phase.basis_points)
                 );
             }
             if slot.phase.map(|p| p.step) != Some(phase.step) && !slot.aborted {
-                log_step_once(&slot.logged_key, &rule.name, dest, phase, steps);
+                log_step_once(
+                    &slot.logged_key,
+                    &slot.plan_id,
+                    &rule.name,
+                    dest,
+                    phase,
+                    steps,
+                );
             }
             slot.phase = Some(phase);
         }
@@ -146,18 +171,15 @@ impl Rollouts {
 
 /// Logs the step's start, once per process: the worker that moves the shared "last logged
 /// step" forward logs it.
-fn log_step_once(key: &str, rule: &str, dest: &str, phase: Phase, steps: usize) {
+fn log_step_once(key: &str, plan: &str, rule: &str, dest: &str, phase: Phase, steps: usize) {
     let Ok(Some((value, cas))) = HostStore.get(key) else {
         return;
     };
-    // "-" until a step is logged.
-    let logged: Option<usize> = std::str::from_utf8(&value)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    if logged.is_some_and(|l| l >= phase.step) {
+    // "-" until a step is logged; a step of another plan of the rule does not count.
+    if logged_step(&value, plan).is_some_and(|l| l >= phase.step) {
         return;
     }
-    if HostStore.set(key, phase.step.to_string().as_bytes(), Some(cas)) != SetResult::Written {
+    if HostStore.set(key, &logged_value(plan, phase.step), Some(cas)) != SetResult::Written {
         return;
     }
     if phase.step == 0 {

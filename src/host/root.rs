@@ -1,6 +1,22 @@
 //! The root context: one per configuration and worker. Loads the configuration, ticks
 //! (flushes counters, publishes breakers, dispatches shadow copies) and, once replaced, waits
 //! for its shadow calls before Envoy deletes it.
+//!
+//! How a replaced configuration keeps its calls (proxy-wasm-cpp-host, as in Envoy 1.40): when
+//! its last stream ends Envoy asks the root context `on_done`; `false` keeps it (Envoy's
+//! `pending_done_`) until it calls `proxy_done`, and Envoy cancels its calls only when it
+//! deletes it. Envoy keeps those waiting roots by plugin key (the configuration bytes, name,
+//! root id): a second root with the same key that waits replaces the first, which is then
+//! destroyed WITHOUT `proxy_on_delete` — its calls cancelled, nothing told to the module. That
+//! happens as soon as a configuration comes back while its previous root still waits (A, B, A
+//! within a shadow's latency). So:
+//! - one root per worker dispatches every copy (`ShadowState::queue_owner`), and keeps doing
+//!   so after its own configuration is replaced, while it waits for its calls: the others hold
+//!   no call and are deleted at once (`on_done` true);
+//! - a root that holds calls but whose key is already waiting does not wait (it would destroy
+//!   the other silently): it is deleted at once, its calls counted `cancelled` (`Drop`);
+//! - whatever was lost anyway is counted `cancelled` when it is overdue
+//!   (`shadow::LOST_CALL_SLACK_MS`).
 
 use super::shadow::ShadowState;
 use super::stream::SplitStream;
@@ -8,6 +24,7 @@ use super::{
     breaker, now_ms, plugin_configuration, shadow, Loaded, Vm, HOST_CLEARS_ROUTE_CACHE_ITSELF,
     TICK, VM,
 };
+use crate::breaker::instance_scope;
 use crate::config::RouteCacheMode;
 use crate::plan::Plan;
 use crate::rng::Rng;
@@ -17,10 +34,6 @@ use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Ticks a replaced root context waits past its calls' longest timeout before it lets Envoy
-/// delete it anyway (whatever is still in flight then is counted `cancelled`).
-const DRAIN_SLACK_TICKS: u32 = 10;
-
 pub(super) struct SplitRoot {
     id: u32,
     active: Option<Rc<Loaded>>,
@@ -29,9 +42,11 @@ pub(super) struct SplitRoot {
     shadow: Rc<RefCell<ShadowState>>,
     /// Counted in `Vm::serving`.
     serving: bool,
-    /// Envoy asked to delete this root (`on_done`) while its calls were in flight: ticks left
-    /// before it gives up waiting and calls `proxy_done` anyway.
-    draining: Option<u32>,
+    /// Envoy asked to delete this root (`on_done`) while its calls were in flight: it waits
+    /// (in `Vm::waiting`) until they are answered, or overdue and counted `cancelled`.
+    draining: bool,
+    /// What Envoy keeps waiting roots by, or a coarser key (see `plugin_key`).
+    key: String,
 }
 
 impl SplitRoot {
@@ -44,7 +59,8 @@ impl SplitRoot {
             shadow: Rc::clone(&vm.shadow),
             vm,
             serving: false,
-            draining: None,
+            draining: false,
+            key: String::new(),
         }
     }
 
@@ -54,24 +70,38 @@ impl SplitRoot {
         }
     }
 
-    /// Whether this root must still run: calls it dispatched are in flight, or copies are
-    /// queued and no other root context is left to dispatch them.
+    /// Whether this root must still run: calls it dispatched are in flight, or it dispatches
+    /// and copies are queued.
     fn has_work(&self) -> bool {
         let mut shadow = self.shadow.borrow_mut();
-        shadow.in_flight_of(self.id).0 > 0 || (self.vm.serving.get() == 0 && shadow.has_queued())
+        shadow.in_flight_of(self.id) > 0 || (shadow.dispatches(self.id) && shadow.has_queued())
     }
 
-    /// A tick while Envoy waits for this root to finish: ends the wait (`proxy_done`, then
-    /// Envoy deletes the root) once the work is done or the bound has passed.
-    fn drain_tick(&mut self, left: u32) {
-        if self.vm.serving.get() == 0 {
+    /// Leaves `Vm::waiting`, and gives the dispatcher's role up if it had it.
+    fn leave(&self) {
+        self.vm
+            .waiting
+            .borrow_mut()
+            .retain(|(_, id)| *id != self.id);
+        if let Ok(mut shadow) = self.shadow.try_borrow_mut() {
+            if shadow.dispatches(self.id) {
+                shadow.queue_owner = None;
+            }
+        }
+    }
+
+    /// A tick while Envoy waits for this root to finish: it still dispatches (when it is the
+    /// dispatcher) and ends the wait (`proxy_done`, then Envoy deletes the root) once its calls
+    /// are over (answered, or overdue and counted `cancelled` by the tick).
+    fn drain_tick(&mut self) {
+        if self.shadow.borrow().dispatches(self.id) {
             shadow::dispatch_queued(&self.shadow, self.id);
         }
-        if left > 0 && self.has_work() {
-            self.draining = Some(left - 1);
+        if self.has_work() {
             return;
         }
-        self.draining = None;
+        self.draining = false;
+        self.leave();
         log::info!(
             "traffic-split: replaced configuration done (root context {})",
             self.id
@@ -81,11 +111,29 @@ impl SplitRoot {
     }
 }
 
+/// A key at least as coarse as Envoy's plugin key (root id, configuration, and name,
+/// direction and metadata of the listener): two roots Envoy would keep under one key always
+/// get the same one here.
+fn plugin_key(configuration: &[u8]) -> String {
+    let property = |path: &str| {
+        hostcalls::get_property(vec![path])
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    instance_scope(&[
+        &property("plugin_name"),
+        &property("plugin_root_id"),
+        configuration,
+    ])
+}
+
 impl Drop for SplitRoot {
     /// `proxy_on_delete` of a root context (SDK 0.2.5 drops it there): the last moment its
     /// counts can reach Envoy. Envoy cancels the calls this root dispatched right after.
     fn drop(&mut self) {
         self.stop_serving();
+        self.leave();
         if let Ok(mut shadow) = self.shadow.try_borrow_mut() {
             shadow.cancel_calls_of(self.id);
         }
@@ -117,19 +165,36 @@ impl Context for SplitRoot {
 
     /// Envoy is about to delete this root context (its configuration was replaced and its last
     /// stream ended). Deleting it would cancel the shadow calls it dispatched: it asks Envoy to
-    /// wait (false) until they are answered, at most their longest timeout plus a margin.
+    /// wait (false) until they are answered (or overdue). Only the dispatcher holds calls.
     fn on_done(&mut self) -> bool {
         self.stop_serving();
         if !self.has_work() {
+            self.leave();
             return true;
         }
-        let (_, longest) = self.shadow.borrow_mut().in_flight_of(self.id);
-        let ticks = longest.as_millis() / TICK.as_millis().max(1);
-        self.draining = Some(
-            u32::try_from(ticks)
-                .unwrap_or(u32::MAX)
-                .saturating_add(DRAIN_SLACK_TICKS),
-        );
+        let same_key = self
+            .vm
+            .waiting
+            .borrow()
+            .iter()
+            .any(|(key, id)| *key == self.key && *id != self.id);
+        if same_key {
+            // Waiting would make Envoy destroy the other root silently (see the module doc):
+            // this one goes now, and its calls are counted cancelled (`Drop`).
+            log::warn!(
+                "traffic-split: root context {} cannot wait for its {} shadow call(s): the \
+                 same configuration's previous root context still waits (counted cancelled)",
+                self.id,
+                self.shadow.borrow_mut().in_flight_of(self.id)
+            );
+            self.leave();
+            return true;
+        }
+        self.draining = true;
+        self.vm
+            .waiting
+            .borrow_mut()
+            .push((self.key.clone(), self.id));
         log::info!(
             "traffic-split: root context {} waits for its shadow calls",
             self.id
@@ -170,16 +235,11 @@ impl RootContext for SplitRoot {
             plan.cluster_header
         );
         log_platform_checks(&plan);
-        {
-            let mut shadow = self.shadow.borrow_mut();
-            shadow.configure(&plan);
-            // The newest configuration's root takes the VM's shadow queue over (the first
-            // copy registers it: see `ShadowState::enqueue`). Only once the configuration is
-            // accepted: a rejected one's root is deleted and would take the doorbell along.
-            if shadow.queue_id.is_some() {
-                shadow.register_queue();
-            }
-        }
+        self.key = plugin_key(&bytes);
+        // The queue is taken by the first stream of a configuration with shadows when no root
+        // dispatches (`create_http_context`): not here, where a rejected configuration's root
+        // would take the doorbell along when Envoy deletes it.
+        self.shadow.borrow_mut().configure(&plan);
         // Breaker records are keyed by filter instance (plugin name, root id, listener
         // direction and metadata) as well as rule, destination and cluster (`record_key`).
         let scope = breaker::scope();
@@ -200,14 +260,24 @@ impl RootContext for SplitRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(left) = self.draining {
-            self.drain_tick(left);
+        if self.draining {
+            self.drain_tick();
         } else if self.serving {
-            // A fallback: copies are normally dispatched from on_queue_ready right away.
-            shadow::dispatch_queued(&self.shadow, self.id);
+            let dispatches = {
+                let mut shadow = self.shadow.borrow_mut();
+                if shadow.needs_dispatcher() {
+                    // The dispatcher is gone and no stream took the role yet.
+                    shadow.register_queue(self.id);
+                }
+                shadow.dispatches(self.id)
+            };
+            if dispatches {
+                // A fallback: copies are normally dispatched from on_queue_ready right away.
+                shadow::dispatch_queued(&self.shadow, self.id);
+            }
         }
         let now = now_ms();
-        self.shadow.borrow_mut().on_tick(now);
+        self.shadow.borrow_mut().on_tick(breaker::clock_ms());
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
             if !active.plan.rollouts.is_empty() {
@@ -233,6 +303,14 @@ impl RootContext for SplitRoot {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let active = self.active.clone()?;
+        if !active.plan.shadow_targets.is_empty() {
+            let mut shadow = self.shadow.borrow_mut();
+            if shadow.queue_owner.is_none() {
+                // No root dispatches (the first stream, or the dispatcher was deleted): this
+                // one takes the queue. Registered from the stream's context, for its root.
+                shadow.register_queue(self.id);
+            }
+        }
         Some(Box::new(SplitStream::new(
             active,
             Rc::clone(&self.rng),

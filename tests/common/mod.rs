@@ -427,6 +427,8 @@ pub struct EnvoySpec {
     /// through ECDS) but its own plugin configuration and, optionally, a `traffic_direction`
     /// and another plugin name.
     pub extra_listeners: Vec<ExtraListener>,
+    /// Environment variables of the Envoy process (e.g. libfaketime's, to step its wall clock).
+    pub env: Vec<(String, String)>,
     /// Envoy's fault filter under header control after the Wasm filter
     /// (envoy/templates/fault-filter.yaml), with this `max_active_faults`.
     pub fault_filter: Option<u32>,
@@ -482,6 +484,7 @@ impl EnvoySpec {
             ecds: false,
             runtime: Vec::new(),
             extra_listeners: Vec::new(),
+            env: Vec::new(),
             fault_filter: None,
         }
     }
@@ -769,6 +772,7 @@ impl Envoy {
             .args(["--disable-hot-restart", "--concurrency"])
             .arg(spec.concurrency.to_string())
             .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)

@@ -13,7 +13,17 @@
 //! - Everything a copy holds lives in the root's state, never in the stream: the tick can then
 //!   abandon a copy whose body is still arriving after `timeout_ms` and free its bytes at once,
 //!   whatever the stream does next. The tick also refreshes a coarse clock the streams read, so
-//!   deadlines cost no host call per request.
+//!   deadlines cost no host call per request. That clock is the monotonic one the breakers use
+//!   (`breaker::clock_ms`): a wall-clock step neither holds slots and bytes longer (back) nor
+//!   drops every copy still collecting its body (forward). The wall clock is read only to sign
+//!   the marker.
+//! - One root context per worker dispatches: the queue's owner (`ShadowState::queue_owner`),
+//!   and it stays the dispatcher once its configuration is replaced, as long as it has calls in
+//!   flight (Envoy keeps it while `on_done` says it is not done). Every other root context then
+//!   holds no call and Envoy can delete it at once. Envoy keeps one waiting root context per
+//!   plugin key: were two with the same configuration (an operator flipping a setting back and
+//!   forth) both waiting, the first would be deleted without notice and its calls cancelled,
+//!   uncounted (see `root.rs`, `SplitRoot::on_done`).
 
 use super::{now, now_ms, status_of, Loaded};
 use crate::metrics::{ShadowEvent, SHADOW_DISPATCH_DELAY};
@@ -27,7 +37,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
+
+use super::breaker::{clock_ms as monotonic_ms, clock_us as monotonic_us};
 
 mod stream;
 pub(super) use stream::StreamShadow;
@@ -35,6 +47,16 @@ pub(super) use stream::StreamShadow;
 /// A comparison waits this long beyond its slowest shadow's `timeout_ms` for the primary to
 /// finish; past it, nothing is compared for that request (a long download or SSE stream).
 pub(super) const COMPARE_GRACE_MS: u64 = 60_000;
+
+/// Envoy answers every call within its timeout (an answer, or a failure when it times out).
+/// A call still unanswered this long past its timeout never will be: its root context was
+/// deleted and Envoy cancelled it without a callback. It is counted `cancelled` and its slot
+/// and bytes return.
+pub(super) const LOST_CALL_SLACK_MS: u64 = 5_000;
+
+/// A copy queued this long without being dispatched: the dispatcher is taken to be gone (see
+/// `ShadowState::needs_dispatcher`). The doorbell normally has it sent within the event.
+const STALLED_MS: u64 = 1_000;
 
 /// Per-VM (per-worker) shadow state, shared by the root context and the streams.
 pub(super) struct ShadowState {
@@ -45,8 +67,14 @@ pub(super) struct ShadowState {
     /// Counts shadowed requests, to time one in `DELAY_SAMPLE` from complete to dispatched.
     shadowed_requests: u64,
     pub queue_id: Option<u32>,
-    /// This VM's shared-queue name (see `host::Vm`), registered at its first copy.
+    /// This VM's shared-queue name (see `host::Vm`), registered at the first stream of a
+    /// configuration with shadows.
     pub queue_name: String,
+    /// The root context the queue's doorbell wakes, which dispatches every copy: `None` until
+    /// a root context takes the queue, and again once its owner is deleted.
+    pub queue_owner: Option<u32>,
+    /// When the oldest queued copy was queued (the coarse clock).
+    queued_since_ms: u64,
     book: CompareBook,
     /// Keys of shadowed streams (collections and comparisons), increasing.
     next_key: u64,
@@ -54,7 +82,7 @@ pub(super) struct ShadowState {
     collecting: Keyed<Collection>,
     /// Dispatched calls awaiting their answer, by token.
     calls: Keyed<Call>,
-    /// Milliseconds since the epoch, refreshed by the tick and each dispatch round (0: never).
+    /// Monotonic milliseconds, refreshed by the tick and each dispatch round (0: never).
     clock_ms: u64,
 }
 
@@ -117,7 +145,8 @@ struct Job {
     copy: ShadowCopy,
     headers: Vec<(String, String)>,
     body: Option<Rc<Vec<u8>>>,
-    ready_at: Option<SystemTime>,
+    /// When the copy was complete (monotonic µs), for one in `DELAY_SAMPLE`.
+    ready_at: Option<u64>,
 }
 
 /// A dispatched copy awaiting its answer. Envoy keeps its copy of the request until the call
@@ -126,7 +155,10 @@ struct Call {
     /// The root context that dispatched it: Envoy cancels the call when that root is deleted.
     root: u32,
     copy: ShadowCopy,
-    sent_at: Option<SystemTime>,
+    /// Monotonic ms.
+    sent_at: Option<u64>,
+    /// Past it (monotonic ms), plus `LOST_CALL_SLACK_MS`, the call is lost.
+    deadline_ms: u64,
 }
 
 /// One shadowed request in this many gets its dispatch delay measured: each measurement costs two host
@@ -148,6 +180,8 @@ impl ShadowState {
             shadowed_requests: 0,
             queue_id: None,
             queue_name: String::new(),
+            queue_owner: None,
+            queued_since_ms: 0,
             book: CompareBook::new(0),
             next_key: 0,
             collecting: Keyed::default(),
@@ -165,19 +199,48 @@ impl ShadowState {
         self.book.capacity = plan.max_in_flight;
     }
 
-    /// The coarse clock (ms): read from the host only before the first tick.
+    /// The coarse clock (monotonic ms): read from the host only before the first tick.
     fn clock(&mut self) -> u64 {
         if self.clock_ms == 0 {
-            self.clock_ms = now_ms().unwrap_or(0);
+            self.clock_ms = monotonic_ms().unwrap_or(0);
         }
         self.clock_ms
     }
 
-    /// Registers this VM's queue (again), making the current context's root its owner: Envoy
-    /// returns the same queue for the same name, and calls that root's `on_queue_ready`.
-    pub fn register_queue(&mut self) {
+    /// Registers this VM's queue (again), making `root` (the current context's root) its
+    /// owner and the dispatcher: Envoy returns the same queue for the same name, and calls
+    /// that root's `on_queue_ready`. A doorbell rung for a previous owner that is gone was
+    /// never answered: its tokens are cleared, so the next copy rings again.
+    pub fn register_queue(&mut self, root: u32) {
         self.queue_id = hostcalls::register_shared_queue(&self.queue_name).ok();
-        log::info!("traffic-split: shadow queue {:?}", self.queue_id);
+        self.queue_owner = self.queue_id.map(|_| root);
+        if std::mem::take(&mut self.wake_pending) {
+            if let Some(queue) = self.queue_id {
+                // Bounded: at most one token per doorbell, and one doorbell at a time.
+                for _ in 0..8 {
+                    if !matches!(hostcalls::dequeue_shared_queue(queue), Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        log::info!(
+            "traffic-split: shadow queue {:?} (root context {root})",
+            self.queue_id
+        );
+    }
+
+    /// Whether `root` dispatches the copies.
+    pub fn dispatches(&self, root: u32) -> bool {
+        self.queue_owner == Some(root)
+    }
+
+    /// Copies wait and no root context dispatches them, or the dispatcher has not for
+    /// `STALLED_MS` (it is gone without Envoy telling): a serving root context takes over.
+    pub fn needs_dispatcher(&self) -> bool {
+        !self.jobs.is_empty()
+            && (self.queue_owner.is_none()
+                || self.clock_ms.saturating_sub(self.queued_since_ms) >= STALLED_MS)
     }
 
     /// Copies complete but not dispatched yet.
@@ -185,16 +248,34 @@ impl ShadowState {
         !self.jobs.is_empty()
     }
 
-    /// How many calls `root` dispatched are still awaiting their answer, and the longest
-    /// timeout among them (Envoy answers each within its timeout: a bound on the wait).
-    pub fn in_flight_of(&mut self, root: u32) -> (usize, Duration) {
-        self.calls.values_mut().filter(|c| c.root == root).fold(
-            (0, Duration::ZERO),
-            |(n, longest), c| {
-                let timeout = c.copy.policy().map_or(Duration::ZERO, |p| p.timeout);
-                (n + 1, longest.max(timeout))
-            },
-        )
+    /// How many calls `root` dispatched are still awaiting their answer.
+    pub fn in_flight_of(&mut self, root: u32) -> usize {
+        self.calls.values_mut().filter(|c| c.root == root).count()
+    }
+
+    /// Calls unanswered `LOST_CALL_SLACK_MS` past their timeout (see there): counted
+    /// `cancelled`, their slots and bytes returned.
+    fn expire_lost_calls(&mut self, now: u64) {
+        let lost = self
+            .calls
+            .take_if(|c| c.deadline_ms.saturating_add(LOST_CALL_SLACK_MS) <= now);
+        if lost.is_empty() {
+            return;
+        }
+        log::warn!(
+            "traffic-split: {} shadow call(s) unanswered {} ms past their timeout: counted \
+             cancelled (their root context was deleted while they were in flight)",
+            lost.len(),
+            LOST_CALL_SLACK_MS
+        );
+        for (_, call) in lost {
+            if let Some(policy) = call.copy.policy() {
+                call.copy
+                    .config
+                    .count_shadow(policy.target, ShadowEvent::Cancelled);
+            }
+            self.end(&call.copy);
+        }
     }
 
     /// `root` is being deleted: Envoy cancels the calls it dispatched and their callbacks never
@@ -212,10 +293,10 @@ impl ShadowState {
     }
 
     fn enqueue(&mut self, job: Job) {
-        if self.queue_id.is_none() {
-            // Only at the first copy: the main thread's VMs (one per configuration, for its
-            // validation) never see a stream and so never register a queue they would leave.
-            self.register_queue();
+        // The queue was registered when the stream began (`SplitRoot::create_http_context`);
+        // without it the dispatcher's tick sends the copy.
+        if self.jobs.is_empty() {
+            self.queued_since_ms = self.clock_ms;
         }
         self.jobs.push(job);
         if !self.wake_pending {
@@ -252,6 +333,9 @@ impl ShadowState {
             self.clock_ms = now;
         }
         let now = self.clock_ms;
+        if !self.calls.is_empty() && now > 0 {
+            self.expire_lost_calls(now);
+        }
         if !self.collecting.is_empty() {
             let mut expired = Vec::new();
             for c in self.collecting.values_mut() {
@@ -324,22 +408,30 @@ pub(super) fn dispatch_queued(state: &RefCell<ShadowState>, root: u32) {
     if state.borrow().jobs.is_empty() {
         return; // most ticks: no clock read, nothing to do
     }
-    let now = now();
-    if let Some(ms) = now.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
-        state.borrow_mut().clock_ms = ms.as_millis() as u64;
+    let mono_us = monotonic_us();
+    if let Some(us) = mono_us {
+        state.borrow_mut().clock_ms = us / 1000;
     }
+    // The wall clock only signs the marker.
+    let now = now();
     loop {
         let jobs = std::mem::take(&mut state.borrow_mut().jobs);
         if jobs.is_empty() {
             break;
         }
         for job in jobs {
-            dispatch(state, job, now, root);
+            dispatch(state, job, now, mono_us, root);
         }
     }
 }
 
-fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, root: u32) {
+fn dispatch(
+    state: &RefCell<ShadowState>,
+    job: Job,
+    now: Option<SystemTime>,
+    mono_us: Option<u64>,
+    root: u32,
+) {
     let Job {
         copy,
         headers,
@@ -350,9 +442,10 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, roo
         state.borrow_mut().bulkhead.end_copy(copy.held);
         return;
     };
-    if let (Some(ready), Some(now), Some(id)) = (ready_at, now, copy.config.dispatch_delay_id) {
-        let delay = now.duration_since(ready).unwrap_or(Duration::ZERO);
-        let _ = hostcalls::record_metric(id, delay.as_micros() as u64);
+    if let (Some(ready), Some(now_us), Some(id)) =
+        (ready_at, mono_us, copy.config.dispatch_delay_id)
+    {
+        let _ = hostcalls::record_metric(id, now_us.saturating_sub(ready));
     }
     // Signed at dispatch, so the next instance sees a fresh timestamp.
     let now_s = now
@@ -372,18 +465,24 @@ fn dispatch(state: &RefCell<ShadowState>, job: Job, now: Option<SystemTime>, roo
         policy.timeout,
     );
     let target = policy.target;
+    let timeout_ms = u64::try_from(policy.timeout.as_millis()).unwrap_or(u64::MAX);
     drop(headers);
     drop(body);
     let mut s = state.borrow_mut();
     match result {
         Ok(token) => {
             copy.config.count_shadow(target, ShadowEvent::Sent);
+            let deadline_ms = match mono_us.map_or(s.clock_ms, |us| us / 1000) {
+                0 => u64::MAX, // no clock: never taken for lost
+                sent => sent.saturating_add(timeout_ms),
+            };
             s.calls.insert(
                 u64::from(token),
                 Call {
                     root,
                     copy,
-                    sent_at: now,
+                    sent_at: mono_us.map(|us| us / 1000),
+                    deadline_ms,
                 },
             );
         }
@@ -475,12 +574,10 @@ fn is_local_failure() -> bool {
     call_response_header("x-envoy-upstream-service-time").is_none()
 }
 
-fn elapsed_ms(since: Option<SystemTime>) -> u64 {
-    match (since, now()) {
-        (Some(since), Some(now)) => now
-            .duration_since(since)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64,
+/// Milliseconds since `since` (monotonic ms), 0 without a clock.
+fn elapsed_ms(since: Option<u64>) -> u64 {
+    match (since, monotonic_ms()) {
+        (Some(since), Some(now)) => now.saturating_sub(since),
         _ => 0,
     }
 }

@@ -2,10 +2,10 @@
 //! watches the primary's answer for comparison. The copies live in the root's state.
 
 use super::{
-    apply, elapsed_ms, read_exact, Collecting, Collection, Job, Origin, ShadowCopy, ShadowState,
-    COMPARE_GRACE_MS,
+    apply, elapsed_ms, monotonic_us, read_exact, Collecting, Collection, Job, Origin, ShadowCopy,
+    ShadowState, COMPARE_GRACE_MS,
 };
-use crate::host::{now, status_of, Loaded};
+use crate::host::{status_of, Loaded};
 use crate::metrics::ShadowEvent;
 use crate::plan::{Routed, Rule};
 use crate::request::HeaderPair;
@@ -14,7 +14,6 @@ use crate::shadow::{select_copies, Answer, BodyDigest, ComparePlan};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::rc::Rc;
-use std::time::SystemTime;
 
 /// What one request's stream does for shadowing. The copies themselves live in the root's
 /// state (`ShadowState::collecting`), under `key`.
@@ -27,7 +26,8 @@ pub(in crate::host) struct StreamShadow {
 
 /// The primary side of a comparison.
 struct PrimaryWatch {
-    started: Option<SystemTime>,
+    /// Monotonic ms.
+    started: Option<u64>,
     /// Shadow targets compared on this request (for the primary latency histogram).
     targets: Vec<usize>,
     /// Body digest while the primary body passes (only with `compare_body`).
@@ -83,12 +83,13 @@ impl StreamShadow {
         // The clock is read only when something needs it: a comparison (the primary's latency)
         // or a sampled dispatch-delay measurement.
         let sampled = state.sample_delay();
-        let started = if compared.is_some() || sampled {
-            now()
+        let started_us = if compared.is_some() || sampled {
+            monotonic_us()
         } else {
             None
         };
-        let ready_at = started.filter(|_| sampled);
+        let started = started_us.map(|us| us / 1000);
+        let ready_at = started_us.filter(|_| sampled);
         let needs_deadline = compared.is_some() || copies.iter().any(|c| c.with_body);
         let clock = if needs_deadline { state.clock() } else { 0 };
         let compare = compared.and_then(|compared| {
@@ -240,7 +241,11 @@ impl StreamShadow {
             copies,
         } = c;
         let body = Rc::new(body);
-        let ready_at = if state.sample_delay() { now() } else { None };
+        let ready_at = if state.sample_delay() {
+            monotonic_us()
+        } else {
+            None
+        };
         let now = state.clock();
         for collected in copies {
             let copy = origin.copy(&collected);
