@@ -26,10 +26,6 @@ impl Pending {
         }
     }
 
-    fn len(&self) -> usize {
-        self.counts.len()
-    }
-
     fn add(&mut self, slot: usize) {
         if let Some(count) = self.counts.get_mut(slot) {
             if *count == 0 {
@@ -69,12 +65,15 @@ pub const LANE_UNTRUSTED: &str = "traffic_split.lane.untrusted";
 pub const LANE_INVALID: &str = "traffic_split.lane.invalid";
 
 /// One counter slot per (rule, destination) in plan order, then one for unmatched requests,
-/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts.
+/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts,
+/// then `FAULT_EVENTS` per rule with a `fault`.
 pub struct DecisionCounters {
     /// Index of each rule's first slot.
     rule_offsets: Vec<usize>,
     /// The unmatched slot; lane slots follow it.
     unmatched: usize,
+    /// The first fault slot (after every lane slot).
+    faults: usize,
     pending: Pending,
 }
 
@@ -91,10 +90,12 @@ impl DecisionCounters {
         } else {
             plan.lane_rules * LANE_STEPS.len() + 2
         };
+        let faults = slots + 1 + lane_slots;
         DecisionCounters {
             rule_offsets,
             unmatched: slots,
-            pending: Pending::new(slots + 1 + lane_slots),
+            faults,
+            pending: Pending::new(faults + plan.fault_rules.len() * FAULT_EVENTS.len()),
         }
     }
 
@@ -118,6 +119,13 @@ impl DecisionCounters {
             out.push(LANE_UNTRUSTED.to_string());
             out.push(LANE_INVALID.to_string());
         }
+        for &r in &plan.fault_rules {
+            if let Some(rule) = plan.rules.get(r) {
+                for (_, what) in FAULT_EVENTS {
+                    out.push(fault_metric(&rule.name, what));
+                }
+            }
+        }
         out
     }
 
@@ -140,14 +148,21 @@ impl DecisionCounters {
 
     /// A lane value removed on arrival: `invalid` (failed verification) or untrusted.
     pub fn count_lane_removed(&mut self, invalid: bool) {
-        let last = self.pending.len().saturating_sub(1);
-        // Only a plan with lanes has these slots, after every other one.
+        let last = self.faults.saturating_sub(1);
+        // Only a plan with lanes has these slots, after every other lane slot.
         if let Some(slot) = last
             .checked_sub(usize::from(!invalid))
             .filter(|&s| s > self.unmatched)
         {
             self.pending.add(slot);
         }
+    }
+
+    /// What Envoy's fault filter did to a request of the fault slice of fault slot `slot`.
+    pub fn count_fault(&mut self, slot: usize, event: FaultEvent) {
+        let offset = usize::from(event == FaultEvent::Aborted);
+        self.pending
+            .add(self.faults + slot * FAULT_EVENTS.len() + offset);
     }
 
     /// Hands each non-zero pending count to `emit(slot, delta)` and resets it.
@@ -341,27 +356,9 @@ const FAULT_EVENTS: [(FaultEvent, &str); 2] = [
     (FaultEvent::Aborted, "aborted"),
 ];
 
-/// `traffic_split.fault.<rule>.<what>`: `delayed`, `aborted` (counters).
+/// `traffic_split.fault.<rule>.<what>`: `delayed`, `aborted` (counters, in `DecisionCounters`).
 pub fn fault_metric(rule: &str, what: &str) -> String {
     format!("traffic_split.fault.{rule}.{what}")
-}
-
-/// Fault counters: one group per rule with a `fault`, in fault-slot order.
-pub type FaultCounters = GroupCounters<FaultEvent>;
-
-impl FaultCounters {
-    pub fn for_plan(plan: &Plan) -> Self {
-        GroupCounters::new(&FAULT_EVENTS, plan.fault_rules.len())
-    }
-
-    pub fn names(plan: &Plan) -> Vec<String> {
-        group_names(&FAULT_EVENTS, plan.fault_rules.len(), |g, what| {
-            plan.fault_rules
-                .get(g)
-                .and_then(|&r| plan.rules.get(r))
-                .map_or_else(String::new, |rule| fault_metric(&rule.name, what))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -369,25 +366,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fault_slots_follow_fault_rules() {
+    fn fault_slots_follow_fault_rules_after_lanes() {
         let plan = Plan::from_json(
-            br#"{"rules":[{"name":"a","destinations":[{"name":"d","cluster":"c"}]},
+            br#"{"rules":[{"name":"a","destinations":[{"name":"d","cluster":"c"}],"propagate":{"header":"x-l"}},
                {"name":"b","destinations":[{"name":"d","cluster":"c"}],"fault":{"percent":1,"delay_ms":5}}]}"#,
         )
         .unwrap();
+        let names = DecisionCounters::names(&plan);
         assert_eq!(
-            FaultCounters::names(&plan),
-            vec![
+            names[names.len() - 4..],
+            [
+                "traffic_split.lane.untrusted",
+                "traffic_split.lane.invalid",
                 "traffic_split.fault.b.delayed",
                 "traffic_split.fault.b.aborted"
             ]
         );
-        let mut c = FaultCounters::for_plan(&plan);
-        c.count(0, FaultEvent::Aborted);
-        c.count(0, FaultEvent::Aborted);
+        let mut c = DecisionCounters::for_plan(&plan);
+        c.count_fault(0, FaultEvent::Aborted);
+        c.count_fault(0, FaultEvent::Aborted);
+        c.count_lane_removed(true);
+        c.count_lane_removed(false);
         let mut seen = Vec::new();
-        c.flush(|slot, delta| seen.push((slot, delta)));
-        assert_eq!(seen, vec![(1, 2)]);
+        c.flush(|slot, delta| seen.push((names[slot].as_str(), delta)));
+        assert_eq!(
+            seen,
+            vec![
+                ("traffic_split.fault.b.aborted", 2),
+                ("traffic_split.lane.invalid", 1),
+                ("traffic_split.lane.untrusted", 1)
+            ]
+        );
+        assert_eq!(
+            names.len(),
+            DecisionCounters::for_plan(&plan).pending.counts.len()
+        );
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     Ok(r)
 }
 
+#[inline(never)]
 fn fault(mut o: Obj<'_>) -> Result<FaultConfig> {
     o.allow(&[
         "percent",
@@ -122,13 +123,7 @@ fn fault(mut o: Obj<'_>) -> Result<FaultConfig> {
         percent: o.required("percent", |o, key| o.number(key, 0, 100))?,
         delay_ms: o.integer("delay_ms", 60_000)?,
         abort_status: o.integer("abort_status", 599)?,
-        abort_grpc_status: o.value("abort_grpc_status", |path, v| match v {
-            Value::String(s) => Ok(FailureStatus::Text(s.clone())),
-            Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
-                ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
-            }),
-            other => Err(wrong_type(path, "a gRPC status code or name", other)),
-        })?,
+        abort_grpc_status: o.value("abort_grpc_status", grpc_status)?,
         destinations: o.list("destinations", string_item)?,
     })
 }
@@ -416,13 +411,7 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
             .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
         count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
         grpc_failure_codes: o
-            .list("grpc_failure_codes", |path, v| match v {
-                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
-                Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
-                    ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
-                }),
-                other => Err(wrong_type(path, "a gRPC status code or name", other)),
-            })?
+            .list("grpc_failure_codes", grpc_status)?
             .unwrap_or_else(|| {
                 DEFAULT_GRPC_FAILURE_CODES
                     .iter()
@@ -432,4 +421,15 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
         slow_ms: o.integer("slow_ms", 3_600_000)?,
         consecutive_failures: o.integer("consecutive_failures", u64::from(u32::MAX))?,
     })
+}
+
+/// A gRPC status code as written: a number, or a name (`Text`).
+fn grpc_status(path: &str, v: &Value) -> Result<FailureStatus> {
+    match v {
+        Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+        Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+            ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
+        }),
+        other => Err(wrong_type(path, "a gRPC status code or name", other)),
+    }
 }

@@ -23,7 +23,7 @@ mod stream;
 use root::SplitRoot;
 
 use crate::metrics::{
-    shadow_metric, DecisionCounters, FaultCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
+    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
     SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
@@ -63,9 +63,6 @@ struct Loaded {
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
-    /// Per rule with a `fault`: what the fault filter did (`traffic_split.fault.<rule>.*`).
-    fault_ids: Vec<Option<u32>>,
-    fault_counters: RefCell<FaultCounters>,
 }
 
 /// The host's id of each metric in `names` (`None` where defining it failed).
@@ -102,8 +99,6 @@ impl Loaded {
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
             rollouts: RefCell::new(Rollouts::new(&plan, scope)),
-            fault_ids: define(MetricType::Counter, &FaultCounters::names(&plan)),
-            fault_counters: RefCell::new(FaultCounters::for_plan(&plan)),
             plan,
         }
     }
@@ -119,9 +114,6 @@ impl Loaded {
         self.shadow_counters
             .borrow_mut()
             .flush(|slot, delta| increment(&self.shadow_ids, slot, delta));
-        self.fault_counters
-            .borrow_mut()
-            .flush(|slot, delta| increment(&self.fault_ids, slot, delta));
         let mut breakers = self.breakers.borrow_mut();
         let Breakers {
             counters,

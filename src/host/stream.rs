@@ -107,12 +107,12 @@ impl SplitStream {
             .flatten()
             .unwrap_or_default();
         let (delayed, aborted) = fault::injected(&flags);
-        let mut counters = self.active.fault_counters.borrow_mut();
+        let mut counters = self.active.counters.borrow_mut();
         if delayed && injected.delay {
-            counters.count(injected.slot, FaultEvent::Delayed);
+            counters.count_fault(injected.slot, FaultEvent::Delayed);
         }
         if aborted && injected.abort {
-            counters.count(injected.slot, FaultEvent::Aborted);
+            counters.count_fault(injected.slot, FaultEvent::Aborted);
         }
     }
 

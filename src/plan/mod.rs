@@ -188,14 +188,12 @@ impl Plan {
             rules.push(compiled);
         }
         let mut rollouts = Vec::new();
+        let mut fault_rules = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             if rule.rollout.is_some() {
                 rule.rollout_slot = Some(rollouts.len());
                 rollouts.push(r);
             }
-        }
-        let mut fault_rules = Vec::new();
-        for (r, rule) in rules.iter_mut().enumerate() {
             if let Some(fault) = &mut rule.fault {
                 fault.slot = fault_rules.len();
                 fault_rules.push(r);
