@@ -18,8 +18,9 @@ pub const ABORT_GRPC_REQUEST: &str = "x-envoy-fault-abort-grpc-request";
 /// Share of requests carrying an abort header that are aborted (both kinds), as
 /// `DELAY_REQUEST_PERCENTAGE` for `abort.percentage`.
 pub const ABORT_REQUEST_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
-/// Every header Envoy's fault filter reads (1.36-1.40): what is removed by name when the
-/// request's header map could not be read.
+/// Every header Envoy's fault filter reads (1.36-1.40): what is removed by name from requests
+/// whose header map the filter does not read (no rule looks at request attributes, or the
+/// read failed).
 pub const READ_BY_ENVOY: [&str; 7] = [
     DELAY_REQUEST,
     DELAY_REQUEST_PERCENTAGE,

@@ -47,8 +47,8 @@ pub struct Plan {
     pub variant_header: Option<String>,
     pub debug_header: bool,
     pub rules: Vec<Rule>,
-    /// Whether any rule reads request attributes. (The host reads the header map once on every
-    /// request anyway, to remove client-sent `x-envoy-fault-*` headers: `crate::fault`.)
+    /// Whether any rule reads request attributes (then the host reads the header map once, and
+    /// finds client-sent `x-envoy-fault-*` headers there; else it removes them by name).
     pub needs_request_headers: bool,
     /// Whether any rule matches on Envoy's route name (then the host reads that property).
     pub needs_route_name: bool,
