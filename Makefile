@@ -99,9 +99,10 @@ schema: ## Regenerate schema/traffic-split.schema.json from the CLI (make test f
 	cargo run --quiet --bin traffic-split -- schema > schema/traffic-split.schema.json
 
 .PHONY: wasm
-# The module's size budget (256 KiB): Envoy holds a copy per worker VM, and Istio fetches it
-# into every proxy.
-WASM_BUDGET := 262144
+# The module's size budget (512 KiB): Envoy holds a copy per worker VM, and Istio fetches it
+# into every proxy. A guard, not a goal: never hand-write a substitute for a well-kept library
+# to save bytes; above the budget, remove what is unused (BENCHMARKS.md, module size).
+WASM_BUDGET := 524288
 wasm: ## Build the optimized filter into target/traffic_split.wasm
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	cargo build --release --target $(WASM_TARGET) --lib
@@ -186,3 +187,8 @@ fuzz-wasm32: ## Replay the fuzz corpora through a wasm32 build (32-bit usize, ov
 .PHONY: bench-decision
 bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns per decision)
 	cargo bench --bench decision
+
+.PHONY: judge-power
+judge-power: ## The judge's seeded A/A false-fail rate and power table (docs/configuration.md, "judge")
+	cargo test --lib judge::tests::a_a -- --nocapture
+	cargo test --lib judge::tests::power_table -- --ignored --nocapture

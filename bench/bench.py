@@ -194,6 +194,8 @@ SCENARIOS = [
     Scenario("filter-lanes",
              "filter-sticky starting a signed lane: the baggage member split-lane written (lane_secret)",
              module="filter", config="filter-lanes.json"),
+    Scenario("filter-judge", "(extra) filter-sticky with a judge on the split rule (defaults: errors and p99 latency)",
+             module="filter", config="filter-judge.json", extra=True),
     Scenario("filter-5000-rules",
              "traffic-split with 5,000 rules, each scoped to its own host (exact authority), sticky 95/5; "
              "the load's host is the last rule's",
@@ -235,6 +237,28 @@ SCENARIOS = [
              routes="routes-direct.yaml", module="filter",
              config='{"lane_secret":"bench-lane-secret-0123456789","rules":[{"name":"r","sticky":{"header":"x-user-id"},'
                     '"propagate":{"baggage":"split-lane"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    # callgrind's rule with a judge (CG_SCENARIO=callgrind-judge): both criteria at their
+    # defaults, so a judged request pays the outcome classification and two clock reads.
+    Scenario("callgrind-judge", "(tool) bench/callgrind.sh's Envoy, the rule with a judge (defaults)",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    # The same judge with the errors criterion only (no latency: no clock reads, no histogram).
+    Scenario("callgrind-judge-errors", "(tool) bench/callgrind.sh's Envoy, the rule with an errors-only judge",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{"errors":{}},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    # A hop following signed lanes: every request carries a fresh signed lane the filter
+    # verifies (CG_SCENARIO=callgrind-lanes-verify, with
+    # CG_HEADER_CMD="bench/lane_value.py bench-lane-secret-0123456789 a").
+    Scenario("callgrind-lanes-verify", "(tool) bench/callgrind.sh's Envoy, the rule verifying a signed lane",
+             routes="routes-direct.yaml", module="filter",
+             config='{"lane_secret":"bench-lane-secret-0123456789","rules":[{"name":"r","sticky":{"header":"x-user-id"},'
+                    '"propagate":{"baggage":"split-lane"},"from_lane":true,"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):

@@ -12,7 +12,9 @@
 # request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and the fixed part cancel out.
 # Environment: CG_ROUNDS (2), CG_N1 (200), CG_N2 (600), CG_PORT (18431), ENVOY_REAL (the
 # Envoy binary itself: valgrind must not run the .venv's Python launcher), CG_SCENARIO (the
-# bench.py tool config: callgrind, or callgrind-5-rules / callgrind-5000-rules for host rules).
+# bench.py tool config: callgrind, or callgrind-5-rules / callgrind-5000-rules for host rules),
+# CG_HEADER_CMD (a command printing one more request header, `name: value`, run once per Envoy
+# before its requests: e.g. a freshly signed lane, bench/lane_value.py).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,10 +45,12 @@ count() { # WASM N
         curl -s -o /dev/null -m 5 "http://127.0.0.1:$PORT/warm" && break
         sleep 1
     done
-    curl -s -o /dev/null -H 'x-user-id: w' "http://127.0.0.1:$PORT/w[1-50]"
+    local extra=()
+    if [ -n "${CG_HEADER_CMD:-}" ]; then extra=(-H "$(eval "$CG_HEADER_CMD")"); fi
+    curl -s -o /dev/null -H 'x-user-id: w' ${extra[@]+"${extra[@]}"} "http://127.0.0.1:$PORT/w[1-50]"
     sleep 1
     callgrind_control -i on "$pid" > /dev/null 2>&1
-    curl -s -o /dev/null -H 'x-user-id: u' "http://127.0.0.1:$PORT/r[1-$2]"
+    curl -s -o /dev/null -H 'x-user-id: u' ${extra[@]+"${extra[@]}"} "http://127.0.0.1:$PORT/r[1-$2]"
     callgrind_control -i off "$pid" > /dev/null 2>&1
     callgrind_control -d "$pid" > /dev/null 2>&1
     sleep 1

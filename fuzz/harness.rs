@@ -15,7 +15,7 @@ use traffic_split::request::{HeaderPair, Request};
 use traffic_split::rng::Rng;
 use traffic_split::shadow::{
     check_marker, header_bytes, select_copies, suffixed_authority, Answer, Bulkhead, CompareBook,
-    ComparePlan, MarkerKey, SHADOW_MARKER,
+    ComparePlan, MarkedRequest, MarkerKey, SHADOW_MARKER,
 };
 
 /// Target `config_bytes`: any bytes → parse, validate, compile.
@@ -161,8 +161,14 @@ pub fn shadow_copy(data: &[u8]) {
     let value: Option<&[u8]> = u.arbitrary().unwrap_or(None);
     let key = MarkerKey::from_secret(b"a-shared-secret-of-16");
     let now_s: Option<u64> = u.arbitrary().unwrap_or(None);
-    let _ = check_marker(value, None, now_s);
-    let _ = check_marker(value, Some(&key), now_s);
+    let bound = MarkedRequest {
+        authority: value,
+        method: Some(b"GET"),
+        path: value,
+        request_id: value,
+    };
+    let _ = check_marker(value, &bound, None, now_s);
+    let _ = check_marker(value, &bound, Some(&key), now_s);
     // The comparison book under any sequence of events stays within its capacity.
     let capacity = usize::from(u.int_in_range(0..=4u8).unwrap_or(0));
     let mut book = CompareBook::new(capacity);
@@ -345,6 +351,7 @@ const VALUE_PARTS: &[&[u8]] = &[
     b"X.EXAMPLE.COM:443",
     b"split-lane=a",
     b";sig=1800000000.0123456789abcdef",
+    b";sig=v2.1800000000.0123456789abcdef0123456789abcdef",
     b",",
 ];
 

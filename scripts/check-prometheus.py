@@ -363,9 +363,9 @@ def drive_traffic(demo):
     demo.get("/nothing-matches-this", {"x-no-rule": "1"})  # `everyone` matches all: still routed
 
     step("checkout payments: the shadow answers 503 where the primary answers 200")
-    # A few payments until three comparisons are counted. Not one copy per payment: a copy of a
-    # request whose body the upstream did not wait for can go missing, neither sent nor dropped
-    # (seen here for 3 of 40 such POSTs; a filter issue reported separately, not this check's).
+    # A few payments until three comparisons are counted. Not one copy per payment: the demo's
+    # backends answer before reading the body, so Envoy can reset a payment's stream before its
+    # body reaches the filter; that copy is never sent, and counted `dropped`.
 
     def compared():
         status, _, _ = demo.get("/checkout/pay", data=b"card=4242")

@@ -9,20 +9,27 @@
 //! Trust. A carrier that no rule of this instance routes by (`from_lane`) is one where lanes
 //! start: whatever a request brings on it is removed (or overwritten), so a client can never
 //! pick a lane through the edge. A carrier that some rule routes by keeps incoming values; with
-//! `lane_secret` every value is signed where it starts (`<name>;sig=<unix s>.<tag>`, see
+//! `lane_secret` every value is signed where it starts (`<name>;sig=v2.<unix s>.<tag>`, see
 //! `crate::signing`) and verified where it is read, so only an instance holding the secret can
 //! start a lane, whichever path a request took to get here (docs/configuration.md "Lanes").
+//! A lane that is accepted passes on alone: further lines of its header, or further baggage
+//! members with its key, are removed, so the application can only read the value this instance
+//! routed by.
 
 use crate::request::{split_once, trim, HeaderPair, Request};
-use crate::signing::SigningKey;
+use crate::signing::{Domain, SigningKey, Window};
 use std::borrow::Cow;
 
-/// What lane signatures sign (domain separation from the shadow marker's).
-const LANE_DOMAIN: &[u8] = b"traffic-split lane v1:";
 /// How long a signed lane value verifies after it was written: it crosses every hop of one
 /// request chain, with room for queues between services and clock skew between hosts.
 pub const LANE_MAX_AGE_S: u64 = 300;
-/// The parameter that carries the signature after the name: `canary;sig=<unix s>.<tag>`, in
+/// How far in the future a lane's time may be: the signing host's clock may be a little ahead.
+pub const LANE_MAX_FUTURE_S: u64 = 5;
+const LANE_WINDOW: Window = Window {
+    max_age_s: LANE_MAX_AGE_S,
+    max_future_s: LANE_MAX_FUTURE_S,
+};
+/// The parameter that carries the signature after the name: `canary;sig=v2.<unix s>.<tag>`, in
 /// the syntax of a W3C baggage member property, the same in a header of its own.
 const SIGNATURE_PARAM: &[u8] = b"sig=";
 pub const BAGGAGE: &str = "baggage";
@@ -150,11 +157,11 @@ impl Lanes {
         let Some(key) = &self.key else {
             return Incoming::Lane(name.to_vec());
         };
-        let signature = params
-            .split(|&b| b == b';')
-            .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM));
+        let signature = signature_of(params);
         match (signature, signature.and_then(|_| now_s())) {
-            (Some(sig), Some(now)) if key.verify(LANE_DOMAIN, name, sig, now, LANE_MAX_AGE_S) => {
+            (Some(sig), Some(now))
+                if key.verify(Domain::Lane, &[Some(name)], sig, now, LANE_WINDOW) =>
+            {
                 Incoming::Lane(name.to_vec())
             }
             _ => Incoming::Invalid,
@@ -166,17 +173,18 @@ impl Lanes {
     pub fn value_for(&self, name: &str, now_s: Option<u64>) -> String {
         match (&self.key, now_s) {
             (Some(key), Some(now)) => {
-                let sig = key.sign(LANE_DOMAIN, name.as_bytes(), now);
+                let sig = key.sign(Domain::Lane, &[Some(name.as_bytes())], now);
                 format!("{name};sig={sig}")
             }
             _ => name.to_string(),
         }
     }
 
-    /// The request-header writes that carry out `incoming` (removing what must not pass) and
-    /// `start` (`(carrier, value)`: the lane this request starts); empty when nothing changes.
-    /// Baggage members other than the lanes' are kept byte for byte; several `baggage` lines
-    /// become one (a list header: the same value, RFC 9110 5.3).
+    /// The request-header writes that carry out `incoming` (removing what must not pass, and
+    /// leaving an accepted lane alone on its carrier) and `start` (`(carrier, value)`: the lane
+    /// this request starts); empty when nothing changes. Baggage members other than the lanes'
+    /// are kept byte for byte; several `baggage` lines become one (a list header: the same
+    /// value, RFC 9110 5.3).
     pub fn edits(
         &self,
         request: &Request<'_>,
@@ -184,29 +192,97 @@ impl Lanes {
         start: Option<(usize, &str)>,
     ) -> Vec<HeaderEdit> {
         let mut out = Vec::new();
-        let mut baggage_changes: Vec<(&str, Option<&str>)> = Vec::new();
+        let mut baggage: Option<Cow<'_, [u8]>> = None;
+        let mut baggage_changes: Vec<(&str, Option<Cow<'_, [u8]>>)> = Vec::new();
         for (i, c) in self.carriers.iter().enumerate() {
             let write = start.filter(|(at, _)| *at == i).map(|(_, v)| v);
-            let remove = matches!(
-                incoming.get(i),
-                Some(Incoming::Untrusted | Incoming::Invalid)
-            );
-            if write.is_none() && !remove {
-                continue;
-            }
-            match &c.carrier {
-                Carrier::Header(name) => {
-                    out.push((name.clone(), write.map(|v| v.as_bytes().to_vec())))
+            let change = match (write, incoming.get(i)) {
+                (Some(v), _) => Some(Some(Cow::Borrowed(v.as_bytes()))),
+                (None, Some(Incoming::Untrusted | Incoming::Invalid)) => Some(None),
+                // An accepted lane passes on alone, exactly as verified: a second line or
+                // member with the same name, or anything after the signature, which the
+                // application might read instead, is removed.
+                (None, Some(Incoming::Lane(_))) => {
+                    let signed = self.key.is_some();
+                    match &c.carrier {
+                        Carrier::Header(name) => {
+                            let mut lines = request.all(name);
+                            let (first, second) = (lines.next(), lines.next());
+                            first.and_then(|raw| {
+                                let exact = verified_form(raw, signed);
+                                let unchanged =
+                                    second.is_none() && matches!(exact, Cow::Borrowed(_));
+                                (!unchanged).then_some(Some(exact))
+                            })
+                        }
+                        Carrier::Baggage(key) => {
+                            let all = baggage.get_or_insert_with(|| baggage_of(request));
+                            let mut values = member_values(all, key);
+                            let (first, second) = (values.next(), values.next());
+                            first.and_then(|raw| {
+                                let exact = verified_form(raw, signed);
+                                let unchanged =
+                                    second.is_none() && matches!(exact, Cow::Borrowed(_));
+                                (!unchanged).then(|| Some(Cow::Owned(exact.into_owned())))
+                            })
+                        }
+                    }
                 }
-                Carrier::Baggage(key) => baggage_changes.push((key, write)),
+                (None, Some(Incoming::Absent) | None) => None,
+            };
+            let Some(value) = change else {
+                continue;
+            };
+            match &c.carrier {
+                Carrier::Header(name) => out.push((name.clone(), value.map(Cow::into_owned))),
+                Carrier::Baggage(key) => baggage_changes.push((key, value)),
             }
         }
         if !baggage_changes.is_empty() {
-            let edited = edit_baggage(&baggage_of(request), &baggage_changes);
+            let all = baggage.unwrap_or_else(|| baggage_of(request));
+            let edited = edit_baggage(&all, &baggage_changes);
             out.push((BAGGAGE.to_string(), (!edited.is_empty()).then_some(edited)));
         }
         out
     }
+}
+
+/// The `sig=` parameter of a lane value's parameters, if any (the first).
+fn signature_of(params: &[u8]) -> Option<&[u8]> {
+    params
+        .split(|&b| b == b';')
+        .find_map(|p| trim(p).strip_prefix(SIGNATURE_PARAM))
+}
+
+/// An accepted lane value exactly as it was verified: `name;sig=<signature>` with a key (other
+/// parameters, spaces and anything after the signature dropped), the bare name without one.
+/// Borrowed when `raw` is already exactly that, as it nearly always is.
+fn verified_form(raw: &[u8], signed: bool) -> Cow<'_, [u8]> {
+    let (name, params) = split_name(raw);
+    let sig = if signed { signature_of(params) } else { None };
+    let Some(sig) = sig else {
+        return if name == raw {
+            Cow::Borrowed(raw)
+        } else {
+            Cow::Owned(name.to_vec())
+        };
+    };
+    let exact = raw.len() == name.len() + 1 + SIGNATURE_PARAM.len() + sig.len()
+        && raw.starts_with(name)
+        && raw.ends_with(sig)
+        && raw.get(name.len()) == Some(&b';')
+        && raw
+            .get(name.len() + 1..)
+            .is_some_and(|rest| rest.starts_with(SIGNATURE_PARAM));
+    if exact {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(name.len() + 1 + SIGNATURE_PARAM.len() + sig.len());
+    out.extend_from_slice(name);
+    out.push(b';');
+    out.extend_from_slice(SIGNATURE_PARAM);
+    out.extend_from_slice(sig);
+    Cow::Owned(out)
 }
 
 /// The raw value on `carrier`: the first header line, or the baggage member's value.
@@ -223,6 +299,14 @@ fn incoming_value<'a>(carrier: &Carrier, request: &Request<'a>) -> Option<Cow<'a
 /// The value (with its properties) of the first baggage member named `key`.
 fn member_value<'b>(baggage: &'b [u8], key: &str) -> Option<&'b [u8]> {
     baggage.split(|&b| b == b',').find_map(|member| {
+        let (k, v) = split_member(member)?;
+        (k == key.as_bytes()).then_some(v)
+    })
+}
+
+/// The values (with their properties) of every baggage member named `key`, in order.
+fn member_values<'b>(baggage: &'b [u8], key: &'b str) -> impl Iterator<Item = &'b [u8]> {
+    baggage.split(|&b| b == b',').filter_map(move |member| {
         let (k, v) = split_member(member)?;
         (k == key.as_bytes()).then_some(v)
     })
@@ -264,7 +348,7 @@ fn split_name(value: &[u8]) -> (&[u8], &[u8]) {
 /// key by `key=v` (appended when there is none), `None` removes it; further members with the
 /// key are removed either way. Every other member is kept byte for byte, spaces and bytes that
 /// are not UTF-8 included.
-fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> Vec<u8> {
+fn edit_baggage<V: AsRef<[u8]>>(baggage: &[u8], changes: &[(&str, Option<V>)]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(baggage.len() + 64);
     let mut written = vec![false; changes.len()];
     let push = |out: &mut Vec<u8>, member: &[u8]| {
@@ -272,6 +356,14 @@ fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(member);
+    };
+    let push_member = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value);
     };
     if !baggage.is_empty() {
         for member in baggage.split(|&b| b == b',') {
@@ -282,7 +374,7 @@ fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> Vec<u8> {
                 Some(i) => {
                     if let (Some((k, Some(v))), Some(done)) = (changes.get(i), written.get_mut(i)) {
                         if !*done {
-                            push(&mut out, format!("{k}={v}").as_bytes());
+                            push_member(&mut out, k, v.as_ref());
                             *done = true;
                         }
                     }
@@ -292,7 +384,7 @@ fn edit_baggage(baggage: &[u8], changes: &[(&str, Option<&str>)]) -> Vec<u8> {
     }
     for (i, (k, v)) in changes.iter().enumerate() {
         if let (Some(v), Some(false)) = (v, written.get(i)) {
-            push(&mut out, format!("{k}={v}").as_bytes());
+            push_member(&mut out, k, v.as_ref());
         }
     }
     out
@@ -401,7 +493,8 @@ mod tests {
         let l = lanes(true, Some(secret));
         let now = 1_800_000_000;
         let value = l.value_for("canary", Some(now));
-        assert!(value.starts_with("canary;sig=1800000000."), "{value}");
+        assert!(value.starts_with("canary;sig=v2.1800000000."), "{value}");
+        assert_eq!(value.len(), "canary;sig=v2.1800000000.".len() + 32);
         let screen = |v: &str, at: Option<u64>| {
             let h = headers(&[
                 ("x-split-lane", v),
@@ -415,6 +508,7 @@ mod tests {
             ("canary", Some(now)),
             ("stable;sig=1800000000.0123456789abcdef", Some(now)),
             (value.as_str(), Some(now + LANE_MAX_AGE_S + 1)),
+            (value.as_str(), Some(now - LANE_MAX_FUTURE_S - 1)),
             (value.as_str(), None),
             (&value.replace("canary", "stable"), Some(now)),
             (";sig=1.2", Some(now)),
@@ -437,6 +531,112 @@ mod tests {
         assert_eq!(
             open.screen(&Request::new(&h, None), || None)[0],
             Incoming::Lane(b"canary".to_vec())
+        );
+    }
+
+    /// Item 2 of issue 20: `v10;sig=<t>.<tag>` re-framed as `v1;sig=0<t>.<tag>` (the same
+    /// bytes under an unframed MAC) must not verify; nor a value of the earlier format.
+    #[test]
+    fn a_reframed_or_old_format_lane_is_unsigned() {
+        let l = lanes(true, Some(b"0123456789abcdef-lanes"));
+        let now = 1_800_000_000;
+        let screen = |v: &str| {
+            let h = headers(&[("x-split-lane", v)]);
+            l.screen(&Request::new(&h, None), || Some(now))[0].clone()
+        };
+        let v10 = l.value_for("v10", Some(now));
+        assert_eq!(screen(&v10), Incoming::Lane(b"v10".to_vec()));
+        let (_, sig) = v10.split_once(";sig=v2.").unwrap();
+        for reframed in [
+            format!("v1;sig=v2.0{sig}"),
+            format!("v1;sig=v2.00{sig}"),
+            format!("v1;sig=0{sig}"),
+            format!("v10;sig=v2.0{sig}"),
+            format!("v10;sig={sig}"),
+            format!("v10;sig=v1.{sig}"),
+        ] {
+            assert_eq!(screen(&reframed), Incoming::Invalid, "{reframed}");
+        }
+        // The earlier format (SipHash, `<t>.<16 hex>`): treated as unsigned.
+        assert_eq!(
+            screen("canary;sig=1800000000.0123456789abcdef"),
+            Incoming::Invalid
+        );
+    }
+
+    /// Item 4 of issue 20: behind an accepted lane, a second line of the header or a second
+    /// baggage member with the lane's key does not pass on; exactly the accepted value does.
+    #[test]
+    fn an_accepted_lane_passes_on_alone() {
+        for key in [Some(&b"0123456789abcdef-lanes"[..]), None] {
+            let l = lanes(true, key);
+            let now = 1_800_000_000;
+            let good = l.value_for("canary", Some(now));
+            let h = headers(&[
+                ("x-split-lane", &good),
+                ("x-split-lane", "stable"),
+                ("baggage", &format!("a=1, split-lane = {good} ,b=2")),
+                ("baggage", "split-lane=stable,c=3"),
+            ]);
+            let r = Request::new(&h, None);
+            let incoming = l.screen(&r, || Some(now));
+            let lane = Incoming::Lane(b"canary".to_vec());
+            assert_eq!(incoming, vec![lane.clone(), lane]);
+            assert_eq!(
+                l.edits(&r, &incoming, None),
+                vec![
+                    ("x-split-lane".to_string(), Some(good.as_bytes().to_vec())),
+                    (
+                        "baggage".to_string(),
+                        Some(format!("a=1,split-lane={good},b=2,c=3").into_bytes())
+                    )
+                ]
+            );
+            let mut applied = h.clone();
+            apply_edits(&mut applied, &l.edits(&r, &incoming, None));
+            let r2 = Request::new(&applied, None);
+            assert_eq!(
+                r2.all("x-split-lane").collect::<Vec<_>>(),
+                [good.as_bytes()]
+            );
+            assert_eq!(r2.all("baggage").count(), 1);
+            // One value on each: nothing to write (no host call).
+            let single = headers(&[
+                ("x-split-lane", &good),
+                ("baggage", &format!("a=1,split-lane={good}")),
+            ]);
+            let r = Request::new(&single, None);
+            let incoming = l.screen(&r, || Some(now));
+            assert!(l.edits(&r, &incoming, None).is_empty());
+            // One value with more after the signature (a list the application might split):
+            // exactly what was verified passes on.
+            let padded = headers(&[
+                ("x-split-lane", &format!(" {good} ;p=1, stable")),
+                ("baggage", &format!("a=1,split-lane={good};p=1")),
+            ]);
+            let r = Request::new(&padded, None);
+            let incoming = l.screen(&r, || Some(now));
+            assert_eq!(incoming[0], Incoming::Lane(b"canary".to_vec()));
+            assert_eq!(
+                l.edits(&r, &incoming, None),
+                vec![
+                    ("x-split-lane".to_string(), Some(good.as_bytes().to_vec())),
+                    (
+                        "baggage".to_string(),
+                        Some(format!("a=1,split-lane={good}").into_bytes())
+                    )
+                ]
+            );
+        }
+        assert_eq!(verified_form(b"canary;sig=x", false), &b"canary"[..]);
+        assert_eq!(verified_form(b"canary;sig=x", true), &b"canary;sig=x"[..]);
+        assert!(matches!(
+            verified_form(b"canary;sig=x", true),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            verified_form(b"canary;p;sig=x ", true),
+            &b"canary;sig=x"[..]
         );
     }
 }

@@ -14,6 +14,7 @@
 //! - `pattern`: `regex` match operations (linear-time, bounded).
 //! - `network`: CIDR ranges and the client address (`match.source_ips`).
 //! - `breaker`: the per-destination circuit breaker and how workers share it.
+//! - `judge`: the canary judge (window counts, statistics, verdicts, the shared record).
 //! - `rollout`: scheduled steps of a rule's first destination (a pure function of the clock).
 //! - `lane`: carrying a request's version across service hops (`propagate`, `from_lane`).
 //! - `signing`: values signed with a shared secret (shadow marker, lanes).
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod fault;
+pub mod judge;
 pub mod lane;
 pub mod matcher;
 pub mod metrics;

@@ -312,6 +312,32 @@ pub const ROLLOUT_STEP: &str = "step";
 pub const ROLLOUT_BASIS_POINTS: &str = "basis_points";
 pub const ROLLOUT_ABORTED: &str = "aborted";
 
+/// `traffic_split.judge.<rule>.<what>`: the judge's gauges (last window) and counters.
+pub fn judge_metric(rule: &str, what: &str) -> String {
+    format!("traffic_split.judge.{rule}.{what}")
+}
+
+/// `traffic_split.rule.<rule>.srm`: 1 when the last judge window's distinct users per
+/// destination do not follow the shares (sample ratio mismatch), else 0.
+pub fn srm_metric(rule: &str) -> String {
+    format!("traffic_split.rule.{rule}.srm")
+}
+
+/// The judge's gauges, in the order the host defines them: `verdict` (0 inconclusive, 1 pass,
+/// 2 fail) and the numbers of the last window.
+pub const JUDGE_GAUGES: [&str; 7] = [
+    "verdict",
+    "canary_requests",
+    "baseline_requests",
+    "canary_failure_bp",
+    "baseline_failure_bp",
+    "canary_latency_ms",
+    "baseline_latency_ms",
+];
+
+/// The judge's counters: windows by verdict (inconclusive, pass, fail: the verdict's number).
+pub const JUDGE_COUNTERS: [&str; 3] = ["windows_inconclusive", "windows_passed", "windows_failed"];
+
 /// Breaker counters: one group per breaker, in breaker order.
 pub type BreakerCounters = GroupCounters<BreakerEvent>;
 

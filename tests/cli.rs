@@ -96,6 +96,7 @@ fn help_on_every_command_exits_0() {
         &["bucket", "--help"],
         &["schema", "--help"],
         &["rollout", "--help"],
+        &["judge", "--help"],
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
@@ -685,6 +686,9 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
                 // and another to take the rest.
                 if block.trim_start().starts_with("\"rollout\"") {
                     r#"{"name":"canary","cluster":"v2","fallback":"stable","breaker":{}},{"name":"stable","cluster":"v1"}"#
+                } else if block.trim_start().starts_with("\"judge\"") {
+                    // A judge compares two destinations (those of its example).
+                    r#"{"name":"canary","cluster":"v2"},{"name":"stable","cluster":"v1"}"#
                 } else {
                     r#"{"name":"a","cluster":"a"}"#
                 }
@@ -918,6 +922,105 @@ fn explain_decides_with_the_rollout_share_in_force() {
     // A destination with no bucket before start is not reported as unreachable.
     let o = run_stdin(&["validate", "-"], ROLLOUT);
     assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
+}
+
+const JUDGED: &str = r#"{"rules":[{"name":"checkout","destinations":[
+    {"name":"canary","cluster":"v2","weight":5},{"name":"stable","cluster":"v1","weight":95}],
+  "rollout":{"destination":"canary","start":"2026-12-01T10:00:00Z",
+    "steps":[{"percent":5,"hold_s":600},{"percent":100}]},
+  "judge":{"window_s":30,"min_requests":200,"errors":{"max_increase":0.02},"fail_after":3}}]}"#;
+
+#[test]
+fn judge_prints_the_verdict_and_why_from_the_filters_code() {
+    let o = run(&["judge", "--canary", "412/33", "--baseline", "3950/44"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "verdict: fail\n\
+         canary failures 8.0% (412 req) vs baseline 1.1% (3,950 req), allowed +1.0 pp at 99%\n\
+         fail: its failure ratio is above the baseline's by more than allowed (Agresti-Caffo z = 4.47, fails above 2.33)\n"
+    );
+    let o = run(&[
+        "judge",
+        "--canary",
+        "99/99",
+        "--baseline",
+        "3950/44",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["verdict"], "inconclusive");
+    // The rule's judge: min_requests 200 and a 2 pp margin.
+    let o = run_stdin(
+        &[
+            "judge",
+            "--canary",
+            "412/33",
+            "--baseline",
+            "3950/44",
+            "--config",
+            "-",
+        ],
+        JUDGED,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("rule \"checkout\"\nverdict: fail\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("allowed +2.0 pp at 99%"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_stdin(
+        &[
+            "judge",
+            "--canary",
+            "150/33",
+            "--baseline",
+            "3950/44",
+            "--config",
+            "-",
+            "--rule",
+            "checkout",
+        ],
+        JUDGED,
+    );
+    assert!(
+        stdout(&o).contains("verdict: inconclusive"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["judge", "--canary", "4/5", "--baseline", "1/0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run_stdin(
+        &[
+            "judge",
+            "--canary",
+            "4/1",
+            "--baseline",
+            "1/0",
+            "--config",
+            "-",
+            "--rule",
+            "nope",
+        ],
+        JUDGED,
+    );
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn explain_and_rollout_show_the_rules_judge() {
+    let want = "judge: \"canary\" vs \"stable\" every 30 s (min 200 req per arm): failures at \
+                most +2.0 pp at 99%; 3 failing window(s) in a row -> abort the rollout";
+    let o = run_stdin(&["explain", "-", "--at", "2026-12-01T10:15:00Z"], JUDGED);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(want), "{}", stdout(&o));
+    let o = run_stdin(&["rollout", "-", "--at", "2026-12-01T10:15:00Z"], JUDGED);
+    assert!(stdout(&o).contains(want), "{}", stdout(&o));
 }
 
 /// soak/soak.py's "no Wasm VM died" check: a reload counter that does not exist is an error,

@@ -231,10 +231,19 @@ fn with_a_lane_secret_only_lanes_signed_at_the_edge_are_followed() {
     for (backend, want) in [(&c.b_canary, "canary"), (&c.b_stable, "stable")] {
         for r in backend.received() {
             let lane = r.header("x-split-lane").unwrap_or("");
-            let (name, sig) = lane.split_once(";sig=").unwrap_or(("", ""));
+            // `<name>;sig=v2.<unix s>.<32 hex digits>` (docs/configuration.md).
+            let (name, sig) = lane.split_once(";sig=v2.").unwrap_or(("", ""));
             let (ts, tag) = sig.split_once('.').unwrap_or(("", ""));
             assert_eq!(name, want, "{lane}");
-            assert!(ts.parse::<u64>().is_ok() && tag.len() == 16, "{lane}");
+            assert!(
+                ts.parse::<u64>().is_ok()
+                    && !ts.starts_with('0')
+                    && tag.len() == 32
+                    && tag
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{lane}"
+            );
             seen += 1;
         }
     }
@@ -278,4 +287,160 @@ fn with_a_lane_secret_only_lanes_signed_at_the_edge_are_followed() {
         stable_users.len() as u64
     );
     assert_eq!(c.b.counter("traffic_split.rule.b.lane.followed"), n as u64);
+}
+
+/// A request written byte for byte (repeated header lines included), through `addr`; returns
+/// the status code.
+fn raw_request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = s.read_to_string(&mut response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every value a backend's request carried on `carrier`: each line of the header, or each
+/// member of every `baggage` line with the key.
+fn carried(r: &Received, carrier: &str) -> Vec<String> {
+    match carrier {
+        "x-split-lane" => r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == carrier)
+            .map(|(_, v)| v.clone())
+            .collect(),
+        _ => r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "baggage")
+            .flat_map(|(_, v)| v.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|m| {
+                let (k, v) = m.split_once('=')?;
+                (k.trim() == "split-lane").then(|| v.trim().to_string())
+            })
+            .collect(),
+    }
+}
+
+/// Issue 20, items 2 and 4, at a hop that routes by signed lanes (destinations `v10`, and `v1`
+/// that gets no traffic of its own). A signed `v10` lane re-framed by any hop as
+/// `v1;sig=0<time>.<tag>` (the same bytes under an unframed MAC) is not a lane: removed,
+/// counted invalid, and the request decided as if it carried none. A lane that is followed
+/// passes on alone: a second line of its header, or a second baggage member with its key
+/// (which the application might read instead), never reaches the application.
+#[test]
+fn a_reframed_lane_is_unsigned_and_a_followed_lane_passes_on_alone() {
+    for (carrier, propagate) in [
+        ("x-split-lane", r#"{"header":"x-split-lane"}"#),
+        ("baggage", r#"{"baggage":"split-lane"}"#),
+    ] {
+        let v10 = Backend::start("b-v10");
+        let v1 = Backend::start("b-v1");
+        let config = format!(
+            r#"{{{}"rules":[{{"name":"b","propagate":{propagate},"from_lane":true,
+                "destinations":[{{"name":"v10","cluster":"b-v10","weight":100}},
+                                {{"name":"v1","cluster":"b-v1","weight":0}}]}}]}}"#,
+            secret_field(Some(SECRET))
+        );
+        let b = Envoy::start(
+            EnvoySpec::new(&config)
+                .cluster("b-v10", v10.addr)
+                .cluster("b-v1", v1.addr),
+        );
+        let send = |path: &str, values: &[&str]| {
+            let lines: Vec<(&str, String)> = values
+                .iter()
+                .map(|v| match carrier {
+                    "x-split-lane" => ("x-split-lane", v.to_string()),
+                    _ => ("baggage", format!("k=v,split-lane={v}")),
+                })
+                .collect();
+            let refs: Vec<(&str, &str)> = lines.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            assert_eq!(
+                raw_request(b.listener, path, &refs),
+                200,
+                "{carrier} {path}"
+            );
+        };
+        // B starts a signed lane on v10 for a request that brings none.
+        send("/start", &[]);
+        let started = v10.received().pop().unwrap();
+        let signed = carried(&started, carrier);
+        assert_eq!(signed.len(), 1, "{carrier}: {started:?}");
+        let signed = signed[0].clone();
+        let (name, sig) = signed.split_once(";sig=").unwrap();
+        assert_eq!(name, "v10");
+
+        // Re-framed: one name byte moved into the timestamp as a leading zero.
+        let reframed = match sig.strip_prefix("v2.") {
+            Some(rest) => format!("v1;sig=v2.0{rest}"),
+            None => format!("v1;sig=0{sig}"),
+        };
+        send("/reframed", &[&reframed]);
+        assert_eq!(v1.count(), 0, "{carrier}: {reframed} was followed to v1");
+        let got = v10.received().pop().unwrap();
+        assert_eq!(got.uri, "/reframed");
+        let passed = carried(&got, carrier);
+        assert_eq!(passed.len(), 1, "{carrier}: {got:?}");
+        assert!(passed[0].starts_with("v10;sig="), "{carrier}: {passed:?}");
+        assert_eq!(
+            b.settled_counter("traffic_split.lane.invalid"),
+            1,
+            "{carrier}"
+        );
+
+        // Followed, with a second value behind it: exactly the verified one passes on.
+        send("/duplicated", &[&signed, "v1"]);
+        let got = v10.received().pop().unwrap();
+        assert_eq!(got.uri, "/duplicated");
+        assert_eq!(
+            carried(&got, carrier),
+            vec![signed.clone()],
+            "{carrier}: {got:?}"
+        );
+        if carrier == "baggage" {
+            // The other members are kept, on one line.
+            assert_eq!(
+                got.headers
+                    .iter()
+                    .filter(|(n, _)| n == "baggage")
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>(),
+                vec![format!("k=v,split-lane={signed},k=v").as_str()]
+            );
+        }
+        // One value with more after the signature (a list the application might split).
+        let padded = format!("{signed};p=1 , v1");
+        let padded = match carrier {
+            "x-split-lane" => padded,
+            _ => format!("{signed};p=1"),
+        };
+        send("/padded", &[&padded]);
+        let got = v10.received().pop().unwrap();
+        assert_eq!(got.uri, "/padded");
+        assert_eq!(carried(&got, carrier), vec![signed.clone()], "{got:?}");
+        assert_eq!(
+            b.settled_counter("traffic_split.rule.b.lane.followed"),
+            2,
+            "{carrier}"
+        );
+        assert_eq!(
+            b.counter("traffic_split.rule.b.lane.started"),
+            2,
+            "{carrier}"
+        );
+        assert_eq!(v1.count(), 0);
+    }
 }

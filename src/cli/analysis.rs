@@ -272,6 +272,10 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
                    "steps": policy.steps.len(), "basis_points": phase.basis_points}),
         );
     }
+    if let Some(text) = rule.judge_text() {
+        lines.push(format!("  {text}"));
+        report.insert("judge".into(), Value::from(text));
+    }
     let shares: Vec<String> = rule
         .destinations
         .iter()
@@ -739,6 +743,7 @@ pub fn rollout(
             report.push(
                 json!({"rule": rule.name, "destination": dest, "steps": steps,
                 "abort_on_breaker_open": policy.abort_on_breaker_open,
+                "judge": rule.judge_text(),
                 "at": crate::rollout::format_rfc3339(at_ms), "step": phase.step,
                 "basis_points": phase.basis_points}),
             );
@@ -747,6 +752,9 @@ pub fn rollout(
                 "{}",
                 policy.schedule_text(&rule.name, dest, at_ms).trim_end()
             );
+            if let Some(text) = rule.judge_text() {
+                out!("  {text}");
+            }
         }
     }
     if as_json {
@@ -756,6 +764,109 @@ pub fn rollout(
         );
     } else if plan.rollouts.is_empty() {
         out!("no rule has a rollout");
+    }
+    Ok(())
+}
+
+/// `traffic-split judge --canary N/F --baseline N/F [--config FILE --rule NAME]`: the verdict
+/// of `JudgePolicy::evaluate` (the filter's code) on those counts.
+pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
+    use crate::judge::{self, Arm, JudgePolicy, Tally};
+    let (mut policy, rule_name) = match &args.config {
+        None => {
+            if args.rule.is_some() {
+                return Err(Failure::Usage("--rule needs --config".into()));
+            }
+            (
+                JudgePolicy {
+                    canary: 0,
+                    baseline: 1,
+                    window_s: judge::DEFAULT_WINDOW_S,
+                    min_requests: judge::DEFAULT_MIN_REQUESTS,
+                    errors: Some(judge::ErrorsCriterion {
+                        max_increase: judge::DEFAULT_MAX_INCREASE,
+                    }),
+                    latency: None,
+                    confidence: judge::DEFAULT_CONFIDENCE,
+                    fail_after: judge::DEFAULT_FAIL_AFTER,
+                    on_fail: judge::OnFail::Abort,
+                },
+                None,
+            )
+        }
+        Some(file) => {
+            let checked = load_one(file, args.all, args.nth)?;
+            let Ok(plan) = &checked.plan else {
+                return Err(Failure::Invalid("invalid configuration".into()));
+            };
+            let judged: Vec<&Rule> = plan.rules.iter().filter(|r| r.judge.is_some()).collect();
+            let rule =
+                match &args.rule {
+                    Some(name) => plan.rules.iter().find(|r| &r.name == name).ok_or_else(|| {
+                        Failure::Usage(format!("{file}: no rule named \"{name}\""))
+                    })?,
+                    None => match judged.as_slice() {
+                        [only] => *only,
+                        [] => return Err(Failure::Usage(format!("{file}: no rule has a judge"))),
+                        _ => {
+                            return Err(Failure::Usage(format!(
+                                "{file}: several rules have a judge; name one with --rule"
+                            )))
+                        }
+                    },
+                };
+            let Some(policy) = rule.judge.clone() else {
+                return Err(Failure::Usage(format!(
+                    "{file}: rule \"{}\" has no judge",
+                    rule.name
+                )));
+            };
+            (policy, Some(rule.name.clone()))
+        }
+    };
+    let latency_skipped = policy.latency.take().is_some();
+    let errors_judged = policy.errors.is_some();
+    let arm = |(requests, failures): (u64, u64)| Arm {
+        requests,
+        failures,
+        ..Arm::default()
+    };
+    let e = policy.evaluate(&Tally {
+        canary: arm(args.canary),
+        baseline: arm(args.baseline),
+        ..Tally::default()
+    });
+    let numbers = policy.numbers_text(&e);
+    let mut why = policy.reason_text(&e);
+    if let (Some(z), true) = (e.errors_z, errors_judged) {
+        why.push_str(&format!(
+            " (Agresti-Caffo z = {z:.2}, fails above {:.2})",
+            policy.z()
+        ));
+    }
+    if args.json {
+        out!(
+            "{}",
+            json!({"rule": rule_name, "verdict": e.verdict.as_str(),
+                   "canary": {"requests": e.canary_requests, "failure_bp": e.canary_failure_bp},
+                   "baseline": {"requests": e.baseline_requests, "failure_bp": e.baseline_failure_bp},
+                   "errors_failed": e.errors_failed, "z": e.errors_z, "z_threshold": policy.z(),
+                   "min_requests": policy.min_requests, "confidence": policy.confidence,
+                   "latency_judged": false, "reason": why})
+        );
+    } else {
+        if let Some(name) = &rule_name {
+            out!("rule \"{name}\"");
+        }
+        out!("verdict: {}", e.verdict.as_str());
+        out!("{numbers}");
+        out!("{why}");
+        if latency_skipped {
+            out!("latency: not judged from counts (the filter judges it from its histograms)");
+        }
+        if !errors_judged {
+            out!("errors: this judge has no errors criterion");
+        }
     }
     Ok(())
 }

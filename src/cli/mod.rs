@@ -1,4 +1,5 @@
-//! The operator CLI: `traffic-split validate | explain | diff | bucket | schema | rollout`.
+//! The operator CLI: `traffic-split validate | explain | diff | bucket | schema | rollout |
+//! judge`.
 //!
 //! Everything here runs the filter's own code (`config::parse`, `Plan::compile`,
 //! `Plan::decide`, `bucket::*`): the CLI adds presentation, never a second implementation.
@@ -104,6 +105,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the verdict the filter's judge gives a window with these counts, and why (errors
+    /// only: latency needs the histograms the filter keeps)
+    Judge(JudgeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct JudgeArgs {
+    /// The canary's window: REQUESTS/FAILURES (e.g. 412/33)
+    #[arg(long, value_name = "N/F", value_parser = counts)]
+    pub canary: (u64, u64),
+    /// The baseline's window: REQUESTS/FAILURES (e.g. 3950/44)
+    #[arg(long, value_name = "N/F", value_parser = counts)]
+    pub baseline: (u64, u64),
+    /// Judge as this configuration's rule does (default: the judge defaults)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+    /// The rule whose judge applies (default: the only rule with a judge)
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+    /// Which configuration of a YAML file holding several (0-based)
+    #[arg(long, default_value_t = 0)]
+    pub nth: usize,
+    /// In Envoy YAML, take every Wasm filter
+    #[arg(long)]
+    pub all: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn counts(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("`{s}` is not REQUESTS/FAILURES (e.g. 412/33)");
+    let (n, f) = s.split_once('/').ok_or_else(bad)?;
+    let (n, f): (u64, u64) = (
+        n.trim().parse().map_err(|_| bad())?,
+        f.trim().parse().map_err(|_| bad())?,
+    );
+    if f > n {
+        return Err(format!("`{s}`: more failures than requests"));
+    }
+    Ok((n, f))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -222,6 +264,7 @@ pub fn main() -> ExitCode {
             all,
             json,
         } => analysis::rollout(&file, at.as_deref(), all, nth, json),
+        Command::Judge(args) => analysis::judge(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,9 +103,9 @@ pub fn schema() -> Value {
             "max_buffered_body_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_SHADOW_BUFFER_BYTES, "default": DEFAULT_MAX_BUFFERED_BODY_BYTES,
                 "description": "Shadow bulkhead: bytes held for shadow copies per worker (header copies and bodies). A copy that would pass it is dropped and counted."},
             "shadow_marker_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
-                "description": "Signs the `x-shadow-request` marker of copies so that other instances sharing the secret keep it. 16–256 visible ASCII characters; treat it as a secret."},
+                "description": "Signs the `x-shadow-request` marker of copies (`v2.<unix s>.<tag>`, HMAC-SHA256 of the copy's :authority, :method, :path and x-request-id) so that other instances sharing the secret keep it on that same request for 10 s. 16–256 visible ASCII characters; treat it as a secret."},
             "lane_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
-                "description": "Signs lane values where they start (`<name>;sig=<unix s>.<tag>`) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
+                "description": "Signs lane values where they start (`<name>;sig=v2.<unix s>.<tag>`, HMAC-SHA256) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s, or over 5 s ahead) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
             "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
                 "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
         },
@@ -135,7 +135,40 @@ pub fn schema() -> Value {
                         "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
                     "lane_fallback": {"type": "string", "pattern": NAME,
                         "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."},
+                    "judge": {"$ref": "#/$defs/judge"},
                     "fault": {"$ref": "#/$defs/fault"}
+                }
+            },
+            "judge": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
+                "properties": {
+                    "canary": {"type": "string", "pattern": NAME,
+                        "description": "The destination judged. Default: the rollout's destination, else the first destination."},
+                    "baseline": {"type": "string", "pattern": NAME,
+                        "description": "The destination it is compared with. Default: the other destination with the largest weight."},
+                    "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
+                        "description": "Window length in seconds."},
+                    "min_requests": {"type": "integer", "minimum": 1, "default": 100,
+                        "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
+                    "errors": {"type": "object", "additionalProperties": false,
+                        "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
+                            "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
+                        "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
+                    "latency": {"type": "object", "additionalProperties": false,
+                        "properties": {
+                            "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
+                                "description": "The latency percentile compared (time from routing to response headers)."},
+                            "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
+                                "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
+                        "description": "Order-statistic confidence bounds of the percentile of each arm."},
+                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
+                        "description": "One-sided confidence of each criterion."},
+                    "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
+                        "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
+                    "on_fail": {"enum": ["abort", "report"], "default": "abort",
+                        "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
                 }
             },
             "fault": {
@@ -196,7 +229,9 @@ pub fn schema() -> Value {
                             }},
                         "description": "In order; step i begins at start + the hold_s of the earlier steps."},
                     "abort_on_breaker_open": {"type": "boolean",
-                        "description": "Default: true when the destination has a breaker. When its breaker opens, this Envoy holds the rollout at 0% until the configuration changes."}
+                        "description": "Default: true when the destination has a breaker. When its breaker opens, this Envoy holds the rollout at 0% until the configuration changes."},
+                    "gate": {"enum": ["judge"],
+                        "description": "`judge`: a step ends only once its `hold_s` has passed and the rule's judge passed its last window; otherwise it holds (needs `judge`). Without it, steps follow the clock."}
                 }
             },
             "match": {

@@ -73,6 +73,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "propagate",
             "from_lane",
             "lane_fallback",
+            "judge",
             "fault",
         ],
     )?;
@@ -89,6 +90,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
         propagate: None,
         from_lane: false,
         lane_fallback: None,
+        judge: None,
         fault: None,
     };
     r.match_ = o.object("match", |o| match_config(o, 0))?;
@@ -106,8 +108,51 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     r.propagate = o.object("propagate", propagate)?;
     r.from_lane = o.boolean("from_lane")?.unwrap_or(false);
     r.lane_fallback = o.string("lane_fallback")?;
+    r.judge = o.object("judge", judge)?;
     r.fault = o.object("fault", fault)?;
     Ok(r)
+}
+
+fn judge(mut o: Obj<'_>) -> Result<JudgeConfig> {
+    o.allow(&[
+        "canary",
+        "baseline",
+        "window_s",
+        "min_requests",
+        "errors",
+        "latency",
+        "confidence",
+        "fail_after",
+        "on_fail",
+    ])?;
+    let mut j = JudgeConfig {
+        canary: o.string("canary")?,
+        ..JudgeConfig::default()
+    };
+    j.baseline = o.string("baseline")?;
+    j.window_s = o.integer("window_s", 86_400)?;
+    j.min_requests = o.integer("min_requests", u64::from(u32::MAX))?;
+    j.errors = o.object("errors", |mut e| {
+        e.allow(&["max_increase"])?;
+        e.number("max_increase", 0, 1)
+    })?;
+    j.latency = o.object("latency", |mut l| {
+        l.allow(&["percentile", "max_ratio"])?;
+        Ok(JudgeLatencyConfig {
+            percentile: l.number("percentile", 50, 100)?,
+            max_ratio: l.number("max_ratio", 1, 1000)?,
+        })
+    })?;
+    j.confidence = o.number("confidence", 0, 1)?;
+    j.fail_after = o.integer("fail_after", 1000)?;
+    j.on_fail = o.choice(
+        "on_fail",
+        &[
+            ("abort", crate::judge::OnFail::Abort),
+            ("report", crate::judge::OnFail::Report),
+        ],
+    )?;
+    Ok(j)
 }
 
 #[inline(never)]
@@ -137,12 +182,19 @@ fn propagate(mut o: Obj<'_>) -> Result<PropagateConfig> {
 }
 
 fn rollout(mut o: Obj<'_>) -> Result<RolloutConfig> {
-    o.allow(&["destination", "start", "steps", "abort_on_breaker_open"])?;
+    o.allow(&[
+        "destination",
+        "start",
+        "steps",
+        "abort_on_breaker_open",
+        "gate",
+    ])?;
     Ok(RolloutConfig {
         destination: o.required("destination", Obj::string)?,
         start: o.required("start", Obj::string)?,
         steps: o.required("steps", |o, key| o.list(key, rollout_step))?,
         abort_on_breaker_open: o.boolean("abort_on_breaker_open")?,
+        gate: o.choice("gate", &[("judge", RolloutGate::Judge)])?,
     })
 }
 

@@ -106,8 +106,32 @@ pub struct RuleConfig {
     pub from_lane: bool,
     /// The destination for a lane that names none of this rule's (`from_lane` only).
     pub lane_fallback: Option<String>,
+    /// Compares the canary with its baseline on live traffic (`crate::judge`).
+    pub judge: Option<JudgeConfig>,
     /// Faults injected by Envoy's fault filter into a slice of the rule's requests.
     pub fault: Option<FaultConfig>,
+}
+
+/// `rules[].judge` as written; `plan::judge` applies the defaults and checks it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct JudgeConfig {
+    pub canary: Option<String>,
+    pub baseline: Option<String>,
+    pub window_s: Option<u64>,
+    pub min_requests: Option<u64>,
+    /// `errors.max_increase`; `Some(None)`: `errors` given without it.
+    pub errors: Option<Option<f64>>,
+    pub latency: Option<JudgeLatencyConfig>,
+    pub confidence: Option<f64>,
+    pub fail_after: Option<u64>,
+    pub on_fail: Option<crate::judge::OnFail>,
+}
+
+/// `rules[].judge.latency`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct JudgeLatencyConfig {
+    pub percentile: Option<f64>,
+    pub max_ratio: Option<f64>,
 }
 
 /// `rules[].fault`: the share of the rule's requests that get a delay and/or an abort from
@@ -141,6 +165,15 @@ pub struct RolloutConfig {
     pub steps: Vec<RolloutStepConfig>,
     /// `None`: true when the destination has a breaker.
     pub abort_on_breaker_open: Option<bool>,
+    /// `Some("judge")`: a step ends only once its hold has passed and the judge's last window
+    /// passed.
+    pub gate: Option<RolloutGate>,
+}
+
+/// `rules[].rollout.gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutGate {
+    Judge,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,11 +12,13 @@
 //! are counted in the VM and flushed on a tick: no per-request metric call. Shadowing adds its
 //! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
 //! is removed from every request: found in the header map when it was read (a removal only when
-//! present), else one removal call per request (a read, with `shadow_marker_secret`). A
+//! present), else one removal call per request (a read, with `shadow_marker_secret`; when a
+//! marker is there, four more reads for the headers it is bound to). A
 //! request in a rule's fault slice adds the fault filter's headers (two per fault kind) and one
 //! `response.flags` read on its response.
 
 mod breaker;
+mod judge;
 mod rollout;
 mod root;
 mod shadow;
@@ -31,6 +33,7 @@ use crate::metrics::{
 use crate::plan::Plan;
 use crate::rng::Rng;
 use breaker::Breakers;
+use judge::Judges;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
@@ -65,6 +68,8 @@ struct Loaded {
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
+    /// Each rule's judge: pending counts, published on the tick.
+    judges: RefCell<Judges>,
 }
 
 /// The host's id of each metric in `names` (`None` where defining it failed).
@@ -101,6 +106,7 @@ impl Loaded {
             },
             breakers: RefCell::new(Breakers::new(&plan, scope)),
             rollouts: RefCell::new(Rollouts::new(&plan, scope)),
+            judges: RefCell::new(Judges::new(&plan, scope, &judge_configuration(&plan))),
             plan,
         }
     }
@@ -203,6 +209,15 @@ fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// The configuration bytes when the plan has a judge (its record is scoped to them).
+fn judge_configuration(plan: &Plan) -> Vec<u8> {
+    if plan.judges.is_empty() {
+        Vec::new()
+    } else {
+        plugin_configuration()
+    }
 }
 
 /// The `:status` of a response header map (the stream's response, or a call's answer).

@@ -9,6 +9,7 @@
 
 use super::breaker::HostStore;
 use crate::breaker::{BreakerView, SetResult, SharedStore, State};
+use crate::judge::gate::{Gated, JudgeView};
 use crate::metrics::{rollout_metric, ROLLOUT_ABORTED, ROLLOUT_BASIS_POINTS, ROLLOUT_STEP};
 use crate::plan::Plan;
 use crate::rollout::{
@@ -34,6 +35,8 @@ struct Slot {
     abort_key: String,
     /// Shared: the last step logged (and its plan), so a step is logged once per process.
     logged_key: String,
+    /// Shared (`rollout.gate: "judge"` only): the step in force and when it began.
+    gate_key: Option<String>,
     step_gauge: Option<u32>,
     basis_points_gauge: Option<u32>,
     aborted_counter: Option<u32>,
@@ -68,12 +71,22 @@ impl Rollouts {
                 let metric = |kind, what| {
                     hostcalls::define_metric(kind, &rollout_metric(&rule.name, what)).ok()
                 };
+                // The gate's position, beside the abort flag; its value names the plan too.
+                let gate_key = rule
+                    .rollout_gated
+                    .then(|| abort_key.replacen("/aborted/", "/gate/", 1));
+                if let Some(key) = &gate_key {
+                    if let Ok(None) = HostStore.get(key) {
+                        HostStore.set(key, b"-", None);
+                    }
+                }
                 Slot {
                     phase: None,
                     aborted: false,
                     plan_id,
                     abort_key,
                     logged_key,
+                    gate_key,
                     step_gauge: metric(MetricType::Gauge, ROLLOUT_STEP),
                     basis_points_gauge: metric(MetricType::Gauge, ROLLOUT_BASIS_POINTS),
                     aborted_counter: metric(MetricType::Counter, ROLLOUT_ABORTED),
@@ -93,6 +106,19 @@ impl Rollouts {
     /// when nothing changes: a comparison per rollout, and a shared-data read per rollout that
     /// can still abort.
     pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, breakers: &[BreakerView]) {
+        self.tick_judged(plan, now_ms, breakers, &[]);
+    }
+
+    /// `tick`, where `judged` says per judge slot whether the judge's `on_fail: "abort"` ran
+    /// (`host::judge`): that aborts the rule's rollout as its breaker opening does; and, for
+    /// `gate: "judge"`, which window last passed.
+    pub fn tick_judged(
+        &mut self,
+        plan: &Plan,
+        now_ms: Option<u64>,
+        breakers: &[BreakerView],
+        judged: &[JudgeView],
+    ) {
         let Some(now) = now_ms.and_then(|n| i64::try_from(n).ok()) else {
             return;
         };
@@ -107,10 +133,17 @@ impl Rollouts {
             };
             let canary = rule.destinations.first();
             let mut newly_aborted = false;
-            if policy.abort_on_breaker_open && !slot.aborted {
-                let open = canary
-                    .and_then(|d| d.breaker_slot)
-                    .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
+            let judge = rule
+                .judge_slot
+                .and_then(|j| judged.get(j).copied())
+                .unwrap_or_default();
+            let judge_failed = judge.tripped;
+            if (policy.abort_on_breaker_open || judge_failed) && !slot.aborted {
+                let breaker_open = policy.abort_on_breaker_open
+                    && canary
+                        .and_then(|d| d.breaker_slot)
+                        .is_some_and(|b| BreakerView::of(breakers, b).state == State::Open);
+                let open = breaker_open || judge_failed;
                 slot.aborted = match HostStore.get(&slot.abort_key) {
                     Ok(Some((value, _))) if aborted_under(&value, &slot.plan_id) => true,
                     Ok(Some((_, cas))) if open => {
@@ -122,14 +155,24 @@ impl Rollouts {
                     _ => open,
                 };
             }
-            let due = match slot.phase {
-                None => true,
-                Some(p) => p.next_ms.is_some_and(|next| now >= next),
+            let gated = slot.gate_key.as_deref().map(|key| {
+                gated_phase(
+                    key,
+                    &slot.plan_id,
+                    policy,
+                    now,
+                    judge.passed_window_start_ms,
+                )
+            });
+            let due = match (slot.phase, gated) {
+                (None, _) => true,
+                (Some(p), Some(g)) => p != g,
+                (Some(p), None) => p.next_ms.is_some_and(|next| now >= next),
             };
             if !(due || newly_aborted || (slot.aborted && bounds.first() != Some(&0))) {
                 continue;
             }
-            let phase = policy.phase_at(now);
+            let phase = gated.unwrap_or_else(|| policy.phase_at(now));
             let share = if slot.aborted { 0 } else { phase.basis_points };
             let rest: Vec<u32> = rule.destinations.iter().skip(1).map(|d| d.weight).collect();
             *bounds = upper_bounds(share, &rest);
@@ -145,10 +188,20 @@ impl Rollouts {
                 if let Some(id) = slot.aborted_counter {
                     let _ = hostcalls::increment_metric(id, 1);
                 }
+                let reason = if judge_failed {
+                    "its judge failed"
+                } else {
+                    "the breaker of destination"
+                };
+                let whose = if judge_failed {
+                    String::new()
+                } else {
+                    format!(" \"{dest}\" opened")
+                };
                 log::warn!(
                     "traffic-split: rollout of rule \"{}\" aborted at step {}/{steps} (share was \
-                     {}%, now 0%): reason: the breaker of destination \"{dest}\" opened; held \
-                     at 0% until its rollout (or the destination's cluster) changes",
+                     {}%, now 0%): reason: {reason}{whose}; held at 0% until its rollout (or the \
+                     destination's cluster) changes",
                     rule.name,
                     phase.step,
                     percent_text(phase.basis_points)
@@ -166,6 +219,39 @@ impl Rollouts {
             }
             slot.phase = Some(phase);
         }
+    }
+}
+
+/// A gated rollout's phase at `now`: its shared position moved on if its step may end
+/// (`Gated::advance`), with compare-and-swap; a lost race keeps what was read (the next tick
+/// tries again).
+fn gated_phase(
+    key: &str,
+    plan_id: &str,
+    policy: &crate::rollout::RolloutPolicy,
+    now: i64,
+    passed_window_start_ms: Option<i64>,
+) -> Phase {
+    // `<step>:<began_ms> <plan>`: a position of another plan of the rule starts over.
+    let (at, cas) = match HostStore.get(key) {
+        Ok(Some((bytes, cas))) => {
+            let at = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(_, of)| *of == plan_id)
+                .and_then(|(pos, _)| Gated::decode(pos.as_bytes()));
+            (at.unwrap_or_default(), Some(cas))
+        }
+        _ => (Gated::default(), None),
+    };
+    let (next, phase) = at.advance(policy, now, passed_window_start_ms);
+    if next == at {
+        return phase;
+    }
+    let value = format!("{} {plan_id}", next.encode());
+    match HostStore.set(key, value.as_bytes(), cas) {
+        SetResult::Written => phase,
+        _ => at.advance(policy, now, None).1,
     }
 }
 

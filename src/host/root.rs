@@ -280,11 +280,19 @@ impl RootContext for SplitRoot {
         self.shadow.borrow_mut().on_tick(breaker::clock_ms());
         if let Some(active) = &self.active {
             active.breakers.borrow_mut().publish_all(&active.plan);
+            if !active.plan.judges.is_empty() {
+                active.judges.borrow_mut().tick(
+                    &active.plan,
+                    now,
+                    &active.rollouts.borrow().bounds,
+                );
+            }
             if !active.plan.rollouts.is_empty() {
-                active.rollouts.borrow_mut().tick(
+                active.rollouts.borrow_mut().tick_judged(
                     &active.plan,
                     now,
                     &active.breakers.borrow().views,
+                    &active.judges.borrow().views,
                 );
             }
             active.flush();
@@ -292,6 +300,11 @@ impl RootContext for SplitRoot {
         let mut retired = self.vm.retired.borrow_mut();
         for r in retired.iter() {
             r.breakers.borrow_mut().publish_all(&r.plan);
+            if !r.plan.judges.is_empty() {
+                r.judges
+                    .borrow_mut()
+                    .tick(&r.plan, now, &r.rollouts.borrow().bounds);
+            }
             r.flush();
         }
         retired.retain(|r| Rc::strong_count(r) > 1);

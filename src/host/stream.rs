@@ -2,8 +2,8 @@
 //! watches the response for breakers, assigned cookies and shadow comparisons.
 
 use super::shadow::{ShadowState, StreamShadow};
-use super::{breaker, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
-use crate::breaker::BreakerTicket;
+use super::{breaker, judge, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
+use crate::breaker::{BreakerPolicy, BreakerTicket};
 use crate::config::RouteCacheMode;
 use crate::fault;
 use crate::lane::{HeaderEdit, Incoming, LaneStep};
@@ -18,6 +18,15 @@ use proxy_wasm::types::{Action, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// Who a response's outcome is counted for: the final destination's breaker, and the judge arm
+/// it belongs to.
+#[derive(Clone, Copy)]
+struct OutcomeFor {
+    ticket: Option<BreakerTicket>,
+    /// `(judge slot, canary?)`.
+    judge_arm: Option<(usize, bool)>,
+}
+
 /// What to add to the response of a routed request.
 struct ResponseAdditions {
     set_cookie: Option<String>,
@@ -30,12 +39,19 @@ pub(super) struct SplitStream {
     shadow_state: Rc<RefCell<ShadowState>>,
     response_additions: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
-    /// The breaker this response's outcome is counted for.
-    breaker_ticket: Option<BreakerTicket>,
+    /// The breaker and judge arm this response's outcome is counted for; never set for a
+    /// request of a rule's fault slice (`injected`): faulted outcomes reach neither.
+    outcome_for: Option<OutcomeFor>,
     /// When the request was routed (breaker clock, ms): only for a breaker with `slow_ms`.
     routed_ms: Option<u64>,
-    /// A gRPC response whose status comes in trailers: its ticket, and whether it was slow.
-    grpc_pending: Option<(BreakerTicket, bool)>,
+    /// When the request was routed (µs): only for a judge with a latency criterion.
+    routed_us: Option<u64>,
+    /// The request headers were read and the request is not gRPC: a judged destination
+    /// without a breaker then skips the response's `content-type` read.
+    not_grpc: bool,
+    /// A gRPC response whose status comes in trailers: who it counts for, whether it was
+    /// slow, and its latency (µs, for a judge).
+    grpc_pending: Option<(OutcomeFor, bool, Option<u64>)>,
     /// Set when this request is in a rule's fault slice: its outcome was injected (by Envoy's
     /// fault filter), so it is no evidence of the destination's health. Breakers never see it
     /// (no ticket); anything else that judges outcomes must skip it too.
@@ -63,8 +79,10 @@ impl SplitStream {
             shadow_state,
             response_additions: None,
             shadow: None,
-            breaker_ticket: None,
+            outcome_for: None,
             routed_ms: None,
+            routed_us: None,
+            not_grpc: false,
             grpc_pending: None,
             injected: None,
         }
@@ -143,7 +161,18 @@ impl SplitStream {
                 }
             }
         }
-        self.breaker_ticket = routed.ticket;
+        // A faulted request's outcome was injected: no evidence for a judge either.
+        let judge_arm = if plan.judges.is_empty() || routed.fault {
+            None
+        } else {
+            plan.judge_arm(routed.rule, routed.destination)
+        };
+        if routed.ticket.is_some() || judge_arm.is_some() {
+            self.outcome_for = Some(OutcomeFor {
+                ticket: routed.ticket,
+                judge_arm,
+            });
+        }
         // One clock read per request, only for a breaker that times its responses.
         if routed
             .ticket
@@ -151,6 +180,10 @@ impl SplitStream {
             .is_some_and(|p| p.slow_ms.is_some())
         {
             self.routed_ms = breaker::clock_ms();
+        }
+        // And one for a judge that compares latencies.
+        if rule.judge.as_ref().is_some_and(|j| j.latency.is_some()) && judge_arm.is_some() {
+            self.routed_us = judge::clock_us();
         }
         let debug = plan.debug_header.then(|| {
             let mut d = match routed.lane {
@@ -235,17 +268,23 @@ impl SplitStream {
         self.active.counters.borrow_mut().count_unmatched();
     }
 
-    /// Classifies the response for the breaker of `ticket` and counts it: its status, then
-    /// (`slow_ms`) when its headers came, then (`grpc_failure_codes`) its `grpc-status`, from
-    /// the headers of a trailers-only response or, for a gRPC response still streaming, from
-    /// its trailers (`on_http_response_trailers`).
-    fn count_outcome(&mut self, ticket: BreakerTicket, end_of_stream: bool) {
-        let plan = &self.active.plan;
-        let Some(policy) = plan.breaker_policy(ticket.slot) else {
+    /// Classifies the response for the breaker of `ticket` and the judge arm, and counts it:
+    /// its status, then (`slow_ms`) when its headers came, then (`grpc_failure_codes`) its
+    /// `grpc-status`, from the headers of a trailers-only response or, for a gRPC response
+    /// still streaming, from its trailers (`on_http_response_trailers`). A destination without
+    /// a breaker is classified with the breaker's defaults (for its judge).
+    fn count_outcome(&mut self, outcome_for: OutcomeFor, end_of_stream: bool) {
+        let active = Rc::clone(&self.active);
+        let judges = active.judges.borrow();
+        let Some(policy) = failure_policy(&active, &judges.default_failures, outcome_for) else {
             return;
         };
         let Some(status) = status_of(MapType::HttpResponseHeaders) else {
             return;
+        };
+        let latency_us = match (outcome_for.judge_arm, self.routed_us) {
+            (Some(_), Some(routed)) => judge::clock_us().map(|now| now.saturating_sub(routed)),
+            _ => None,
         };
         // Envoy's own replies (connect failure, reset, timeout) are told apart by the response
         // code details, a property read only for the few responses where it matters.
@@ -262,7 +301,8 @@ impl SplitStream {
             _ => false,
         };
         let mut failed = failed || slow;
-        if !failed && status == 200 && !policy.grpc_failure_codes.is_empty() {
+        let skip_grpc = outcome_for.ticket.is_none() && self.not_grpc;
+        if !failed && status == 200 && !policy.grpc_failure_codes.is_empty() && !skip_grpc {
             // gRPC answers 200 with `content-type: application/grpc...`; one read for others.
             let grpc = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
                 .ok()
@@ -275,17 +315,42 @@ impl SplitStream {
                 {
                     Some(code) => failed = policy.is_failure_grpc(&code),
                     None if !end_of_stream => {
-                        self.grpc_pending = Some((ticket, false));
+                        self.grpc_pending = Some((outcome_for, slow, latency_us));
                         return;
                     }
                     None => {}
                 }
             }
         }
-        self.active
-            .breakers
-            .borrow_mut()
-            .record_outcome(plan, ticket, failed);
+        drop(judges);
+        record(&active, outcome_for, failed, latency_us);
+    }
+}
+
+/// What counts as a failure for `outcome_for`: its breaker's policy, else (a judged
+/// destination without a breaker) the breaker defaults.
+fn failure_policy<'a>(
+    active: &'a Loaded,
+    default: &'a BreakerPolicy,
+    outcome_for: OutcomeFor,
+) -> Option<&'a BreakerPolicy> {
+    match outcome_for.ticket {
+        Some(ticket) => active.plan.breaker_policy(ticket.slot),
+        None => outcome_for.judge_arm.map(|_| default),
+    }
+}
+
+/// Counts one classified outcome for its breaker and its judge arm.
+fn record(active: &Loaded, outcome_for: OutcomeFor, failed: bool, latency_us: Option<u64>) {
+    if let Some(ticket) = outcome_for.ticket {
+        if let Ok(mut breakers) = active.breakers.try_borrow_mut() {
+            breakers.record_outcome(&active.plan, ticket, failed);
+        }
+    }
+    if let Some((slot, canary)) = outcome_for.judge_arm {
+        if let Ok(mut judges) = active.judges.try_borrow_mut() {
+            judges.record(slot, canary, failed, latency_us);
+        }
     }
 }
 
@@ -355,12 +420,36 @@ impl HttpContext for SplitStream {
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
         let marker = shadow::screen_marker(plan, map_read.then_some(&request));
-        let decision = plan.decide_at(
+        let mut decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
+        if let (Decision::Routed(routed), false) = (&mut decision, plan.judges.is_empty()) {
+            plan.judge_moves(
+                routed,
+                &active.judges.borrow().tripped,
+                &active.breakers.borrow().views,
+            );
+            self.not_grpc = plan.needs_request_headers
+                && !request
+                    .header("content-type")
+                    .is_some_and(|c| c.starts_with(b"application/grpc"));
+            // A sticky judged rule counts its distinct users per destination (SRM).
+            if let Some(rule) = plan.rules.get(routed.rule) {
+                if let (Some(slot), Some(sticky)) = (rule.judge_slot, &rule.sticky) {
+                    let key = crate::plan::Rule::user_key(sticky, &request);
+                    if let Some(key) = key {
+                        active.judges.borrow_mut().record_user(
+                            slot,
+                            routed.destination,
+                            crate::judge::srm::user_hash(&key),
+                        );
+                    }
+                }
+            }
+        }
         let lane_edits = if plan.lanes.is_empty() {
             Vec::new()
         } else {
@@ -436,8 +525,8 @@ impl HttpContext for SplitStream {
                 );
             }
         }
-        if let Some(ticket) = self.breaker_ticket.take() {
-            self.count_outcome(ticket, end_of_stream);
+        if let Some(outcome_for) = self.outcome_for.take() {
+            self.count_outcome(outcome_for, end_of_stream);
         }
         if let Some(injected) = self.injected {
             self.count_injected(injected);
@@ -455,20 +544,18 @@ impl HttpContext for SplitStream {
     /// Only called for responses that have trailers (gRPC), so exporting it costs other
     /// responses nothing (BENCHMARKS.md).
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        if let Some((ticket, slow)) = self.grpc_pending.take() {
-            let plan = &self.active.plan;
+        if let Some((outcome_for, slow, latency_us)) = self.grpc_pending.take() {
+            let active = &self.active;
             let failed = slow
                 || hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, "grpc-status")
                     .ok()
                     .flatten()
                     .is_some_and(|code| {
-                        plan.breaker_policy(ticket.slot)
+                        let judges = active.judges.borrow();
+                        failure_policy(active, &judges.default_failures, outcome_for)
                             .is_some_and(|p| p.is_failure_grpc(&code))
                     });
-            self.active
-                .breakers
-                .borrow_mut()
-                .record_outcome(plan, ticket, failed);
+            record(active, outcome_for, failed, latency_us);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_trailers(&self.active, &mut self.shadow_state.borrow_mut());
@@ -496,11 +583,8 @@ impl HttpContext for SplitStream {
 impl Drop for SplitStream {
     fn drop(&mut self) {
         // A gRPC response that ended without trailers: counted by what was known.
-        if let (Some((ticket, slow)), Ok(mut breakers)) = (
-            self.grpc_pending.take(),
-            self.active.breakers.try_borrow_mut(),
-        ) {
-            breakers.record_outcome(&self.active.plan, ticket, slow);
+        if let Some((outcome_for, slow, latency_us)) = self.grpc_pending.take() {
+            record(&self.active, outcome_for, slow, latency_us);
         }
         if let (Some(shadow), Ok(mut state)) =
             (&mut self.shadow, self.shadow_state.try_borrow_mut())

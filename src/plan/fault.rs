@@ -31,6 +31,11 @@ pub struct FaultPolicy {
 }
 
 impl FaultPolicy {
+    /// Whether the fault applies to requests routed to `destination` (`destinations`).
+    pub fn applies_to(&self, destination: usize) -> bool {
+        destination < 16 && self.destinations & (1u16 << destination as u32) != 0
+    }
+
     /// A sticky user's fault bucket (0..10000) under the fault's own salt.
     pub fn bucket_of_key(&self, key: &[u8]) -> u32 {
         crate::bucket::bucket_of_hash(
@@ -47,7 +52,7 @@ impl FaultPolicy {
         bucket: Option<u32>,
         draw: impl FnOnce() -> u64,
     ) -> bool {
-        if destination >= 16 || self.destinations & (1u16 << destination as u32) == 0 {
+        if !self.applies_to(destination) {
             return false;
         }
         match bucket {

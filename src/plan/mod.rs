@@ -9,6 +9,7 @@ mod decide;
 mod fault;
 mod fields;
 mod index;
+mod judge;
 mod lane;
 mod matching;
 mod rollout;
@@ -21,12 +22,14 @@ mod tests;
 pub use decide::{Decision, Routed};
 pub use fault::FaultPolicy;
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
+pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
+use crate::judge::JudgePolicy;
 use crate::lane::{Lanes, RuleLane};
 use crate::matcher::{Condition, Matcher};
 use crate::rollout::RolloutPolicy;
@@ -73,6 +76,8 @@ pub struct Plan {
     pub lanes: Lanes,
     /// How many rules have a lane (`RuleLane::slot` counts them).
     pub lane_rules: usize,
+    /// Rules with a judge, by judge slot (`Rule::judge_slot` indexes it).
+    pub judges: Vec<usize>,
     /// Rules with a `fault`, by fault slot (`FaultPolicy::slot` indexes it).
     pub fault_rules: Vec<usize>,
 }
@@ -104,6 +109,12 @@ pub struct Rule {
     pub rollout_slot: Option<usize>,
     /// `propagate` (and `from_lane`, `lane_fallback`), compiled.
     pub lane: Option<RuleLane>,
+    /// Compares the canary with its baseline (`crate::judge`).
+    pub judge: Option<JudgePolicy>,
+    /// Index into `Plan::judges` when the rule has a judge.
+    pub judge_slot: Option<usize>,
+    /// `rollout.gate: "judge"`: a step ends only once the judge's last window passed.
+    pub rollout_gated: bool,
     /// The slice of requests Envoy's fault filter delays or aborts.
     pub fault: Option<FaultPolicy>,
 }
@@ -199,6 +210,13 @@ impl Plan {
                 fault_rules.push(r);
             }
         }
+        let mut judges = Vec::new();
+        for (r, rule) in rules.iter_mut().enumerate() {
+            if rule.judge.is_some() {
+                rule.judge_slot = Some(judges.len());
+                judges.push(r);
+            }
+        }
         let mut breakers = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             for (d, dest) in rule.destinations.iter_mut().enumerate() {
@@ -258,6 +276,7 @@ impl Plan {
             rollouts,
             lanes,
             lane_rules,
+            judges,
             fault_rules,
         })
     }
@@ -280,6 +299,12 @@ impl Plan {
     pub fn rollout_site(&self, slot: usize) -> Option<(&Rule, &RolloutPolicy)> {
         let rule = self.rules.get(*self.rollouts.get(slot)?)?;
         Some((rule, rule.rollout.as_ref()?))
+    }
+
+    /// The rule and judge of judge slot `slot`.
+    pub fn judge_site(&self, slot: usize) -> Option<(&Rule, &JudgePolicy)> {
+        let rule = self.rules.get(*self.judges.get(slot)?)?;
+        Some((rule, rule.judge.as_ref()?))
     }
 
     /// The `shadow`-th shadow of rule `rule`.

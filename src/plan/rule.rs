@@ -3,6 +3,7 @@
 use super::breaker::compile_breaker;
 use super::fault::compile_fault;
 use super::fields::{check_cluster, check_name, field, field_item, item};
+use super::judge::compile_judge;
 use super::matching::compile_match;
 use super::rollout::compile_rollout;
 use super::shadow::compile_shadow;
@@ -39,9 +40,23 @@ pub(super) fn compile_rule(
             ));
         }
     }
+    let rollout_gated = rule
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.gate == Some(crate::config::RolloutGate::Judge));
+    if rollout_gated && rule.judge.is_none() {
+        return Err(ConfigError::new(
+            field(&field(path, "rollout"), "gate"),
+            "\"judge\" needs a \"judge\" on this rule",
+        ));
+    }
     let rollout = rule
         .rollout
         .map(|r| compile_rollout(&field(path, "rollout"), r, rule.hash, &destinations))
+        .transpose()?;
+    let judge = rule
+        .judge
+        .map(|j| compile_judge(&field(path, "judge"), j, &destinations))
         .transpose()?;
     // A rollout rule starts at 0% (before `start`) until the host computes the share in force.
     let upper_bounds = match &rollout {
@@ -93,6 +108,9 @@ pub(super) fn compile_rule(
         rollout,
         rollout_slot: None,
         lane: None,
+        judge,
+        judge_slot: None,
+        rollout_gated,
         fault,
     })
 }

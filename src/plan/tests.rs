@@ -525,7 +525,7 @@ fn rollout_errors() {
         (rollout(&format!(r#"{S},"steps":[{{"percent":1}}],"abort_on_breaker_open":true"#)),
          "rules[0].rollout.abort_on_breaker_open: needs a breaker on the rollout's destination"),
         (rollout(&format!(r#"{S},"steps":[{{"percent":1}}],"pause":true"#)),
-         "rules[0].rollout.pause: unknown field, expected one of: destination, start, steps, abort_on_breaker_open"),
+         "rules[0].rollout.pause: unknown field, expected one of: destination, start, steps, abort_on_breaker_open, gate"),
         (rollout(&format!(r#"{S},"steps":[{{"percent":1,"wait":3}}]"#)),
          "rules[0].rollout.steps[0].wait: unknown field, expected one of: percent, hold_s"),
         (rollout(r#""destination":"canary","steps":[{"percent":1}]"#), "rules[0].rollout.start: is required"),

@@ -12,7 +12,8 @@ mod marker;
 pub use bulkhead::{Bulkhead, Keyed};
 pub use compare::{compare, Answer, BodyDigest, CompareBook, Digest, Finding, Verdict};
 pub use marker::{
-    check_marker, marker_value, Marker, MarkerKey, MARKER_MAX_AGE_S, SHADOW_MARKER, UNSIGNED_MARKER,
+    check_marker, marker_value, MarkedRequest, Marker, MarkerKey, BOUND_HEADERS, MARKER_MAX_AGE_S,
+    MARKER_MAX_FUTURE_S, SHADOW_MARKER, UNSIGNED_MARKER,
 };
 
 use crate::request::{HeaderPair, Request};

@@ -30,8 +30,8 @@ use crate::metrics::{ShadowEvent, SHADOW_DISPATCH_DELAY};
 use crate::plan::Plan;
 use crate::request::Request;
 use crate::shadow::{
-    check_marker, marker_value, Answer, Bulkhead, CompareBook, Digest, Finding, Keyed, Marker,
-    ShadowPolicy, SHADOW_MARKER,
+    check_marker, marker_value, Answer, Bulkhead, CompareBook, Digest, Finding, Keyed,
+    MarkedRequest, Marker, ShadowPolicy, BOUND_HEADERS, SHADOW_MARKER,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
@@ -66,6 +66,8 @@ pub(super) struct ShadowState {
     wake_pending: bool,
     /// Counts shadowed requests, to time one in `DELAY_SAMPLE` from complete to dispatched.
     shadowed_requests: u64,
+    /// Copies dropped because their stream ended before its request body did (for the log).
+    unfinished_drops: u64,
     pub queue_id: Option<u32>,
     /// This VM's shared-queue name (see `host::Vm`), registered at the first stream of a
     /// configuration with shadows.
@@ -178,6 +180,7 @@ impl ShadowState {
             jobs: Vec::new(),
             wake_pending: false,
             shadowed_requests: 0,
+            unfinished_drops: 0,
             queue_id: None,
             queue_name: String::new(),
             queue_owner: None,
@@ -326,6 +329,24 @@ impl ShadowState {
         self.end(copy);
     }
 
+    /// A copy whose stream ended before the request body was complete (`seen` bytes of it
+    /// arrived): never sent, counted `dropped`. Logged at info on this worker's 1st, 2nd, 4th,
+    /// 8th, ... such copy: an upstream that always answers before reading the body must not
+    /// flood the log.
+    fn drop_unfinished(&mut self, copy: &ShadowCopy, seen: usize) {
+        self.drop_copy(copy);
+        self.unfinished_drops += 1;
+        if self.unfinished_drops.is_power_of_two() {
+            log::info!(
+                "traffic-split: shadow copy to cluster {} dropped: the request's stream ended \
+                 before its body was complete ({} bytes seen); {} such copies on this worker",
+                copy.policy().map_or("", |p| p.cluster.as_str()),
+                seen,
+                self.unfinished_drops
+            );
+        }
+    }
+
     /// Root context, every tick: abandons copies whose body is still arriving past their
     /// deadline (counted `dropped`), and forgets comparisons past theirs.
     pub fn on_tick(&mut self, now_ms: Option<u64>) {
@@ -360,34 +381,65 @@ impl ShadowState {
 }
 
 /// Removes a shadow marker that does not verify from the request, before it goes upstream
-/// (a client must never make a real request look like a copy), and says what it found.
-/// `headers`: the request's header map when the filter read it, else `None` (then the marker
-/// costs one host call per request: a removal, or a read when a secret is configured).
+/// (a client must never make a real request look like a copy, nor resend a copy's marker on
+/// another request), and says what it found. `headers`: the request's header map when the
+/// filter read it, else `None` (then the marker costs one host call per request: a removal, or
+/// a read when a secret is configured, and four more reads when a marker is there: the headers
+/// it is bound to).
 pub(super) fn screen_marker(plan: &Plan, headers: Option<&Request>) -> Marker {
-    let read;
-    let value = match headers {
-        Some(request) => request.header(SHADOW_MARKER),
-        None if plan.marker_key.is_some() => {
-            read = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, SHADOW_MARKER)
-                .ok()
-                .flatten();
-            read.as_deref()
+    let Some(key) = &plan.marker_key else {
+        match headers {
+            Some(request) if request.header(SHADOW_MARKER).is_none() => return Marker::Absent,
+            Some(_) => {}
+            // Nothing can verify: remove whatever is there.
+            None => {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
+                return Marker::Absent;
+            }
+        }
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
+        return Marker::Untrusted;
+    };
+    let marker = match headers {
+        Some(request) => {
+            let bound = MarkedRequest::from_lookup(|name| request.header(name));
+            verify(request.header(SHADOW_MARKER), &bound, key)
         }
         None => {
-            // Nothing can verify: remove whatever is there.
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
-            return Marker::Absent;
+            let read = |name: &str| {
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                    .ok()
+                    .flatten()
+            };
+            match read(SHADOW_MARKER) {
+                None => Marker::Absent,
+                Some(value) => {
+                    let [a, m, p, r] = BOUND_HEADERS.map(read);
+                    let bound = MarkedRequest {
+                        authority: a.as_deref(),
+                        method: m.as_deref(),
+                        path: p.as_deref(),
+                        request_id: r.as_deref(),
+                    };
+                    verify(Some(&value), &bound, key)
+                }
+            }
         }
     };
-    let now_s = match (value, &plan.marker_key) {
-        (Some(_), Some(_)) => now_ms().map(|ms| ms / 1000),
-        _ => None,
-    };
-    let marker = check_marker(value, plan.marker_key.as_ref(), now_s);
     if marker == Marker::Untrusted {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, SHADOW_MARKER, None);
     }
     marker
+}
+
+/// The marker check with the host's clock (read only when a marker is there).
+fn verify(
+    value: Option<&[u8]>,
+    bound: &MarkedRequest<'_>,
+    key: &crate::shadow::MarkerKey,
+) -> Marker {
+    let now_s = value.and_then(|_| now_ms()).map(|ms| ms / 1000);
+    check_marker(value, bound, Some(key), now_s)
 }
 
 /// Root context only (`on_queue_ready`, `on_tick`): dispatches every queued copy, so the
@@ -451,7 +503,13 @@ fn dispatch(
     let now_s = now
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
-    let marker = marker_value(copy.config.plan.marker_key.as_ref(), now_s);
+    // Bound to the copy as sent: its `:authority` (with `host_suffix`), method, path and
+    // request id (`crate::shadow::MarkedRequest`).
+    let marker = marker_value(
+        copy.config.plan.marker_key.as_ref(),
+        &MarkedRequest::of_copy(&headers),
+        now_s,
+    );
     let header_refs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))

@@ -338,14 +338,16 @@ impl StreamShadow {
 
     /// The stream is over: whatever did not finish is released, never leaked.
     pub fn on_stream_end(&mut self, active: &Rc<Loaded>, state: &mut ShadowState) {
-        // A request that never completed: its copies were never sent. Not counted as drops
-        // (those are for oversized bodies, a full bulkhead and deadlines), but their capacity
-        // returns.
+        // The stream ended before the filter saw its request's end (the client left mid-body,
+        // or the upstream answered before reading the body and Envoy reset the stream): the
+        // body is not known whole, so its copies are never sent, never truncated. Each is
+        // counted `dropped` and its capacity returns.
         if self.collecting {
             self.collecting = false;
             if let Some(c) = state.collecting.remove(self.key) {
                 for collected in &c.copies {
-                    state.end(&c.origin.copy(collected));
+                    let copy = c.origin.copy(collected);
+                    state.drop_unfinished(&copy, c.body.len());
                 }
             }
         }

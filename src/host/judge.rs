@@ -1,0 +1,210 @@
+//! Host side of the judges (`crate::judge`). A worker counts its judged outcomes in the VM
+//! (no host call per request), and on each tick merges them into the rule's shared record
+//! (`crate::judge::publish`), keyed by filter instance, rule and configuration. The first
+//! worker to tick in a new wall-clock window closes the last one: it records the gauges and
+//! counters, logs a failing window (with the numbers and thresholds behind it) and the action
+//! taken. Every worker learns from the record whether `on_fail` ran: with `abort` and no
+//! rollout, its decisions then send the canary's traffic to the baseline
+//! (`Plan::judge_moves`); with a rollout, `Rollouts` holds it at 0% (`host::rollout`).
+
+use super::breaker::HostStore;
+use crate::breaker::{instance_scope, BreakerPolicy};
+use crate::judge::gate::JudgeView;
+use crate::judge::{judge_key, publish, JudgePolicy, Judged, OnFail, Tally, Verdict};
+use crate::metrics::{judge_metric, srm_metric, JUDGE_COUNTERS, JUDGE_GAUGES};
+use crate::plan::{default_failure_policy, Plan, Rule};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI `clock_time_get` (see `host::breaker::clock_ms`).
+    #[link_name = "clock_time_get"]
+    fn wasi_clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u16;
+}
+
+/// Monotonic microseconds, for the judge's latency: read when a judged request is routed and
+/// when its response headers come, only for a judge with a latency criterion.
+pub(super) fn clock_us() -> Option<u64> {
+    let mut ns: u64 = 0;
+    // SAFETY: the import writes one u64 to the pointer it is given, a live local here.
+    let errno = unsafe { wasi_clock_time_get(1, 1_000, &mut ns) };
+    (errno == 0 && ns > 0).then_some(ns / 1_000)
+}
+
+/// Per configuration: each judge slot's pending counts and what this worker knows of it.
+pub(super) struct Judges {
+    /// Per judge slot: `on_fail: abort` ran, for decisions (`Plan::judge_moves`) and rollouts.
+    pub tripped: Vec<bool>,
+    /// Per judge slot: what rollouts need (the trigger, the last passing window).
+    pub views: Vec<JudgeView>,
+    /// What counts as a failure on a destination without a breaker.
+    pub default_failures: BreakerPolicy,
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    key: String,
+    pending: Tally,
+    gauges: Vec<Option<u32>>,
+    counters: Vec<Option<u32>>,
+    /// `traffic_split.rule.<rule>.srm` (sticky rules only).
+    srm_gauge: Option<u32>,
+}
+
+impl Judges {
+    /// From `on_configure`: `configuration` (its bytes) scopes each judge, so a configuration
+    /// change starts it afresh and lifts an abort.
+    pub fn new(plan: &Plan, scope: &str, configuration: &[u8]) -> Judges {
+        let config_id = instance_scope(&[configuration]);
+        let slots: Vec<Slot> = (0..plan.judges.len())
+            .filter_map(|slot| plan.judge_site(slot))
+            .map(|(rule, _)| {
+                let define = |kind, names: &[&str]| -> Vec<Option<u32>> {
+                    names
+                        .iter()
+                        .map(|what| {
+                            hostcalls::define_metric(kind, &judge_metric(&rule.name, what)).ok()
+                        })
+                        .collect()
+                };
+                Slot {
+                    key: judge_key(scope, &rule.name, &config_id),
+                    pending: Tally::default(),
+                    gauges: define(MetricType::Gauge, &JUDGE_GAUGES),
+                    counters: define(MetricType::Counter, &JUDGE_COUNTERS),
+                    srm_gauge: rule.sticky.as_ref().and_then(|_| {
+                        hostcalls::define_metric(MetricType::Gauge, &srm_metric(&rule.name)).ok()
+                    }),
+                }
+            })
+            .collect();
+        Judges {
+            tripped: vec![false; slots.len()],
+            views: vec![JudgeView::default(); slots.len()],
+            default_failures: default_failure_policy(),
+            slots,
+        }
+    }
+
+    /// One judged outcome (final destination `canary` or baseline of judge `slot`).
+    // Hook for #22 (fault injection): a faulted outcome must not reach this call; the stream
+    // decides that (`SplitStream::judge_arm` is cleared for it).
+    pub fn record(&mut self, slot: usize, canary: bool, failed: bool, latency_us: Option<u64>) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            let arm = if canary {
+                &mut s.pending.canary
+            } else {
+                &mut s.pending.baseline
+            };
+            arm.record(failed, latency_us);
+        }
+    }
+
+    /// A sticky rule's user (`srm::user_hash` of its key) served by `destination`.
+    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u32) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.pending.add_user(destination, hash);
+        }
+    }
+
+    /// On every tick (wall clock `now_ms`): publishes each judge's counts, closing a window
+    /// that ended, and learns whether `on_fail` ran. `rollouts`: the bounds in force of each
+    /// rollout slot (the shares the SRM test expects).
+    pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, rollouts: &[Vec<u32>]) {
+        let Some(now_s) = now_ms.map(|ms| ms / 1000) else {
+            return;
+        };
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            let Some((rule, policy)) = plan.judge_site(slot) else {
+                continue;
+            };
+            let window = now_s / policy.window_s.max(1);
+            let shares = if rule.sticky.is_some() {
+                rule.bucket_shares(rule.bounds_in_force(rollouts))
+            } else {
+                Vec::new()
+            };
+            let done = publish(
+                &mut HostStore,
+                &s.key,
+                policy,
+                window,
+                &mut s.pending,
+                &shares,
+            );
+            if !done.synced {
+                continue;
+            }
+            if let Some(t) = self.tripped.get_mut(slot) {
+                *t = done.triggered && policy.on_fail == OnFail::Abort;
+            }
+            if let Some(v) = self.views.get_mut(slot) {
+                let last_window_ms = done
+                    .window
+                    .checked_sub(1)
+                    .map(|w| w.saturating_mul(policy.window_s).saturating_mul(1000))
+                    .and_then(|ms| i64::try_from(ms).ok());
+                *v = JudgeView {
+                    tripped: done.triggered && policy.on_fail == OnFail::Abort,
+                    passed_window_start_ms: last_window_ms
+                        .filter(|_| done.last_verdict == Verdict::Pass),
+                };
+            }
+            if let Some(closed) = done.closed {
+                report(rule, policy, s, &closed);
+            }
+        }
+    }
+}
+
+/// The closing worker reports a window: gauges, its verdict's counter, and a log line when it
+/// failed (with the action it triggered).
+fn report(rule: &Rule, policy: &JudgePolicy, s: &Slot, closed: &Judged) {
+    let e = &closed.evaluation;
+    let ms = |us: Option<u64>| us.map_or(0, |us| us / 1000);
+    let values = [
+        e.verdict as u64,
+        e.canary_requests,
+        e.baseline_requests,
+        e.canary_failure_bp,
+        e.baseline_failure_bp,
+        ms(e.canary_latency_us),
+        ms(e.baseline_latency_us),
+    ];
+    for (id, value) in s.gauges.iter().zip(values) {
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(*id, value);
+        }
+    }
+    if let Some(Some(id)) = s.counters.get(e.verdict as usize) {
+        let _ = hostcalls::increment_metric(*id, 1);
+    }
+    if let (Some(id), Some(flag)) = (s.srm_gauge, e.srm) {
+        let _ = hostcalls::record_metric(id, u64::from(flag));
+    }
+    if e.verdict != Verdict::Fail {
+        return;
+    }
+    let dest = |i: usize| rule.destinations.get(i).map_or("", |d| d.name.as_str());
+    let action = match (closed.triggered_now, policy.on_fail) {
+        (true, OnFail::Abort) if rule.rollout.is_some() => " -> rollout aborted".to_string(),
+        (true, OnFail::Abort) => format!(
+            " -> traffic of \"{}\" goes to \"{}\" until the configuration changes",
+            dest(policy.canary),
+            dest(policy.baseline)
+        ),
+        (true, OnFail::Report) => " -> on_fail \"report\": no action taken".to_string(),
+        (false, _) if closed.streak.triggered => " (on_fail already taken)".to_string(),
+        (false, _) => format!(
+            " ({} of {} failing windows in a row before on_fail)",
+            closed.streak.failing, policy.fail_after
+        ),
+    };
+    log::warn!(
+        "traffic-split: judge of rule \"{}\" failed window {}: {}{action}",
+        rule.name,
+        closed.ordinal,
+        policy.numbers_text(e)
+    );
+}
