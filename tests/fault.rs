@@ -353,3 +353,45 @@ fn faulted_requests_are_shadowed_but_never_compared() {
         a
     );
 }
+
+/// A judge never counts injected outcomes: with half of the canary's requests aborted by the
+/// fault filter (503) and no real failure, every judged window sees a canary with 0% failures.
+#[test]
+fn a_judge_never_counts_injected_aborts() {
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    let config = r#"{"rules":[{"name":"checkout","destinations":[
+            {"name":"canary","cluster":"canary"},{"name":"stable","cluster":"stable"}],
+        "judge":{"window_s":2,"min_requests":10,"fail_after":1,"on_fail":"report","errors":{"max_increase":0.01}},
+        "fault":{"percent":50,"abort_status":503,"destinations":["canary"]}}]}"#;
+    let envoy = Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("canary", canary.addr)
+            .fault_filter(1000),
+    );
+    let judged = |envoy: &Envoy| {
+        envoy.counter("traffic_split.judge.checkout.windows_passed")
+            + envoy.counter("traffic_split.judge.checkout.windows_failed")
+    };
+    // Traffic for at least two whole windows (bounded: 20 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut aborted = 0;
+    while judged(&envoy) < 2 && Instant::now() < deadline {
+        for _ in 0..20 {
+            aborted += usize::from(envoy.get("/", &[]).status == 503);
+        }
+    }
+    assert!(aborted > 10, "{aborted} injected aborts");
+    assert!(judged(&envoy) >= 2, "no judged window within 20 s");
+    assert_eq!(
+        envoy.counter("traffic_split.judge.checkout.windows_failed"),
+        0,
+        "injected 503s counted against the canary"
+    );
+    assert_eq!(
+        envoy.counter("traffic_split.judge.checkout.canary_failure_bp"),
+        0
+    );
+    assert!(!envoy.log().contains("judge of rule"), "{}", envoy.log());
+}
