@@ -239,6 +239,13 @@ SCENARIOS = [
                     '"propagate":{"baggage":"split-lane"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # callgrind's rule behind a path regex that matches (CG_SCENARIO=callgrind-regex): what one
+    # regex evaluation costs on top of the sticky pick.
+    Scenario("callgrind-regex", "(tool) bench/callgrind.sh's Envoy, the rule behind a path regex",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"path":{"regex":"/r[0-9]+"}},"sticky":{"header":"x-user-id"},'
+                    '"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # callgrind's rule with a judge (CG_SCENARIO=callgrind-judge): both criteria at their
     # defaults, so a judged request pays the outcome classification and two clock reads.
     Scenario("callgrind-judge", "(tool) bench/callgrind.sh's Envoy, the rule with a judge (defaults)",

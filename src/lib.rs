@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod cookie;
 pub mod fault;
+pub mod fnv;
 pub mod judge;
 pub mod lane;
 pub mod matcher;

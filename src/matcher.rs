@@ -72,14 +72,41 @@ pub enum Condition {
     AnyOf(Vec<Matcher>),
 }
 
+/// False for a `regex` on a value longer than `pattern::MAX_VALUE_LEN`: it is not evaluated,
+/// does not hold, and the request counts it (`Request::note_regex_skipped`).
+fn evaluable(op: &StringOp, value: Option<&[u8]>, request: &Request<'_>) -> bool {
+    match (op, value) {
+        (StringOp::Regex(_), Some(v)) if v.len() > crate::pattern::MAX_VALUE_LEN => {
+            request.note_regex_skipped();
+            false
+        }
+        _ => true,
+    }
+}
+
 impl Condition {
     pub fn holds(&self, request: &Request<'_>) -> bool {
         match self {
-            Condition::Header(name, op) => op.holds(request.header(name)),
-            Condition::Cookie(name, op) => op.holds(request.cookie(name)),
-            Condition::Query(name, op) => op.holds(request.query(name).as_deref()),
-            Condition::Path(op) => op.holds(request.path()),
-            Condition::Authority(op) => op.holds_ignoring_case(request.authority()),
+            Condition::Header(name, op) => {
+                let v = request.header(name);
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Cookie(name, op) => {
+                let v = request.cookie(name);
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Query(name, op) => {
+                let v = request.query(name);
+                evaluable(op, v.as_deref(), request) && op.holds(v.as_deref())
+            }
+            Condition::Path(op) => {
+                let v = request.path();
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Authority(op) => {
+                let v = request.authority();
+                evaluable(op, v, request) && op.holds_ignoring_case(v)
+            }
             Condition::Methods(methods) => request
                 .method()
                 .is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
@@ -103,6 +130,20 @@ impl Condition {
     /// Whether evaluating this condition needs Envoy's `source.address` (a property read).
     pub fn needs_source_address(&self) -> bool {
         self.any(&|c| matches!(c, Condition::SourceIps(_)))
+    }
+
+    /// Whether this condition or one nested in it is a `regex`.
+    pub fn has_regex(&self) -> bool {
+        self.any(&|c| {
+            matches!(
+                c,
+                Condition::Header(_, StringOp::Regex(_))
+                    | Condition::Cookie(_, StringOp::Regex(_))
+                    | Condition::Query(_, StringOp::Regex(_))
+                    | Condition::Path(StringOp::Regex(_))
+                    | Condition::Authority(StringOp::Regex(_))
+            )
+        })
     }
 
     /// Whether evaluating this condition needs the request's header map.

@@ -466,6 +466,46 @@ fn explain_an_unmatched_request() {
     );
 }
 
+/// regex-lite behind `regex`: a POSIX class means what it means in RE2 (the own engine read
+/// `[[:alpha:]]` as a class of `[:alph` and a literal `]`), and the 34-byte pattern that hung
+/// `validate` is refused at once, with its field path.
+#[test]
+fn regex_posix_classes_explain_and_the_hang_pattern_is_refused() {
+    let cfg = Temp::new(
+        "posix.json",
+        r#"{"rules":[{"name":"r","match":{"path":{"regex":"/[[:alpha:]]+"}},
+          "destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    );
+    let o = run(&["explain", cfg.path(), "--path", "/abc"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("rule[0] \"r\": matched"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["explain", cfg.path(), "--path", "/ab1"]);
+    assert!(stdout(&o).contains("unmatched"), "{}", stdout(&o));
+    let hang = Temp::new(
+        "hang.json",
+        r#"{"rules":[{"name":"r","match":{"path":{"regex":"((((){1000}){1000}){1000}){1000}"}},"destinations":[{"name":"s","cluster":"s"}]}]}"#,
+    );
+    let start = std::time::Instant::now();
+    let o = run(&["validate", hang.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "rules[0].match.path.regex: compiles to more than 1280 bytes (the regex size limit): use a simpler pattern"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn diff_5_to_20_percent_moves_exactly_15_percent_from_stable_to_canary() {
     let old = Temp::new("old.json", &split(5));

@@ -15,6 +15,7 @@ macro_rules! out {
 }
 
 pub mod analysis;
+pub mod diff;
 pub mod input;
 pub mod schema;
 
@@ -234,7 +235,7 @@ pub fn main() -> ExitCode {
             user,
             all,
             json,
-        } => analysis::diff(&old, &new, user.as_deref(), all, json),
+        } => diff::diff(&old, &new, user.as_deref(), all, json),
         Command::Bucket {
             salt,
             key,

@@ -1,8 +1,7 @@
 //! Bytes to `PluginConfig`: one reader per object of the configuration, each listing its
 //! fields, their types, bounds and defaults.
 
-use super::json::{string_item, wrong_type, Obj, Result};
-use super::json_value::Value;
+use super::json::{string_item, wrong_type, Obj, Result, Value};
 use super::*;
 
 /// Parses the JSON plugin configuration. An empty (or all-whitespace) configuration is the
@@ -11,7 +10,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(PluginConfig::default());
     }
-    let value = super::json_value::parse(bytes)?;
+    let value = super::json::parse(bytes)?;
     let mut top = Obj::new(
         "",
         &value,

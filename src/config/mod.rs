@@ -5,16 +5,13 @@
 //!
 //! Field names and defaults are a public contract (docs/configuration.md): extend, never rename.
 //!
-//! Decoding (`decode`) parses the bytes into a JSON `Value` with the filter's own strict reader
-//! (`json_value`: serde_json's grammar, limits, numbers and error messages, for 21.6 KB less
-//! `.wasm` than serde_json, which remains for the native CLI only) and walks it by hand (`json`)
-//! instead of deriving `Deserialize`: every error then names its exact field path
+//! Decoding (`decode`) parses the bytes into a `serde_json::Value` and walks it by hand
+//! (`json`) instead of deriving `Deserialize`: every error then names its exact field path
 //! (`rules[1].destinations[0].weight`), unknown fields are reported before anything else, and
-//! the `.wasm` stays smaller than with derived visitors plus path tracking.
+//! one small walker serves every object of the configuration.
 
 mod decode;
 mod json;
-mod json_value;
 
 pub use decode::parse;
 

@@ -26,9 +26,10 @@ mod stream;
 
 use root::SplitRoot;
 
+use crate::matcher::Condition;
 use crate::metrics::{
-    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
-    SHADOW_PRIMARY_LATENCY,
+    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, REGEX_VALUE_TOO_LONG,
+    SHADOW_LATENCY, SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
 use crate::rng::Rng;
@@ -65,6 +66,8 @@ struct Loaded {
     shadow_latency_ids: Vec<Option<u32>>,
     primary_latency_ids: Vec<Option<u32>>,
     dispatch_delay_id: Option<u32>,
+    /// `metrics::REGEX_VALUE_TOO_LONG`, when the plan has a `regex`.
+    regex_skipped_id: Option<u32>,
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
@@ -99,6 +102,12 @@ impl Loaded {
             shadow_counters: RefCell::new(ShadowCounters::for_plan(&plan)),
             shadow_latency_ids: histograms(SHADOW_LATENCY),
             primary_latency_ids: histograms(SHADOW_PRIMARY_LATENCY),
+            regex_skipped_id: plan
+                .rules
+                .iter()
+                .any(|r| r.matcher.conditions.iter().any(Condition::has_regex))
+                .then(|| hostcalls::define_metric(MetricType::Counter, REGEX_VALUE_TOO_LONG).ok())
+                .flatten(),
             dispatch_delay_id: if plan.shadow_targets.is_empty() {
                 None
             } else {

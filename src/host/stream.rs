@@ -426,6 +426,12 @@ impl HttpContext for SplitStream {
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
+        let skipped = request.regex_skipped();
+        if skipped > 0 {
+            if let Some(id) = active.regex_skipped_id {
+                let _ = hostcalls::increment_metric(id, i64::from(skipped));
+            }
+        }
         if let (Decision::Routed(routed), false) = (&mut decision, plan.judges.is_empty()) {
             plan.judge_moves(
                 routed,
