@@ -286,7 +286,13 @@ SCENARIOS = [
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
     # the rule index's per-request cost, load-independent.
     *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",
-               routes="routes-direct.yaml", module="filter", hosts=n, tool=True) for n in (5, 5000)),
+               routes="routes-direct.yaml", module="filter", hosts=n, tool=True) for n in (5, 5000)),    # A rule that reads no request attribute (random 50/50, CG_SCENARIO=callgrind-random): no header
+    # map read; the fault filter's seven headers are removed by name on every request.
+    Scenario("callgrind-random", "(tool) bench/callgrind.sh's Envoy, a random 50/50 rule",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 

@@ -42,6 +42,9 @@ WANTED = {
     "argo-rollouts-analysis-template-crd.yaml": ("argo-rollouts.yaml", {
         ("argoproj.io", "AnalysisTemplate"): ["v1alpha1"],
     }),
+    "envoy-gateway-envoypatchpolicies.yaml": ("envoy-gateway-patch.yaml", {
+        ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
+    }),
 }
 
 

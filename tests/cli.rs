@@ -224,6 +224,76 @@ fn validate_warns_about_unscoped_effects_shadowed_rules_and_unreachable_destinat
     assert!(warnings[4].contains("rule \"tiny\": destination \"a\" (weight 1) owns none"));
 }
 
+/// A configuration with `fault` read from an Envoy YAML or manifest whose chain (or file) has no
+/// fault filter with header control after the Wasm filter is valid but warned about; one before
+/// the Wasm filter is warned about whatever the configuration.
+#[test]
+fn validate_warns_when_fault_has_no_fault_filter_after_the_wasm_filter() {
+    let demo = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
+    let fault_at = demo.find("          # Envoy's fault filter").unwrap();
+    let router_at = demo
+        .find("          - name: envoy.filters.http.router")
+        .unwrap();
+    let wasm_at = demo
+        .find("          - name: envoy.filters.http.wasm")
+        .unwrap();
+    let warnings = |yaml: &str| -> Vec<String> {
+        let f = Temp::new("envoy.yaml", yaml);
+        let o = run(&["validate", f.path()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+        stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("warning ") && l.contains("fault"))
+            .map(|l| l.rsplit(".value): ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        warnings(&demo),
+        Vec::<String>::new(),
+        "the demo has one after"
+    );
+    let without = format!("{}{}", &demo[..fault_at], &demo[router_at..]);
+    assert_eq!(
+        warnings(&without),
+        vec![
+            "rule(s) chaos use fault, but no fault filter (envoy.filters.http.fault with \
+              header_delay/header_abort) follows this Wasm filter before the router in its HTTP \
+              filter chain: no fault is ever applied (envoy/templates/fault-filter.yaml)"
+        ]
+    );
+    let before = format!(
+        "{}{}{}{}",
+        &demo[..wasm_at],
+        &demo[fault_at..router_at],
+        &demo[wasm_at..fault_at],
+        &demo[router_at..]
+    );
+    let w = warnings(&before);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[1].starts_with("a fault filter with header control runs before this Wasm filter: clients can inject faults"));
+    // A manifest: the EnvoyFilter in the same file counts.
+    let plugin = "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: ts}
+spec:
+  pluginConfig:
+    rules:
+    - name: r
+      match: {authority: {exact: h}}
+      destinations: [{name: a, cluster: a}]
+      fault: {percent: 5, delay_ms: 300}
+";
+    let f = Temp::new("plugin.yaml", plugin);
+    let o = run(&["validate", f.path()]);
+    assert!(stdout(&o).contains("rule(s) r use fault, but no EnvoyFilter or EnvoyPatchPolicy in this file adds Envoy's fault filter"), "{}", stdout(&o));
+    let filter =
+        std::fs::read_to_string(root().join("deploy/istio/envoyfilter-fault.yaml")).unwrap();
+    let f = Temp::new("both.yaml", &format!("{plugin}---\n{filter}"));
+    let o = run(&["validate", f.path()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
+}
+
 #[test]
 fn bucket_matches_unleash_reference_vectors() {
     for (salt, key, hash, want) in [
@@ -713,6 +783,12 @@ const INVALID: &[&str] = &[
     r#"{"rules":[{"name":"r","match":{"body":[]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
     r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/m","not":{"exact":"a","suffix":"b"}}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
     r#"{"body_max_bytes":1048577}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"delay_ms":5}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"delay_ms":0}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_status":199}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_status":503,"abort_grpc_status":14}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_grpc_status":"OK"}}]}"#,
 ];
 
 /// Validates each document against schema/traffic-split.schema.json with Python's `jsonschema`

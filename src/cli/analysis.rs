@@ -36,6 +36,49 @@ pub fn bucket_counts_in(rule: &Rule, bounds: &[u32]) -> Vec<u32> {
 
 /// The filter's load-time warnings (`Plan::load_warnings`) plus what only an offline
 /// check can afford: rules that can never match, destinations that get no bucket.
+/// Where the input puts Envoy's fault filter, against what the configuration needs: a rule
+/// with `fault` needs one with header control after the Wasm filter (else no fault is ever
+/// applied), and one before the Wasm filter lets clients inject faults whatever the filter does.
+pub fn fault_filter_warnings(
+    plan: &Plan,
+    site: Option<crate::cli::input::FaultFilterSite>,
+) -> Vec<String> {
+    let Some(site) = site else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let faulted: Vec<&str> = plan
+        .fault_rules
+        .iter()
+        .filter_map(|&r| plan.rules.get(r).map(|r| r.name.as_str()))
+        .collect();
+    if !faulted.is_empty() && !site.after {
+        let rules = crate::config::join(&faulted, ", ");
+        out.push(if site.manifest {
+            format!(
+                "rule(s) {rules} use fault, but no EnvoyFilter or EnvoyPatchPolicy in this file adds \
+                 Envoy's fault filter with header control (header_delay/header_abort) before the \
+                 router: unless another manifest does, no fault is ever applied \
+                 (deploy/istio/envoyfilter-fault.yaml, deploy/envoy-gateway/envoypatchpolicy-fault.yaml)"
+            )
+        } else {
+            format!(
+                "rule(s) {rules} use fault, but no fault filter (envoy.filters.http.fault with \
+                 header_delay/header_abort) follows this Wasm filter before the router in its \
+                 HTTP filter chain: no fault is ever applied (envoy/templates/fault-filter.yaml)"
+            )
+        });
+    }
+    if site.before {
+        out.push(
+            "a fault filter with header control runs before this Wasm filter: clients can inject \
+             faults with x-envoy-fault-* headers before the filter removes them; place it after"
+                .to_string(),
+        );
+    }
+    out
+}
+
 pub fn warnings(plan: &Plan) -> Vec<String> {
     let mut out = plan.load_warnings();
     let mut catch_all: Option<&str> = None;

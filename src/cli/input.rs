@@ -20,6 +20,69 @@ pub struct Embedded {
     /// Whether the Wasm PluginConfig around it sets `allow_on_headers_stop_iteration: true`
     /// (what `match.body` needs).
     pub body_setting: BodySetting,
+    /// Where Envoy's fault filter with header control sits, when the input tells (`None`: a
+    /// JSON file, or a chain the input does not show).
+    pub fault_filter: Option<FaultFilterSite>,
+}
+
+/// Envoy's fault filter with header control (`header_delay` / `header_abort`) around a Wasm
+/// filter: in its HTTP filter chain (an Envoy YAML), or in the same file (an Istio EnvoyFilter or
+/// an Envoy Gateway EnvoyPatchPolicy beside a WasmPlugin or an EnvoyExtensionPolicy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultFilterSite {
+    /// One follows the Wasm filter (before the router): `rules[].fault` can work.
+    pub after: bool,
+    /// One runs before the Wasm filter: clients' x-envoy-fault-* headers reach it before the
+    /// filter removes them.
+    pub before: bool,
+    /// The input is a Kubernetes manifest (the fault filter comes from another document).
+    pub manifest: bool,
+}
+
+/// The Envoy type of the fault filter's `typed_config`.
+pub const FAULT_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+
+/// Whether an HTTP filter entry (`{name, typed_config}`) is Envoy's fault filter with header
+/// control of delays or aborts.
+fn is_header_fault_filter(entry: &Value) -> bool {
+    let Some(config) = entry.get("typed_config") else {
+        return false;
+    };
+    config.get("@type").and_then(Value::as_str) == Some(FAULT_FILTER_TYPE)
+        && (config.pointer("/delay/header_delay").is_some()
+            || config.pointer("/abort/header_abort").is_some())
+}
+
+fn is_router(entry: &Value) -> bool {
+    entry.get("name").and_then(Value::as_str) == Some("envoy.filters.http.router")
+        || entry
+            .pointer("/typed_config/@type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.ends_with("envoy.extensions.filters.http.router.v3.Router"))
+}
+
+/// Whether a document is an Istio EnvoyFilter or Envoy Gateway EnvoyPatchPolicy adding Envoy's
+/// fault filter with header control.
+fn adds_header_fault_filter(doc: &Value) -> bool {
+    let values: Vec<&Value> = match doc.get("kind").and_then(Value::as_str) {
+        Some("EnvoyFilter") => doc
+            .pointer("/spec/configPatches")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.pointer("/patch/value"))
+            .collect(),
+        Some("EnvoyPatchPolicy") => doc
+            .pointer("/spec/jsonPatches")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.pointer("/operation/value"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    values.into_iter().any(is_header_fault_filter)
 }
 
 /// `allow_on_headers_stop_iteration` in what wraps a configuration.
@@ -83,6 +146,7 @@ pub fn extract(file: &str, bytes: &[u8], all: bool) -> Result<Vec<Embedded>, Inp
             location: String::new(),
             json: bytes.to_vec(),
             body_setting: BodySetting::Unknown,
+            fault_filter: None,
         }]);
     }
     let text = std::str::from_utf8(bytes)
@@ -97,19 +161,30 @@ pub fn extract(file: &str, bytes: &[u8], all: bool) -> Result<Vec<Embedded>, Inp
     }
     // Envoy Gateway filters an EnvoyPatchPolicy of this file gives the setting.
     let patched = patched_filters(&documents);
+    // For a WasmPlugin or an EnvoyExtensionPolicy: whether the file also adds the fault filter.
+    let manifest_site = FaultFilterSite {
+        after: documents.iter().any(adds_header_fault_filter),
+        before: false,
+        manifest: true,
+    };
     for (i, value) in documents.iter().enumerate() {
         let doc = format!("document {}", i + 1);
+        let manifest = matches!(
+            value.get("kind").and_then(Value::as_str),
+            Some("WasmPlugin" | "EnvoyExtensionPolicy")
+        );
         embedded_in(
             value,
             &doc,
             all,
             &patched,
-            &mut |location, json, body_setting| {
+            &mut |location, json, body_setting, site| {
                 found.push(Embedded {
                     file: file.to_string(),
                     location,
                     json,
                     body_setting,
+                    fault_filter: if manifest { Some(manifest_site) } else { site },
                 })
             },
         );
@@ -153,7 +228,7 @@ fn patched_filters(documents: &[Value]) -> Vec<String> {
     out
 }
 
-type Found<'a> = dyn FnMut(String, Vec<u8>, BodySetting) + 'a;
+type Found<'a> = dyn FnMut(String, Vec<u8>, BodySetting, Option<FaultFilterSite>) + 'a;
 
 fn embedded_in(value: &Value, doc: &str, all: bool, patched: &[String], out: &mut Found<'_>) {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -178,6 +253,7 @@ fn embedded_in(value: &Value, doc: &str, all: bool, patched: &[String], out: &mu
                 "an Istio WasmPlugin cannot set {BODY_SETTING}: load the filter with an \
                  EnvoyFilter instead (deploy/istio-body-routing/envoyfilter.yaml)"
             )),
+            None,
         ),
         "EnvoyExtensionPolicy" => {
             let wasm = value.pointer("/spec/wasm").and_then(Value::as_array);
@@ -198,10 +274,11 @@ fn embedded_in(value: &Value, doc: &str, all: bool, patched: &[String], out: &mu
                     format!("{doc}, EnvoyExtensionPolicy {name}: spec.wasm[{j}].config"),
                     json(w.get("config")),
                     setting,
+                    None,
                 );
             }
         }
-        _ => walk(value, &mut String::new(), &mut |path, filter| {
+        _ => walk(value, &mut String::new(), &mut |path, filter, site| {
             if all || names_this_filter(filter) {
                 let configuration = filter.pointer("/configuration/value");
                 let bytes = match configuration {
@@ -215,19 +292,27 @@ fn embedded_in(value: &Value, doc: &str, all: bool, patched: &[String], out: &mu
                         "set {BODY_SETTING}: true in this Wasm filter's config (Envoy >= 1.35)"
                     ))
                 };
-                out(format!("{doc}: {path}.configuration.value"), bytes, setting);
+                out(
+                    format!("{doc}: {path}.configuration.value"),
+                    bytes,
+                    setting,
+                    site,
+                );
             }
         }),
     }
 }
 
-/// Calls `found` for the `config` of every Wasm HTTP filter's `typed_config` under `value`.
-fn walk(value: &Value, path: &mut String, found: &mut dyn FnMut(&str, &Value)) {
+type Walked<'a> = dyn FnMut(&str, &Value, Option<FaultFilterSite>) + 'a;
+
+/// Calls `found` for the `config` of every Wasm HTTP filter's `typed_config` under `value`,
+/// with where the fault filter sits when the filter is an entry of an HTTP filter list.
+fn walk(value: &Value, path: &mut String, found: &mut Walked<'_>) {
     match value {
         Value::Object(map) => {
             if map.get("@type").and_then(Value::as_str) == Some(WASM_FILTER_TYPE) {
                 if let Some(config) = map.get("config") {
-                    found(&format!("{path}.config"), config);
+                    found(&format!("{path}.config"), config, None);
                 }
                 return;
             }
@@ -245,7 +330,22 @@ fn walk(value: &Value, path: &mut String, found: &mut dyn FnMut(&str, &Value)) {
             for (i, v) in items.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                walk(v, path, found);
+                let wasm = v.pointer("/typed_config/@type").and_then(Value::as_str)
+                    == Some(WASM_FILTER_TYPE);
+                match v.pointer("/typed_config/config") {
+                    Some(config) if wasm => {
+                        let later = items.iter().skip(i + 1);
+                        let site = FaultFilterSite {
+                            after: later
+                                .take_while(|e| !is_router(e))
+                                .any(is_header_fault_filter),
+                            before: items.iter().take(i).any(is_header_fault_filter),
+                            manifest: false,
+                        };
+                        found(&format!("{path}.typed_config.config"), config, Some(site));
+                    }
+                    _ => walk(v, path, found),
+                }
                 path.truncate(len);
             }
         }

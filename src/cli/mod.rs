@@ -319,7 +319,11 @@ pub struct Checked {
 pub fn check(embedded: Embedded) -> Checked {
     let plan = Plan::from_json(&embedded.json);
     let mut warnings = match &plan {
-        Ok(p) => analysis::warnings(p),
+        Ok(p) => {
+            let mut w = analysis::warnings(p);
+            w.extend(analysis::fault_filter_warnings(p, embedded.fault_filter));
+            w
+        }
         Err(_) => Vec::new(),
     };
     if let (Ok(p), input::BodySetting::Missing(hint)) = (&plan, &embedded.body_setting) {

@@ -115,6 +115,10 @@ fn regex() -> Value {
 
 pub fn schema() -> Value {
     let mut schema = schema_without_body_condition_ops();
+    if let Some(defs) = schema.pointer_mut("/$defs").and_then(Value::as_object_mut) {
+        defs.insert("judge".to_string(), judge_def());
+        defs.insert("fault".to_string(), fault_def());
+    }
     // A body condition is its pointer plus the properties of a body test.
     if let (Some(props), Value::Object(ops)) = (
         schema
@@ -125,6 +129,72 @@ pub fn schema() -> Value {
         props.extend(ops);
     }
     schema
+}
+
+/// `$defs/judge` (a function of its own: one `json!` for the whole schema exceeds the macro
+/// recursion limit).
+fn judge_def() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
+        "properties": {
+            "canary": {"type": "string", "pattern": NAME,
+                "description": "The destination judged. Default: the rollout's destination, else the first destination."},
+            "baseline": {"type": "string", "pattern": NAME,
+                "description": "The destination it is compared with. Default: the other destination with the largest weight."},
+            "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
+                "description": "Window length in seconds."},
+            "min_requests": {"type": "integer", "minimum": 1, "default": 100,
+                "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
+            "errors": {"type": "object", "additionalProperties": false,
+                "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
+                    "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
+                "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
+            "latency": {"type": "object", "additionalProperties": false,
+                "properties": {
+                    "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
+                        "description": "The latency percentile compared (time from routing to response headers)."},
+                    "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
+                        "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
+                "description": "Order-statistic confidence bounds of the percentile of each arm."},
+            "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
+                "description": "One-sided confidence of each criterion."},
+            "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
+                "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
+            "on_fail": {"enum": ["abort", "report"], "default": "abort",
+                "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
+        }
+    })
+}
+
+/// `$defs/fault`.
+fn fault_def() -> Value {
+    json!({
+        "type": "object",
+        "required": ["percent"],
+        "additionalProperties": false,
+        "anyOf": [
+            {"required": ["delay_ms"]}, {"required": ["abort_status"]}, {"required": ["abort_grpc_status"]}
+        ],
+        "not": {"required": ["abort_status", "abort_grpc_status"]},
+        "description": "Controlled fault injection: Envoy's fault filter (after this filter, with header_delay/header_abort) delays or aborts this share of the rule's requests. Sticky rules fault the same users every time (their bucket under the salt `fault:<salt>`), others a random share. Faulted requests are no breaker evidence; they are counted in traffic_split.fault.<rule>.delayed / .aborted. At least one of delay_ms, abort_status, abort_grpc_status (not both aborts).",
+        "properties": {
+            "percent": {"type": "number", "minimum": 0, "maximum": 100,
+                "description": "The share of the rule's matched requests (routed to `destinations`) that get the fault, at most two decimals."},
+            "delay_ms": {"type": "integer", "minimum": 1, "maximum": 60000,
+                "description": "Delay before the request goes upstream (x-envoy-fault-delay-request)."},
+            "abort_status": {"type": "integer", "minimum": 200, "maximum": 599,
+                "description": "Answer with this HTTP status instead of going upstream (x-envoy-fault-abort-request)."},
+            "abort_grpc_status": {"anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 16},
+                    {"enum": GRPC_CODES.get(1..).unwrap_or_default()}
+                ],
+                "description": "Answer with this gRPC status, a name or number (x-envoy-fault-abort-grpc-request; HTTP 200)."},
+            "destinations": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": NAME},
+                "description": "Names of this rule's destinations the fault applies to (the destination that finally gets the request). Default: all."}
+        }
+    })
 }
 
 fn schema_without_body_condition_ops() -> Value {
@@ -186,39 +256,8 @@ fn schema_without_body_condition_ops() -> Value {
                         "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
                     "lane_fallback": {"type": "string", "pattern": NAME,
                         "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."},
-                    "judge": {"$ref": "#/$defs/judge"}
-                }
-            },
-            "judge": {
-                "type": "object",
-                "additionalProperties": false,
-                "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
-                "properties": {
-                    "canary": {"type": "string", "pattern": NAME,
-                        "description": "The destination judged. Default: the rollout's destination, else the first destination."},
-                    "baseline": {"type": "string", "pattern": NAME,
-                        "description": "The destination it is compared with. Default: the other destination with the largest weight."},
-                    "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
-                        "description": "Window length in seconds."},
-                    "min_requests": {"type": "integer", "minimum": 1, "default": 100,
-                        "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
-                    "errors": {"type": "object", "additionalProperties": false,
-                        "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
-                            "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
-                        "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
-                    "latency": {"type": "object", "additionalProperties": false,
-                        "properties": {
-                            "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
-                                "description": "The latency percentile compared (time from routing to response headers)."},
-                            "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
-                                "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
-                        "description": "Order-statistic confidence bounds of the percentile of each arm."},
-                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
-                        "description": "One-sided confidence of each criterion."},
-                    "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
-                        "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
-                    "on_fail": {"enum": ["abort", "report"], "default": "abort",
-                        "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
+                    "judge": {"$ref": "#/$defs/judge"},
+                    "fault": {"$ref": "#/$defs/fault"}
                 }
             },
             "propagate": {

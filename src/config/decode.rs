@@ -77,6 +77,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "from_lane",
             "lane_fallback",
             "judge",
+            "fault",
         ],
     )?;
     // Filled field by field into one value: see `match_config`.
@@ -93,6 +94,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
         from_lane: false,
         lane_fallback: None,
         judge: None,
+        fault: None,
     };
     r.match_ = o.object("match", |o| match_config(o, 0))?;
     r.sticky = o.object("sticky", sticky)?;
@@ -110,6 +112,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     r.from_lane = o.boolean("from_lane")?.unwrap_or(false);
     r.lane_fallback = o.string("lane_fallback")?;
     r.judge = o.object("judge", judge)?;
+    r.fault = o.object("fault", fault)?;
     Ok(r)
 }
 
@@ -153,6 +156,24 @@ fn judge(mut o: Obj<'_>) -> Result<JudgeConfig> {
         ],
     )?;
     Ok(j)
+}
+
+#[inline(never)]
+fn fault(mut o: Obj<'_>) -> Result<FaultConfig> {
+    o.allow(&[
+        "percent",
+        "delay_ms",
+        "abort_status",
+        "abort_grpc_status",
+        "destinations",
+    ])?;
+    Ok(FaultConfig {
+        percent: o.required("percent", |o, key| o.number(key, 0, 100))?,
+        delay_ms: o.integer("delay_ms", 60_000)?,
+        abort_status: o.integer("abort_status", 599)?,
+        abort_grpc_status: o.value("abort_grpc_status", grpc_status)?,
+        destinations: o.list("destinations", string_item)?,
+    })
 }
 
 fn propagate(mut o: Obj<'_>) -> Result<PropagateConfig> {
@@ -501,13 +522,7 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
             .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
         count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
         grpc_failure_codes: o
-            .list("grpc_failure_codes", |path, v| match v {
-                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
-                Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
-                    ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
-                }),
-                other => Err(wrong_type(path, "a gRPC status code or name", other)),
-            })?
+            .list("grpc_failure_codes", grpc_status)?
             .unwrap_or_else(|| {
                 DEFAULT_GRPC_FAILURE_CODES
                     .iter()
@@ -517,4 +532,15 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
         slow_ms: o.integer("slow_ms", 3_600_000)?,
         consecutive_failures: o.integer("consecutive_failures", u64::from(u32::MAX))?,
     })
+}
+
+/// A gRPC status code as written: a number, or a name (`Text`).
+fn grpc_status(path: &str, v: &Value) -> Result<FailureStatus> {
+    match v {
+        Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+        Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+            ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
+        }),
+        other => Err(wrong_type(path, "a gRPC status code or name", other)),
+    }
 }

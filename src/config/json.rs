@@ -231,6 +231,18 @@ impl<'a> Obj<'a> {
             Some(value) => read(Obj::any(&self.child(key), value)?).map(Some),
         }
     }
+
+    /// A field of any type, read by `read(path, value)`.
+    pub(super) fn value<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&str, &Value) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value) => read(&self.child(key), value).map(Some),
+        }
+    }
 }
 
 /// `path[i]`: the path of one list item.

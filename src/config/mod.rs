@@ -113,6 +113,8 @@ pub struct RuleConfig {
     pub lane_fallback: Option<String>,
     /// Compares the canary with its baseline on live traffic (`crate::judge`).
     pub judge: Option<JudgeConfig>,
+    /// Faults injected by Envoy's fault filter into a slice of the rule's requests.
+    pub fault: Option<FaultConfig>,
 }
 
 /// `rules[].judge` as written; `plan::judge` applies the defaults and checks it.
@@ -135,6 +137,20 @@ pub struct JudgeConfig {
 pub struct JudgeLatencyConfig {
     pub percentile: Option<f64>,
     pub max_ratio: Option<f64>,
+}
+
+/// `rules[].fault`: the share of the rule's requests that get a delay and/or an abort from
+/// Envoy's fault filter (`plan::fault` checks the fields together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// 0-100, at most two decimals.
+    pub percent: f64,
+    pub delay_ms: Option<u64>,
+    pub abort_status: Option<u64>,
+    /// A gRPC status code: a number, or a name as `Text`.
+    pub abort_grpc_status: Option<FailureStatus>,
+    /// Names of the rule's destinations the fault applies to; `None`: all.
+    pub destinations: Option<Vec<String>>,
 }
 
 /// `rules[].propagate`: exactly one of `header` (a header of its own) and `baggage` (the key

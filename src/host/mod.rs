@@ -3,7 +3,9 @@
 //! root context (configuration, tick); `stream`: the HTTP context; `breaker` and `shadow`: their
 //! host halves. This file: what every context shares (the loaded configuration, the VM state).
 //!
-//! Host calls per routed request: one header-map read (only when a rule looks at the request),
+//! Host calls per routed request: one header-map read (only when a rule looks at the request;
+//! client-sent `x-envoy-fault-*` headers are found there and removed, a call each, only when
+//! present; without the map, the seven the fault filter reads are removed by name),
 //! the routing-header write, the variant-header write (unless disabled), and response-header
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
 //! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
@@ -11,7 +13,9 @@
 //! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
 //! is removed from every request: found in the header map when it was read (a removal only when
 //! present), else one removal call per request (a read, with `shadow_marker_secret`; when a
-//! marker is there, four more reads for the headers it is bound to).
+//! marker is there, four more reads for the headers it is bound to). A
+//! request in a rule's fault slice adds the fault filter's headers (two per fault kind) and one
+//! `response.flags` read on its response.
 
 mod body;
 mod breaker;

@@ -7,9 +7,10 @@ use super::{breaker, judge, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_I
 use crate::body::{self, BodyOutcome, RequestBody};
 use crate::breaker::{BreakerPolicy, BreakerTicket};
 use crate::config::RouteCacheMode;
+use crate::fault;
 use crate::lane::{HeaderEdit, Incoming, LaneStep};
-use crate::metrics::BreakerEvent;
-use crate::plan::{Decision, Routed};
+use crate::metrics::{BreakerEvent, FaultEvent};
+use crate::plan::{Decision, FaultPolicy, Routed};
 use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
 use crate::shadow::Marker;
@@ -40,9 +41,8 @@ pub(super) struct SplitStream {
     shadow_state: Rc<RefCell<ShadowState>>,
     response_additions: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
-    /// The breaker and judge arm this response's outcome is counted for. Hook for #22 (fault
-    /// injection): a request the filter faults must leave `judge_arm` empty, so faulted
-    /// outcomes never reach the judge.
+    /// The breaker and judge arm this response's outcome is counted for; never set for a
+    /// request of a rule's fault slice (`injected`): faulted outcomes reach neither.
     outcome_for: Option<OutcomeFor>,
     /// When the request was routed (breaker clock, ms): only for a breaker with `slow_ms`.
     routed_ms: Option<u64>,
@@ -59,6 +59,13 @@ pub(super) struct SplitStream {
     holds: Rc<BodyHolds>,
     /// The request while it is held for its body (`match.body`).
     held: Option<Box<Held>>,
+    /// Set when this request is in a rule's fault slice: its outcome was injected (by Envoy's
+    /// fault filter), so it is no evidence of the destination's health. Breakers never see it
+    /// (no ticket); anything else that judges outcomes must skip it too.
+    pub(super) injected: Option<InjectedFault>,
+    /// Whether the request's header map was read (when it was not, a client's routing headers
+    /// are removed unseen, to be safe).
+    headers_read: bool,
 }
 
 /// A request held for its body: what deciding it needs once the body is in.
@@ -76,6 +83,15 @@ struct Held {
     watched: bool,
     /// Bytes buffered so far (the last body callback's size).
     buffered: usize,
+}
+
+/// A request of a rule's fault slice: the rule's fault slot (its counters) and the kinds of
+/// fault asked of Envoy's fault filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InjectedFault {
+    pub slot: usize,
+    pub delay: bool,
+    pub abort: bool,
 }
 
 impl SplitStream {
@@ -100,6 +116,42 @@ impl SplitStream {
             context_id,
             holds,
             held: None,
+            injected: None,
+            headers_read: false,
+        }
+    }
+
+    /// Asks Envoy's fault filter (after this filter, `header_delay` / `header_abort`) to fault
+    /// this request: each fault header with its percentage header at 100 (unless `write` is
+    /// false: the root wrote them with the rest of a held request's header decision).
+    fn inject(fault: &FaultPolicy, write: bool) -> InjectedFault {
+        if write {
+            for (name, value) in fault.request_headers() {
+                set_request_header(name, Some(value));
+            }
+        }
+        InjectedFault {
+            slot: fault.slot,
+            delay: fault.delay_ms.is_some(),
+            abort: fault.aborts(),
+        }
+    }
+
+    /// Counts what the fault filter did to this request, from Envoy's response flags (one
+    /// property read, on faulted requests only): a fault it skipped (`max_active_faults`
+    /// reached, no fault filter) is not counted.
+    fn count_injected(&self, injected: InjectedFault) {
+        let flags = hostcalls::get_property(vec!["response", "flags"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let (delayed, aborted) = fault::injected(&flags);
+        let mut counters = self.active.counters.borrow_mut();
+        if delayed && injected.delay {
+            counters.count_fault(injected.slot, FaultEvent::Delayed);
+        }
+        if aborted && injected.abort {
+            counters.count_fault(injected.slot, FaultEvent::Aborted);
         }
     }
 
@@ -114,7 +166,7 @@ impl SplitStream {
         marker: Marker,
         decision: &Decision,
         write: bool,
-    ) -> Option<(usize, Vec<HeaderEdit>)> {
+    ) -> Option<(Routed, Vec<HeaderEdit>)> {
         let active = Rc::clone(&self.active);
         let plan = &active.plan;
         if let (Decision::Routed(routed), false) = (decision, plan.judges.is_empty()) {
@@ -143,10 +195,10 @@ impl SplitStream {
                 plan.rules
                     .get(routed.rule)
                     .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
-                    .map(|_| (routed.rule, lane_edits))
+                    .map(|_| (routed.clone(), lane_edits))
             }
             Decision::Unmatched => {
-                let client_sent = client_sent_routing_headers(&active, request);
+                let client_sent = client_sent_routing_headers(&active, request, self.headers_read);
                 self.unmatched(client_sent, write);
                 None
             }
@@ -173,16 +225,16 @@ impl SplitStream {
         }
     }
 
-    /// Starts the shadow copies of a request `rule` decided.
+    /// Starts the shadow copies of a request `routed` decided.
     fn start_shadow(
         &mut self,
-        rule_index: usize,
+        routed: &Routed,
         mut headers: Vec<HeaderPair>,
         lane_edits: &[HeaderEdit],
         end_of_stream: bool,
     ) {
         let active = Rc::clone(&self.active);
-        let Some(rule) = active.plan.rules.get(rule_index) else {
+        let Some(rule) = active.plan.rules.get(routed.rule) else {
             return;
         };
         // The copy carries the lane the primary carries.
@@ -191,7 +243,7 @@ impl SplitStream {
             &active,
             &mut self.shadow_state.borrow_mut(),
             &mut self.rng.borrow_mut(),
-            rule_index,
+            routed,
             rule,
             &headers,
             end_of_stream,
@@ -274,14 +326,15 @@ impl SplitStream {
             fallback // judged when it was taken
         };
         let shadow = self.apply(&request, &incoming, lane_clock, marker, &decision, write);
-        if let Some((rule, edits)) = shadow {
+        if let Some((routed, edits)) = shadow {
             // The body is already buffered: the copies are fed it next.
-            self.start_shadow(rule, headers, &edits, false);
+            self.start_shadow(&routed, headers, &edits, false);
         }
     }
 
     /// The request-header writes of a header decision, for the root to make if it must resume
-    /// a held request (`host::body`): lane carriers, then the routing headers.
+    /// a held request (`host::body`): lane carriers, then the routing headers (and a fault
+    /// slice's fault headers).
     fn fallback_writes(
         &self,
         request: &Request<'_>,
@@ -296,14 +349,14 @@ impl SplitStream {
             lane_writes(plan, request, incoming, decision, clock)
         };
         let routed = match decision {
-            Decision::Routed(r) => plan
-                .rules
-                .get(r.rule)
-                .and_then(|rule| rule.destinations.get(r.destination)),
+            Decision::Routed(r) => plan.rules.get(r.rule).and_then(|rule| {
+                let fault = rule.fault.as_ref().filter(|_| r.fault);
+                rule.destinations.get(r.destination).map(|d| (d, fault))
+            }),
             Decision::Unmatched => None,
         };
         match routed {
-            Some(dest) => {
+            Some((dest, fault)) => {
                 out.push((
                     plan.cluster_header.clone(),
                     Some(dest.cluster.clone().into_bytes()),
@@ -311,9 +364,13 @@ impl SplitStream {
                 if let Some(v) = &plan.variant_header {
                     out.push((v.clone(), Some(dest.name.clone().into_bytes())));
                 }
+                // A request of a fault slice asks Envoy's fault filter for its fault too.
+                for (name, value) in fault.map(FaultPolicy::request_headers).unwrap_or_default() {
+                    out.push((name.to_string(), Some(value.as_bytes().to_vec())));
+                }
             }
             None => {
-                if client_sent_routing_headers(&self.active, request) {
+                if client_sent_routing_headers(&self.active, request, self.headers_read) {
                     out.push((plan.cluster_header.clone(), None));
                     if let Some(v) = &plan.variant_header {
                         out.push((v.clone(), None));
@@ -337,6 +394,10 @@ impl SplitStream {
             if let Some(variant_header) = &plan.variant_header {
                 set_request_header(variant_header, Some(&dest.name));
             }
+        }
+        let fault = rule.fault.as_ref().filter(|_| routed.fault);
+        self.injected = fault.map(|f| Self::inject(f, write));
+        if write {
             clear_route_cache(plan.clear_route_cache);
         }
         self.active
@@ -351,7 +412,8 @@ impl SplitStream {
                 }
             }
         }
-        let judge_arm = if plan.judges.is_empty() {
+        // A faulted request's outcome was injected: no evidence for a judge either.
+        let judge_arm = if plan.judges.is_empty() || routed.fault {
             None
         } else {
             plan.judge_arm(routed.rule, routed.destination)
@@ -374,14 +436,21 @@ impl SplitStream {
         if rule.judge.as_ref().is_some_and(|j| j.latency.is_some()) && judge_arm.is_some() {
             self.routed_us = judge::clock_us();
         }
-        let debug = plan.debug_header.then(|| match routed.lane {
-            Some(step) => format!(
-                "rule={}; variant={}; lane={}",
-                rule.name,
-                dest.name,
-                step.as_str()
-            ),
-            None => format!("rule={}; variant={}", rule.name, dest.name),
+        let debug = plan.debug_header.then(|| {
+            let mut d = match routed.lane {
+                Some(step) => format!(
+                    "rule={}; variant={}; lane={}",
+                    rule.name,
+                    dest.name,
+                    step.as_str()
+                ),
+                None => format!("rule={}; variant={}", rule.name, dest.name),
+            };
+            if let Some(fault) = fault {
+                d.push_str("; fault=");
+                d.push_str(&fault.describe);
+            }
+            d
         });
         if routed.set_cookie.is_some() || debug.is_some() {
             self.response_additions = Some(ResponseAdditions {
@@ -545,11 +614,30 @@ impl HttpContext for SplitStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let active = Rc::clone(&self.active);
         let plan = &active.plan;
-        let headers = if plan.needs_request_headers {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        // Client-sent fault-filter headers never pass: found in the header map when the plan
+        // reads it (removed only when present), else removed by name, unseen (cheaper than
+        // reading the map: bench/callgrind.sh, scenario callgrind-random).
+        let read = if plan.needs_request_headers {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
         } else {
-            Vec::new()
+            Err(proxy_wasm::types::Status::NotFound)
         };
+        let map_read = read.is_ok();
+        self.headers_read = map_read;
+        let mut headers = read.unwrap_or_default();
+        if !map_read {
+            for name in fault::READ_BY_ENVOY {
+                set_request_header(name, None);
+            }
+        } else if headers.iter().any(|(name, _)| fault::is_fault_header(name)) {
+            headers.retain(|(name, _)| {
+                let client_fault = fault::is_fault_header(name);
+                if client_fault {
+                    set_request_header(name, None);
+                }
+                !client_fault
+            });
+        }
         let route_name = if plan.needs_route_name {
             hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
@@ -588,7 +676,7 @@ impl HttpContext for SplitStream {
         });
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
-        let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
+        let marker = shadow::screen_marker(plan, map_read.then_some(&request));
         let hold = holdable && plan.needs_body(&request);
         let mut decision = plan.decide_at(
             &request,
@@ -620,8 +708,8 @@ impl HttpContext for SplitStream {
             return Action::Pause;
         }
         let shadow = self.apply(&request, &incoming, lane_clock, marker, &decision, true);
-        if let Some((rule, edits)) = shadow {
-            self.start_shadow(rule, headers, &edits, end_of_stream);
+        if let Some((routed, edits)) = shadow {
+            self.start_shadow(&routed, headers, &edits, end_of_stream);
         }
         Action::Continue
     }
@@ -680,6 +768,9 @@ impl HttpContext for SplitStream {
         }
         if let Some(outcome_for) = self.outcome_for.take() {
             self.count_outcome(outcome_for, end_of_stream);
+        }
+        if let Some(injected) = self.injected {
+            self.count_injected(injected);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(
@@ -763,9 +854,9 @@ fn keep_from_shared_caches() {
 }
 
 /// Whether the client sent a routing header (without the header map: assume so, to be safe).
-fn client_sent_routing_headers(active: &Loaded, request: &Request<'_>) -> bool {
+fn client_sent_routing_headers(active: &Loaded, request: &Request<'_>, headers_read: bool) -> bool {
     let plan = &active.plan;
-    !plan.needs_request_headers
+    !headers_read
         || request.header(&plan.cluster_header).is_some()
         || plan
             .variant_header

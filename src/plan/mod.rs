@@ -6,6 +6,7 @@
 
 mod breaker;
 mod decide;
+mod fault;
 mod fields;
 mod index;
 mod judge;
@@ -19,6 +20,7 @@ mod sticky;
 mod tests;
 
 pub use decide::{Decision, Routed};
+pub use fault::FaultPolicy;
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
 pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
@@ -49,7 +51,8 @@ pub struct Plan {
     pub variant_header: Option<String>,
     pub debug_header: bool,
     pub rules: Vec<Rule>,
-    /// Whether any rule reads request attributes (then the host reads the header map once).
+    /// Whether any rule reads request attributes (then the host reads the header map once, and
+    /// finds client-sent `x-envoy-fault-*` headers there; else it removes them by name).
     pub needs_request_headers: bool,
     /// Whether any rule matches on Envoy's route name (then the host reads that property).
     pub needs_route_name: bool,
@@ -82,6 +85,8 @@ pub struct Plan {
     pub body_pointers: PointerTree,
     /// Rules with a judge, by judge slot (`Rule::judge_slot` indexes it).
     pub judges: Vec<usize>,
+    /// Rules with a `fault`, by fault slot (`FaultPolicy::slot` indexes it).
+    pub fault_rules: Vec<usize>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -117,6 +122,8 @@ pub struct Rule {
     pub judge_slot: Option<usize>,
     /// `rollout.gate: "judge"`: a step ends only once the judge's last window passed.
     pub rollout_gated: bool,
+    /// The slice of requests Envoy's fault filter delays or aborts.
+    pub fault: Option<FaultPolicy>,
 }
 
 #[derive(Debug)]
@@ -199,10 +206,15 @@ impl Plan {
             rules.push(compiled);
         }
         let mut rollouts = Vec::new();
+        let mut fault_rules = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             if rule.rollout.is_some() {
                 rule.rollout_slot = Some(rollouts.len());
                 rollouts.push(r);
+            }
+            if let Some(fault) = &mut rule.fault {
+                fault.slot = fault_rules.len();
+                fault_rules.push(r);
             }
         }
         let mut judges = Vec::new();
@@ -287,6 +299,7 @@ impl Plan {
             body_max_bytes: config.body_max_bytes,
             body_pointers,
             judges,
+            fault_rules,
         })
     }
 }
