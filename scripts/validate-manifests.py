@@ -564,7 +564,9 @@ def fault_filters(docs):
                                  and re.fullmatch(r"\.\.http_filters\[\?@\.name=='" + re.escape(ROUTER) + r"'\]",
                                                   str(op.get("jsonPath", ""))) is not None)
                 found.append((ident, op.get("value") or {}, before_router))
-    return [f for f in found if (f[1].get("typed_config") or {}).get("@type") == FAULT_FILTER_TYPE]
+    # A JSON patch's value can be a scalar (`value: true` sets a field): not a filter entry.
+    return [f for f in found
+            if isinstance(f[1], dict) and (f[1].get("typed_config") or {}).get("@type") == FAULT_FILTER_TYPE]
 
 
 def uses_fault(config):
