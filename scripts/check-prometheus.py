@@ -13,7 +13,8 @@ rollout), lane hops, a refused and an accepted configuration update, a Wasm VM t
 (a second, test-only filter: tests/panic-module; traffic-split itself does not panic), bodies
 a `match.body` rule cannot read (too large, not JSON) and a header value too long for a `regex`,
 and judge windows of `checkout` that fail (its canary answers 500 on /checkout/unstable) while
-its canary's users stop coming back (sample ratio mismatch).
+its canary's users stop coming back (sample ratio mismatch), and the demo's fault slice (rule
+`chaos`, a delay added) delayed and aborted by Envoy's fault filter.
 
 A real Prometheus (`prometheus`, Debian's package) scrapes the front Envoy's /stats/prometheus
 every second and loads deploy/prometheus/alerts.yaml with every `for:` shortened to 1s. Then,
@@ -222,6 +223,10 @@ def plugin_config(bootstrap):
         "name": "large-model",
         "match": {"path": {"prefix": "/v1/chat"}, "body": [{"pointer": "/model", "exact": "large"}]},
         "destinations": [{"name": "canary", "cluster": "canary"}]})
+    # The demo's fault slice (rule `chaos`, Envoy's fault filter in envoy/demo.yaml): a delay too,
+    # so that both fault counters move.
+    chaos = next(r for r in config["rules"] if r.get("fault"))
+    chaos["fault"]["delay_ms"] = 20
     config["rules"].insert(0, {
         "name": "payments", "match": {"path": {"prefix": "/payments"}},
         "propagate": {"header": "x-split-lane"}, "from_lane": True, "lane_fallback": "stable",
@@ -454,6 +459,19 @@ def drive_traffic(demo):
     wait_until("body and regex counters are flushed", lambda: all(
         demo.stats().get(f"wasmcustom.traffic_split.{name}", 0) >= 1
         for name in ("body.too_large", "body.invalid", "regex.value_too_long")))
+
+    step("the fault slice of the demo's `chaos` rule: delayed and aborted by Envoy's fault filter")
+    chaos = next(r for r in demo.config["rules"] if r.get("fault"))
+    path = chaos["match"]["path"]["prefix"]
+    users = iter(range(100000))
+
+    def faulted():
+        for _ in range(20):  # the slice is a share of the users: new users until both are counted
+            demo.get(path, {"x-user-id": f"chaos{next(users)}"})
+        stats = demo.stats()
+        return all(stats.get(f"wasmcustom.traffic_split.fault.{chaos['name']}.{what}", 0) >= 1
+                   for what in ("delayed", "aborted"))
+    wait_until("a delayed and an aborted request of the fault slice are counted", faulted, timeout=30, every=0.1)
 
     step("steady traffic for a few scrapes (rates and histograms need two samples apart)")
     for round_ in range(4):
