@@ -26,7 +26,7 @@ pub struct Request<'a> {
     /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
     lanes: &'a [Incoming],
     /// `regex` conditions not evaluated because the value was over
-    /// `pattern::MAX_VALUE_LEN` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
+    /// the pattern's cap, `Pattern::max_value_len` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
     regex_skipped: std::cell::Cell<u32>,
 }
 
