@@ -239,6 +239,21 @@ SCENARIOS = [
                     '"propagate":{"baggage":"split-lane"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # match.body's cost (CG_SCENARIO=callgrind-body, with CG_BODY=bench/chat-2k.json): a 2 KiB
+    # OpenAI-style chat body decided by a body rule, against the same request (the same body,
+    # plus an x-model header) decided by a header rule (callgrind-body-header).
+    Scenario("callgrind-body", "(tool) bench/callgrind.sh's Envoy, a sticky 50/50 rule on the body's /model",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"body":[{"pointer":"/model","exact":"gpt-small"}]},'
+                    '"sticky":{"header":"x-user-id"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    Scenario("callgrind-body-header", "(tool) callgrind-body's request decided by a header rule (x-model)",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"headers":[{"name":"x-model","exact":"gpt-small"}]},'
+                    '"sticky":{"header":"x-user-id"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # callgrind's rule behind a path regex that matches (CG_SCENARIO=callgrind-regex): what one
     # regex evaluation costs on top of the sticky pick.
     Scenario("callgrind-regex", "(tool) bench/callgrind.sh's Envoy, the rule behind a path regex",

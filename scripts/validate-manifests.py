@@ -26,6 +26,11 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
   every rule of a shipped Istio/Envoy Gateway config is scoped (match.authority or
   match.route_names: a gateway serves other hosts too); a module fetched over http(s) has a
   sha256; the WasmPlugin runs in phase STATS (after authorization, before the router).
+- match.body (routing on the request body) needs `allow_on_headers_stop_iteration: true` in the
+  Wasm PluginConfig: every Envoy Wasm filter (bootstrap or EnvoyFilter) whose configuration has
+  a body rule sets it; a WasmPlugin cannot (FAIL: use an EnvoyFilter, deploy/istio-body-routing/);
+  an EnvoyExtensionPolicy needs an EnvoyPatchPolicy in its directory that adds it to that
+  policy's filter and raises the listener's buffer limit to at least body_max_bytes.
 - docker-compose.yml: `docker compose config` where Docker Compose is installed, else the
   Compose Specification's JSON schema (schemas/compose-spec.json); every bind-mount source
   exists; every Envoy config under deploy/compose/ is mounted; its upstream host names are
@@ -459,6 +464,77 @@ def cross_check_gateway(where, docs):
                         report("ok", where, f"{name} wasm[{i}]: shadow cluster {cluster} is rule {m.group(3)} of {tname}")
 
 
+# --- match.body -------------------------------------------------------------------------------
+
+BODY_SETTING = "allow_on_headers_stop_iteration"
+DEFAULT_BODY_MAX_BYTES = 65536  # docs/configuration.md
+
+
+def body_rules(config):
+    """Names of the rules of a config object that have match.body."""
+    return [str(r.get("name")) for r in (config.get("rules") or [])
+            if isinstance(r, dict) and (r.get("match") or {}).get("body")]
+
+
+def check_filter_body_setting(where, name, filter_config):
+    """An Envoy Wasm filter whose configuration routes on bodies sets the setting."""
+    try:
+        config = json.loads(plugin_configuration(filter_config) or "{}")
+    except ValueError:
+        return  # the parser check reports it
+    rules = body_rules(config)
+    if not rules:
+        return
+    if filter_config.get(BODY_SETTING) is True:
+        report("ok", where, f"{name}: match.body ({', '.join(rules)}) with {BODY_SETTING}: true")
+    else:
+        report("FAIL", where, f"{name}: rule(s) {', '.join(rules)} use match.body but the Wasm config lacks "
+               f"{BODY_SETTING}: true (Envoy then delivers no body to a held request; docs/deploy.md)")
+
+
+def cross_check_body(where, docs):
+    patches = [d for _, d in docs if d.get("kind") == "EnvoyPatchPolicy"]
+    for _, doc in docs:
+        kind = doc.get("kind")
+        ns = doc["metadata"].get("namespace", "default")
+        ident = f"{kind} {ns}/{doc['metadata']['name']}"
+        if kind == "WasmPlugin":
+            rules = body_rules(doc.get("spec", {}).get("pluginConfig") or {})
+            if rules:
+                report("FAIL", where, f"{ident}: rule(s) {', '.join(rules)} use match.body, which needs "
+                       f"{BODY_SETTING}: a WasmPlugin cannot set it; load the filter with an EnvoyFilter "
+                       "(deploy/istio-body-routing/)")
+        elif kind == "EnvoyFilter":
+            for filter_config in wasm_filters(doc):
+                check_filter_body_setting(where, ident, filter_config)
+        elif kind == "EnvoyExtensionPolicy":
+            for i, wasm in enumerate(doc.get("spec", {}).get("wasm") or []):
+                config = wasm.get("config") or {}
+                rules = body_rules(config)
+                if not rules:
+                    continue
+                filter_name = f"envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{doc['metadata']['name']}/wasm/{i}"
+                ops = [p.get("operation") or {} for epp in patches
+                       for p in epp.get("spec", {}).get("jsonPatches") or []]
+                setting = any(filter_name in str(op.get("jsonPath", "")) + str(op.get("path", ""))
+                              and str(op.get("path", "")).endswith(BODY_SETTING) and op.get("value") is True
+                              for op in ops)
+                limits = [op.get("value") for op in ops
+                          if str(op.get("path", "")).endswith("per_connection_buffer_limit_bytes")]
+                need = int(config.get("body_max_bytes", DEFAULT_BODY_MAX_BYTES))
+                name = f"{ident} wasm[{i}]"
+                if not setting:
+                    report("FAIL", where, f"{name}: rule(s) {', '.join(rules)} use match.body but no EnvoyPatchPolicy "
+                           f"here adds {BODY_SETTING}: true to {filter_name}")
+                else:
+                    report("ok", where, f"{name}: match.body ({', '.join(rules)}); an EnvoyPatchPolicy adds {BODY_SETTING}")
+                if not any(isinstance(v, int) and v >= need for v in limits):
+                    report("FAIL", where, f"{name}: no EnvoyPatchPolicy raises per_connection_buffer_limit_bytes to "
+                           f"body_max_bytes ({need}) or more: Envoy Gateway's 32 KiB default answers 413 to larger held bodies")
+                else:
+                    report("ok", where, f"{name}: the listener buffer holds body_max_bytes ({need})")
+
+
 # --- docker compose and Envoy ---------------------------------------------------------------
 
 
@@ -877,6 +953,10 @@ def main():
                 elif kind == "EnvoyExtensionPolicy":
                     for i, wasm in enumerate(spec.get("wasm") or []):
                         configs.add(where, f"{ident} spec.wasm[{i}].config", as_json(wasm.get("config") or {}))
+                elif kind == "EnvoyFilter":
+                    for filter_config in wasm_filters(doc):
+                        configs.add(where, f"{ident} Wasm filter configuration",
+                                    plugin_configuration(filter_config).encode())
             elif isinstance(doc, dict) and "static_resources" in doc and path.parent == ROOT / "deploy" / "compose":
                 if compose:
                     check_compose_envoy(path, compose)
@@ -884,6 +964,7 @@ def main():
                     report("FAIL", where, "no usable docker-compose.yml to map its /etc/envoy paths")
                 for filter_config in wasm_filters(doc):
                     configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
+                    check_filter_body_setting(where, "Wasm filter", filter_config)
                 if any(True for _ in wasm_filters(doc)):
                     compare_with_demo(path, doc)
             elif isinstance(doc, dict) and "groups" in doc and path.parent == ROOT / "deploy" / "prometheus":
@@ -895,6 +976,7 @@ def main():
         for doc in load_all(path):
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
+                check_filter_body_setting(rel(path), "Wasm filter", filter_config)
     check_dockerfiles()
     for path in sorted((ROOT / "deploy").rglob("*.json")):
         check_dashboard(path)
@@ -905,6 +987,7 @@ def main():
             cross_check_istio(directory, docs)
         if "EnvoyExtensionPolicy" in kinds or "HTTPRoute" in kinds:
             cross_check_gateway(directory, docs)
+        cross_check_body(directory, docs)
         if "Canary" in kinds or "MetricTemplate" in kinds:
             cross_check_flagger(directory, docs)
         if "AnalysisTemplate" in kinds:

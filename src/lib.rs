@@ -24,6 +24,7 @@
 //! - `cli`: the operator CLI (`src/bin/traffic-split.rs`), native only: presentation over
 //!   `config::parse`, `Plan::compile` and `Plan::decide`.
 
+pub mod body;
 pub mod breaker;
 pub mod bucket;
 /// The operator CLI (`traffic-split` binary): native only, never in the .wasm.

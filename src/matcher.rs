@@ -1,5 +1,6 @@
 //! Compiled match conditions of a rule, and their evaluation against a request.
 
+use crate::body::BodyCondition;
 use crate::network::{peer_ip, Cidr};
 use crate::pattern::Pattern;
 use crate::request::Request;
@@ -18,7 +19,7 @@ pub enum StringOp {
 }
 
 impl StringOp {
-    fn holds(&self, value: Option<&[u8]>) -> bool {
+    pub(crate) fn holds(&self, value: Option<&[u8]>) -> bool {
         match (self, value) {
             (StringOp::Present(wanted), v) => v.is_some() == *wanted,
             (_, None) => false,
@@ -70,6 +71,8 @@ pub enum Condition {
     Not(Matcher),
     /// `any_of`: holds when at least one inner set of conditions holds.
     AnyOf(Vec<Matcher>),
+    /// `body[]`: a condition on the JSON request body (top level of a rule's match only).
+    Body(BodyCondition),
 }
 
 /// False for a `regex` on a value longer than the pattern's cap (`Pattern::max_value_len`, from
@@ -120,6 +123,7 @@ impl Condition {
                 .is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))),
             Condition::Not(inner) => !inner.holds(request),
             Condition::AnyOf(sets) => sets.iter().any(|m| m.holds(request)),
+            Condition::Body(b) => b.holds(request),
         }
     }
 
@@ -162,6 +166,10 @@ impl Condition {
         })
     }
 
+    pub fn is_body(&self) -> bool {
+        matches!(self, Condition::Body(_))
+    }
+
     /// Whether this condition or one nested in it satisfies `leaf`.
     fn any(&self, leaf: &dyn Fn(&Condition) -> bool) -> bool {
         match self {
@@ -183,6 +191,18 @@ pub struct Matcher {
 impl Matcher {
     pub fn holds(&self, request: &Request<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(request))
+    }
+
+    /// Whether any condition reads the request body.
+    pub fn reads_body(&self) -> bool {
+        self.conditions.iter().any(Condition::is_body)
+    }
+
+    /// Whether every condition that does not read the body holds.
+    pub fn holds_before_body(&self, request: &Request<'_>) -> bool {
+        self.conditions
+            .iter()
+            .all(|c| c.is_body() || c.holds(request))
     }
 
     /// The first condition that does not hold, `None` when the matcher holds: why a rule did

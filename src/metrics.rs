@@ -29,10 +29,6 @@ impl Pending {
         }
     }
 
-    fn len(&self) -> usize {
-        self.counts.len()
-    }
-
     fn add(&mut self, slot: usize) {
         if let Some(count) = self.counts.get_mut(slot) {
             if *count == 0 {
@@ -71,13 +67,21 @@ pub const LANE_UNTRUSTED: &str = "traffic_split.lane.untrusted";
 /// Lane values removed on arrival: failed `lane_secret` verification (or named nothing).
 pub const LANE_INVALID: &str = "traffic_split.lane.invalid";
 
+/// Bodies held for `match.body` that were over `body_max_bytes`.
+pub const BODY_TOO_LARGE: &str = "traffic_split.body.too_large";
+/// Bodies held for `match.body` that were not valid JSON.
+pub const BODY_INVALID: &str = "traffic_split.body.invalid";
+
 /// One counter slot per (rule, destination) in plan order, then one for unmatched requests,
-/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts.
+/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts,
+/// then (when a rule reads the body) the two body counts.
 pub struct DecisionCounters {
     /// Index of each rule's first slot.
     rule_offsets: Vec<usize>,
     /// The unmatched slot; lane slots follow it.
     unmatched: usize,
+    /// The first body slot (= the slot count without them): `too_large`, then `invalid`.
+    body: usize,
     pending: Pending,
 }
 
@@ -94,10 +98,13 @@ impl DecisionCounters {
         } else {
             plan.lane_rules * LANE_STEPS.len() + 2
         };
+        let body = slots + 1 + lane_slots;
+        let body_slots = if plan.reads_body { 2 } else { 0 };
         DecisionCounters {
             rule_offsets,
             unmatched: slots,
-            pending: Pending::new(slots + 1 + lane_slots),
+            body,
+            pending: Pending::new(body + body_slots),
         }
     }
 
@@ -121,7 +128,16 @@ impl DecisionCounters {
             out.push(LANE_UNTRUSTED.to_string());
             out.push(LANE_INVALID.to_string());
         }
+        if plan.reads_body {
+            out.push(BODY_TOO_LARGE.to_string());
+            out.push(BODY_INVALID.to_string());
+        }
         out
+    }
+
+    /// A held body that was over `body_max_bytes` (`too_large`) or not JSON.
+    pub fn count_body(&mut self, too_large: bool) {
+        self.pending.add(self.body + usize::from(!too_large));
     }
 
     pub fn count_routed(&mut self, rule: usize, destination: usize) {
@@ -143,7 +159,7 @@ impl DecisionCounters {
 
     /// A lane value removed on arrival: `invalid` (failed verification) or untrusted.
     pub fn count_lane_removed(&mut self, invalid: bool) {
-        let last = self.pending.len().saturating_sub(1);
+        let last = self.body.saturating_sub(1);
         // Only a plan with lanes has these slots, after every other one.
         if let Some(slot) = last
             .checked_sub(usize::from(!invalid))

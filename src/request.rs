@@ -1,6 +1,7 @@
 //! A read-only view of the request attributes the rules look at, built from one read of the
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
+use crate::body::RequestBody;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
@@ -25,6 +26,8 @@ pub struct Request<'a> {
     source_address: Option<&'a [u8]>,
     /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
     lanes: &'a [Incoming],
+    /// The JSON body, for `match.body` (absent unless the host read one).
+    body: RequestBody<'a>,
     /// `regex` conditions not evaluated because the value was over
     /// the pattern's cap, `Pattern::max_value_len` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
     regex_skipped: std::cell::Cell<u32>,
@@ -39,8 +42,19 @@ impl<'a> Request<'a> {
             route_name,
             source_address: None,
             lanes: &[],
+            body: RequestBody::Absent,
             regex_skipped: std::cell::Cell::new(0),
         }
+    }
+
+    /// With the request body as `match.body` sees it.
+    pub fn with_body(mut self, body: RequestBody<'a>) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn body(&self) -> RequestBody<'a> {
+        self.body
     }
 
     /// A `regex` condition met a value too long to evaluate (it does not hold).

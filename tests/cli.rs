@@ -570,7 +570,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     let mut yamls: Vec<PathBuf> = Vec::new();
     // envoy/ (not its templates: placeholders, not YAML) and every folder of deploy/.
-    let mut dirs = vec![root().join("envoy")];
+    let mut dirs = vec![root().join("envoy"), root().join("examples")];
     for e in std::fs::read_dir(root().join("deploy")).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -578,9 +578,13 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         }
     }
     for dir in dirs {
-        for e in std::fs::read_dir(dir).unwrap() {
+        // examples/ also holds plain JSON configurations (model-routing.json).
+        let json_too = dir == root().join("examples");
+        for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml") {
+            if p.extension()
+                .is_some_and(|x| x == "yaml" || (json_too && x == "json"))
+            {
                 yamls.push(p);
             }
         }
@@ -634,6 +638,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         [
             "deploy/compose/envoy.yaml",
             "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "deploy/istio-body-routing/envoyfilter.yaml",
             "deploy/istio/wasmplugin.yaml",
             "envoy/demo.yaml",
         ]
@@ -702,6 +707,12 @@ const INVALID: &[&str] = &[
     r#"{"clear_route_cache":"never"}"#,
     r#"{"shadow_marker_secret":"short"}"#,
     r#"{"rules":{}}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/m","exact":"a","prefix":"b"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"m","exact":"a"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"exact":"a"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/m","not":{"exact":"a","suffix":"b"}}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"body_max_bytes":1048577}"#,
 ];
 
 /// Validates each document against schema/traffic-split.schema.json with Python's `jsonschema`
@@ -886,6 +897,113 @@ fn explain_decides_with_the_rollout_share_in_force() {
     // A destination with no bucket before start is not reported as unreachable.
     let o = run_stdin(&["validate", "-"], ROLLOUT);
     assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
+}
+
+const MODEL_ROUTING: &str = r#"{"rules":[
+  {"name":"stream","match":{"body":[{"pointer":"/stream","exact":"true"}]},"destinations":[{"name":"streaming","cluster":"streaming"}]},
+  {"name":"small","match":{"body":[{"pointer":"/model","exact":"small"}]},"destinations":[{"name":"small","cluster":"small"}]},
+  {"name":"rest","destinations":[{"name":"other","cluster":"other"}]}]}"#;
+
+#[test]
+fn explain_with_a_body_shows_the_body_conditions_and_the_decision() {
+    let config = Temp::new("model.json", MODEL_ROUTING);
+    let body = Temp::new(
+        "request.json",
+        r#"{"model":"small","stream":false,"messages":[]}"#,
+    );
+    let at = format!("@{}", body.path());
+    let o = run(&["explain", config.path(), "--body", &at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("body: 46 bytes, JSON"), "{out}");
+    assert!(
+        out.contains(
+            r#"rule[0] "stream": no match: match.body "/stream": exact "true" does not hold"#
+        ),
+        "{out}"
+    );
+    assert!(out.contains(r#"rule[1] "small": matched"#), "{out}");
+    // Invalid JSON and a non-JSON content-type: the body conditions do not hold.
+    let o = run(&["explain", config.path(), "--body", r#"{"model":"#, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["body"]["state"].as_str(), v["matched"].as_str()),
+        (Some("invalid"), Some("rest"))
+    );
+    let o = run(&[
+        "explain",
+        config.path(),
+        "--body",
+        &at,
+        "--header",
+        "content-type=text/plain",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["body"]["state"].as_str(), v["matched"].as_str()),
+        (Some("not_read"), Some("rest"))
+    );
+    // A GET is never held, whatever it carries.
+    let o = run(&[
+        "explain",
+        config.path(),
+        "--body",
+        &at,
+        "--method",
+        "GET",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["matched"].as_str(), Some("rest"));
+}
+
+#[test]
+fn validate_warns_when_match_body_lacks_allow_on_headers_stop_iteration() {
+    let warning = "use match.body, but this Wasm filter lacks allow_on_headers_stop_iteration";
+    // The shipped Istio EnvoyFilter and Envoy Gateway policies (with their patch) have it.
+    let shipped =
+        std::fs::read_to_string(root().join("deploy/envoy-gateway/envoyextensionpolicy.yaml"))
+            .unwrap()
+            + "---\n"
+            + &std::fs::read_to_string(root().join("deploy/envoy-gateway/envoypatchpolicy.yaml"))
+                .unwrap();
+    let eg = Temp::new("eg.yaml", &shipped);
+    let o = run(&[
+        "validate",
+        "deploy/istio-body-routing/envoyfilter.yaml",
+        eg.path(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains(warning), "{}", stdout(&o));
+    // Without it: the EnvoyFilter, the policy alone, a WasmPlugin, an Envoy bootstrap.
+    let ef = std::fs::read_to_string(root().join("deploy/istio-body-routing/envoyfilter.yaml"))
+        .unwrap()
+        .replace("allow_on_headers_stop_iteration: true", "");
+    let ef = Temp::new("ef.yaml", &ef);
+    let plugin = Temp::new(
+        "wp.yaml",
+        &format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: t}}\nspec:\n  pluginConfig: {MODEL_ROUTING}\n"),
+    );
+    for (file, hint) in [
+        (
+            ef.path(),
+            "set allow_on_headers_stop_iteration: true in this Wasm filter's config",
+        ),
+        (
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "add an EnvoyPatchPolicy",
+        ),
+        (plugin.path(), "load the filter with an EnvoyFilter"),
+    ] {
+        let o = run(&["validate", file]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(warning) && out.contains(hint), "{file}: {out}");
+    }
+    // A bare JSON configuration says nothing of Envoy: no warning.
+    let json = Temp::new("m.json", MODEL_ROUTING);
+    assert!(!stdout(&run(&["validate", json.path()])).contains(warning));
 }
 
 const JUDGED: &str = r#"{"rules":[{"name":"checkout","destinations":[

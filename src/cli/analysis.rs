@@ -108,6 +108,24 @@ pub fn condition_text(c: &Condition) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        Condition::Body(b) => format!("match.body {:?}: {}", b.pointer, body_test_text(&b.test)),
+    }
+}
+
+fn body_test_text(t: &crate::body::BodyTest) -> String {
+    use crate::body::BodyTest;
+    match t {
+        BodyTest::Op(op) => op_text(op),
+        BodyTest::Contains(s) => format!("contains {:?}", text(s)),
+        BodyTest::Not(inner) => format!("not {{ {} }}", body_test_text(inner)),
+        BodyTest::AnyOf(tests) => format!(
+            "any_of [ {} ]",
+            tests
+                .iter()
+                .map(body_test_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -143,7 +161,7 @@ fn request_headers(args: &ExplainArgs) -> Vec<HeaderPair> {
         path.push_str(&format!("{k}={v}"));
     }
     let mut h: Vec<HeaderPair> = vec![
-        (":method".into(), args.method.clone().into_bytes()),
+        (":method".into(), args.method().as_bytes().to_vec()),
         (":path".into(), path.into_bytes()),
     ];
     if let Some(a) = &args.authority {
@@ -151,6 +169,9 @@ fn request_headers(args: &ExplainArgs) -> Vec<HeaderPair> {
     }
     for (k, v) in &args.headers {
         h.push((k.to_ascii_lowercase(), v.clone().into_bytes()));
+    }
+    if args.body.is_some() && !h.iter().any(|(n, _)| n == "content-type") {
+        h.push(("content-type".into(), b"application/json".to_vec()));
     }
     if !args.cookies.is_empty() {
         let cookie: Vec<String> = args
@@ -177,11 +198,67 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .ok();
     let base = Request::new(&headers, route);
     let incoming = plan.lanes.screen(&base, || now_s);
-    let request = base.with_lanes(&incoming);
     let mut lines: Vec<String> = vec![format!("config: {}", checked.embedded.label())];
     let mut skipped = Vec::new();
     let mut report = serde_json::Map::new();
     report.insert("config".into(), Value::from(checked.embedded.label()));
+    // The body, read as the filter reads it: only for a request that may carry JSON.
+    let body_bytes = match &args.body {
+        Some(b) => Some(match b.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read(file).map_err(|e| Failure::Usage(format!("--body {b}: {e}")))?
+            }
+            None => b.clone().into_bytes(),
+        }),
+        None => None,
+    };
+    let outcome = match &body_bytes {
+        Some(bytes) if crate::body::may_carry_json(&base) => Some(crate::body::parse(
+            bytes,
+            plan.body_max_bytes,
+            &plan.body_pointers,
+        )),
+        _ => None,
+    };
+    if let Some(bytes) = &body_bytes {
+        let (state, line) = match &outcome {
+            None => (
+                "not_read",
+                "not read (a GET or HEAD request, content-length 0, or not a JSON content-type)"
+                    .to_string(),
+            ),
+            Some(crate::body::BodyOutcome::Json(_)) => ("json", "JSON".to_string()),
+            Some(crate::body::BodyOutcome::TooLarge) => (
+                "too_large",
+                format!(
+                    "over body_max_bytes ({}): body conditions do not hold \
+                     (traffic_split.body.too_large)",
+                    plan.body_max_bytes
+                ),
+            ),
+            Some(crate::body::BodyOutcome::Invalid) => (
+                "invalid",
+                "not valid JSON: body conditions do not hold (traffic_split.body.invalid)"
+                    .to_string(),
+            ),
+        };
+        lines.push(format!("body: {} bytes, {line}", bytes.len()));
+        report.insert("body".into(), json!({"bytes": bytes.len(), "state": state}));
+        if plan.reads_body && !plan.needs_body(&base.with_body(crate::body::RequestBody::Pending)) {
+            lines.push(
+                "  (the filter decides this request on its headers: the first rule that can \
+                 match it has no match.body, so the body is not held)"
+                    .into(),
+            );
+        }
+    }
+    let json_body = match &outcome {
+        Some(crate::body::BodyOutcome::Json(v)) => crate::body::RequestBody::Json(v),
+        _ => crate::body::RequestBody::Absent,
+    };
+    let request = Request::new(&headers, route)
+        .with_lanes(&incoming)
+        .with_body(json_body);
     // Rollouts: the share in force at --at (default now), as the filter's tick computes it.
     let at_ms = at_time(args.at.as_deref())?;
     let rollouts = rollout_bounds(plan, at_ms);
@@ -363,7 +440,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             .shadow_targets
             .get(s.target)
             .map_or("", |t| t.name.as_str());
-        let method = Some(args.method.as_bytes());
+        let method = Some(args.method().as_bytes());
         let p = if s.allows_method(method) {
             s.sample_probability()
         } else {
@@ -372,7 +449,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         let why = if s.allows_method(method) {
             String::new()
         } else {
-            format!(" (method {} not in methods)", args.method)
+            format!(" (method {} not in methods)", args.method())
         };
         lines.push(format!(
             "  shadow {name} (cluster {}): sampled with probability {:.2}%{why}",

@@ -17,7 +17,22 @@ pub struct Embedded {
     pub location: String,
     /// The JSON the filter would receive.
     pub json: Vec<u8>,
+    /// Whether the Wasm PluginConfig around it sets `allow_on_headers_stop_iteration: true`
+    /// (what `match.body` needs).
+    pub body_setting: BodySetting,
 }
+
+/// `allow_on_headers_stop_iteration` in what wraps a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodySetting {
+    /// A bare JSON configuration: the Envoy side is not known here.
+    Unknown,
+    Set,
+    /// Absent, with what to do about it.
+    Missing(String),
+}
+
+pub const BODY_SETTING: &str = "allow_on_headers_stop_iteration";
 
 impl Embedded {
     /// `file` or `file (location)`.
@@ -67,22 +82,37 @@ pub fn extract(file: &str, bytes: &[u8], all: bool) -> Result<Vec<Embedded>, Inp
             file: file.to_string(),
             location: String::new(),
             json: bytes.to_vec(),
+            body_setting: BodySetting::Unknown,
         }]);
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| InputError::Invalid(format!("{file}: not UTF-8: {e}")))?;
     let mut found = Vec::new();
-    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document)
-            .map_err(|e| InputError::Invalid(format!("{file}: invalid YAML: {e}")))?;
+    let mut documents = Vec::new();
+    for document in serde_norway::Deserializer::from_str(text) {
+        documents.push(
+            Value::deserialize(document)
+                .map_err(|e| InputError::Invalid(format!("{file}: invalid YAML: {e}")))?,
+        );
+    }
+    // Envoy Gateway filters an EnvoyPatchPolicy of this file gives the setting.
+    let patched = patched_filters(&documents);
+    for (i, value) in documents.iter().enumerate() {
         let doc = format!("document {}", i + 1);
-        embedded_in(&value, &doc, all, &mut |location, json| {
-            found.push(Embedded {
-                file: file.to_string(),
-                location,
-                json,
-            })
-        });
+        embedded_in(
+            value,
+            &doc,
+            all,
+            &patched,
+            &mut |location, json, body_setting| {
+                found.push(Embedded {
+                    file: file.to_string(),
+                    location,
+                    json,
+                    body_setting,
+                })
+            },
+        );
     }
     if found.is_empty() {
         return Err(InputError::Invalid(format!(
@@ -99,7 +129,33 @@ pub fn extract(file: &str, bytes: &[u8], all: bool) -> Result<Vec<Embedded>, Inp
     Ok(found)
 }
 
-fn embedded_in(value: &Value, doc: &str, all: bool, out: &mut dyn FnMut(String, Vec<u8>)) {
+/// The Wasm filter names (`…/wasm/<i>` of Envoy Gateway) whose config an EnvoyPatchPolicy among
+/// `documents` gives `allow_on_headers_stop_iteration: true`.
+fn patched_filters(documents: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in documents {
+        if d.get("kind").and_then(Value::as_str) != Some("EnvoyPatchPolicy") {
+            continue;
+        }
+        let patches = d.pointer("/spec/jsonPatches").and_then(Value::as_array);
+        for op in patches
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("operation"))
+        {
+            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+            let target = op.get("jsonPath").and_then(Value::as_str).unwrap_or("");
+            if path.ends_with(BODY_SETTING) && op.get("value") == Some(&Value::Bool(true)) {
+                out.push(format!("{target} {path}"));
+            }
+        }
+    }
+    out
+}
+
+type Found<'a> = dyn FnMut(String, Vec<u8>, BodySetting) + 'a;
+
+fn embedded_in(value: &Value, doc: &str, all: bool, patched: &[String], out: &mut Found<'_>) {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
     let name = value
         .pointer("/metadata/name")
@@ -110,17 +166,38 @@ fn embedded_in(value: &Value, doc: &str, all: bool, out: &mut dyn FnMut(String, 
         None | Some(Value::Null) => Vec::new(),
         Some(v) => serde_json::to_vec_pretty(v).unwrap_or_default(),
     };
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     match kind {
         "WasmPlugin" => out(
             format!("{doc}, WasmPlugin {name}: spec.pluginConfig"),
             json(value.pointer("/spec/pluginConfig")),
+            BodySetting::Missing(format!(
+                "an Istio WasmPlugin cannot set {BODY_SETTING}: load the filter with an \
+                 EnvoyFilter instead (deploy/istio-body-routing/envoyfilter.yaml)"
+            )),
         ),
         "EnvoyExtensionPolicy" => {
             let wasm = value.pointer("/spec/wasm").and_then(Value::as_array);
             for (j, w) in wasm.into_iter().flatten().enumerate() {
+                let filter = format!(
+                    "envoy.filters.http.wasm/envoyextensionpolicy/{namespace}/{name}/wasm/{j}"
+                );
+                let setting = if patched.iter().any(|p| p.contains(&filter)) {
+                    BodySetting::Set
+                } else {
+                    BodySetting::Missing(format!(
+                        "an EnvoyExtensionPolicy cannot set {BODY_SETTING}: add an EnvoyPatchPolicy \
+                         (in this file) that adds it to {filter} and raises the listener's buffer \
+                         limit (deploy/envoy-gateway/envoypatchpolicy.yaml)"
+                    ))
+                };
                 out(
                     format!("{doc}, EnvoyExtensionPolicy {name}: spec.wasm[{j}].config"),
                     json(w.get("config")),
+                    setting,
                 );
             }
         }
@@ -131,7 +208,14 @@ fn embedded_in(value: &Value, doc: &str, all: bool, out: &mut dyn FnMut(String, 
                     Some(Value::String(s)) => s.clone().into_bytes(),
                     _ => Vec::new(),
                 };
-                out(format!("{doc}: {path}.configuration.value"), bytes);
+                let setting = if filter.get(BODY_SETTING) == Some(&Value::Bool(true)) {
+                    BodySetting::Set
+                } else {
+                    BodySetting::Missing(format!(
+                        "set {BODY_SETTING}: true in this Wasm filter's config (Envoy >= 1.35)"
+                    ))
+                };
+                out(format!("{doc}: {path}.configuration.value"), bytes, setting);
             }
         }),
     }

@@ -11,12 +11,12 @@
 
 use crate::breaker::GRPC_CODES;
 use crate::config::{
-    DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT, DEFAULT_BREAKER_MIN_REQUESTS,
-    DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S, DEFAULT_CLUSTER_HEADER,
-    DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_GRPC_FAILURE_CODES, DEFAULT_MAX_BUFFERED_BODY_BYTES,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_HOST_SUFFIX, DEFAULT_SHADOW_MAX_BODY_BYTES,
-    DEFAULT_SHADOW_PERCENT, DEFAULT_SHADOW_REMOVE_HEADERS, DEFAULT_SHADOW_TIMEOUT_MS,
-    DEFAULT_VARIANT_HEADER, MAX_SHADOW_BUFFER_BYTES,
+    DEFAULT_BODY_MAX_BYTES, DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT,
+    DEFAULT_BREAKER_MIN_REQUESTS, DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S,
+    DEFAULT_CLUSTER_HEADER, DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_GRPC_FAILURE_CODES,
+    DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_HOST_SUFFIX,
+    DEFAULT_SHADOW_MAX_BODY_BYTES, DEFAULT_SHADOW_PERCENT, DEFAULT_SHADOW_REMOVE_HEADERS,
+    DEFAULT_SHADOW_TIMEOUT_MS, DEFAULT_VARIANT_HEADER, MAX_BODY_MAX_BYTES, MAX_SHADOW_BUFFER_BYTES,
 };
 use crate::plan::{MAX_DESTINATIONS, MAX_ROLLOUT_STEPS, MAX_SHADOWS_PER_RULE};
 use serde_json::{json, Value};
@@ -73,12 +73,61 @@ fn string_match(what: &str) -> Value {
     })
 }
 
+/// The test of a `match.body` condition (also inside its `not` and `any_of`).
+fn body_test() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": body_test_properties(),
+        "oneOf": body_test_one_of()
+    })
+}
+
+fn body_test_properties() -> Value {
+    json!({
+        "exact": {"type": "string", "description": "Holds when the value's text equals this (a number, true, false or null compares as its JSON text: `\"true\"`, `\"3\"`)."},
+        "prefix": {"type": "string", "description": "Holds when the value's text starts with this."},
+        "suffix": {"type": "string", "description": "Holds when the value's text ends with this."},
+        "contains": {"type": "string", "description": "Holds when the value's text contains this."},
+        "one_of": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                   "description": "Holds when the value's text is one of these."},
+        "present": {"type": "boolean",
+                    "description": "`true`: holds when the pointer resolves (also to an object or array); `false`: when it does not."},
+        "regex": regex(),
+        "not": {"$ref": "#/$defs/body_test", "description": "Holds when this test does not."},
+        "any_of": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/body_test"},
+                   "description": "Holds when at least one of these tests does."}
+    })
+}
+
+fn body_test_one_of() -> Value {
+    json!([
+        {"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]},
+        {"required": ["contains"]}, {"required": ["one_of"]}, {"required": ["present"]},
+        {"required": ["regex"]}, {"required": ["not"]}, {"required": ["any_of"]}
+    ])
+}
+
 fn regex() -> Value {
     json!({"type": "string", "maxLength": crate::pattern::MAX_PATTERN_LEN,
         "description": "Holds when the whole value matches this pattern (a linear-time RE2 subset: see docs/configuration.md)."})
 }
 
 pub fn schema() -> Value {
+    let mut schema = schema_without_body_condition_ops();
+    // A body condition is its pointer plus the properties of a body test.
+    if let (Some(props), Value::Object(ops)) = (
+        schema
+            .pointer_mut("/$defs/body_condition/properties")
+            .and_then(Value::as_object_mut),
+        body_test_properties(),
+    ) {
+        props.extend(ops);
+    }
+    schema
+}
+
+fn schema_without_body_condition_ops() -> Value {
     let u32_max = u64::from(u32::MAX);
     let methods = json!({"type": "array", "minItems": 1,
         "items": {"type": "string", "pattern": TOKEN}});
@@ -106,6 +155,8 @@ pub fn schema() -> Value {
                 "description": "Signs the `x-shadow-request` marker of copies (`v2.<unix s>.<tag>`, HMAC-SHA256 of the copy's :authority, :method, :path and x-request-id) so that other instances sharing the secret keep it on that same request for 10 s. 16–256 visible ASCII characters; treat it as a secret."},
             "lane_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
                 "description": "Signs lane values where they start (`<name>;sig=v2.<unix s>.<tag>`, HMAC-SHA256) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s, or over 5 s ahead) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
+            "body_max_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_BODY_MAX_BYTES, "default": DEFAULT_BODY_MAX_BYTES,
+                "description": "The most of a request body held to evaluate `match.body` (at most 1 MiB). A larger body makes the body conditions not hold (the rule falls through) and is counted in traffic_split.body.too_large; it is never refused."},
             "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
                 "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
         },
@@ -231,9 +282,23 @@ pub fn schema() -> Value {
                         "description": "Holds when this inner match does not (at least one of its conditions fails). Nests at most 4 deep with `any_of`."},
                     "any_of": {"type": "array", "minItems": 1,
                         "items": {"allOf": [{"$ref": "#/$defs/match"}], "minProperties": 1},
-                        "description": "Holds when at least one of these inner matches does."}
+                        "description": "Holds when at least one of these inner matches does."},
+                    "body": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/body_condition"},
+                        "description": "Conditions on the JSON request body, all of which must hold (top level of a rule's match only, not inside `not`/`any_of`). Read only for requests with `content-type: application/json` or `…+json`; for others, for bodies over `body_max_bytes` and for invalid JSON they do not hold. The request is held for its body only when this rule is the first that can match it. Needs `allow_on_headers_stop_iteration: true` in the Wasm PluginConfig (docs/deploy.md)."}
                 }
             },
+            "body_condition": {
+                "type": "object",
+                "required": ["pointer"],
+                "additionalProperties": false,
+                "description": "A test on the value at `pointer`: exactly one operation.",
+                "properties": {
+                    "pointer": {"type": "string", "pattern": "^(/.*)?$",
+                        "description": "An RFC 6901 JSON pointer, e.g. `/model` or `/messages/0/role`."}
+                },
+                "oneOf": body_test_one_of()
+            },
+            "body_test": body_test(),
             "sticky": {
                 "type": "object",
                 "additionalProperties": false,

@@ -24,6 +24,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "clear_route_cache",
             "shadow_marker_secret",
             "lane_secret",
+            "body_max_bytes",
         ],
     )?;
     // Filled field by field into one value, starting from the defaults: see `match_config`.
@@ -53,6 +54,9 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
         .unwrap_or_default();
     c.shadow_marker_secret = top.string("shadow_marker_secret")?;
     c.lane_secret = top.string("lane_secret")?;
+    if let Some(n) = top.integer("body_max_bytes", MAX_BODY_MAX_BYTES)? {
+        c.body_max_bytes = n;
+    }
     Ok(c)
 }
 
@@ -255,6 +259,7 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
         "source_ips",
         "not",
         "any_of",
+        "body",
     ])?;
     let nested = |o: &mut Obj<'_>, key: &str| -> Result<()> {
         if depth >= MAX_MATCH_DEPTH {
@@ -297,7 +302,62 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
     m.authority = o.object("authority", |o| string_match(o, false))?;
     m.route_names = o.list("route_names", string_item)?;
     m.source_ips = o.list("source_ips", string_item)?;
+    if o.has("body") && depth > 0 {
+        return Err(ConfigError::new(
+            o.child("body"),
+            "is read only at the top level of a rule's match (use \"not\" or \"any_of\" \
+             inside a body condition)",
+        ));
+    }
+    m.body = o.list("body", body_match)?;
     Ok(m)
+}
+
+fn body_match(path: &str, value: &Value) -> Result<BodyMatchConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &[
+            "pointer", "exact", "prefix", "suffix", "contains", "one_of", "present", "regex",
+            "not", "any_of",
+        ],
+    )?;
+    let pointer = o.required("pointer", Obj::string)?;
+    Ok(BodyMatchConfig {
+        pointer,
+        op: body_op(o, 0)?,
+    })
+}
+
+const BODY_OPS: &[&str] = &[
+    "exact", "prefix", "suffix", "contains", "one_of", "present", "regex", "not", "any_of",
+];
+
+/// The test of a body condition; `not` and `any_of` nest at most `MAX_MATCH_DEPTH` deep.
+fn body_op(mut o: Obj<'_>, depth: usize) -> Result<BodyOpConfig> {
+    for key in ["not", "any_of"] {
+        if o.has(key) && depth >= MAX_MATCH_DEPTH {
+            return Err(ConfigError::at(
+                o.child(key),
+                format_args!("\"not\" and \"any_of\" nest at most {MAX_MATCH_DEPTH} deep"),
+            ));
+        }
+    }
+    let mut b = BodyOpConfig {
+        contains: o.string("contains")?,
+        ..BodyOpConfig::default()
+    };
+    b.not = o
+        .object("not", |o| {
+            o.allow(BODY_OPS)?;
+            body_op(o, depth + 1)
+        })?
+        .map(Box::new);
+    b.any_of = o.list("any_of", |path, v| {
+        body_op(Obj::new(path, v, BODY_OPS)?, depth + 1)
+    })?;
+    b.op = string_match(o, true)?;
+    Ok(b)
 }
 
 fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {

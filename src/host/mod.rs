@@ -13,6 +13,7 @@
 //! present), else one removal call per request (a read, with `shadow_marker_secret`; when a
 //! marker is there, four more reads for the headers it is bound to).
 
+mod body;
 mod breaker;
 mod judge;
 mod rollout;
@@ -169,6 +170,8 @@ struct Vm {
     retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
+    /// Requests held for their body, and whether Envoy delivers their body (`body`).
+    holds: Rc<body::BodyHolds>,
     /// Root contexts Envoy keeps after `on_done` (waiting for their calls), with their plugin
     /// key (see `SplitRoot::on_done`).
     waiting: RefCell<Vec<(String, u32)>>,
@@ -186,6 +189,7 @@ thread_local! {
             shadow: Rc::new(RefCell::new(shadow)),
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
+            holds: Rc::new(body::BodyHolds::new()),
             waiting: RefCell::new(Vec::new()),
         })
     };

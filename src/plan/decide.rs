@@ -1,6 +1,7 @@
 //! What the plan does with a request: which rule matched and which destination gets it.
 
 use super::{Plan, Rule, Sticky, StickyKey};
+use crate::body::RequestBody;
 use crate::breaker::{BreakerTicket, BreakerView, State};
 use crate::bucket;
 use crate::lane::LaneStep;
@@ -58,6 +59,25 @@ impl Plan {
                 self.decide_among(candidates, request, rng, breakers, rollouts)
             }
             None => self.decide_among(0..self.rules.len(), request, rng, breakers, rollouts),
+        }
+    }
+
+    /// Whether the request must wait for its body (`match.body`): the first rule that could
+    /// still match it reads the body, and every other condition of that rule holds. Only for a
+    /// request whose body is `RequestBody::Pending`; false for any other.
+    pub fn needs_body(&self, request: &Request<'_>) -> bool {
+        if !self.reads_body || !matches!(request.body(), RequestBody::Pending) {
+            return false;
+        }
+        let first = |candidates: &mut dyn Iterator<Item = usize>| {
+            candidates
+                .filter_map(|i| self.rules.get(i))
+                .find(|r| r.matcher.holds_before_body(request))
+                .is_some_and(|r| r.matcher.reads_body())
+        };
+        match &self.index {
+            Some(index) => first(&mut index.candidates(request.authority(), request.route_name())),
+            None => first(&mut (0..self.rules.len())),
         }
     }
 

@@ -24,6 +24,7 @@ pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
+use crate::body::PointerTree;
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
@@ -73,6 +74,12 @@ pub struct Plan {
     pub lanes: Lanes,
     /// How many rules have a lane (`RuleLane::slot` counts them).
     pub lane_rules: usize,
+    /// Whether any rule has `match.body` (then JSON requests may be held for their body).
+    pub reads_body: bool,
+    /// `body_max_bytes`: the most of a body held for `match.body`.
+    pub body_max_bytes: u64,
+    /// The pointers of every body condition: what parsing a body keeps.
+    pub body_pointers: PointerTree,
     /// Rules with a judge, by judge slot (`Rule::judge_slot` indexes it).
     pub judges: Vec<usize>,
 }
@@ -245,6 +252,18 @@ impl Plan {
                     || r.sticky.is_some()
                     || !r.shadows.is_empty()
             });
+        let reads_body = rules.iter().any(|r| r.matcher.reads_body());
+        // Each distinct body pointer gets a slot in the parsed body.
+        let mut body_pointers = PointerTree::default();
+        for rule in &mut rules {
+            for c in &mut rule.matcher.conditions {
+                if let Condition::Body(b) = c {
+                    b.slot = body_pointers.add(&b.pointer);
+                }
+            }
+        }
+        // Whether a request may carry a JSON body is read from its headers.
+        let needs_request_headers = needs_request_headers || reads_body;
         let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
         Ok(Plan {
             index,
@@ -264,6 +283,9 @@ impl Plan {
             rollouts,
             lanes,
             lane_rules,
+            reads_body,
+            body_max_bytes: config.body_max_bytes,
+            body_pointers,
             judges,
         })
     }

@@ -115,7 +115,7 @@ fn bad_configs_name_the_field_and_the_reason() {
         (top("{"), "invalid JSON: EOF while parsing an object at line 1 column 1"),
         (top(r#"{"rules": [}"#), "invalid JSON: expected value at line 1 column 12"),
         (top(r#"{} x"#), "invalid JSON: trailing characters at line 1 column 4"),
-        (top(r#"{"rulez": []}"#), "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache, shadow_marker_secret, lane_secret"),
+        (top(r#"{"rulez": []}"#), "rulez: unknown field, expected one of: cluster_header, variant_header, debug_header, rules, max_in_flight, max_buffered_body_bytes, clear_route_cache, shadow_marker_secret, lane_secret, body_max_bytes"),
         (in_rule(r#""from_lane":true"#), "rules[0].from_lane: needs \"propagate\": where the lane is read from and passed on"),
         (in_rule(r#""lane_fallback":"a""#), "rules[0].lane_fallback: only applies with \"from_lane\": true"),
         (in_rule(r#""propagate":{"header":"x-lane"},"lane_fallback":"a""#), "rules[0].lane_fallback: only applies with \"from_lane\": true"),
@@ -238,7 +238,7 @@ fn bad_configs_name_the_field_and_the_reason() {
         (matching(r#""any_of":[]"#), "rules[0].match.any_of: must list at least one match object"),
         (matching(r#""any_of":[{"path":{"exact":"/"}},{}]"#), "rules[0].match.any_of[1]: must have at least one condition"),
         (matching(r#""any_of":[{"headers":[{"name":"x"}]}]"#), "rules[0].match.any_of[0].headers[0]: needs exactly one of \"exact\", \"prefix\", \"suffix\", \"one_of\", \"present\", \"regex\""),
-        (matching(r#""not":{"nope":1}"#), "rules[0].match.not.nope: unknown field, expected one of: headers, cookies, query, path, methods, authority, route_names, source_ips, not, any_of"),
+        (matching(r#""not":{"nope":1}"#), "rules[0].match.not.nope: unknown field, expected one of: headers, cookies, query, path, methods, authority, route_names, source_ips, not, any_of, body"),
         (matching(r#""any_of":[7]"#), "rules[0].match.any_of[0]: must be an object, got a number"),
         (matching(r#""not":{"not":{"not":{"not":{"not":{"path":{"exact":"/"}}}}}}"#), "rules[0].match.not.not.not.not.not: \"not\" and \"any_of\" nest at most 4 deep"),
     ];

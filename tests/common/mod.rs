@@ -449,6 +449,7 @@ fn ecds_resources(wasm: &Path, plugin_config: &str, version: u64) -> String {
                 "config": {
                     "name": "traffic-split",
                     "root_id": "traffic-split",
+                    "allow_on_headers_stop_iteration": true,
                     "vm_config": {
                         "vm_id": "traffic-split",
                         "runtime": "envoy.wasm.runtime.v8",
