@@ -9,7 +9,8 @@
 //!   once, well under 50 ms, instead of compiling for minutes);
 //! - per request: regex-lite's Pike VM costs time linear in value × program, so each pattern gets
 //!   a work budget: at load its program size is measured (the smallest `size_limit` that still
-//!   compiles it), and a value longer than `WORK_BUDGET / program size` bytes (clamped to
+//!   compiles it), and a value longer than `WORK_BUDGET / (program size - the empty pattern's)`
+//!   bytes (clamped to
 //!   `MIN_VALUE_CAP..=MAX_VALUE_CAP`) is not evaluated and does not match. The worst this admits
 //!   (measured in Envoy, BENCHMARKS.md) is about 1 ms per evaluation.
 
