@@ -214,7 +214,7 @@ def plugin_config(bootstrap):
     everyone["judge"] = {"window_s": 2, "min_requests": 10, "on_fail": "report"}
     # Body routing (match.body) and a regex condition, each made to fail to evaluate in
     # drive_traffic(): a body over body_max_bytes, a body that is not JSON, a header value over
-    # the regex limit (200 bytes).
+    # the regex's cap (at most 4,096 bytes).
     config["body_max_bytes"] = 1024
     config["rules"].insert(0, {
         "name": "tenants", "match": {"headers": [{"name": "x-tenant", "regex": "[a-z]+-[0-9]+"}]},
@@ -455,7 +455,8 @@ def drive_traffic(demo):
     big = json.dumps({"model": "large", "pad": "x" * 2048}).encode()
     demo.get("/v1/chat", json_post, data=big)  # over body_max_bytes (1024)
     demo.get("/v1/chat", json_post, data=b"model=large")  # not JSON
-    demo.get("/", {"x-user-id": "user1", "x-tenant": "acme-" + "1" * 300})  # over the regex limit
+    # Over the regex's value cap (200-4,096 bytes, from the pattern's program size): over any cap.
+    demo.get("/", {"x-user-id": "user1", "x-tenant": "acme-" + "1" * 5000})
     wait_until("body and regex counters are flushed", lambda: all(
         demo.stats().get(f"wasmcustom.traffic_split.{name}", 0) >= 1
         for name in ("body.too_large", "body.invalid", "regex.value_too_long")))
