@@ -102,7 +102,7 @@ impl Judges {
     }
 
     /// A sticky rule's user (`srm::user_hash` of its key) served by `destination`.
-    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u32) {
+    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u64) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.pending.add_user(destination, hash);
         }

@@ -134,11 +134,13 @@ pub fn publish(
     done
 }
 
-const FORMAT: [u8; 2] = [b'J', 1];
+const FORMAT: [u8; 2] = [b'J', 2];
 
 impl JudgeRecord {
     /// Little-endian: format, window, judged, streak, triggered, verdict, then each arm's
-    /// requests, failures, non-empty bucket count and (bucket, count) pairs.
+    /// requests, failures, non-empty bucket count and (bucket, count) pairs; then the number of
+    /// destinations with users and, for each, 0 and its exact hashes (count, u64s) or 1 and its
+    /// sketch's `srm::REGISTERS` registers.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&FORMAT);
@@ -161,10 +163,18 @@ impl JudgeRecord {
         // At most MAX_DESTINATIONS sets of at most EXACT_USERS hashes.
         out.push(self.tally.users.len() as u8);
         for d in &self.tally.users {
-            out.push(d.level);
-            out.extend_from_slice(&(d.hashes.len() as u16).to_le_bytes());
-            for h in &d.hashes {
-                out.extend_from_slice(&h.to_le_bytes());
+            match d {
+                Distinct::Exact(hashes) => {
+                    out.push(0);
+                    out.extend_from_slice(&(hashes.len() as u16).to_le_bytes());
+                    for h in hashes {
+                        out.extend_from_slice(&h.to_le_bytes());
+                    }
+                }
+                Distinct::Sketch(_) => {
+                    out.push(1);
+                    out.extend_from_slice(d.registers().unwrap_or_default());
+                }
             }
         }
         out
@@ -222,22 +232,25 @@ impl JudgeRecord {
             return None;
         }
         for _ in 0..sets {
-            let level = r.take::<1>()?[0];
-            let n = usize::from(u16::from_le_bytes(r.take()?));
-            if n > super::srm::EXACT_USERS || level > 32 {
-                return None;
-            }
-            let mut d = Distinct {
-                level,
-                hashes: Vec::with_capacity(n),
-            };
-            for _ in 0..n {
-                let h = u32::from_le_bytes(r.take()?);
-                if d.hashes.last().is_some_and(|&l| l >= h) {
-                    return None;
+            let d = match r.take::<1>()? {
+                [0] => {
+                    let n = usize::from(u16::from_le_bytes(r.take()?));
+                    if n > super::srm::EXACT_USERS {
+                        return None;
+                    }
+                    let mut hashes = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let h = r.u64()?;
+                        if hashes.last().is_some_and(|&l| l >= h) {
+                            return None;
+                        }
+                        hashes.push(h);
+                    }
+                    Distinct::Exact(hashes)
                 }
-                d.hashes.push(h);
-            }
+                [1] => Distinct::from_registers(r.bytes(super::srm::REGISTERS)?)?,
+                _ => return None,
+            };
             record.tally.users.push(d);
         }
         r.0.is_empty().then_some(record)
@@ -251,6 +264,12 @@ impl Reader<'_> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
     }
 
     fn u64(&mut self) -> Option<u64> {

@@ -281,6 +281,15 @@ fn records_round_trip_and_garbage_decodes_as_absent() {
     r.tally.canary = counts(10, 3);
     latencies(&mut r.tally.canary, 50, 5_000.0, &mut rng);
     latencies(&mut r.tally.baseline, 70, 5_000.0, &mut rng);
+    // Users: destination 0 exact, 1 none, 2 sketched.
+    for i in 0..3 {
+        r.tally.add_user(0, crate::judge::srm::user_hash(&[i]));
+    }
+    for i in 0..300u32 {
+        r.tally
+            .add_user(2, crate::judge::srm::user_hash(&i.to_le_bytes()));
+    }
+    assert!(r.tally.users.get(2).and_then(|d| d.registers()).is_some());
     let bytes = r.encode();
     assert_eq!(JudgeRecord::decode(&bytes), Some(r));
     for cut in 0..bytes.len() {
