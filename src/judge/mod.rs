@@ -22,7 +22,7 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use shared::{judge_key, publish, JudgeRecord, Judged, Synced};
+pub use shared::{judge_key, publish, publish_due, JudgeRecord, Judged, Synced};
 
 /// Verdict of one window; the numbers are the `verdict` gauge's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -52,6 +52,27 @@ pub struct Synced {
     pub conflicts: u32,
 }
 
+/// How often a worker merges its counts into the shared record within a window, at most
+/// (besides the first tick of a window and the last one before it ends).
+pub const FLUSH_MS: u64 = 1_000;
+
+/// Whether a worker's tick at `now_ms` (wall clock) must `publish`: on its first tick in a
+/// window (to close the last one, or learn its verdict and whether `on_fail` ran: both only
+/// change when a window closes), on its last tick before the window ends (`tick_ms` from now;
+/// so the window's counts are in its record when the next one closes it), and at most every
+/// `FLUSH_MS` between. `last`: the window and time of this worker's last synced publish.
+/// Every other tick leaves the counts in the VM: no shared-data read or write.
+pub fn publish_due(now_ms: u64, window_s: u64, tick_ms: u64, last: Option<(u64, u64)>) -> bool {
+    let window_ms = window_s.max(1).saturating_mul(1000);
+    let window = now_ms / window_ms;
+    let Some((last_window, last_ms)) = last else {
+        return true;
+    };
+    let ends_before_next_tick =
+        now_ms.saturating_add(tick_ms) >= window.saturating_add(1).saturating_mul(window_ms);
+    last_window != window || ends_before_next_tick || now_ms.saturating_sub(last_ms) >= FLUSH_MS
+}
+
 /// Merges `pending` (this worker's outcomes since its last publish) into the shared record,
 /// closing the record's window first when `window` (the current one) is later. `pending` is
 /// emptied once written; kept when every attempt lost its race.
