@@ -239,6 +239,28 @@ SCENARIOS = [
                     '"propagate":{"baggage":"split-lane"},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # match.body's cost (CG_SCENARIO=callgrind-body, with CG_BODY=bench/chat-2k.json): a 2 KiB
+    # OpenAI-style chat body decided by a body rule, against the same request (the same body,
+    # plus an x-model header) decided by a header rule (callgrind-body-header).
+    Scenario("callgrind-body", "(tool) bench/callgrind.sh's Envoy, a sticky 50/50 rule on the body's /model",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"body":[{"pointer":"/model","exact":"gpt-small"}]},'
+                    '"sticky":{"header":"x-user-id"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    Scenario("callgrind-body-header", "(tool) callgrind-body's request decided by a header rule (x-model)",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"headers":[{"name":"x-model","exact":"gpt-small"}]},'
+                    '"sticky":{"header":"x-user-id"},"destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
+    # callgrind's rule behind a path regex that matches (CG_SCENARIO=callgrind-regex): what one
+    # regex evaluation costs on top of the sticky pick.
+    Scenario("callgrind-regex", "(tool) bench/callgrind.sh's Envoy, the rule behind a path regex",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","match":{"path":{"regex":"/r[0-9]+"}},"sticky":{"header":"x-user-id"},'
+                    '"destinations":[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
     # callgrind's rule with a judge (CG_SCENARIO=callgrind-judge): both criteria at their
     # defaults, so a judged request pays the outcome classification and two clock reads.
     Scenario("callgrind-judge", "(tool) bench/callgrind.sh's Envoy, the rule with a judge (defaults)",
@@ -264,7 +286,13 @@ SCENARIOS = [
     # The same with a gateway's plan of 5 or 5,000 host rules (CG_SCENARIO=callgrind-5000-rules):
     # the rule index's per-request cost, load-independent.
     *(Scenario(f"callgrind-{n}-rules", f"(tool) bench/callgrind.sh's Envoy with {n} host rules",
-               routes="routes-direct.yaml", module="filter", hosts=n, tool=True) for n in (5, 5000)),
+               routes="routes-direct.yaml", module="filter", hosts=n, tool=True) for n in (5, 5000)),    # A rule that reads no request attribute (random 50/50, CG_SCENARIO=callgrind-random): no header
+    # map read; the fault filter's seven headers are removed by name on every request.
+    Scenario("callgrind-random", "(tool) bench/callgrind.sh's Envoy, a random 50/50 rule",
+             routes="routes-direct.yaml", module="filter",
+             config='{"rules":[{"name":"r","destinations":'
+                    '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
+             tool=True),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 

@@ -12,9 +12,11 @@
 # request = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up and the fixed part cancel out.
 # Environment: CG_ROUNDS (2), CG_N1 (200), CG_N2 (600), CG_PORT (18431), ENVOY_REAL (the
 # Envoy binary itself: valgrind must not run the .venv's Python launcher), CG_SCENARIO (the
-# bench.py tool config: callgrind, or callgrind-5-rules / callgrind-5000-rules for host rules),
-# CG_HEADER_CMD (a command printing one more request header, `name: value`, run once per Envoy
-# before its requests: e.g. a freshly signed lane, bench/lane_value.py).
+# bench.py tool config: callgrind, or callgrind-5-rules / callgrind-5000-rules for host rules,
+# callgrind-body / callgrind-body-header for match.body), CG_HEADER_CMD (a command printing one
+# more request header, `name: value`, run once per Envoy before its requests: e.g. a freshly
+# signed lane, bench/lane_value.py), CG_BODY (a file: every request is a POST of it with
+# content-type application/json and x-model: gpt-small).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +27,11 @@ N1=${CG_N1:-200}
 N2=${CG_N2:-600}
 PORT=${CG_PORT:-18431}
 WORK=$(mktemp -d /tmp/traffic-split-callgrind.XXXXXX)
-[ $# -ge 1 ] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,19p "$0"; exit 2; }
+BODY_ARGS=()
+if [ -n "${CG_BODY:-}" ]; then
+    BODY_ARGS=(-H 'content-type: application/json' -H 'x-model: gpt-small' --data-binary "@$CG_BODY")
+fi
 
 # The Envoy config: the "callgrind" entry of bench/bench.py (the shared front template).
 config() { # WASM
@@ -50,7 +56,8 @@ count() { # WASM N
     curl -s -o /dev/null -H 'x-user-id: w' ${extra[@]+"${extra[@]}"} "http://127.0.0.1:$PORT/w[1-50]"
     sleep 1
     callgrind_control -i on "$pid" > /dev/null 2>&1
-    curl -s -o /dev/null -H 'x-user-id: u' ${extra[@]+"${extra[@]}"} "http://127.0.0.1:$PORT/r[1-$2]"
+    curl -s -o /dev/null -H 'x-user-id: u' ${extra[@]+"${extra[@]}"} ${BODY_ARGS[@]+"${BODY_ARGS[@]}"} \
+        "http://127.0.0.1:$PORT/r[1-$2]"
     callgrind_control -i off "$pid" > /dev/null 2>&1
     callgrind_control -d "$pid" > /dev/null 2>&1
     sleep 1

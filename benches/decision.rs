@@ -159,5 +159,41 @@ fn many_hosts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decision, many_hosts);
+/// `match.body`: parsing bench/chat-2k.json (a 2 KiB OpenAI-style chat body) for one pointer,
+/// and the decision on the parsed body; beside it serde_json's full `Value` parse, which the
+/// pointer walk replaced.
+fn body(c: &mut Criterion) {
+    use traffic_split::body::{parse, BodyOutcome, RequestBody};
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/chat-2k.json")).unwrap();
+    let plan = Plan::from_json(
+        br#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/model","exact":"gpt-small"}]},
+            "sticky":{"header":"x-user-id"},
+            "destinations":[{"name":"a","cluster":"a"},{"name":"b","cluster":"b"}]}]}"#,
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("body");
+    group.bench_function("parse-2k-pointer-walk", |b| {
+        b.iter(|| black_box(parse(black_box(&bytes), 65536, &plan.body_pointers)))
+    });
+    group.bench_function("parse-2k-serde-value", |b| {
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde_json::Value>(black_box(&bytes)).unwrap())
+        })
+    });
+    let headers = request_headers(7);
+    let mut rng = Rng::from_seed(1);
+    group.bench_function("parse-and-decide-2k", |b| {
+        b.iter(|| {
+            let BodyOutcome::Json(parsed) = parse(black_box(&bytes), 65536, &plan.body_pointers)
+            else {
+                panic!("not JSON")
+            };
+            let r = Request::new(&headers, None).with_body(RequestBody::Json(&parsed));
+            black_box(plan.decide(&r, &mut rng, &[]))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, many_hosts, body);
 criterion_main!(benches);

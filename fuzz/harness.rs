@@ -442,6 +442,22 @@ fn rule(u: &mut Unstructured<'_>) -> Result<Value> {
     })?;
     maybe(u, &mut r, "from_lane", |u| Ok(Value::Bool(u.arbitrary()?)))?;
     maybe(u, &mut r, "lane_fallback", name)?;
+    maybe(u, &mut r, "fault", |u| {
+        let mut f = Map::new();
+        maybe(u, &mut f, "percent", number)?;
+        maybe(u, &mut f, "delay_ms", number)?;
+        maybe(u, &mut f, "abort_status", number)?;
+        maybe(u, &mut f, "abort_grpc_status", |u| {
+            Ok(if u.ratio(1, 2)? {
+                Value::from(*u.choose(&["UNAVAILABLE", "OK", "INTERNAL", "unavailable"])?)
+            } else {
+                number(u)?
+            })
+        })?;
+        maybe(u, &mut f, "destinations", |u| list(u, 0..=3, name))?;
+        mutate(u, &mut f)?;
+        Ok(Value::Object(f))
+    })?;
     mutate(u, &mut r)?;
     Ok(Value::Object(r))
 }

@@ -131,7 +131,7 @@ has_line "no breaker line in the log" \
 has_line "the README's breaker line" "$breaker_line" "$(cat README.md)"
 
 step "Prometheus sees the open breaker"
-query='max by (rule, destination) (traffic_split_breaker_state)'
+query='max by (rule, destination) (traffic_split_breaker_state) > 0'
 readme_has "\$ promtool query instant http://127.0.0.1:9099 '$query'"
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
   has_line "make run did not print Prometheus's URL" '^Prometheus: http://127.0.0.1:9099 ' "$(cat "$log")"
@@ -148,6 +148,24 @@ else
   echo "> [demo] SKIPPED: Prometheus is not installed (apt-get install prometheus); CI runs this step"
 fi
 
+step "a sticky fault slice fails the same users and the breaker stays closed"
+chaos=$(for r in 1 2; do for u in $(seq 1 20); do curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$u" $url/chaos; done; echo; done)
+shown "200 200 200 200 200 503 200 200 200 200 200 200 503 200 200 503 200 503 200 200 
+200 200 200 200 200 503 200 200 200 200 200 200 503 200 200 503 200 503 200 200 " "$chaos"
+shown "x-split-decision: rule=chaos; variant=canary; fault=abort_status:503" \
+  "$(curl -si -H 'x-user-id: user6' $url/chaos | grep -iE '^x-split' | tr -d '\r')"
+forged=$(curl -s -w ' %{http_code}' -H 'x-user-id: user1' -H 'x-envoy-fault-abort-request: 500' \
+  -H 'x-envoy-fault-abort-request-percentage: 100' $url/chaos)
+expect "a client-sent fault header was obeyed" "canary (v2)
+ 200" "$forged"
+faults='traffic_split_fault_aborted{rule="chaos"} 9
+traffic_split_fault_delayed{rule="chaos"} 0
+traffic_split_breaker_state{rule="chaos",destination="canary"} 0'
+chaos_metrics() { prom | grep -E '^traffic_split_(fault|breaker_state\{rule="chaos")' || true; }
+chaos_is() { [ "$(chaos_metrics)" = "$faults" ]; }
+wait_for 30 chaos_is || true
+shown "$faults" "$(chaos_metrics)"
+
 step "a client cannot pick the version"
 shown "stable (v1)" "$(curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' $url/)"
 
@@ -159,6 +177,8 @@ shown 'traffic_split_rule_destination_requests{rule="employees",destination="can
 # checkout: the visit and the payment; everyone: 8 users + 60 + 60 on /unstable + alice.
 expect "requests counted for the checkout rule" 2 "$(rule_requests checkout "$metrics")"
 expect "requests counted for the everyone rule" 129 "$(rule_requests everyone "$metrics")"
+# chaos: 2 x 20 users, user6's decision header and user1's forged fault headers.
+expect "requests counted for the chaos rule" 42 "$(rule_requests chaos "$metrics")"
 has_line "the breaker gauge" '^traffic_split_breaker_state\{rule="everyone",destination="canary"\} 1$' "$metrics"
 
 step "the access log shows each decision"
@@ -167,4 +187,4 @@ wait_for 50 last_access_is "$last" || true # Envoy flushes it every 250 ms here
 shown "$last" "$(last_access)"
 has_line "the employee's decision is not in the access log" "cluster=canary variant=canary" "$(cat run/access.log)"
 
-echo "demo check ok: the README tour's outputs (sticky users, employee, cookie, shadow copy and comparison, breaker, Prometheus, forged header, metrics, access log)"
+echo "demo check ok: the README tour's outputs (sticky users, employee, cookie, shadow copy and comparison, breaker, Prometheus, fault slice, forged header, metrics, access log)"

@@ -107,7 +107,14 @@ users to stable for 15 s, then probes the canary again:
 
 Prometheus (when installed) sees the open breaker; the dashboard's and alerts' queries work the
 same way (deploy/grafana/traffic-split.json, deploy/prometheus/alerts.yaml; open the URL above):
-  promtool query instant http://127.0.0.1:9099 'max by (rule, destination) (traffic_split_breaker_state)'
+  promtool query instant http://127.0.0.1:9099 'max by (rule, destination) (traffic_split_breaker_state) > 0'
+
+A sticky 25% of /chaos users (the same ones every time) get a 503 from Envoy's fault filter;
+the canary's breaker stays closed (injected failures are no evidence), and a client's own
+x-envoy-fault-* headers are removed:
+  for r in 1 2; do for u in $(seq 1 20); do curl -s -o /dev/null -w '%{http_code} ' -H "x-user-id: user$u" http://127.0.0.1:10000/chaos; done; echo; done
+  curl -si -H 'x-user-id: user6' http://127.0.0.1:10000/chaos | grep -iE '^x-split'
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep -E '^traffic_split_(fault|breaker_state\{rule="chaos")'
 
 A client cannot pick the version itself (the forged header is overwritten):
   curl -s -H 'x-user-id: alice' -H 'x-split-cluster: canary' http://127.0.0.1:10000/

@@ -26,6 +26,15 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
   every rule of a shipped Istio/Envoy Gateway config is scoped (match.authority or
   match.route_names: a gateway serves other hosts too); a module fetched over http(s) has a
   sha256; the WasmPlugin runs in phase STATS (after authorization, before the router).
+- match.body (routing on the request body) needs `allow_on_headers_stop_iteration: true` in the
+  Wasm PluginConfig: every Envoy Wasm filter (bootstrap or EnvoyFilter) whose configuration has
+  a body rule sets it; a WasmPlugin cannot (FAIL: use an EnvoyFilter, deploy/istio-body-routing/);
+  an EnvoyExtensionPolicy needs an EnvoyPatchPolicy in its directory that adds it to that
+  policy's filter and raises the listener's buffer limit to at least body_max_bytes.
+- Fault injection (`rules[].fault`): every fault filter an Istio EnvoyFilter or Envoy Gateway
+  EnvoyPatchPolicy adds has header_delay and header_abort at 100%, a max_active_faults, is
+  inserted right before the router (so after the Wasm filter) and loads in
+  `envoy --mode validate`; a configuration that uses `fault` has such a filter beside it.
 - docker-compose.yml: `docker compose config` where Docker Compose is installed, else the
   Compose Specification's JSON schema (schemas/compose-spec.json); every bind-mount source
   exists; every Envoy config under deploy/compose/ is mounted; its upstream host names are
@@ -459,6 +468,165 @@ def cross_check_gateway(where, docs):
                         report("ok", where, f"{name} wasm[{i}]: shadow cluster {cluster} is rule {m.group(3)} of {tname}")
 
 
+# --- match.body -------------------------------------------------------------------------------
+
+BODY_SETTING = "allow_on_headers_stop_iteration"
+DEFAULT_BODY_MAX_BYTES = 65536  # docs/configuration.md
+
+
+def body_rules(config):
+    """Names of the rules of a config object that have match.body."""
+    return [str(r.get("name")) for r in (config.get("rules") or [])
+            if isinstance(r, dict) and (r.get("match") or {}).get("body")]
+
+
+def check_filter_body_setting(where, name, filter_config):
+    """An Envoy Wasm filter whose configuration routes on bodies sets the setting."""
+    try:
+        config = json.loads(plugin_configuration(filter_config) or "{}")
+    except ValueError:
+        return  # the parser check reports it
+    rules = body_rules(config)
+    if not rules:
+        return
+    if filter_config.get(BODY_SETTING) is True:
+        report("ok", where, f"{name}: match.body ({', '.join(rules)}) with {BODY_SETTING}: true")
+    else:
+        report("FAIL", where, f"{name}: rule(s) {', '.join(rules)} use match.body but the Wasm config lacks "
+               f"{BODY_SETTING}: true (Envoy then delivers no body to a held request; docs/deploy.md)")
+
+
+def cross_check_body(where, docs):
+    patches = [d for _, d in docs if d.get("kind") == "EnvoyPatchPolicy"]
+    for _, doc in docs:
+        kind = doc.get("kind")
+        ns = doc["metadata"].get("namespace", "default")
+        ident = f"{kind} {ns}/{doc['metadata']['name']}"
+        if kind == "WasmPlugin":
+            rules = body_rules(doc.get("spec", {}).get("pluginConfig") or {})
+            if rules:
+                report("FAIL", where, f"{ident}: rule(s) {', '.join(rules)} use match.body, which needs "
+                       f"{BODY_SETTING}: a WasmPlugin cannot set it; load the filter with an EnvoyFilter "
+                       "(deploy/istio-body-routing/)")
+        elif kind == "EnvoyFilter":
+            for filter_config in wasm_filters(doc):
+                check_filter_body_setting(where, ident, filter_config)
+        elif kind == "EnvoyExtensionPolicy":
+            for i, wasm in enumerate(doc.get("spec", {}).get("wasm") or []):
+                config = wasm.get("config") or {}
+                rules = body_rules(config)
+                if not rules:
+                    continue
+                filter_name = f"envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{doc['metadata']['name']}/wasm/{i}"
+                ops = [p.get("operation") or {} for epp in patches
+                       for p in epp.get("spec", {}).get("jsonPatches") or []]
+                setting = any(filter_name in str(op.get("jsonPath", "")) + str(op.get("path", ""))
+                              and str(op.get("path", "")).endswith(BODY_SETTING) and op.get("value") is True
+                              for op in ops)
+                limits = [op.get("value") for op in ops
+                          if str(op.get("path", "")).endswith("per_connection_buffer_limit_bytes")]
+                need = int(config.get("body_max_bytes", DEFAULT_BODY_MAX_BYTES))
+                name = f"{ident} wasm[{i}]"
+                if not setting:
+                    report("FAIL", where, f"{name}: rule(s) {', '.join(rules)} use match.body but no EnvoyPatchPolicy "
+                           f"here adds {BODY_SETTING}: true to {filter_name}")
+                else:
+                    report("ok", where, f"{name}: match.body ({', '.join(rules)}); an EnvoyPatchPolicy adds {BODY_SETTING}")
+                if not any(isinstance(v, int) and v >= need for v in limits):
+                    report("FAIL", where, f"{name}: no EnvoyPatchPolicy raises per_connection_buffer_limit_bytes to "
+                           f"body_max_bytes ({need}) or more: Envoy Gateway's 32 KiB default answers 413 to larger held bodies")
+                else:
+                    report("ok", where, f"{name}: the listener buffer holds body_max_bytes ({need})")
+FAULT_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+ROUTER = "envoy.filters.http.router"
+
+
+def fault_filters(docs):
+    """[(name, filter entry, placed before the router)] of every fault filter an Istio
+    EnvoyFilter or Envoy Gateway EnvoyPatchPolicy in `docs` adds."""
+    found = []
+    for _, doc in docs:
+        kind, spec = doc.get("kind"), doc.get("spec") or {}
+        ident = f"{kind} {doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
+        if kind == "EnvoyFilter":
+            for patch in spec.get("configPatches") or []:
+                value = (patch.get("patch") or {}).get("value") or {}
+                sub = ((((patch.get("match") or {}).get("listener") or {}).get("filterChain") or {})
+                       .get("filter") or {}).get("subFilter") or {}
+                before_router = (patch.get("applyTo") == "HTTP_FILTER"
+                                 and patch["patch"].get("operation") == "INSERT_BEFORE"
+                                 and sub.get("name") == ROUTER)
+                found.append((ident, value, before_router))
+        elif kind == "EnvoyPatchPolicy":
+            for patch in spec.get("jsonPatches") or []:
+                op = patch.get("operation") or {}
+                before_router = (op.get("op") == "add" and not op.get("path")
+                                 and re.fullmatch(r"\.\.http_filters\[\?@\.name=='" + re.escape(ROUTER) + r"'\]",
+                                                  str(op.get("jsonPath", ""))) is not None)
+                found.append((ident, op.get("value") or {}, before_router))
+    return [f for f in found if (f[1].get("typed_config") or {}).get("@type") == FAULT_FILTER_TYPE]
+
+
+def uses_fault(config):
+    return any(rule.get("fault") for rule in config.get("rules") or [])
+
+
+def check_fault_filters(where, docs, configs):
+    """Every fault filter shipped for `rules[].fault` has header control at 100%, a
+    max_active_faults, sits right before the router (after the Wasm filter) and loads in Envoy;
+    a configuration in `where` that uses `fault` has one beside it."""
+    filters = fault_filters(docs)
+    for ident, entry, before_router in filters:
+        config = entry.get("typed_config") or {}
+        problems = []
+        for kind, control in (("delay", "header_delay"), ("abort", "header_abort")):
+            part = config.get(kind) or {}
+            if control not in part:
+                problems.append(f"{kind}.{control} missing")
+            pct = part.get("percentage") or {}
+            if pct and (pct.get("numerator") != 100 or pct.get("denominator", "HUNDRED") != "HUNDRED"):
+                problems.append(f"{kind}.percentage must be 100/HUNDRED (it caps the filter's)")
+        if not config.get("max_active_faults"):
+            problems.append("no max_active_faults")
+        if not before_router:
+            problems.append(f"not inserted right before {ROUTER} (after the Wasm filter)")
+        if problems:
+            report("FAIL", where, f"{ident}: fault filter: {'; '.join(problems)}")
+            continue
+        report("ok", where, f"{ident}: fault filter with header_delay, header_abort at 100% and "
+               f"max_active_faults {config['max_active_faults']}, before the router")
+        envoy_validate_filter(where, ident, entry)
+    for name, config in configs:
+        if uses_fault(config) and not filters:
+            report("FAIL", where, f"{name}: uses `fault` but no EnvoyFilter/EnvoyPatchPolicy in {where} adds "
+                   "Envoy's fault filter with header control")
+
+
+def envoy_validate_filter(where, ident, entry):
+    """`envoy --mode validate` on a minimal bootstrap with `entry` before the router."""
+    if not ENVOY.exists():
+        report("FAIL", where, f"{ident}: envoy --mode validate: no Envoy at {rel(ENVOY)} (run `make envoy`)")
+        return
+    bootstrap = {"static_resources": {"listeners": [{
+        "name": "check", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "check", "route_config": {"name": "check"},
+                "http_filters": [entry, {"name": ROUTER, "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fault.json"
+        path.write_text(json.dumps(bootstrap), encoding="utf-8")
+        run = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
+                             capture_output=True, text=True, check=False)
+    if run.returncode == 0:
+        report("ok", where, f"{ident}: its fault filter loads (envoy --mode validate)")
+    else:
+        report("FAIL", where, f"{ident}: envoy --mode validate rejects its fault filter: {run.stderr.strip()[-400:]}")
+
+
 # --- docker compose and Envoy ---------------------------------------------------------------
 
 
@@ -877,6 +1045,10 @@ def main():
                 elif kind == "EnvoyExtensionPolicy":
                     for i, wasm in enumerate(spec.get("wasm") or []):
                         configs.add(where, f"{ident} spec.wasm[{i}].config", as_json(wasm.get("config") or {}))
+                elif kind == "EnvoyFilter":
+                    for filter_config in wasm_filters(doc):
+                        configs.add(where, f"{ident} Wasm filter configuration",
+                                    plugin_configuration(filter_config).encode())
             elif isinstance(doc, dict) and "static_resources" in doc and path.parent == ROOT / "deploy" / "compose":
                 if compose:
                     check_compose_envoy(path, compose)
@@ -884,6 +1056,7 @@ def main():
                     report("FAIL", where, "no usable docker-compose.yml to map its /etc/envoy paths")
                 for filter_config in wasm_filters(doc):
                     configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
+                    check_filter_body_setting(where, "Wasm filter", filter_config)
                 if any(True for _ in wasm_filters(doc)):
                     compare_with_demo(path, doc)
             elif isinstance(doc, dict) and "groups" in doc and path.parent == ROOT / "deploy" / "prometheus":
@@ -895,16 +1068,25 @@ def main():
         for doc in load_all(path):
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
+                check_filter_body_setting(rel(path), "Wasm filter", filter_config)
     check_dockerfiles()
     for path in sorted((ROOT / "deploy").rglob("*.json")):
         check_dashboard(path)
 
     for directory, docs in sorted(by_dir.items()):
         kinds = {d.get("kind") for _, d in docs}
+        plugin_configs = [(f"WasmPlugin {d['metadata']['name']}", d.get("spec", {}).get("pluginConfig") or {})
+                          for _, d in docs if d.get("kind") == "WasmPlugin"]
+        plugin_configs += [(f"EnvoyExtensionPolicy {d['metadata']['name']} wasm[{i}]", w.get("config") or {})
+                           for _, d in docs if d.get("kind") == "EnvoyExtensionPolicy"
+                           for i, w in enumerate(d.get("spec", {}).get("wasm") or [])]
+        if kinds & {"EnvoyFilter", "EnvoyPatchPolicy"} or any(uses_fault(c) for _, c in plugin_configs):
+            check_fault_filters(directory, docs, plugin_configs)
         if "WasmPlugin" in kinds:
             cross_check_istio(directory, docs)
         if "EnvoyExtensionPolicy" in kinds or "HTTPRoute" in kinds:
             cross_check_gateway(directory, docs)
+        cross_check_body(directory, docs)
         if "Canary" in kinds or "MetricTemplate" in kinds:
             cross_check_flagger(directory, docs)
         if "AnalysisTemplate" in kinds:

@@ -20,6 +20,7 @@ WANTED = {
         ("networking.istio.io", "VirtualService"): ["v1"],
         ("networking.istio.io", "DestinationRule"): ["v1"],
         ("networking.istio.io", "Gateway"): ["v1"],
+        ("networking.istio.io", "EnvoyFilter"): ["v1alpha3"],
     }),
     "gateway-api-crd.yaml": ("gateway-api.yaml", {
         ("gateway.networking.k8s.io", "Gateway"): ["v1"],
@@ -27,6 +28,9 @@ WANTED = {
     }),
     "envoy-gateway-envoyextensionpolicies.yaml": ("envoy-gateway.yaml", {
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy"): ["v1alpha1"],
+    }),
+    "gateway.envoyproxy.io_envoypatchpolicies.yaml": ("envoy-patch-policy.yaml", {
+        ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
     }),
     "monitoring.coreos.com_prometheusrules.yaml": ("prometheus-operator.yaml", {
         ("monitoring.coreos.com", "PrometheusRule"): ["v1"],
@@ -37,6 +41,9 @@ WANTED = {
     }),
     "argo-rollouts-analysis-template-crd.yaml": ("argo-rollouts.yaml", {
         ("argoproj.io", "AnalysisTemplate"): ["v1alpha1"],
+    }),
+    "envoy-gateway-envoypatchpolicies.yaml": ("envoy-gateway-patch.yaml", {
+        ("gateway.envoyproxy.io", "EnvoyPatchPolicy"): ["v1alpha1"],
     }),
 }
 

@@ -16,6 +16,8 @@
 //! members with its key, are removed, so the application can only read the value this instance
 //! routed by.
 
+// `Incoming` lives with the request that carries it, so that `request` does not import `lane`.
+pub use crate::request::Incoming;
 use crate::request::{split_once, trim, HeaderPair, Request};
 use crate::signing::{Domain, SigningKey, Window};
 use std::borrow::Cow;
@@ -69,19 +71,6 @@ pub struct RuleLane {
     pub fallback: Option<usize>,
     /// The rule's group of lane counters (`metrics::LANE_STEPS`).
     pub slot: usize,
-}
-
-/// What arrived on one carrier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    Absent,
-    /// A lane this instance routes by (verified when a key is set): the destination name.
-    Lane(Vec<u8>),
-    /// A value on a carrier where lanes start here: a client's, removed.
-    Untrusted,
-    /// A value on a carrier this instance reads that failed verification (or has no name):
-    /// removed, and the request decided as if it carried none.
-    Invalid,
 }
 
 /// What a routed request's lane did at its rule (counted per rule).

@@ -19,11 +19,13 @@
 //! - `lane`: carrying a request's version across service hops (`propagate`, `from_lane`).
 //! - `signing`: values signed with a shared secret (shadow marker, lanes).
 //! - `shadow`: which requests are copied and how, the marker, the bulkhead, comparisons.
+//! - `fault`: Envoy's fault filter headers (`rules[].fault`).
 //! - `metrics`: metric names and per-VM counters; `rng`: sampling and user ids.
 //! - `host`: the only module that talks to Envoy: reads, calls the core, writes.
 //! - `cli`: the operator CLI (`src/bin/traffic-split.rs`), native only: presentation over
 //!   `config::parse`, `Plan::compile` and `Plan::decide`.
 
+pub mod body;
 pub mod breaker;
 pub mod bucket;
 /// The operator CLI (`traffic-split` binary): native only, never in the .wasm.
@@ -31,6 +33,8 @@ pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod cookie;
+pub mod fault;
+pub mod fnv;
 pub mod judge;
 pub mod lane;
 pub mod matcher;

@@ -1,5 +1,6 @@
 //! Compiled match conditions of a rule, and their evaluation against a request.
 
+use crate::body::BodyCondition;
 use crate::network::{peer_ip, Cidr};
 use crate::pattern::Pattern;
 use crate::request::Request;
@@ -18,7 +19,7 @@ pub enum StringOp {
 }
 
 impl StringOp {
-    fn holds(&self, value: Option<&[u8]>) -> bool {
+    pub(crate) fn holds(&self, value: Option<&[u8]>) -> bool {
         match (self, value) {
             (StringOp::Present(wanted), v) => v.is_some() == *wanted,
             (_, None) => false,
@@ -70,16 +71,45 @@ pub enum Condition {
     Not(Matcher),
     /// `any_of`: holds when at least one inner set of conditions holds.
     AnyOf(Vec<Matcher>),
+    /// `body[]`: a condition on the JSON request body (top level of a rule's match only).
+    Body(BodyCondition),
+}
+
+/// False for a `regex` on a value longer than `pattern::MAX_VALUE_LEN`: it is not evaluated,
+/// does not hold, and the request counts it (`Request::note_regex_skipped`).
+fn evaluable(op: &StringOp, value: Option<&[u8]>, request: &Request<'_>) -> bool {
+    match (op, value) {
+        (StringOp::Regex(_), Some(v)) if v.len() > crate::pattern::MAX_VALUE_LEN => {
+            request.note_regex_skipped();
+            false
+        }
+        _ => true,
+    }
 }
 
 impl Condition {
     pub fn holds(&self, request: &Request<'_>) -> bool {
         match self {
-            Condition::Header(name, op) => op.holds(request.header(name)),
-            Condition::Cookie(name, op) => op.holds(request.cookie(name)),
-            Condition::Query(name, op) => op.holds(request.query(name).as_deref()),
-            Condition::Path(op) => op.holds(request.path()),
-            Condition::Authority(op) => op.holds_ignoring_case(request.authority()),
+            Condition::Header(name, op) => {
+                let v = request.header(name);
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Cookie(name, op) => {
+                let v = request.cookie(name);
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Query(name, op) => {
+                let v = request.query(name);
+                evaluable(op, v.as_deref(), request) && op.holds(v.as_deref())
+            }
+            Condition::Path(op) => {
+                let v = request.path();
+                evaluable(op, v, request) && op.holds(v)
+            }
+            Condition::Authority(op) => {
+                let v = request.authority();
+                evaluable(op, v, request) && op.holds_ignoring_case(v)
+            }
             Condition::Methods(methods) => request
                 .method()
                 .is_some_and(|m| methods.iter().any(|x| x.as_slice() == m)),
@@ -92,6 +122,7 @@ impl Condition {
                 .is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))),
             Condition::Not(inner) => !inner.holds(request),
             Condition::AnyOf(sets) => sets.iter().any(|m| m.holds(request)),
+            Condition::Body(b) => b.holds(request),
         }
     }
 
@@ -103,6 +134,20 @@ impl Condition {
     /// Whether evaluating this condition needs Envoy's `source.address` (a property read).
     pub fn needs_source_address(&self) -> bool {
         self.any(&|c| matches!(c, Condition::SourceIps(_)))
+    }
+
+    /// Whether this condition or one nested in it is a `regex`.
+    pub fn has_regex(&self) -> bool {
+        self.any(&|c| {
+            matches!(
+                c,
+                Condition::Header(_, StringOp::Regex(_))
+                    | Condition::Cookie(_, StringOp::Regex(_))
+                    | Condition::Query(_, StringOp::Regex(_))
+                    | Condition::Path(StringOp::Regex(_))
+                    | Condition::Authority(StringOp::Regex(_))
+            )
+        })
     }
 
     /// Whether evaluating this condition needs the request's header map.
@@ -118,6 +163,10 @@ impl Condition {
                     | Condition::Methods(_)
             )
         })
+    }
+
+    pub fn is_body(&self) -> bool {
+        matches!(self, Condition::Body(_))
     }
 
     /// Whether this condition or one nested in it satisfies `leaf`.
@@ -141,6 +190,18 @@ pub struct Matcher {
 impl Matcher {
     pub fn holds(&self, request: &Request<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(request))
+    }
+
+    /// Whether any condition reads the request body.
+    pub fn reads_body(&self) -> bool {
+        self.conditions.iter().any(Condition::is_body)
+    }
+
+    /// Whether every condition that does not read the body holds.
+    pub fn holds_before_body(&self, request: &Request<'_>) -> bool {
+        self.conditions
+            .iter()
+            .all(|c| c.is_body() || c.holds(request))
     }
 
     /// The first condition that does not hold, `None` when the matcher holds: why a rule did

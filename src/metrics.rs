@@ -5,6 +5,9 @@ use crate::lane::LaneStep;
 use crate::plan::Plan;
 
 pub const UNMATCHED: &str = "traffic_split.unmatched";
+/// `regex` conditions not evaluated because the value was longer than `pattern::MAX_VALUE_LEN`
+/// (they do not hold); defined only when the plan has a `regex`.
+pub const REGEX_VALUE_TOO_LONG: &str = "traffic_split.regex.value_too_long";
 
 pub fn destination_requests(rule: &str, destination: &str) -> String {
     format!("traffic_split.rule.{rule}.destination.{destination}.requests")
@@ -24,10 +27,6 @@ impl Pending {
             counts: vec![0; slots],
             touched: Vec::new(),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.counts.len()
     }
 
     fn add(&mut self, slot: usize) {
@@ -68,13 +67,24 @@ pub const LANE_UNTRUSTED: &str = "traffic_split.lane.untrusted";
 /// Lane values removed on arrival: failed `lane_secret` verification (or named nothing).
 pub const LANE_INVALID: &str = "traffic_split.lane.invalid";
 
+/// Bodies held for `match.body` that were over `body_max_bytes`.
+pub const BODY_TOO_LARGE: &str = "traffic_split.body.too_large";
+/// Bodies held for `match.body` that were not valid JSON.
+pub const BODY_INVALID: &str = "traffic_split.body.invalid";
+
 /// One counter slot per (rule, destination) in plan order, then one for unmatched requests,
-/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts.
+/// then (when the plan has lanes) `LANE_STEPS` per rule with a lane and the two removal counts,
+/// then (when a rule reads the body) the two body counts, then `FAULT_EVENTS` per rule with a
+/// `fault`.
 pub struct DecisionCounters {
     /// Index of each rule's first slot.
     rule_offsets: Vec<usize>,
     /// The unmatched slot; lane slots follow it.
     unmatched: usize,
+    /// The first body slot: `too_large`, then `invalid` (when the plan reads bodies).
+    body: usize,
+    /// The first fault slot (after every lane and body slot).
+    faults: usize,
     pending: Pending,
 }
 
@@ -91,10 +101,14 @@ impl DecisionCounters {
         } else {
             plan.lane_rules * LANE_STEPS.len() + 2
         };
+        let body = slots + 1 + lane_slots;
+        let faults = body + if plan.reads_body { 2 } else { 0 };
         DecisionCounters {
             rule_offsets,
             unmatched: slots,
-            pending: Pending::new(slots + 1 + lane_slots),
+            body,
+            faults,
+            pending: Pending::new(faults + plan.fault_rules.len() * FAULT_EVENTS.len()),
         }
     }
 
@@ -118,7 +132,26 @@ impl DecisionCounters {
             out.push(LANE_UNTRUSTED.to_string());
             out.push(LANE_INVALID.to_string());
         }
+        if plan.reads_body {
+            out.push(BODY_TOO_LARGE.to_string());
+            out.push(BODY_INVALID.to_string());
+        }
+        for &r in &plan.fault_rules {
+            if let Some(rule) = plan.rules.get(r) {
+                for (_, what) in FAULT_EVENTS {
+                    out.push(fault_metric(&rule.name, what));
+                }
+            }
+        }
         out
+    }
+
+    /// A held body that was over `body_max_bytes` (`too_large`) or not JSON.
+    pub fn count_body(&mut self, too_large: bool) {
+        // Only a plan that reads bodies has these slots (the fault slots follow them).
+        if self.faults > self.body {
+            self.pending.add(self.body + usize::from(!too_large));
+        }
     }
 
     pub fn count_routed(&mut self, rule: usize, destination: usize) {
@@ -140,14 +173,21 @@ impl DecisionCounters {
 
     /// A lane value removed on arrival: `invalid` (failed verification) or untrusted.
     pub fn count_lane_removed(&mut self, invalid: bool) {
-        let last = self.pending.len().saturating_sub(1);
-        // Only a plan with lanes has these slots, after every other one.
+        let last = self.body.saturating_sub(1);
+        // Only a plan with lanes has these slots, after every other lane slot.
         if let Some(slot) = last
             .checked_sub(usize::from(!invalid))
             .filter(|&s| s > self.unmatched)
         {
             self.pending.add(slot);
         }
+    }
+
+    /// What Envoy's fault filter did to a request of the fault slice of fault slot `slot`.
+    pub fn count_fault(&mut self, slot: usize, event: FaultEvent) {
+        let offset = usize::from(event == FaultEvent::Aborted);
+        self.pending
+            .add(self.faults + slot * FAULT_EVENTS.len() + offset);
     }
 
     /// Hands each non-zero pending count to `emit(slot, delta)` and resets it.
@@ -353,9 +393,66 @@ impl BreakerCounters {
     }
 }
 
+/// What Envoy's fault filter did to a request of a rule's fault slice (`rules[].fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultEvent {
+    /// The fault filter delayed it (`x-envoy-fault-delay-request`).
+    Delayed,
+    /// The fault filter answered it with the abort status (HTTP or gRPC).
+    Aborted,
+}
+
+const FAULT_EVENTS: [(FaultEvent, &str); 2] = [
+    (FaultEvent::Delayed, "delayed"),
+    (FaultEvent::Aborted, "aborted"),
+];
+
+/// `traffic_split.fault.<rule>.<what>`: `delayed`, `aborted` (counters, in `DecisionCounters`).
+pub fn fault_metric(rule: &str, what: &str) -> String {
+    format!("traffic_split.fault.{rule}.{what}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_slots_follow_fault_rules_after_lanes() {
+        let plan = Plan::from_json(
+            br#"{"rules":[{"name":"a","destinations":[{"name":"d","cluster":"c"}],"propagate":{"header":"x-l"}},
+               {"name":"b","destinations":[{"name":"d","cluster":"c"}],"fault":{"percent":1,"delay_ms":5}}]}"#,
+        )
+        .unwrap();
+        let names = DecisionCounters::names(&plan);
+        assert_eq!(
+            names[names.len() - 4..],
+            [
+                "traffic_split.lane.untrusted",
+                "traffic_split.lane.invalid",
+                "traffic_split.fault.b.delayed",
+                "traffic_split.fault.b.aborted"
+            ]
+        );
+        let mut c = DecisionCounters::for_plan(&plan);
+        c.count_fault(0, FaultEvent::Aborted);
+        c.count_fault(0, FaultEvent::Aborted);
+        c.count_lane_removed(true);
+        c.count_lane_removed(false);
+        let mut seen = Vec::new();
+        c.flush(|slot, delta| seen.push((names[slot].as_str(), delta)));
+        assert_eq!(
+            seen,
+            vec![
+                ("traffic_split.fault.b.aborted", 2),
+                ("traffic_split.lane.invalid", 1),
+                ("traffic_split.lane.untrusted", 1)
+            ]
+        );
+        assert_eq!(
+            names.len(),
+            DecisionCounters::for_plan(&plan).pending.counts.len()
+        );
+    }
 
     #[test]
     fn slots_follow_plan_order_and_flush_resets() {

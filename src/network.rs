@@ -4,135 +4,12 @@
 //! Every address is held as 128 bits, IPv4 as its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`), so
 //! an IPv4 range also holds a client Envoy reports on a dual-stack socket as `[::ffff:a.b.c.d]`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-/// `text` as an IP address, accepting exactly what `IpAddr::from_str` accepts (the tests
-/// compare the two): a port of core's parser over bytes, without its generic number reader
-/// (about 3 KB of Wasm for these two callers).
+/// `text` as an IP address: std's parser (`IpAddr::from_str`), strict (no zone, no brackets,
+/// no leading zeros in IPv4, no surrounding spaces).
 pub fn parse_ip(text: &str) -> Option<IpAddr> {
-    let mut p = IpParser {
-        s: text.as_bytes(),
-        at: 0,
-    };
-    let ip = match p.atomic(IpParser::ipv4) {
-        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
-        None => IpAddr::V6(Ipv6Addr::from(p.atomic(IpParser::ipv6)?)),
-    };
-    (p.at == p.s.len()).then_some(ip)
-}
-
-struct IpParser<'a> {
-    s: &'a [u8],
-    at: usize,
-}
-
-impl IpParser<'_> {
-    /// Runs `f`, and puts the position back when it fails.
-    fn atomic<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
-        let start = self.at;
-        let out = f(self);
-        if out.is_none() {
-            self.at = start;
-        }
-        out
-    }
-
-    fn char(&mut self, c: u8) -> Option<()> {
-        (self.s.get(self.at) == Some(&c)).then(|| self.at += 1)
-    }
-
-    /// 1 to `max_digits` digits (more fail); a leading zero only alone unless `zero_prefix`.
-    fn number(
-        &mut self,
-        radix: u32,
-        max_digits: usize,
-        zero_prefix: bool,
-        max: u32,
-    ) -> Option<u32> {
-        self.atomic(|p| {
-            let leading_zero = p.s.get(p.at) == Some(&b'0');
-            let mut value: u32 = 0;
-            let mut digits = 0;
-            while let Some(d) = p.s.get(p.at).and_then(|&b| char::from(b).to_digit(radix)) {
-                p.at += 1;
-                value = value * radix + d;
-                digits += 1;
-                if digits > max_digits || value > max {
-                    return None;
-                }
-            }
-            match digits {
-                0 => None,
-                n if n > 1 && leading_zero && !zero_prefix => None,
-                _ => Some(value),
-            }
-        })
-    }
-
-    fn ipv4(&mut self) -> Option<u32> {
-        let mut out = 0u32;
-        for i in 0..4 {
-            if i > 0 {
-                self.char(b'.')?;
-            }
-            out = (out << 8) | self.number(10, 3, false, 255)?;
-        }
-        Some(out)
-    }
-
-    /// Groups separated by `:`, an IPv4 address allowed as the last two; (groups read,
-    /// whether they ended with IPv4).
-    fn groups(&mut self, groups: &mut [u16]) -> (usize, bool) {
-        let limit = groups.len();
-        for i in 0..limit {
-            if i + 1 < limit {
-                let v4 = self.atomic(|p| {
-                    if i > 0 {
-                        p.char(b':')?;
-                    }
-                    p.ipv4()
-                });
-                if let Some(v4) = v4 {
-                    if let Some(pair) = groups.get_mut(i..i + 2) {
-                        pair.copy_from_slice(&[(v4 >> 16) as u16, v4 as u16]);
-                    }
-                    return (i + 2, true);
-                }
-            }
-            let group = self.atomic(|p| {
-                if i > 0 {
-                    p.char(b':')?;
-                }
-                p.number(16, 4, true, 0xffff)
-            });
-            match (group, groups.get_mut(i)) {
-                (Some(g), Some(slot)) => *slot = g as u16,
-                _ => return (i, false),
-            }
-        }
-        (limit, false)
-    }
-
-    fn ipv6(&mut self) -> Option<u128> {
-        let mut head = [0u16; 8];
-        let (head_size, head_ipv4) = self.groups(&mut head);
-        if head_size < 8 {
-            if head_ipv4 {
-                return None;
-            }
-            self.char(b':')?;
-            self.char(b':')?;
-            let mut tail = [0u16; 7];
-            let limit = 8 - (head_size + 1);
-            let (tail_size, _) = self.groups(tail.get_mut(..limit)?);
-            head.get_mut(8 - tail_size..)?
-                .copy_from_slice(tail.get(..tail_size)?);
-        }
-        Some(
-            head.iter()
-                .fold(0u128, |acc, &g| (acc << 16) | u128::from(g)),
-        )
-    }
+    text.parse().ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,14 +89,35 @@ pub fn peer_ip(address: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    /// `parse_ip` accepts exactly what `IpAddr::from_str` accepts, with the same value.
+    /// The forms `parse_ip` (std's parser) accepts and refuses, as the own parser it replaced
+    /// did (which was checked against std over 200,000 inputs).
     #[test]
-    fn parse_ip_agrees_with_std() {
-        let mut inputs: Vec<String> = [
-            "",
+    fn accepted_and_refused_address_forms() {
+        for ok in [
             "1.2.3.4",
             "0.0.0.0",
             "255.255.255.255",
+            "::",
+            "::1",
+            "1::",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7::",
+            "::2:3:4:5:6:7:8",
+            "1::8",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "1:2:3:4:5:6:1.2.3.4",
+            "1:2:3:4:5::1.2.3.4",
+            "0001:2::",
+            "ABCD:ef01::",
+            "1::2:3:4:5:6:7",
+            "::0.0.0.0",
+            "a:b:c:d:e:f:1.2.3.4",
+        ] {
+            assert!(super::parse_ip(ok).is_some(), "{ok:?} refused");
+        }
+        for bad in [
+            "",
             "256.1.1.1",
             "01.2.3.4",
             "1.2.3",
@@ -230,23 +128,10 @@ mod tests {
             "1.2.3.4 ",
             " 1.2.3.4",
             "1234.1.1.1",
-            "::",
-            "::1",
-            "1::",
-            "1:2:3:4:5:6:7:8",
             "1:2:3:4:5:6:7:8:9",
-            "1:2:3:4:5:6:7::",
-            "::2:3:4:5:6:7:8",
-            "1::8",
-            "::ffff:1.2.3.4",
-            "::1.2.3.4",
-            "1:2:3:4:5:6:1.2.3.4",
             "1:2:3:4:5:6:7:1.2.3.4",
-            "1:2:3:4:5::1.2.3.4",
             "1.2.3.4::",
             "12345::",
-            "0001:2::",
-            "ABCD:ef01::",
             ":::",
             "1:::2",
             "::1::",
@@ -257,30 +142,16 @@ mod tests {
             "fe80::1%eth0",
             "::ffff:01.2.3.4",
             "g::",
-            "1::2:3:4:5:6:7",
             "1::2:3:4:5:6:7:8",
-            "::0.0.0.0",
-            "a:b:c:d:e:f:1.2.3.4",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // Every string of up to 5 characters over an alphabet that reaches each parser branch,
-        // and longer random ones.
-        let alphabet = [
-            "0", "1", "9", "f", ".", ":", "25", "00", "1.2.3.4", "ffff", "::",
-        ];
-        let mut rng = crate::rng::Rng::from_seed(7);
-        for _ in 0..200_000 {
-            let len = (rng.next_u64() % 9) as usize;
-            let s: String = (0..len)
-                .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
-                .collect();
-            inputs.push(s);
+        ] {
+            assert_eq!(super::parse_ip(bad), None, "{bad:?} accepted");
         }
-        for s in &inputs {
-            assert_eq!(super::parse_ip(s), s.parse::<IpAddr>().ok(), "{s:?}");
-        }
+        assert_eq!(
+            super::parse_ip("::ffff:1.2.3.4"),
+            Some(IpAddr::V6(std::net::Ipv6Addr::new(
+                0, 0, 0, 0, 0, 0xffff, 0x102, 0x304
+            )))
+        );
     }
 
     use super::*;

@@ -1,418 +1,36 @@
-//! `regex` match operations: a small regular-expression engine of our own, because the
-//! smallest linear-time crate (`regex-lite`) adds ~66 KB to the `.wasm` (BENCHMARKS.md), past
-//! the size budget. Patterns are parsed and compiled once at load into a Thompson NFA and run
-//! by a Pike VM: time linear in the value times the program size, never backtracking, so no
-//! pattern can make a request slow (RE2 semantics for the syntax it accepts).
+//! `regex` match operations through `regex-lite` (rust-lang's small linear-time engine, RE2-like
+//! syntax): this module only anchors the pattern to the whole value, sets the compile limits and
+//! bounds the work of one evaluation.
 //!
-//! Syntax (a subset of RE2's): literals, `.`, classes `[a-z0-9_]`, `[^…]`, `\d \w \s` and their
-//! negations (also inside classes), escaped punctuation, `\t \n \r`, groups `(…)` and `(?:…)`,
-//! `|`, `*`, `+`, `?`, `{n}`, `{n,}`, `{n,m}` (n, m ≤ 1000; a trailing `?` is accepted and
-//! changes nothing, as only whether the whole value matches matters), `^` and `$`. The whole
-//! value must match, as with Envoy's and Istio's `regex`. Patterns and values are bytes: `.`
-//! and classes match one byte, and classes take ASCII only. Anything else (flags, Unicode
-//! classes, backreferences, look-around, `\b`) is a config error, never a silent mismatch.
+//! Bounds (docs/configuration.md, "regex"):
+//! - at load: the pattern is at most `MAX_PATTERN_LEN` bytes, nests at most `NEST_LIMIT` deep and
+//!   compiles to at most `SIZE_LIMIT` bytes of program (regex-lite's `size_limit`, which counts
+//!   the compiled program's memory: so `((((){1000}){1000}){1000}){1000}` is refused at
+//!   once, well under 50 ms, instead of compiling for minutes);
+//! - per request: regex-lite's Pike VM costs time linear in value × program, so a value longer
+//!   than `MAX_VALUE_LEN` bytes is not evaluated and does not match. The worst the two admit
+//!   (measured in Envoy, BENCHMARKS.md) is about 1 ms per evaluation.
+
+use regex_lite::{Regex, RegexBuilder};
+use std::borrow::Cow;
 
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_LEN: usize = 1024;
-/// Bound on one compiled program, in instructions (each step of a match visits each at most
-/// once): keeps `x{1000}{1000}` from costing memory and time.
-pub const MAX_INSTRUCTIONS: usize = 4096;
-const MAX_REPEAT: u32 = 1000;
-const MAX_NEST: usize = 32;
-
-/// 256 bits: which bytes a class holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct ByteSet([u64; 4]);
-
-impl ByteSet {
-    fn add(&mut self, b: u8) {
-        if let Some(w) = self.0.get_mut(usize::from(b >> 6)) {
-            *w |= 1 << (b & 63);
-        }
-    }
-    fn add_range(&mut self, lo: u8, hi: u8) {
-        for b in lo..=hi {
-            self.add(b);
-        }
-    }
-    fn has(&self, b: u8) -> bool {
-        self.0
-            .get(usize::from(b >> 6))
-            .is_some_and(|w| w & (1 << (b & 63)) != 0)
-    }
-    fn union(&mut self, other: &ByteSet) {
-        for (a, b) in self.0.iter_mut().zip(other.0) {
-            *a |= b;
-        }
-    }
-    fn negate(&mut self) {
-        for a in self.0.iter_mut() {
-            *a = !*a;
-        }
-    }
-    fn fold_case(&mut self) {
-        for b in b'a'..=b'z' {
-            let upper = b.to_ascii_uppercase();
-            if self.has(b) || self.has(upper) {
-                self.add(b);
-                self.add(upper);
-            }
-        }
-    }
-    fn of(b: u8) -> ByteSet {
-        let mut s = ByteSet::default();
-        s.add(b);
-        s
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
-    Set(ByteSet),
-    Start,
-    End,
-    Concat(Vec<Node>),
-    Alt(Vec<Node>),
-    Repeat(Box<Node>, u32, Option<u32>),
-}
-
-struct Parser<'a> {
-    src: &'a [u8],
-    at: usize,
-    depth: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.src.get(self.at).copied()
-    }
-    fn eat(&mut self, b: u8) -> bool {
-        let yes = self.peek() == Some(b);
-        if yes {
-            self.at += 1;
-        }
-        yes
-    }
-    fn next(&mut self) -> Result<u8, String> {
-        let b = self.peek().ok_or("unexpected end of pattern")?;
-        self.at += 1;
-        Ok(b)
-    }
-
-    fn alt(&mut self) -> Result<Node, String> {
-        self.depth += 1;
-        if self.depth > MAX_NEST {
-            return Err(format!("groups nest deeper than {MAX_NEST}"));
-        }
-        let mut branches = vec![self.concat()?];
-        while self.eat(b'|') {
-            branches.push(self.concat()?);
-        }
-        self.depth -= 1;
-        Ok(if branches.len() == 1 {
-            branches.pop().unwrap_or(Node::Concat(Vec::new()))
-        } else {
-            Node::Alt(branches)
-        })
-    }
-
-    fn concat(&mut self) -> Result<Node, String> {
-        let mut items = Vec::new();
-        while let Some(b) = self.peek() {
-            if b == b'|' || b == b')' {
-                break;
-            }
-            let atom = self.atom()?;
-            items.push(self.quantified(atom)?);
-        }
-        Ok(Node::Concat(items))
-    }
-
-    fn quantified(&mut self, atom: Node) -> Result<Node, String> {
-        let single = match self.peek() {
-            Some(b'*') => Some((0, None)),
-            Some(b'+') => Some((1, None)),
-            Some(b'?') => Some((0, Some(1))),
-            _ => None,
-        };
-        let (min, max) = match single {
-            Some(bounds) => {
-                self.at += 1;
-                bounds
-            }
-            None if self.peek() == Some(b'{') => match self.counted()? {
-                Some(bounds) => bounds,
-                None => return Ok(atom),
-            },
-            None => return Ok(atom),
-        };
-        if matches!(atom, Node::Start | Node::End) {
-            return Err("a repetition needs something to repeat".to_string());
-        }
-        self.eat(b'?'); // non-greedy: the same set of whole matches
-        if matches!(self.peek(), Some(b'*' | b'+' | b'?')) {
-            return Err("repetition of a repetition: use a group".to_string());
-        }
-        Ok(Node::Repeat(Box::new(atom), min, max))
-    }
-
-    /// `{n}`, `{n,}`, `{n,m}`; `None` (and nothing consumed) when `{` starts no such form, in
-    /// which case it is a literal, as in RE2.
-    fn counted(&mut self) -> Result<Option<(u32, Option<u32>)>, String> {
-        let rest = self.src.get(self.at..).unwrap_or(&[]);
-        let Some(close) = rest.iter().position(|&b| b == b'}') else {
-            return Ok(None);
-        };
-        let inner = rest.get(1..close).unwrap_or(&[]);
-        let number = |s: &[u8]| -> Option<u32> {
-            if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            std::str::from_utf8(s).ok()?.parse().ok()
-        };
-        let bounds = match inner.iter().position(|&b| b == b',') {
-            None => number(inner).map(|n| (n, Some(n))),
-            Some(comma) => {
-                let lo = inner.get(..comma).and_then(number);
-                let hi_text = inner.get(comma + 1..).unwrap_or(&[]);
-                match (lo, hi_text.is_empty()) {
-                    (Some(lo), true) => Some((lo, None)),
-                    (Some(lo), false) => number(hi_text).map(|hi| (lo, Some(hi))),
-                    (None, _) => None,
-                }
-            }
-        };
-        let Some((lo, hi)) = bounds else {
-            return Ok(None);
-        };
-        if lo > MAX_REPEAT || hi.is_some_and(|h| h > MAX_REPEAT) {
-            return Err(format!("repetition counts must be at most {MAX_REPEAT}"));
-        }
-        if hi.is_some_and(|h| h < lo) {
-            return Err("repetition {n,m} with m below n".to_string());
-        }
-        self.at += close + 1;
-        Ok(Some((lo, hi)))
-    }
-
-    fn atom(&mut self) -> Result<Node, String> {
-        match self.next()? {
-            b'(' => {
-                if self.eat(b'?') && !self.eat(b':') {
-                    return Err("flags and look-around are not supported".to_string());
-                }
-                let inner = self.alt()?;
-                if !self.eat(b')') {
-                    return Err("unclosed group".to_string());
-                }
-                Ok(inner)
-            }
-            b'[' => self.class(),
-            b'.' => {
-                let mut all = ByteSet::of(b'\n');
-                all.negate();
-                Ok(Node::Set(all))
-            }
-            b'^' => Ok(Node::Start),
-            b'$' => Ok(Node::End),
-            b'\\' => Ok(Node::Set(self.escape()?)),
-            b'*' | b'+' | b'?' => Err("a repetition needs something to repeat".to_string()),
-            b')' => Err("unopened group".to_string()),
-            b => Ok(Node::Set(ByteSet::of(b))),
-        }
-    }
-
-    /// After a backslash.
-    fn escape(&mut self) -> Result<ByteSet, String> {
-        let b = self.next()?;
-        let mut set = ByteSet::default();
-        match b {
-            b'd' | b'D' => set.add_range(b'0', b'9'),
-            b'w' | b'W' => {
-                set.add_range(b'0', b'9');
-                set.add_range(b'a', b'z');
-                set.add_range(b'A', b'Z');
-                set.add(b'_');
-            }
-            b's' | b'S' => {
-                for c in [b' ', b'\t', b'\n', b'\r', 0x0b, 0x0c] {
-                    set.add(c);
-                }
-            }
-            b'n' => set.add(b'\n'),
-            b't' => set.add(b'\t'),
-            b'r' => set.add(b'\r'),
-            b if b.is_ascii_punctuation() => set.add(b),
-            b => return Err(format!("\\{} is not supported", char::from(b))),
-        }
-        if b.is_ascii_uppercase() {
-            set.negate();
-        }
-        Ok(set)
-    }
-
-    fn class(&mut self) -> Result<Node, String> {
-        let negated = self.eat(b'^');
-        let mut set = ByteSet::default();
-        let mut first = true;
-        loop {
-            let b = self.next().map_err(|_| "unclosed class".to_string())?;
-            if b == b']' && !first {
-                break;
-            }
-            first = false;
-            let lo = match b {
-                b'\\' => {
-                    let before = self.at;
-                    let escaped = self.escape()?;
-                    // A single escaped byte can start a range; a class like \d cannot.
-                    match self.src.get(before) {
-                        Some(&e) if !b"dDwWsS".contains(&e) => escaped_byte(e),
-                        _ => {
-                            set.union(&escaped);
-                            continue;
-                        }
-                    }
-                }
-                b if !b.is_ascii() => return Err("classes take ASCII only".to_string()),
-                b => b,
-            };
-            if self.peek() == Some(b'-') && self.src.get(self.at + 1).is_some_and(|&n| n != b']') {
-                self.at += 1;
-                let hi = match self.next()? {
-                    b'\\' => escaped_byte(self.next()?),
-                    b => b,
-                };
-                if !hi.is_ascii() || hi < lo {
-                    return Err("bad class range".to_string());
-                }
-                set.add_range(lo, hi);
-            } else {
-                set.add(lo);
-            }
-        }
-        if negated {
-            set.negate();
-        }
-        Ok(Node::Set(set))
-    }
-}
-
-fn escaped_byte(e: u8) -> u8 {
-    match e {
-        b'n' => b'\n',
-        b't' => b'\t',
-        b'r' => b'\r',
-        e => e,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Inst {
-    Set(ByteSet),
-    Start,
-    End,
-    Split(usize, usize),
-    Jmp(usize),
-    Match,
-}
-
-struct Compiler {
-    prog: Vec<Inst>,
-    fold: bool,
-}
-
-impl Compiler {
-    fn push(&mut self, inst: Inst) -> Result<usize, String> {
-        if self.prog.len() >= MAX_INSTRUCTIONS {
-            return Err(format!(
-                "compiles to more than {MAX_INSTRUCTIONS} instructions"
-            ));
-        }
-        self.prog.push(inst);
-        Ok(self.prog.len() - 1)
-    }
-
-    fn patch(&mut self, at: usize, inst: Inst) {
-        if let Some(slot) = self.prog.get_mut(at) {
-            *slot = inst;
-        }
-    }
-
-    fn node(&mut self, node: &Node) -> Result<(), String> {
-        match node {
-            Node::Set(set) => {
-                let mut set = *set;
-                if self.fold {
-                    set.fold_case();
-                }
-                self.push(Inst::Set(set))?;
-            }
-            Node::Start => {
-                self.push(Inst::Start)?;
-            }
-            Node::End => {
-                self.push(Inst::End)?;
-            }
-            Node::Concat(items) => {
-                for item in items {
-                    self.node(item)?;
-                }
-            }
-            Node::Alt(branches) => {
-                let mut jumps = Vec::new();
-                for (i, branch) in branches.iter().enumerate() {
-                    if i + 1 < branches.len() {
-                        let split = self.push(Inst::Match)?;
-                        self.node(branch)?;
-                        jumps.push(self.push(Inst::Match)?);
-                        let next = self.prog.len();
-                        self.patch(split, Inst::Split(split + 1, next));
-                    } else {
-                        self.node(branch)?;
-                    }
-                }
-                let end = self.prog.len();
-                for j in jumps {
-                    self.patch(j, Inst::Jmp(end));
-                }
-            }
-            Node::Repeat(inner, min, max) => {
-                for _ in 0..*min {
-                    self.node(inner)?;
-                }
-                match max {
-                    None => {
-                        // L: split body, out; body; jmp L
-                        let split = self.push(Inst::Match)?;
-                        self.node(inner)?;
-                        self.push(Inst::Jmp(split))?;
-                        let out = self.prog.len();
-                        self.patch(split, Inst::Split(split + 1, out));
-                    }
-                    Some(max) => {
-                        let mut splits = Vec::new();
-                        for _ in *min..*max {
-                            splits.push(self.push(Inst::Match)?);
-                            self.node(inner)?;
-                        }
-                        let out = self.prog.len();
-                        for s in splits {
-                            self.patch(s, Inst::Split(s + 1, out));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
+/// Compiled program size limit, in bytes as regex-lite counts them (its `size_limit`). The
+/// count depends on the platform's pointer width: the CLI (64-bit) counts a program 1.3–1.6
+/// times larger than the filter in Envoy (wasm32) does, so `validate` never accepts a pattern
+/// the filter refuses (but may refuse one near the limit that the filter would take).
+pub const SIZE_LIMIT: usize = 1280;
+/// Nesting limit of groups and repetitions (regex-lite's `nest_limit`).
+pub const NEST_LIMIT: u32 = 32;
+/// Longest value a pattern is evaluated against, in bytes; a longer value does not match.
+pub const MAX_VALUE_LEN: usize = 200;
 
 /// A compiled pattern that must match the whole value.
 #[derive(Debug, Clone)]
 pub struct Pattern {
     source: String,
-    prog: Vec<Inst>,
+    regex: Regex,
 }
 
 impl PartialEq for Pattern {
@@ -432,24 +50,13 @@ impl Pattern {
                 source.len()
             ));
         }
-        let mut parser = Parser {
-            src: source.as_bytes(),
-            at: 0,
-            depth: 0,
-        };
-        let tree = parser.alt()?;
-        if parser.at != source.len() {
-            return Err("unopened group".to_string());
-        }
-        let mut compiler = Compiler {
-            prog: Vec::new(),
-            fold: ignore_case,
-        };
-        compiler.node(&tree)?;
-        compiler.push(Inst::Match)?;
+        // The pattern alone first: only a pattern whose groups balance may be wrapped (`a)|(b`
+        // would otherwise escape the anchors).
+        compile(source, ignore_case)?;
+        let regex = compile(&format!(r"\A(?:{source})\z"), ignore_case)?;
         Ok(Pattern {
             source: source.to_string(),
-            prog: compiler.prog,
+            regex,
         })
     }
 
@@ -457,98 +64,47 @@ impl Pattern {
         &self.source
     }
 
-    /// Whether the whole `value` matches: a Pike VM, one pass over `value`, each instruction
-    /// at most once per position.
+    /// Whether the whole `value` matches. A value longer than `MAX_VALUE_LEN` does not; one that
+    /// is not UTF-8 is matched with each invalid sequence read as U+FFFD (as RE2 reads it: no
+    /// literal in a pattern matches it, `.` does).
     pub fn is_match(&self, value: &[u8]) -> bool {
-        let n = self.prog.len();
-        let mut current = Threads::new(n);
-        let mut next = Threads::new(n);
-        let mut stack = Vec::new();
-        self.add(&mut current, 0, 0, value.len(), &mut stack);
-        for (pos, &b) in value.iter().enumerate() {
-            if current.list.is_empty() {
-                return false;
-            }
-            next.clear();
-            for &pc in &current.list {
-                if let Some(Inst::Set(set)) = self.prog.get(pc) {
-                    if set.has(b) {
-                        self.add(&mut next, pc + 1, pos + 1, value.len(), &mut stack);
-                    }
-                }
-            }
-            std::mem::swap(&mut current, &mut next);
+        if value.len() > MAX_VALUE_LEN {
+            return false;
         }
-        current
-            .list
-            .iter()
-            .any(|&pc| matches!(self.prog.get(pc), Some(Inst::Match)))
-    }
-
-    /// Adds `pc` and everything reachable from it without consuming a byte.
-    fn add(
-        &self,
-        threads: &mut Threads,
-        pc: usize,
-        pos: usize,
-        len: usize,
-        stack: &mut Vec<usize>,
-    ) {
-        stack.push(pc);
-        while let Some(pc) = stack.pop() {
-            if !threads.insert(pc) {
-                continue;
-            }
-            match self.prog.get(pc) {
-                Some(Inst::Jmp(to)) => stack.push(*to),
-                Some(Inst::Split(a, b)) => {
-                    stack.push(*b);
-                    stack.push(*a);
-                }
-                Some(Inst::Start) if pos == 0 => stack.push(pc + 1),
-                Some(Inst::End) if pos == len => stack.push(pc + 1),
-                _ => {}
-            }
-        }
+        let text = match std::str::from_utf8(value) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(value),
+        };
+        self.regex.is_match(&text)
     }
 }
 
-/// A set of program counters, in insertion order.
-struct Threads {
-    list: Vec<usize>,
-    seen: Vec<bool>,
-}
-
-impl Threads {
-    fn new(n: usize) -> Threads {
-        Threads {
-            list: Vec::with_capacity(n),
-            seen: vec![false; n],
-        }
-    }
-    fn insert(&mut self, pc: usize) -> bool {
-        match self.seen.get_mut(pc) {
-            Some(seen) if !*seen => {
-                *seen = true;
-                self.list.push(pc);
-                true
+fn compile(pattern: &str, ignore_case: bool) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(ignore_case)
+        .size_limit(SIZE_LIMIT)
+        .nest_limit(NEST_LIMIT)
+        .build()
+        .map_err(|e| {
+            let why = e.to_string();
+            if why.contains("size limit") {
+                format!("compiles to more than {SIZE_LIMIT} bytes (the regex size limit): use a simpler pattern")
+            } else {
+                why
             }
-            _ => false,
-        }
-    }
-    fn clear(&mut self) {
-        for &pc in &self.list {
-            if let Some(seen) = self.seen.get_mut(pc) {
-                *seen = false;
-            }
-        }
-        self.list.clear();
-    }
+        })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn matches(pattern: &str, value: &str) -> bool {
+        Pattern::new(pattern, false)
+            .unwrap()
+            .is_match(value.as_bytes())
+    }
 
     #[test]
     fn whole_values_match() {
@@ -557,109 +113,136 @@ mod tests {
         assert!(!p.is_match(b"xv12.beta"), "anchored at the start");
         assert!(!p.is_match(b"v12.beta2"), "anchored at the end");
         assert!(!p.is_match(b"v1\xff.beta"));
-        // An alternation is anchored as a whole, not only its first branch.
-        let p = Pattern::new("a|b", false).unwrap();
-        assert!(p.is_match(b"b") && !p.is_match(b"ab"));
         let p = Pattern::new(r"shop\.example", true).unwrap();
         assert!(p.is_match(b"Shop.EXAMPLE"));
-        assert!(Pattern::new("^/api/.*$", false)
-            .unwrap()
-            .is_match(b"/api/x"));
-        assert!(Pattern::new("", false).unwrap().is_match(b""));
-        assert!(Pattern::new("a{2,3}", false).unwrap().is_match(b"aaa"));
-        assert!(!Pattern::new("a{2,3}", false).unwrap().is_match(b"aaaa"));
+        assert!(matches("^/api/.*$", "/api/x"));
+        assert!(matches("", ""));
+        assert!(matches("a{2,3}", "aaa"));
+        assert!(!matches("a{2,3}", "aaaa"));
+    }
+
+    #[test]
+    fn alternation_is_anchored_as_a_whole() {
+        assert!(matches("a|b", "b"));
+        assert!(!matches("a|b", "ab"));
+        assert!(!matches("a|b", "ba"));
+        assert!(matches("pro|team-[0-9]+", "team-7"));
+        assert!(!matches("pro|team-[0-9]+", "professional"));
+    }
+
+    #[test]
+    fn anchors_inside_the_pattern() {
+        assert!(matches("^abc$", "abc"));
         assert!(
-            Pattern::new("x{", false).unwrap().is_match(b"x{"),
-            "a literal brace"
+            !matches("^abc$", "abc\n"),
+            "$ is the end of the value, not of a line"
+        );
+        assert!(!matches("a^b", "ab"));
+        assert!(matches(r"\Aab\z", "ab"));
+        // A group that would close the anchors' group is an error, not an escape from them.
+        assert_eq!(
+            Pattern::new("a)|(b", false).unwrap_err(),
+            "found closing ')' without matching '('"
         );
     }
 
     #[test]
-    fn pathological_patterns_stay_linear() {
-        // Exponential for a backtracking engine: (a+)+$ against "aaaa...!".
-        let p = Pattern::new("(a+)+", false).unwrap();
-        let mut value = vec![b'a'; 20_000];
-        value.push(b'!');
-        let start = std::time::Instant::now();
-        assert!(!p.is_match(&value));
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    fn posix_classes_as_re2() {
+        // Was a class of `[:alph` and a literal `]` in the own engine.
+        assert!(matches("/[[:alpha:]]+", "/abc"));
+        assert!(!matches("/[[:alpha:]]+", "/ab1"));
+        assert!(matches("[[:digit:][:upper:]]+", "A1B2"));
+        assert!(matches("[[:^space:]]+", "a-b"));
+        assert_eq!(
+            Pattern::new("[[:alphabet:]]", false).unwrap_err(),
+            "nested character classes are not supported"
+        );
     }
 
     #[test]
-    fn bad_and_oversized_patterns_are_errors() {
-        for (pattern, why) in [
-            ("(unclosed", "unclosed group"),
-            ("a)", "unopened group"),
-            ("a{2,1}", "repetition {n,m} with m below n"),
-            ("a{1001}", "repetition counts must be at most 1000"),
-            (
-                "(((a{100}){100}){100})",
-                "compiles to more than 4096 instructions",
-            ),
-            (r"(a)\1", "\\1 is not supported"),
-            (r"\bword", "\\b is not supported"),
-            ("a(?=b)", "flags and look-around are not supported"),
-            ("(?i)a", "flags and look-around are not supported"),
-            ("a**", "repetition of a repetition: use a group"),
-            ("*a", "a repetition needs something to repeat"),
-            ("[abc", "unclosed class"),
-            ("[z-a]", "bad class range"),
-        ] {
-            assert_eq!(Pattern::new(pattern, false).unwrap_err(), why, "{pattern}");
-        }
+    fn perl_classes() {
+        assert!(matches(r"a\sb", "a b"));
+        assert!(matches(r"a\sb", "a\tb"));
+        assert!(matches(r"\d+\w*", "12ab_"));
+        assert!(!matches(r"\S+", "a b"));
+        // regex-lite's \s is [\t\n\v\f\r ] (as Rust's regex and Perl), RE2's has no \v: a
+        // documented difference (docs/configuration.md); write [\t\n\f\r ] for RE2's.
+        assert!(matches(r"\s", "\x0b"));
+        assert!(!matches(r"[\t\n\f\r ]", "\x0b"));
+    }
+
+    #[test]
+    fn unsupported_syntax_is_an_error() {
+        assert_eq!(
+            Pattern::new(r"(a)\1", false).unwrap_err(),
+            "backreferences are not supported"
+        );
+        assert_eq!(
+            Pattern::new("a(?=b)", false).unwrap_err(),
+            "look-around is not supported"
+        );
+        assert_eq!(
+            Pattern::new("(unclosed", false).unwrap_err(),
+            "found open group without closing ')'"
+        );
         assert_eq!(
             Pattern::new(&"a".repeat(1025), false).unwrap_err(),
             "must be at most 1024 bytes, got 1025"
         );
         assert_eq!(
             Pattern::new(&"(".repeat(40), false).unwrap_err(),
-            "groups nest deeper than 32"
+            "pattern has too much nesting"
         );
     }
 
-    /// The engine agrees with `regex-lite` (a linear-time RE2-style engine) on every pattern
-    /// and value of a generated set: ASCII patterns in the shared syntax, full-match semantics.
     #[test]
-    fn agrees_with_regex_lite() {
-        let atoms = [
-            "a", "b", ".", "[ab]", "[^a]", r"\d", r"\w", "(a|b)", "(?:ab|c)", r"\.", "[a-c0-2]",
-        ];
-        let quants = ["", "*", "+", "?", "{2}", "{1,2}", "{0,}", "*?"];
-        let values: Vec<String> = {
-            let alphabet = ["a", "b", "c", "1", ".", "_", "ab"];
-            let mut v = vec![String::new()];
-            for x in alphabet {
-                for y in alphabet {
-                    for z in ["", "a", "b", "9"] {
-                        v.push(format!("{x}{y}{z}"));
-                    }
-                }
-            }
-            v
-        };
-        let mut checked = 0;
-        for a in atoms {
-            for qa in quants {
-                for b in atoms {
-                    for qb in ["", "*", "+"] {
-                        for glue in ["", "|"] {
-                            let pattern = format!("{a}{qa}{glue}{b}{qb}");
-                            let ours = Pattern::new(&pattern, false).unwrap();
-                            let theirs =
-                                regex_lite::Regex::new(&format!("^(?:{pattern})$")).unwrap();
-                            for v in &values {
-                                assert_eq!(
-                                    ours.is_match(v.as_bytes()),
-                                    theirs.is_match(v),
-                                    "/{pattern}/ on {v:?}"
-                                );
-                                checked += 1;
-                            }
-                        }
-                    }
-                }
-            }
+    fn the_hang_pattern_is_refused_at_once() {
+        for pattern in [
+            "((((){1000}){1000}){1000}){1000}",
+            "(?:(?:(?:(?:){1000}){1000}){1000}){1000}",
+            ".*[a-z]{1,1000}0",
+            "x{1000}{1000}",
+        ] {
+            let start = std::time::Instant::now();
+            let err = Pattern::new(pattern, false).unwrap_err();
+            assert_eq!(
+                err,
+                format!("compiles to more than {SIZE_LIMIT} bytes (the regex size limit): use a simpler pattern"),
+                "{pattern}"
+            );
+            let took = start.elapsed();
+            assert!(
+                took < std::time::Duration::from_millis(50),
+                "{pattern}: {took:?}"
+            );
         }
-        assert!(checked > 1_000_000, "{checked}");
+    }
+
+    #[test]
+    fn long_values_do_not_match() {
+        let p = Pattern::new(".*", false).unwrap();
+        assert!(p.is_match(&[b'a'; MAX_VALUE_LEN]));
+        assert!(!p.is_match(&[b'a'; MAX_VALUE_LEN + 1]));
+    }
+
+    #[test]
+    fn non_utf8_values() {
+        // Each invalid sequence reads as U+FFFD: `.` matches it, no literal does.
+        assert!(Pattern::new("a.b", false).unwrap().is_match(b"a\xffb"));
+        assert!(!Pattern::new("a[a-z]b", false).unwrap().is_match(b"a\xffb"));
+        assert!(Pattern::new("caf.", false)
+            .unwrap()
+            .is_match("café".as_bytes()));
+    }
+
+    #[test]
+    fn pathological_patterns_stay_linear() {
+        // Exponential for a backtracking engine: (a+)+$ against "aaaa...!".
+        let p = Pattern::new("(a+)+", false).unwrap();
+        let mut value = vec![b'a'; MAX_VALUE_LEN - 1];
+        value.push(b'!');
+        let start = std::time::Instant::now();
+        assert!(!p.is_match(&value));
+        assert!(start.elapsed() < std::time::Duration::from_millis(100));
     }
 }

@@ -1,11 +1,24 @@
 //! A read-only view of the request attributes the rules look at, built from one read of the
 //! header map. Values are bytes: clients can send anything, and nothing here may panic on it.
 
-use crate::lane::Incoming;
+use crate::body::RequestBody;
 use std::borrow::Cow;
 
 /// One header as Envoy hands it over: lower-case name, raw value bytes.
 pub type HeaderPair = (String, Vec<u8>);
+
+/// What arrived on one lane carrier (`lane::Lanes::screen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Absent,
+    /// A lane this instance routes by (verified when a key is set): the destination name.
+    Lane(Vec<u8>),
+    /// A value on a carrier where lanes start here: a client's, removed.
+    Untrusted,
+    /// A value on a carrier this instance reads that failed verification (or has no name):
+    /// removed, and the request decided as if it carried none.
+    Invalid,
+}
 
 pub struct Request<'a> {
     headers: &'a [HeaderPair],
@@ -13,6 +26,11 @@ pub struct Request<'a> {
     source_address: Option<&'a [u8]>,
     /// What arrived on each lane carrier (`Lanes::screen`), when the plan has lanes.
     lanes: &'a [Incoming],
+    /// The JSON body, for `match.body` (absent unless the host read one).
+    body: RequestBody<'a>,
+    /// `regex` conditions not evaluated because the value was over
+    /// `pattern::MAX_VALUE_LEN` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
+    regex_skipped: std::cell::Cell<u32>,
 }
 
 impl<'a> Request<'a> {
@@ -24,7 +42,30 @@ impl<'a> Request<'a> {
             route_name,
             source_address: None,
             lanes: &[],
+            body: RequestBody::Absent,
+            regex_skipped: std::cell::Cell::new(0),
         }
+    }
+
+    /// With the request body as `match.body` sees it.
+    pub fn with_body(mut self, body: RequestBody<'a>) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn body(&self) -> RequestBody<'a> {
+        self.body
+    }
+
+    /// A `regex` condition met a value too long to evaluate (it does not hold).
+    pub fn note_regex_skipped(&self) {
+        self.regex_skipped
+            .set(self.regex_skipped.get().saturating_add(1));
+    }
+
+    /// How many `regex` conditions were not evaluated for this request (value too long).
+    pub fn regex_skipped(&self) -> u32 {
+        self.regex_skipped.get()
     }
 
     /// With what arrived on each lane carrier, in carrier order.

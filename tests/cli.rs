@@ -224,6 +224,76 @@ fn validate_warns_about_unscoped_effects_shadowed_rules_and_unreachable_destinat
     assert!(warnings[4].contains("rule \"tiny\": destination \"a\" (weight 1) owns none"));
 }
 
+/// A configuration with `fault` read from an Envoy YAML or manifest whose chain (or file) has no
+/// fault filter with header control after the Wasm filter is valid but warned about; one before
+/// the Wasm filter is warned about whatever the configuration.
+#[test]
+fn validate_warns_when_fault_has_no_fault_filter_after_the_wasm_filter() {
+    let demo = std::fs::read_to_string(root().join("envoy/demo.yaml")).unwrap();
+    let fault_at = demo.find("          # Envoy's fault filter").unwrap();
+    let router_at = demo
+        .find("          - name: envoy.filters.http.router")
+        .unwrap();
+    let wasm_at = demo
+        .find("          - name: envoy.filters.http.wasm")
+        .unwrap();
+    let warnings = |yaml: &str| -> Vec<String> {
+        let f = Temp::new("envoy.yaml", yaml);
+        let o = run(&["validate", f.path()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+        stdout(&o)
+            .lines()
+            .filter(|l| l.starts_with("warning ") && l.contains("fault"))
+            .map(|l| l.rsplit(".value): ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        warnings(&demo),
+        Vec::<String>::new(),
+        "the demo has one after"
+    );
+    let without = format!("{}{}", &demo[..fault_at], &demo[router_at..]);
+    assert_eq!(
+        warnings(&without),
+        vec![
+            "rule(s) chaos use fault, but no fault filter (envoy.filters.http.fault with \
+              header_delay/header_abort) follows this Wasm filter before the router in its HTTP \
+              filter chain: no fault is ever applied (envoy/templates/fault-filter.yaml)"
+        ]
+    );
+    let before = format!(
+        "{}{}{}{}",
+        &demo[..wasm_at],
+        &demo[fault_at..router_at],
+        &demo[wasm_at..fault_at],
+        &demo[router_at..]
+    );
+    let w = warnings(&before);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[1].starts_with("a fault filter with header control runs before this Wasm filter: clients can inject faults"));
+    // A manifest: the EnvoyFilter in the same file counts.
+    let plugin = "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: ts}
+spec:
+  pluginConfig:
+    rules:
+    - name: r
+      match: {authority: {exact: h}}
+      destinations: [{name: a, cluster: a}]
+      fault: {percent: 5, delay_ms: 300}
+";
+    let f = Temp::new("plugin.yaml", plugin);
+    let o = run(&["validate", f.path()]);
+    assert!(stdout(&o).contains("rule(s) r use fault, but no EnvoyFilter or EnvoyPatchPolicy in this file adds Envoy's fault filter"), "{}", stdout(&o));
+    let filter =
+        std::fs::read_to_string(root().join("deploy/istio/envoyfilter-fault.yaml")).unwrap();
+    let f = Temp::new("both.yaml", &format!("{plugin}---\n{filter}"));
+    let o = run(&["validate", f.path()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!stdout(&o).contains("warning"), "{}", stdout(&o));
+}
+
 #[test]
 fn bucket_matches_unleash_reference_vectors() {
     for (salt, key, hash, want) in [
@@ -396,6 +466,46 @@ fn explain_an_unmatched_request() {
     );
 }
 
+/// regex-lite behind `regex`: a POSIX class means what it means in RE2 (the own engine read
+/// `[[:alpha:]]` as a class of `[:alph` and a literal `]`), and the 34-byte pattern that hung
+/// `validate` is refused at once, with its field path.
+#[test]
+fn regex_posix_classes_explain_and_the_hang_pattern_is_refused() {
+    let cfg = Temp::new(
+        "posix.json",
+        r#"{"rules":[{"name":"r","match":{"path":{"regex":"/[[:alpha:]]+"}},
+          "destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    );
+    let o = run(&["explain", cfg.path(), "--path", "/abc"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("rule[0] \"r\": matched"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["explain", cfg.path(), "--path", "/ab1"]);
+    assert!(stdout(&o).contains("unmatched"), "{}", stdout(&o));
+    let hang = Temp::new(
+        "hang.json",
+        r#"{"rules":[{"name":"r","match":{"path":{"regex":"((((){1000}){1000}){1000}){1000}"}},"destinations":[{"name":"s","cluster":"s"}]}]}"#,
+    );
+    let start = std::time::Instant::now();
+    let o = run(&["validate", hang.path()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(
+            "rules[0].match.path.regex: compiles to more than 1280 bytes (the regex size limit): use a simpler pattern"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn diff_5_to_20_percent_moves_exactly_15_percent_from_stable_to_canary() {
     let old = Temp::new("old.json", &split(5));
@@ -530,7 +640,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     let mut yamls: Vec<PathBuf> = Vec::new();
     // envoy/ (not its templates: placeholders, not YAML) and every folder of deploy/.
-    let mut dirs = vec![root().join("envoy")];
+    let mut dirs = vec![root().join("envoy"), root().join("examples")];
     for e in std::fs::read_dir(root().join("deploy")).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -538,9 +648,13 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         }
     }
     for dir in dirs {
-        for e in std::fs::read_dir(dir).unwrap() {
+        // examples/ also holds plain JSON configurations (model-routing.json).
+        let json_too = dir == root().join("examples");
+        for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml") {
+            if p.extension()
+                .is_some_and(|x| x == "yaml" || (json_too && x == "json"))
+            {
                 yamls.push(p);
             }
         }
@@ -594,6 +708,7 @@ fn shipped_configs() -> Vec<(String, serde_json::Value)> {
         [
             "deploy/compose/envoy.yaml",
             "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "deploy/istio-body-routing/envoyfilter.yaml",
             "deploy/istio/wasmplugin.yaml",
             "envoy/demo.yaml",
         ]
@@ -662,6 +777,18 @@ const INVALID: &[&str] = &[
     r#"{"clear_route_cache":"never"}"#,
     r#"{"shadow_marker_secret":"short"}"#,
     r#"{"rules":{}}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/m","exact":"a","prefix":"b"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"m","exact":"a"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"exact":"a"}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"rules":[{"name":"r","match":{"body":[{"pointer":"/m","not":{"exact":"a","suffix":"b"}}]},"destinations":[{"name":"a","cluster":"a"}]}]}"#,
+    r#"{"body_max_bytes":1048577}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"delay_ms":5}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"delay_ms":0}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_status":199}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_status":503,"abort_grpc_status":14}}]}"#,
+    r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"fault":{"percent":5,"abort_grpc_status":"OK"}}]}"#,
 ];
 
 /// Validates each document against schema/traffic-split.schema.json with Python's `jsonschema`
@@ -846,6 +973,113 @@ fn explain_decides_with_the_rollout_share_in_force() {
     // A destination with no bucket before start is not reported as unreachable.
     let o = run_stdin(&["validate", "-"], ROLLOUT);
     assert!(!stdout(&o).contains("owns none"), "{}", stdout(&o));
+}
+
+const MODEL_ROUTING: &str = r#"{"rules":[
+  {"name":"stream","match":{"body":[{"pointer":"/stream","exact":"true"}]},"destinations":[{"name":"streaming","cluster":"streaming"}]},
+  {"name":"small","match":{"body":[{"pointer":"/model","exact":"small"}]},"destinations":[{"name":"small","cluster":"small"}]},
+  {"name":"rest","destinations":[{"name":"other","cluster":"other"}]}]}"#;
+
+#[test]
+fn explain_with_a_body_shows_the_body_conditions_and_the_decision() {
+    let config = Temp::new("model.json", MODEL_ROUTING);
+    let body = Temp::new(
+        "request.json",
+        r#"{"model":"small","stream":false,"messages":[]}"#,
+    );
+    let at = format!("@{}", body.path());
+    let o = run(&["explain", config.path(), "--body", &at]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("body: 46 bytes, JSON"), "{out}");
+    assert!(
+        out.contains(
+            r#"rule[0] "stream": no match: match.body "/stream": exact "true" does not hold"#
+        ),
+        "{out}"
+    );
+    assert!(out.contains(r#"rule[1] "small": matched"#), "{out}");
+    // Invalid JSON and a non-JSON content-type: the body conditions do not hold.
+    let o = run(&["explain", config.path(), "--body", r#"{"model":"#, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["body"]["state"].as_str(), v["matched"].as_str()),
+        (Some("invalid"), Some("rest"))
+    );
+    let o = run(&[
+        "explain",
+        config.path(),
+        "--body",
+        &at,
+        "--header",
+        "content-type=text/plain",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["body"]["state"].as_str(), v["matched"].as_str()),
+        (Some("not_read"), Some("rest"))
+    );
+    // A GET is never held, whatever it carries.
+    let o = run(&[
+        "explain",
+        config.path(),
+        "--body",
+        &at,
+        "--method",
+        "GET",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["matched"].as_str(), Some("rest"));
+}
+
+#[test]
+fn validate_warns_when_match_body_lacks_allow_on_headers_stop_iteration() {
+    let warning = "use match.body, but this Wasm filter lacks allow_on_headers_stop_iteration";
+    // The shipped Istio EnvoyFilter and Envoy Gateway policies (with their patch) have it.
+    let shipped =
+        std::fs::read_to_string(root().join("deploy/envoy-gateway/envoyextensionpolicy.yaml"))
+            .unwrap()
+            + "---\n"
+            + &std::fs::read_to_string(root().join("deploy/envoy-gateway/envoypatchpolicy.yaml"))
+                .unwrap();
+    let eg = Temp::new("eg.yaml", &shipped);
+    let o = run(&[
+        "validate",
+        "deploy/istio-body-routing/envoyfilter.yaml",
+        eg.path(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains(warning), "{}", stdout(&o));
+    // Without it: the EnvoyFilter, the policy alone, a WasmPlugin, an Envoy bootstrap.
+    let ef = std::fs::read_to_string(root().join("deploy/istio-body-routing/envoyfilter.yaml"))
+        .unwrap()
+        .replace("allow_on_headers_stop_iteration: true", "");
+    let ef = Temp::new("ef.yaml", &ef);
+    let plugin = Temp::new(
+        "wp.yaml",
+        &format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: t}}\nspec:\n  pluginConfig: {MODEL_ROUTING}\n"),
+    );
+    for (file, hint) in [
+        (
+            ef.path(),
+            "set allow_on_headers_stop_iteration: true in this Wasm filter's config",
+        ),
+        (
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            "add an EnvoyPatchPolicy",
+        ),
+        (plugin.path(), "load the filter with an EnvoyFilter"),
+    ] {
+        let o = run(&["validate", file]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(warning) && out.contains(hint), "{file}: {out}");
+    }
+    // A bare JSON configuration says nothing of Envoy: no warning.
+    let json = Temp::new("m.json", MODEL_ROUTING);
+    assert!(!stdout(&run(&["validate", json.path()])).contains(warning));
 }
 
 const JUDGED: &str = r#"{"rules":[{"name":"checkout","destinations":[

@@ -230,3 +230,35 @@ fn shadow_comparisons_finish_for_responses_that_end_in_trailers() {
     assert_eq!(mismatches, n as u64);
     assert_eq!(metric("status_mismatch"), 0);
 }
+
+#[test]
+fn a_fault_slice_with_abort_grpc_status_ends_calls_with_unavailable_at_a_real_client() {
+    let (canary, stable) = (
+        GrpcBackend::start("canary", None),
+        GrpcBackend::start("stable", Some("ok")),
+    );
+    // No user key on these calls: the slice is drawn at random per call.
+    let config = r#"{"rules":[{"name":"rpc","destinations":[{"name":"canary","cluster":"canary"}],
+        "fault":{"percent":50,"abort_grpc_status":"UNAVAILABLE"}}]}"#;
+    let mut spec = EnvoySpec::new(config)
+        .cluster("stable", stable.addr)
+        .cluster("canary", canary.addr)
+        .fault_filter(100);
+    for name in ["stable", "canary"] {
+        let from = format!("  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n");
+        spec = spec.patch(&from, &format!("{from}{HTTP2}"));
+    }
+    let envoy = Envoy::start(spec);
+    let n = 60;
+    let answers = calls(&envoy, "ok", n);
+    let aborted: Vec<_> = answers.iter().filter(|(c, _)| c == "UNAVAILABLE").collect();
+    // Injected: status 14 from Envoy, the canary never saw the call (no x-backend).
+    assert!(aborted.iter().all(|(_, b)| b.is_empty()), "{answers:?}");
+    assert!(answers
+        .iter()
+        .all(|(c, b)| c == "UNAVAILABLE" || (c == "OK" && b == "canary")));
+    assert_binomial(aborted.len(), n, 0.5, "calls aborted with UNAVAILABLE");
+    let k = aborted.len() as u64;
+    envoy.wait_counter("traffic_split.fault.rpc.aborted", k);
+    assert_eq!(envoy.settled_counter("traffic_split.fault.rpc.aborted"), k);
+}

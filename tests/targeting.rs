@@ -211,6 +211,105 @@ fn regex_matches_headers_cookies_query_path_and_authority() {
     );
 }
 
+/// The 34-byte pattern that hung the own engine's compile (empty repeat bodies emitted no
+/// instructions) is refused at once by regex-lite's size limit: pushed over a working
+/// configuration, Envoy rejects it (`config_fail`), logs the field, and keeps serving the
+/// previous plan.
+#[test]
+fn the_hang_pattern_is_refused_at_load_and_the_previous_plan_serves() {
+    let (stable, canary) = two_backends();
+    let good = r#"{"debug_header":true,"rules":[{"name":"r","match":{"path":{"regex":"/shop/.*"}},"destinations":[{"name":"c","cluster":"canary"}]}]}"#;
+    let hang = r#"{"debug_header":true,"rules":[{"name":"r","match":{"path":{"regex":"((((){1000}){1000}){1000}){1000}"}},"destinations":[{"name":"s","cluster":"stable"}]}]}"#;
+    let envoy = Envoy::start(spec(good, &stable, &canary).ecds());
+    assert_eq!(envoy.get("/shop/x", &[]).backend(), "canary");
+    let fails = "extension_config_discovery.http_filter.traffic-split.config_fail";
+    let before = envoy.counter(fails);
+    let start = std::time::Instant::now();
+    assert!(!envoy.reconfigure(hang, 1), "the hang pattern was applied");
+    // Rejected (not merely slow: `reconfigure` also gives up after 5 s).
+    assert_eq!(envoy.counter(fails), before + 1);
+    eprintln!("hang pattern rejected after {:?}", start.elapsed());
+    let reason = "traffic-split: invalid configuration: rules[0].match.path.regex: \
+                  compiles to more than 1280 bytes (the regex size limit): use a simpler pattern";
+    let log = envoy.log();
+    assert!(log.lines().any(|l| l.ends_with(reason)), "{log}");
+    // The previous plan still decides.
+    let r = envoy.get("/shop/x", &[]);
+    assert_eq!(r.backend(), "canary");
+    assert_eq!(r.header("x-split-decision"), Some("rule=r; variant=c"));
+}
+
+/// A value longer than `MAX_VALUE_LEN` is not evaluated by a `regex`: the condition does not
+/// hold, and the request is counted in `traffic_split.regex.value_too_long` (nothing silent).
+#[test]
+fn regex_values_over_the_cap_do_not_match_and_are_counted() {
+    let (stable, canary) = two_backends();
+    let config = r#"{"debug_header":true,"rules":[{"name":"mobile","match":{"headers":[{"name":"user-agent","regex":".*Android.*"}]},"destinations":[{"name":"m","cluster":"canary"}]}]}"#;
+    let envoy = Envoy::start(spec(config, &stable, &canary));
+    let max = traffic_split::pattern::MAX_VALUE_LEN;
+    let ua = |len: usize| format!("Android{}", "x".repeat(len - 7));
+    let at_cap = envoy.get("/", &[("user-agent", &ua(max))]);
+    assert_eq!(at_cap.backend(), "canary", "{at_cap:?}");
+    let name = "traffic_split.regex.value_too_long";
+    // Defined with the plan (it has a regex), nothing counted yet.
+    assert_eq!(envoy.counter(name), 0);
+    let over = envoy.get("/", &[("user-agent", &ua(max + 1))]);
+    assert_eq!(over.backend(), "stable", "{over:?}");
+    assert_eq!(over.header("x-split-decision"), None);
+    assert_eq!(envoy.wait_counter(name, 1), 1);
+    // A short value that does not match is not counted.
+    assert_eq!(
+        envoy.get("/", &[("user-agent", "curl")]).backend(),
+        "stable"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(envoy.counter(name), 1);
+}
+
+/// What one regex evaluation costs in Envoy at the worst the limits admit: 20 rules, each with
+/// the largest `.*[a-z]{1,N}0` the wasm32 size limit takes (so all of its states stay alive on
+/// every byte), none matching, against a value of `MAX_VALUE_LEN` bytes; and against a
+/// 58 KiB value (under Envoy's default 60 KiB header limit), which is not evaluated. Prints the median extra
+/// latency per evaluation. Not a pass/fail test (timing):
+/// `cargo test --test targeting regex_worst_case -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn regex_worst_case_per_evaluation() {
+    let (stable, canary) = two_backends();
+    let pattern = std::env::var("REGEX_WORST").unwrap_or_else(|_| ".*[a-z]{1,24}0".to_string());
+    let max_len = traffic_split::pattern::MAX_VALUE_LEN;
+    let rules: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"name":"r{i}","match":{{"headers":[{{"name":"x-long","regex":"{pattern}"}}]}},"destinations":[{{"name":"c","cluster":"canary"}}]}}"#
+            )
+        })
+        .collect();
+    let config = format!(r#"{{"rules":[{}]}}"#, rules.join(","));
+    let envoy = Envoy::start(spec(&config, &stable, &canary));
+    let median = |value: &str| {
+        let mut times: Vec<std::time::Duration> = (0..60)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                let r = envoy.get("/", &[("x-long", value)]);
+                assert_eq!(r.backend(), "stable");
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    median("warm-up");
+    let short = median("a");
+    let max = median(&"a".repeat(max_len));
+    let huge = median(&"a".repeat(58 * 1024));
+    eprintln!(
+        "{pattern}: median latency, 20 evaluations: 1-byte value {short:?}, {max_len} B {max:?}, \
+         58 KiB {huge:?}; per evaluation at {max_len} B: {:?}",
+        max.saturating_sub(short) / 20
+    );
+}
+
 /// A gateway's plan: `n` rules, each scoped to its own host, sticky 95/5.
 fn many_hosts(n: usize, cluster_of_last: &str) -> String {
     let rules: Vec<String> = (0..n)

@@ -10,18 +10,12 @@ use super::{BreakerPolicy, Outcomes, Record, Transition};
 /// direction). The configuration is left out on purpose, so a breaker survives updates.
 /// Length-prefixed parts, hashed (FNV-1a, 64 bits) into 16 hex digits.
 pub fn instance_scope(parts: &[&[u8]]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = crate::fnv::Fnv1a::default();
     for part in parts {
-        eat(&(part.len() as u64).to_le_bytes());
-        eat(part);
+        hash.bytes(&(part.len() as u64).to_le_bytes());
+        hash.bytes(part);
     }
-    format!("{hash:016x}")
+    format!("{:016x}", hash.value())
 }
 
 /// The shared-data key of one breaker's record: the instance, rule and destination, and the

@@ -1,4 +1,4 @@
-//! `explain`, `diff` and the CLI's extra warnings, over the compiled plan.
+//! `explain`, `rollout` and the CLI's extra warnings, over the compiled plan (`diff`: `super::diff`).
 
 use super::{hash_name, load_one, ExplainArgs, Failure};
 use crate::bucket::{FINE_BUCKETS, UNLEASH_BUCKETS};
@@ -9,7 +9,6 @@ use crate::plan::{Decision, Plan, Rule, StickyKey};
 use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 /// Every bucket of a hash scheme, in order.
 pub fn buckets(kind: HashKind) -> std::ops::Range<u32> {
@@ -37,6 +36,49 @@ pub fn bucket_counts_in(rule: &Rule, bounds: &[u32]) -> Vec<u32> {
 
 /// The filter's load-time warnings (`Plan::load_warnings`) plus what only an offline
 /// check can afford: rules that can never match, destinations that get no bucket.
+/// Where the input puts Envoy's fault filter, against what the configuration needs: a rule
+/// with `fault` needs one with header control after the Wasm filter (else no fault is ever
+/// applied), and one before the Wasm filter lets clients inject faults whatever the filter does.
+pub fn fault_filter_warnings(
+    plan: &Plan,
+    site: Option<crate::cli::input::FaultFilterSite>,
+) -> Vec<String> {
+    let Some(site) = site else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let faulted: Vec<&str> = plan
+        .fault_rules
+        .iter()
+        .filter_map(|&r| plan.rules.get(r).map(|r| r.name.as_str()))
+        .collect();
+    if !faulted.is_empty() && !site.after {
+        let rules = crate::config::join(&faulted, ", ");
+        out.push(if site.manifest {
+            format!(
+                "rule(s) {rules} use fault, but no EnvoyFilter or EnvoyPatchPolicy in this file adds \
+                 Envoy's fault filter with header control (header_delay/header_abort) before the \
+                 router: unless another manifest does, no fault is ever applied \
+                 (deploy/istio/envoyfilter-fault.yaml, deploy/envoy-gateway/envoypatchpolicy-fault.yaml)"
+            )
+        } else {
+            format!(
+                "rule(s) {rules} use fault, but no fault filter (envoy.filters.http.fault with \
+                 header_delay/header_abort) follows this Wasm filter before the router in its \
+                 HTTP filter chain: no fault is ever applied (envoy/templates/fault-filter.yaml)"
+            )
+        });
+    }
+    if site.before {
+        out.push(
+            "a fault filter with header control runs before this Wasm filter: clients can inject \
+             faults with x-envoy-fault-* headers before the filter removes them; place it after"
+                .to_string(),
+        );
+    }
+    out
+}
+
 pub fn warnings(plan: &Plan) -> Vec<String> {
     let mut out = plan.load_warnings();
     let mut catch_all: Option<&str> = None;
@@ -71,7 +113,7 @@ pub fn warnings(plan: &Plan) -> Vec<String> {
     out
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(super) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -109,6 +151,24 @@ pub fn condition_text(c: &Condition) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        Condition::Body(b) => format!("match.body {:?}: {}", b.pointer, body_test_text(&b.test)),
+    }
+}
+
+fn body_test_text(t: &crate::body::BodyTest) -> String {
+    use crate::body::BodyTest;
+    match t {
+        BodyTest::Op(op) => op_text(op),
+        BodyTest::Contains(s) => format!("contains {:?}", text(s)),
+        BodyTest::Not(inner) => format!("not {{ {} }}", body_test_text(inner)),
+        BodyTest::AnyOf(tests) => format!(
+            "any_of [ {} ]",
+            tests
+                .iter()
+                .map(body_test_text)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -128,7 +188,7 @@ fn key_source(key: &StickyKey) -> String {
     }
 }
 
-fn pct(part: u32, whole: usize) -> String {
+pub(super) fn pct(part: u32, whole: usize) -> String {
     format!("{:.2}%", f64::from(part) * 100.0 / whole.max(1) as f64)
 }
 
@@ -144,7 +204,7 @@ fn request_headers(args: &ExplainArgs) -> Vec<HeaderPair> {
         path.push_str(&format!("{k}={v}"));
     }
     let mut h: Vec<HeaderPair> = vec![
-        (":method".into(), args.method.clone().into_bytes()),
+        (":method".into(), args.method().as_bytes().to_vec()),
         (":path".into(), path.into_bytes()),
     ];
     if let Some(a) = &args.authority {
@@ -152,6 +212,9 @@ fn request_headers(args: &ExplainArgs) -> Vec<HeaderPair> {
     }
     for (k, v) in &args.headers {
         h.push((k.to_ascii_lowercase(), v.clone().into_bytes()));
+    }
+    if args.body.is_some() && !h.iter().any(|(n, _)| n == "content-type") {
+        h.push(("content-type".into(), b"application/json".to_vec()));
     }
     if !args.cookies.is_empty() {
         let cookie: Vec<String> = args
@@ -178,11 +241,67 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         .ok();
     let base = Request::new(&headers, route);
     let incoming = plan.lanes.screen(&base, || now_s);
-    let request = base.with_lanes(&incoming);
     let mut lines: Vec<String> = vec![format!("config: {}", checked.embedded.label())];
     let mut skipped = Vec::new();
     let mut report = serde_json::Map::new();
     report.insert("config".into(), Value::from(checked.embedded.label()));
+    // The body, read as the filter reads it: only for a request that may carry JSON.
+    let body_bytes = match &args.body {
+        Some(b) => Some(match b.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read(file).map_err(|e| Failure::Usage(format!("--body {b}: {e}")))?
+            }
+            None => b.clone().into_bytes(),
+        }),
+        None => None,
+    };
+    let outcome = match &body_bytes {
+        Some(bytes) if crate::body::may_carry_json(&base) => Some(crate::body::parse(
+            bytes,
+            plan.body_max_bytes,
+            &plan.body_pointers,
+        )),
+        _ => None,
+    };
+    if let Some(bytes) = &body_bytes {
+        let (state, line) = match &outcome {
+            None => (
+                "not_read",
+                "not read (a GET or HEAD request, content-length 0, or not a JSON content-type)"
+                    .to_string(),
+            ),
+            Some(crate::body::BodyOutcome::Json(_)) => ("json", "JSON".to_string()),
+            Some(crate::body::BodyOutcome::TooLarge) => (
+                "too_large",
+                format!(
+                    "over body_max_bytes ({}): body conditions do not hold \
+                     (traffic_split.body.too_large)",
+                    plan.body_max_bytes
+                ),
+            ),
+            Some(crate::body::BodyOutcome::Invalid) => (
+                "invalid",
+                "not valid JSON: body conditions do not hold (traffic_split.body.invalid)"
+                    .to_string(),
+            ),
+        };
+        lines.push(format!("body: {} bytes, {line}", bytes.len()));
+        report.insert("body".into(), json!({"bytes": bytes.len(), "state": state}));
+        if plan.reads_body && !plan.needs_body(&base.with_body(crate::body::RequestBody::Pending)) {
+            lines.push(
+                "  (the filter decides this request on its headers: the first rule that can \
+                 match it has no match.body, so the body is not held)"
+                    .into(),
+            );
+        }
+    }
+    let json_body = match &outcome {
+        Some(crate::body::BodyOutcome::Json(v)) => crate::body::RequestBody::Json(v),
+        _ => crate::body::RequestBody::Absent,
+    };
+    let request = Request::new(&headers, route)
+        .with_lanes(&incoming)
+        .with_body(json_body);
     // Rollouts: the share in force at --at (default now), as the filter's tick computes it.
     let at_ms = at_time(args.at.as_deref())?;
     let rollouts = rollout_bounds(plan, at_ms);
@@ -364,7 +483,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
             .shadow_targets
             .get(s.target)
             .map_or("", |t| t.name.as_str());
-        let method = Some(args.method.as_bytes());
+        let method = Some(args.method().as_bytes());
         let p = if s.allows_method(method) {
             s.sample_probability()
         } else {
@@ -373,7 +492,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
         let why = if s.allows_method(method) {
             String::new()
         } else {
-            format!(" (method {} not in methods)", args.method)
+            format!(" (method {} not in methods)", args.method())
         };
         lines.push(format!(
             "  shadow {name} (cluster {}): sampled with probability {:.2}%{why}",
@@ -386,7 +505,7 @@ pub fn explain(args: &ExplainArgs) -> Result<(), Failure> {
     print(args.json, &lines, &report)
 }
 
-fn print(
+pub(super) fn print(
     as_json: bool,
     lines: &[String],
     report: &serde_json::Map<String, Value>,
@@ -402,243 +521,6 @@ fn print(
         }
     }
     Ok(())
-}
-
-/// The share of users moving between destination names from `old` to `new`, over buckets.
-/// Same salt and hash: exact (each bucket keeps its users). Otherwise every user is re-bucketed
-/// independently, and the result is the expectation `P_old(a) * P_new(b)`.
-pub fn moves(old: &Rule, new: &Rule) -> (bool, BTreeMap<(String, String), f64>) {
-    let mut out = BTreeMap::new();
-    let exact = old.hash == new.hash && old.salt_colon == new.salt_colon;
-    let name = |r: &Rule, i: usize| {
-        r.destinations
-            .get(i)
-            .map_or(String::new(), |d| d.name.clone())
-    };
-    if exact {
-        let total = buckets(old.hash).len() as f64;
-        for b in buckets(old.hash) {
-            let (a, z) = (
-                name(old, old.destination_of_bucket(b)),
-                name(new, new.destination_of_bucket(b)),
-            );
-            if a != z {
-                *out.entry((a, z)).or_insert(0.0) += 1.0 / total;
-            }
-        }
-    } else {
-        let share = |r: &Rule| {
-            let total = buckets(r.hash).len() as f64;
-            bucket_counts(r)
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| (name(r, i), f64::from(c) / total))
-                .collect::<Vec<_>>()
-        };
-        for (a, pa) in share(old) {
-            for (z, pz) in share(new) {
-                if a != z && pa * pz > 0.0 {
-                    *out.entry((a.clone(), z)).or_insert(0.0) += pa * pz;
-                }
-            }
-        }
-    }
-    (exact, out)
-}
-
-pub fn diff(
-    old_file: &str,
-    new_file: &str,
-    user: Option<&str>,
-    all: bool,
-    as_json: bool,
-) -> Result<(), Failure> {
-    let old_c = load_one(old_file, all, 0)?;
-    let new_c = load_one(new_file, all, 0)?;
-    let (Ok(old), Ok(new)) = (&old_c.plan, &new_c.plan) else {
-        return Err(Failure::Invalid("invalid configuration".into()));
-    };
-    let mut lines = Vec::new();
-    let mut rules_json = Vec::new();
-    for (what, a, b) in [
-        (
-            "cluster_header",
-            old.cluster_header.clone(),
-            new.cluster_header.clone(),
-        ),
-        (
-            "variant_header",
-            old.variant_header.clone().unwrap_or_default(),
-            new.variant_header.clone().unwrap_or_default(),
-        ),
-    ] {
-        if a != b {
-            lines.push(format!("{what}: {a:?} -> {b:?}"));
-        }
-    }
-    let index = |p: &Plan, n: &str| p.rules.iter().position(|r| r.name == n);
-    for (i, r) in old.rules.iter().enumerate() {
-        if index(new, &r.name).is_none() {
-            lines.push(format!("rule \"{}\": removed (was rules[{i}])", r.name));
-            rules_json.push(json!({"rule": r.name, "change": "removed"}));
-        }
-    }
-    for (j, n) in new.rules.iter().enumerate() {
-        let Some(i) = index(old, &n.name) else {
-            lines.push(format!("rule \"{}\": added at rules[{j}]", n.name));
-            rules_json.push(json!({"rule": n.name, "change": "added"}));
-            continue;
-        };
-        let Some(o) = old.rules.get(i) else { continue };
-        let mut notes = Vec::new();
-        if i != j {
-            notes.push(format!("moved from rules[{i}] to rules[{j}] (rule order decides which rule a request meets)"));
-        }
-        if o.matcher != n.matcher {
-            notes.push("match changed: which requests this rule takes changes".to_string());
-        }
-        if o.sticky.as_ref().map(|s| &s.key) != n.sticky.as_ref().map(|s| &s.key) {
-            notes.push("sticky key changed: users are keyed differently".to_string());
-        }
-        for d in &n.destinations {
-            if let Some(od) = o.destinations.iter().find(|x| x.name == d.name) {
-                if od.cluster != d.cluster {
-                    notes.push(format!(
-                        "destination \"{}\": cluster {} -> {} (its users stay, their traffic goes elsewhere)",
-                        d.name, od.cluster, d.cluster
-                    ));
-                }
-            }
-        }
-        let shadows = |p: &Plan, r: &Rule| {
-            r.shadows
-                .iter()
-                .map(|s| {
-                    let name = p
-                        .shadow_targets
-                        .get(s.target)
-                        .map_or("", |t| t.name.as_str());
-                    format!(
-                        "{name} ({}) {:.2}%",
-                        s.cluster,
-                        s.sample_probability() * 100.0
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (os, ns) = (shadows(old, o), shadows(new, n));
-        if os != ns {
-            notes.push(format!("shadows: [{os}] -> [{ns}]"));
-        }
-        let fallbacks = |r: &Rule| {
-            r.destinations
-                .iter()
-                .filter(|d| d.breaker.is_some())
-                .map(|d| {
-                    let to = d.fallback.and_then(|f| r.destinations.get(f));
-                    format!("{} -> {}", d.name, to.map_or("", |f| f.name.as_str()))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (ob, nb) = (fallbacks(o), fallbacks(n));
-        if ob != nb {
-            notes.push(format!(
-                "breakers (destination -> fallback): [{ob}] -> [{nb}]"
-            ));
-        }
-        let (exact, m) = moves(o, n);
-        let total: f64 = m.values().fold(0.0, |a, b| a + b);
-        let mut moved = Vec::new();
-        for ((a, z), share) in &m {
-            moved.push(json!({"from": a, "to": z, "share": share}));
-        }
-        let weights = |r: &Rule| {
-            let t = buckets(r.hash).len();
-            r.destinations
-                .iter()
-                .zip(bucket_counts(r))
-                .map(|(d, c)| format!("{} {}", d.name, pct(c, t)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let (ow, nw) = (weights(o), weights(n));
-        if !m.is_empty() || ow != nw || !notes.is_empty() {
-            lines.push(format!("rule \"{}\":", n.name));
-            for note in &notes {
-                lines.push(format!("  {note}"));
-            }
-            if !exact {
-                lines.push(format!(
-                    "  salt or hash changed ({} {:?} -> {} {:?}): every user is re-bucketed; shares below are expectations",
-                    hash_name(o.hash),
-                    text(o.salt_colon.strip_suffix(b":").unwrap_or(&o.salt_colon)),
-                    hash_name(n.hash),
-                    text(n.salt_colon.strip_suffix(b":").unwrap_or(&n.salt_colon)),
-                ));
-            }
-            if ow != nw {
-                lines.push(format!(
-                    "  shares: {ow} -> {nw} (also what non-sticky requests get)"
-                ));
-            }
-            let qual = if exact { "exactly" } else { "expected" };
-            if o.sticky.is_some() || n.sticky.is_some() || !m.is_empty() {
-                lines.push(format!(
-                    "  sticky users changing destination: {qual} {:.2}%",
-                    total * 100.0
-                ));
-            }
-            for ((a, z), share) in &m {
-                lines.push(format!("    {a} -> {z}: {:.2}%", share * 100.0));
-            }
-        }
-        let mut rj = serde_json::Map::new();
-        let change = if m.is_empty() && notes.is_empty() && ow == nw {
-            "none"
-        } else {
-            "changed"
-        };
-        for (k, v) in [
-            ("rule", Value::from(n.name.clone())),
-            ("change", Value::from(change)),
-            ("exact", Value::from(exact)),
-            ("moved_share", Value::from(total)),
-            ("moves", Value::from(moved)),
-            ("notes", Value::from(notes.clone())),
-        ] {
-            rj.insert(k.into(), v);
-        }
-        if let Some(key) = user {
-            let dest = |r: &Rule| {
-                r.destinations
-                    .get(r.destination_of_key(key.as_bytes()))
-                    .map_or(String::new(), |d| d.name.clone())
-            };
-            let (a, z) = (dest(o), dest(n));
-            if o.sticky.is_some() || n.sticky.is_some() {
-                let verdict = if a == z { "stays" } else { "moves" };
-                lines.push(format!(
-                    "  user {key:?} in rule \"{}\": {a} -> {z} ({verdict})",
-                    n.name
-                ));
-                rj.insert(
-                    "user".into(),
-                    json!({"key": key, "from": a, "to": z, "moves": a != z}),
-                );
-            }
-        }
-        rules_json.push(Value::from(rj));
-    }
-    if !lines.iter().any(|l| !l.starts_with("  user ")) {
-        lines.insert(0, "no routing change".into());
-    }
-    let mut report = serde_json::Map::new();
-    report.insert("old".into(), Value::from(old_c.embedded.label()));
-    report.insert("new".into(), Value::from(new_c.embedded.label()));
-    report.insert("rules".into(), Value::from(rules_json));
-    print(as_json, &lines, &report)
 }
 
 /// `--at` as unix ms (RFC 3339 with a zone), or now.

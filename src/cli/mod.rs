@@ -15,6 +15,7 @@ macro_rules! out {
 }
 
 pub mod analysis;
+pub mod diff;
 pub mod input;
 pub mod schema;
 
@@ -179,9 +180,13 @@ pub struct ExplainArgs {
     /// `:path` (without the query)
     #[arg(long, default_value = "/")]
     pub path: String,
-    /// `:method`
-    #[arg(long, default_value = "GET")]
-    pub method: String,
+    /// `:method` (default GET; POST with --body)
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The JSON request body for `match.body`: `@FILE` or the text itself (adds
+    /// `content-type: application/json` unless --header sets one)
+    #[arg(long, value_name = "@FILE|JSON")]
+    pub body: Option<String>,
     /// `:authority` (the Host)
     #[arg(long)]
     pub authority: Option<String>,
@@ -214,6 +219,17 @@ pub enum Failure {
     Usage(String),
 }
 
+impl ExplainArgs {
+    /// `:method`: as given, else POST with a body and GET without.
+    pub fn method(&self) -> &str {
+        match (&self.method, &self.body) {
+            (Some(m), _) => m,
+            (None, Some(_)) => "POST",
+            (None, None) => "GET",
+        }
+    }
+}
+
 impl From<InputError> for Failure {
     fn from(e: InputError) -> Failure {
         match e {
@@ -234,7 +250,7 @@ pub fn main() -> ExitCode {
             user,
             all,
             json,
-        } => analysis::diff(&old, &new, user.as_deref(), all, json),
+        } => diff::diff(&old, &new, user.as_deref(), all, json),
         Command::Bucket {
             salt,
             key,
@@ -302,10 +318,31 @@ pub struct Checked {
 
 pub fn check(embedded: Embedded) -> Checked {
     let plan = Plan::from_json(&embedded.json);
-    let warnings = match &plan {
-        Ok(p) => analysis::warnings(p),
+    let mut warnings = match &plan {
+        Ok(p) => {
+            let mut w = analysis::warnings(p);
+            w.extend(analysis::fault_filter_warnings(p, embedded.fault_filter));
+            w
+        }
         Err(_) => Vec::new(),
     };
+    if let (Ok(p), input::BodySetting::Missing(hint)) = (&plan, &embedded.body_setting) {
+        if p.reads_body {
+            let rules: Vec<&str> = p
+                .rules
+                .iter()
+                .filter(|r| r.matcher.reads_body())
+                .map(|r| r.name.as_str())
+                .collect();
+            warnings.push(format!(
+                "rule(s) {} use match.body, but this Wasm filter lacks {}: true, so Envoy \
+                 delivers no body to a held request and the filter decides on headers only \
+                 (\"match.body is OFF\" in its log): {hint}",
+                rules.join(", "),
+                input::BODY_SETTING
+            ));
+        }
+    }
     Checked {
         embedded,
         plan,

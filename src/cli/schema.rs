@@ -11,12 +11,12 @@
 
 use crate::breaker::GRPC_CODES;
 use crate::config::{
-    DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT, DEFAULT_BREAKER_MIN_REQUESTS,
-    DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S, DEFAULT_CLUSTER_HEADER,
-    DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_GRPC_FAILURE_CODES, DEFAULT_MAX_BUFFERED_BODY_BYTES,
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_HOST_SUFFIX, DEFAULT_SHADOW_MAX_BODY_BYTES,
-    DEFAULT_SHADOW_PERCENT, DEFAULT_SHADOW_REMOVE_HEADERS, DEFAULT_SHADOW_TIMEOUT_MS,
-    DEFAULT_VARIANT_HEADER, MAX_SHADOW_BUFFER_BYTES,
+    DEFAULT_BODY_MAX_BYTES, DEFAULT_BREAKER_FAILURE_RATIO, DEFAULT_BREAKER_HALF_OPEN_PERCENT,
+    DEFAULT_BREAKER_MIN_REQUESTS, DEFAULT_BREAKER_OPEN_S, DEFAULT_BREAKER_WINDOW_S,
+    DEFAULT_CLUSTER_HEADER, DEFAULT_COOKIE_MAX_AGE_S, DEFAULT_GRPC_FAILURE_CODES,
+    DEFAULT_MAX_BUFFERED_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SHADOW_HOST_SUFFIX,
+    DEFAULT_SHADOW_MAX_BODY_BYTES, DEFAULT_SHADOW_PERCENT, DEFAULT_SHADOW_REMOVE_HEADERS,
+    DEFAULT_SHADOW_TIMEOUT_MS, DEFAULT_VARIANT_HEADER, MAX_BODY_MAX_BYTES, MAX_SHADOW_BUFFER_BYTES,
 };
 use crate::plan::{MAX_DESTINATIONS, MAX_ROLLOUT_STEPS, MAX_SHADOWS_PER_RULE};
 use serde_json::{json, Value};
@@ -73,12 +73,131 @@ fn string_match(what: &str) -> Value {
     })
 }
 
+/// The test of a `match.body` condition (also inside its `not` and `any_of`).
+fn body_test() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": body_test_properties(),
+        "oneOf": body_test_one_of()
+    })
+}
+
+fn body_test_properties() -> Value {
+    json!({
+        "exact": {"type": "string", "description": "Holds when the value's text equals this (a number, true, false or null compares as its JSON text: `\"true\"`, `\"3\"`)."},
+        "prefix": {"type": "string", "description": "Holds when the value's text starts with this."},
+        "suffix": {"type": "string", "description": "Holds when the value's text ends with this."},
+        "contains": {"type": "string", "description": "Holds when the value's text contains this."},
+        "one_of": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                   "description": "Holds when the value's text is one of these."},
+        "present": {"type": "boolean",
+                    "description": "`true`: holds when the pointer resolves (also to an object or array); `false`: when it does not."},
+        "regex": regex(),
+        "not": {"$ref": "#/$defs/body_test", "description": "Holds when this test does not."},
+        "any_of": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/body_test"},
+                   "description": "Holds when at least one of these tests does."}
+    })
+}
+
+fn body_test_one_of() -> Value {
+    json!([
+        {"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["suffix"]},
+        {"required": ["contains"]}, {"required": ["one_of"]}, {"required": ["present"]},
+        {"required": ["regex"]}, {"required": ["not"]}, {"required": ["any_of"]}
+    ])
+}
+
 fn regex() -> Value {
     json!({"type": "string", "maxLength": crate::pattern::MAX_PATTERN_LEN,
         "description": "Holds when the whole value matches this pattern (a linear-time RE2 subset: see docs/configuration.md)."})
 }
 
 pub fn schema() -> Value {
+    let mut schema = schema_without_body_condition_ops();
+    if let Some(defs) = schema.pointer_mut("/$defs").and_then(Value::as_object_mut) {
+        defs.insert("judge".to_string(), judge_def());
+        defs.insert("fault".to_string(), fault_def());
+    }
+    // A body condition is its pointer plus the properties of a body test.
+    if let (Some(props), Value::Object(ops)) = (
+        schema
+            .pointer_mut("/$defs/body_condition/properties")
+            .and_then(Value::as_object_mut),
+        body_test_properties(),
+    ) {
+        props.extend(ops);
+    }
+    schema
+}
+
+/// `$defs/judge` (a function of its own: one `json!` for the whole schema exceeds the macro
+/// recursion limit).
+fn judge_def() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
+        "properties": {
+            "canary": {"type": "string", "pattern": NAME,
+                "description": "The destination judged. Default: the rollout's destination, else the first destination."},
+            "baseline": {"type": "string", "pattern": NAME,
+                "description": "The destination it is compared with. Default: the other destination with the largest weight."},
+            "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
+                "description": "Window length in seconds."},
+            "min_requests": {"type": "integer", "minimum": 1, "default": 100,
+                "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
+            "errors": {"type": "object", "additionalProperties": false,
+                "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
+                    "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
+                "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
+            "latency": {"type": "object", "additionalProperties": false,
+                "properties": {
+                    "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
+                        "description": "The latency percentile compared (time from routing to response headers)."},
+                    "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
+                        "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
+                "description": "Order-statistic confidence bounds of the percentile of each arm."},
+            "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
+                "description": "One-sided confidence of each criterion."},
+            "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
+                "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
+            "on_fail": {"enum": ["abort", "report"], "default": "abort",
+                "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
+        }
+    })
+}
+
+/// `$defs/fault`.
+fn fault_def() -> Value {
+    json!({
+        "type": "object",
+        "required": ["percent"],
+        "additionalProperties": false,
+        "anyOf": [
+            {"required": ["delay_ms"]}, {"required": ["abort_status"]}, {"required": ["abort_grpc_status"]}
+        ],
+        "not": {"required": ["abort_status", "abort_grpc_status"]},
+        "description": "Controlled fault injection: Envoy's fault filter (after this filter, with header_delay/header_abort) delays or aborts this share of the rule's requests. Sticky rules fault the same users every time (their bucket under the salt `fault:<salt>`), others a random share. Faulted requests are no breaker evidence; they are counted in traffic_split.fault.<rule>.delayed / .aborted. At least one of delay_ms, abort_status, abort_grpc_status (not both aborts).",
+        "properties": {
+            "percent": {"type": "number", "minimum": 0, "maximum": 100,
+                "description": "The share of the rule's matched requests (routed to `destinations`) that get the fault, at most two decimals."},
+            "delay_ms": {"type": "integer", "minimum": 1, "maximum": 60000,
+                "description": "Delay before the request goes upstream (x-envoy-fault-delay-request)."},
+            "abort_status": {"type": "integer", "minimum": 200, "maximum": 599,
+                "description": "Answer with this HTTP status instead of going upstream (x-envoy-fault-abort-request)."},
+            "abort_grpc_status": {"anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": 16},
+                    {"enum": GRPC_CODES.get(1..).unwrap_or_default()}
+                ],
+                "description": "Answer with this gRPC status, a name or number (x-envoy-fault-abort-grpc-request; HTTP 200)."},
+            "destinations": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": NAME},
+                "description": "Names of this rule's destinations the fault applies to (the destination that finally gets the request). Default: all."}
+        }
+    })
+}
+
+fn schema_without_body_condition_ops() -> Value {
     let u32_max = u64::from(u32::MAX);
     let methods = json!({"type": "array", "minItems": 1,
         "items": {"type": "string", "pattern": TOKEN}});
@@ -106,6 +225,8 @@ pub fn schema() -> Value {
                 "description": "Signs the `x-shadow-request` marker of copies (`v2.<unix s>.<tag>`, HMAC-SHA256 of the copy's :authority, :method, :path and x-request-id) so that other instances sharing the secret keep it on that same request for 10 s. 16–256 visible ASCII characters; treat it as a secret."},
             "lane_secret": {"type": "string", "pattern": "^[!-~]{16,256}$",
                 "description": "Signs lane values where they start (`<name>;sig=v2.<unix s>.<tag>`, HMAC-SHA256) and verifies them where a rule has `from_lane`: only instances sharing the secret can start a lane; unsigned, stale (over 300 s, or over 5 s ahead) or forged values are removed and counted. 16–256 visible ASCII characters; treat it as a secret."},
+            "body_max_bytes": {"type": "integer", "minimum": 0, "maximum": MAX_BODY_MAX_BYTES, "default": DEFAULT_BODY_MAX_BYTES,
+                "description": "The most of a request body held to evaluate `match.body` (at most 1 MiB). A larger body makes the body conditions not hold (the rule falls through) and is counted in traffic_split.body.too_large; it is never refused."},
             "clear_route_cache": {"enum": ["auto", "always"], "default": "auto",
                 "description": "When the filter asks Envoy to pick the route again after changing the routing header: `auto` relies on Envoy doing it for this module's ABI, `always` calls clear_route_cache after every change."}
         },
@@ -135,39 +256,8 @@ pub fn schema() -> Value {
                         "description": "Route a request that carries a lane (on `propagate`'s carrier) to the destination of that name; otherwise decide as usual and start the lane. Needs `propagate`. Without `from_lane`, lanes start here: incoming values are removed or overwritten."},
                     "lane_fallback": {"type": "string", "pattern": NAME,
                         "description": "With `from_lane`: the destination (of this rule) for a lane that names none of this rule's destinations. Default: decide as usual and keep the lane for later hops."},
-                    "judge": {"$ref": "#/$defs/judge"}
-                }
-            },
-            "judge": {
-                "type": "object",
-                "additionalProperties": false,
-                "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
-                "properties": {
-                    "canary": {"type": "string", "pattern": NAME,
-                        "description": "The destination judged. Default: the rollout's destination, else the first destination."},
-                    "baseline": {"type": "string", "pattern": NAME,
-                        "description": "The destination it is compared with. Default: the other destination with the largest weight."},
-                    "window_s": {"type": "integer", "minimum": 1, "maximum": 86400, "default": 60,
-                        "description": "Window length in seconds."},
-                    "min_requests": {"type": "integer", "minimum": 1, "default": 100,
-                        "description": "Outcomes each arm needs in a window for a verdict; fewer: inconclusive (never fails)."},
-                    "errors": {"type": "object", "additionalProperties": false,
-                        "properties": {"max_increase": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.01,
-                            "description": "Allowed absolute increase of the canary's failure ratio over the baseline's (0.01: one percentage point). Failures are counted as the destination's breaker counts them (breaker defaults without one)."}},
-                        "description": "Fail when the canary's failure ratio is above the baseline's by more than `max_increase` at `confidence` (one-sided Agresti-Caffo test)."},
-                    "latency": {"type": "object", "additionalProperties": false,
-                        "properties": {
-                            "percentile": {"type": "number", "minimum": 50, "maximum": 99.9, "default": 99,
-                                "description": "The latency percentile compared (time from routing to response headers)."},
-                            "max_ratio": {"type": "number", "minimum": 1, "maximum": 1000, "default": 1.2,
-                                "description": "Fail when the canary's percentile is above this multiple of the baseline's at `confidence`."}},
-                        "description": "Order-statistic confidence bounds of the percentile of each arm."},
-                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 0.9999, "default": 0.99,
-                        "description": "One-sided confidence of each criterion."},
-                    "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
-                        "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
-                    "on_fail": {"enum": ["abort", "report"], "default": "abort",
-                        "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
+                    "judge": {"$ref": "#/$defs/judge"},
+                    "fault": {"$ref": "#/$defs/fault"}
                 }
             },
             "propagate": {
@@ -231,9 +321,23 @@ pub fn schema() -> Value {
                         "description": "Holds when this inner match does not (at least one of its conditions fails). Nests at most 4 deep with `any_of`."},
                     "any_of": {"type": "array", "minItems": 1,
                         "items": {"allOf": [{"$ref": "#/$defs/match"}], "minProperties": 1},
-                        "description": "Holds when at least one of these inner matches does."}
+                        "description": "Holds when at least one of these inner matches does."},
+                    "body": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/body_condition"},
+                        "description": "Conditions on the JSON request body, all of which must hold (top level of a rule's match only, not inside `not`/`any_of`). Read only for requests with `content-type: application/json` or `…+json`; for others, for bodies over `body_max_bytes` and for invalid JSON they do not hold. The request is held for its body only when this rule is the first that can match it. Needs `allow_on_headers_stop_iteration: true` in the Wasm PluginConfig (docs/deploy.md)."}
                 }
             },
+            "body_condition": {
+                "type": "object",
+                "required": ["pointer"],
+                "additionalProperties": false,
+                "description": "A test on the value at `pointer`: exactly one operation.",
+                "properties": {
+                    "pointer": {"type": "string", "pattern": "^(/.*)?$",
+                        "description": "An RFC 6901 JSON pointer, e.g. `/model` or `/messages/0/role`."}
+                },
+                "oneOf": body_test_one_of()
+            },
+            "body_test": body_test(),
             "sticky": {
                 "type": "object",
                 "additionalProperties": false,

@@ -1,8 +1,7 @@
 //! Bytes to `PluginConfig`: one reader per object of the configuration, each listing its
 //! fields, their types, bounds and defaults.
 
-use super::json::{string_item, wrong_type, Obj, Result};
-use super::json_value::Value;
+use super::json::{string_item, wrong_type, Obj, Result, Value};
 use super::*;
 
 /// Parses the JSON plugin configuration. An empty (or all-whitespace) configuration is the
@@ -11,7 +10,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(PluginConfig::default());
     }
-    let value = super::json_value::parse(bytes)?;
+    let value = super::json::parse(bytes)?;
     let mut top = Obj::new(
         "",
         &value,
@@ -25,6 +24,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
             "clear_route_cache",
             "shadow_marker_secret",
             "lane_secret",
+            "body_max_bytes",
         ],
     )?;
     // Filled field by field into one value, starting from the defaults: see `match_config`.
@@ -54,6 +54,9 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig> {
         .unwrap_or_default();
     c.shadow_marker_secret = top.string("shadow_marker_secret")?;
     c.lane_secret = top.string("lane_secret")?;
+    if let Some(n) = top.integer("body_max_bytes", MAX_BODY_MAX_BYTES)? {
+        c.body_max_bytes = n;
+    }
     Ok(c)
 }
 
@@ -74,6 +77,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
             "from_lane",
             "lane_fallback",
             "judge",
+            "fault",
         ],
     )?;
     // Filled field by field into one value: see `match_config`.
@@ -90,6 +94,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
         from_lane: false,
         lane_fallback: None,
         judge: None,
+        fault: None,
     };
     r.match_ = o.object("match", |o| match_config(o, 0))?;
     r.sticky = o.object("sticky", sticky)?;
@@ -107,6 +112,7 @@ fn rule(path: &str, value: &Value) -> Result<RuleConfig> {
     r.from_lane = o.boolean("from_lane")?.unwrap_or(false);
     r.lane_fallback = o.string("lane_fallback")?;
     r.judge = o.object("judge", judge)?;
+    r.fault = o.object("fault", fault)?;
     Ok(r)
 }
 
@@ -150,6 +156,24 @@ fn judge(mut o: Obj<'_>) -> Result<JudgeConfig> {
         ],
     )?;
     Ok(j)
+}
+
+#[inline(never)]
+fn fault(mut o: Obj<'_>) -> Result<FaultConfig> {
+    o.allow(&[
+        "percent",
+        "delay_ms",
+        "abort_status",
+        "abort_grpc_status",
+        "destinations",
+    ])?;
+    Ok(FaultConfig {
+        percent: o.required("percent", |o, key| o.number(key, 0, 100))?,
+        delay_ms: o.integer("delay_ms", 60_000)?,
+        abort_status: o.integer("abort_status", 599)?,
+        abort_grpc_status: o.value("abort_grpc_status", grpc_status)?,
+        destinations: o.list("destinations", string_item)?,
+    })
 }
 
 fn propagate(mut o: Obj<'_>) -> Result<PropagateConfig> {
@@ -256,6 +280,7 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
         "source_ips",
         "not",
         "any_of",
+        "body",
     ])?;
     let nested = |o: &mut Obj<'_>, key: &str| -> Result<()> {
         if depth >= MAX_MATCH_DEPTH {
@@ -298,7 +323,62 @@ fn match_config(mut o: Obj<'_>, depth: usize) -> Result<MatchConfig> {
     m.authority = o.object("authority", |o| string_match(o, false))?;
     m.route_names = o.list("route_names", string_item)?;
     m.source_ips = o.list("source_ips", string_item)?;
+    if o.has("body") && depth > 0 {
+        return Err(ConfigError::new(
+            o.child("body"),
+            "is read only at the top level of a rule's match (use \"not\" or \"any_of\" \
+             inside a body condition)",
+        ));
+    }
+    m.body = o.list("body", body_match)?;
     Ok(m)
+}
+
+fn body_match(path: &str, value: &Value) -> Result<BodyMatchConfig> {
+    let mut o = Obj::new(
+        path,
+        value,
+        &[
+            "pointer", "exact", "prefix", "suffix", "contains", "one_of", "present", "regex",
+            "not", "any_of",
+        ],
+    )?;
+    let pointer = o.required("pointer", Obj::string)?;
+    Ok(BodyMatchConfig {
+        pointer,
+        op: body_op(o, 0)?,
+    })
+}
+
+const BODY_OPS: &[&str] = &[
+    "exact", "prefix", "suffix", "contains", "one_of", "present", "regex", "not", "any_of",
+];
+
+/// The test of a body condition; `not` and `any_of` nest at most `MAX_MATCH_DEPTH` deep.
+fn body_op(mut o: Obj<'_>, depth: usize) -> Result<BodyOpConfig> {
+    for key in ["not", "any_of"] {
+        if o.has(key) && depth >= MAX_MATCH_DEPTH {
+            return Err(ConfigError::at(
+                o.child(key),
+                format_args!("\"not\" and \"any_of\" nest at most {MAX_MATCH_DEPTH} deep"),
+            ));
+        }
+    }
+    let mut b = BodyOpConfig {
+        contains: o.string("contains")?,
+        ..BodyOpConfig::default()
+    };
+    b.not = o
+        .object("not", |o| {
+            o.allow(BODY_OPS)?;
+            body_op(o, depth + 1)
+        })?
+        .map(Box::new);
+    b.any_of = o.list("any_of", |path, v| {
+        body_op(Obj::new(path, v, BODY_OPS)?, depth + 1)
+    })?;
+    b.op = string_match(o, true)?;
+    Ok(b)
 }
 
 fn named_match(path: &str, value: &Value) -> Result<NamedMatchConfig> {
@@ -442,13 +522,7 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
             .unwrap_or_else(|| vec![FailureStatus::Text("5xx".to_string())]),
         count_local_replies: o.boolean("count_local_replies")?.unwrap_or(true),
         grpc_failure_codes: o
-            .list("grpc_failure_codes", |path, v| match v {
-                Value::String(s) => Ok(FailureStatus::Text(s.clone())),
-                Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
-                    ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
-                }),
-                other => Err(wrong_type(path, "a gRPC status code or name", other)),
-            })?
+            .list("grpc_failure_codes", grpc_status)?
             .unwrap_or_else(|| {
                 DEFAULT_GRPC_FAILURE_CODES
                     .iter()
@@ -458,4 +532,15 @@ fn breaker(mut o: Obj<'_>) -> Result<BreakerConfig> {
         slow_ms: o.integer("slow_ms", 3_600_000)?,
         consecutive_failures: o.integer("consecutive_failures", u64::from(u32::MAX))?,
     })
+}
+
+/// A gRPC status code as written: a number, or a name (`Text`).
+fn grpc_status(path: &str, v: &Value) -> Result<FailureStatus> {
+    match v {
+        Value::String(s) => Ok(FailureStatus::Text(s.clone())),
+        Value::Number(n) => n.as_u64().map(FailureStatus::Code).ok_or_else(|| {
+            ConfigError::at(path, format_args!("\"{n}\" is not a gRPC status code"))
+        }),
+        other => Err(wrong_type(path, "a gRPC status code or name", other)),
+    }
 }

@@ -1,10 +1,19 @@
-//! Reading a JSON `Value` (`json_value`) field by field, with each field's path for error
+//! Reading a JSON `Value` (serde_json's) field by field, with each field's path for error
 //! messages. `null` counts as absent; unknown fields are rejected before any value is read.
 
-use super::json_value::Value;
+use serde_json::Map;
+pub(super) use serde_json::Value;
+
 use super::ConfigError;
 
 pub(super) type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Parses one JSON value (serde_json: RFC 8259, strict, nesting at most 128 deep). Errors read
+/// `invalid JSON: <what> at line L column C`, serde_json's own words and position.
+pub(super) fn parse(bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ConfigError::at("", format_args!("invalid JSON: {e}")))
+}
 
 pub(super) fn string_item(path: &str, value: &Value) -> Result<String> {
     match value {
@@ -32,8 +41,8 @@ pub(super) fn wrong_type(path: &str, expected: &str, got: &Value) -> ConfigError
 /// `null` counts as absent.
 pub(super) struct Obj<'a> {
     path: String,
-    /// In document order, duplicate keys kept (the last one counts, as in serde_json's map).
-    map: &'a [(String, Value)],
+    /// serde_json's map: sorted by key, of duplicate keys the last one counts.
+    map: &'a Map<String, Value>,
 }
 
 impl<'a> Obj<'a> {
@@ -55,9 +64,9 @@ impl<'a> Obj<'a> {
 
     /// Rejects fields not in `allowed`, before any value is looked at, so a misspelt field is
     /// reported as such rather than as a missing one. Of several, the first in byte order is
-    /// named (serde_json's map was sorted), whatever the order in the document.
+    /// named (serde_json's map is sorted), whatever the order in the document.
     pub(super) fn allow(&self, allowed: &[&str]) -> Result<()> {
-        let unknown = self.map.iter().map(|(k, _)| k.as_str());
+        let unknown = self.map.keys().map(String::as_str);
         match unknown.filter(|k| !allowed.contains(k)).min() {
             None => Ok(()),
             Some(unknown) => Err(ConfigError::at(
@@ -84,8 +93,7 @@ impl<'a> Obj<'a> {
     }
 
     fn get(&self, key: &str) -> Option<&'a Value> {
-        let mut found = self.map.iter().rev().filter(|(k, _)| k == key);
-        found.next().map(|(_, v)| v).filter(|v| !v.is_null())
+        self.map.get(key).filter(|v| !v.is_null())
     }
 
     pub(super) fn required<T>(
@@ -223,10 +231,75 @@ impl<'a> Obj<'a> {
             Some(value) => read(Obj::any(&self.child(key), value)?).map(Some),
         }
     }
+
+    /// A field of any type, read by `read(path, value)`.
+    pub(super) fn value<T>(
+        &mut self,
+        key: &str,
+        read: impl FnOnce(&str, &Value) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value) => read(&self.child(key), value).map(Some),
+        }
+    }
 }
 
 /// `path[i]`: the path of one list item.
 #[inline(never)]
 pub(super) fn index_path(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn err(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => String::from("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn serde_json_wording_and_numbers() {
+        let weight = |w: &str| {
+            format!(
+                r#"{{"rules":[{{"name":"r","destinations":[{{"name":"a","cluster":"c","weight":{w}}}]}}]}}"#
+            )
+        };
+        // serde_json re-formats numbers in messages (the own reader showed them as written).
+        assert_eq!(
+            err(&weight("1E2")),
+            "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got 100.0"
+        );
+        assert_eq!(
+            err(&weight("2.50")),
+            "rules[0].destinations[0].weight: must be a whole number from 0 to 4294967295, got 2.5"
+        );
+        assert_eq!(
+            err("[1,]"),
+            "invalid JSON: trailing comma at line 1 column 4"
+        );
+        assert_eq!(err("01"), "invalid JSON: invalid number at line 1 column 2");
+        assert_eq!(
+            err(r#""\ud800""#),
+            "invalid JSON: unexpected end of hex escape at line 1 column 8"
+        );
+        // serde_json's nesting limit: 128 levels.
+        let deep = "[".repeat(129) + &"]".repeat(129);
+        assert_eq!(
+            err(&deep),
+            "invalid JSON: recursion limit exceeded at line 1 column 128"
+        );
+    }
+
+    #[test]
+    fn last_duplicate_counts_and_unknown_fields_in_byte_order() {
+        let c = parse(br#"{"debug_header":false,"debug_header":true}"#);
+        assert!(c.is_ok_and(|c| c.debug_header));
+        let e = err(r#"{"zz":1,"aa":2}"#);
+        assert!(e.starts_with("aa: unknown field"), "{e}");
+    }
 }

@@ -5,16 +5,13 @@
 //!
 //! Field names and defaults are a public contract (docs/configuration.md): extend, never rename.
 //!
-//! Decoding (`decode`) parses the bytes into a JSON `Value` with the filter's own strict reader
-//! (`json_value`: serde_json's grammar, limits, numbers and error messages, for 21.6 KB less
-//! `.wasm` than serde_json, which remains for the native CLI only) and walks it by hand (`json`)
-//! instead of deriving `Deserialize`: every error then names its exact field path
+//! Decoding (`decode`) parses the bytes into a `serde_json::Value` and walks it by hand
+//! (`json`) instead of deriving `Deserialize`: every error then names its exact field path
 //! (`rules[1].destinations[0].weight`), unknown fields are reported before anything else, and
-//! the `.wasm` stays smaller than with derived visitors plus path tracking.
+//! one small walker serves every object of the configuration.
 
 mod decode;
 mod json;
-mod json_value;
 
 pub use decode::parse;
 
@@ -29,6 +26,11 @@ pub const DEFAULT_SHADOW_PERCENT: f64 = 100.0;
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_SHADOW_HOST_SUFFIX: &str = "-shadow";
 pub const DEFAULT_SHADOW_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// `body_max_bytes`: the most of a request body held to evaluate `match.body`.
+pub const DEFAULT_BODY_MAX_BYTES: u64 = 65_536;
+/// Upper bound of `body_max_bytes` (1 MiB, Envoy's default per-connection buffer limit: a
+/// larger hold would meet Envoy's own 413 first).
+pub const MAX_BODY_MAX_BYTES: u64 = 1024 * 1024;
 /// Upper bound of `max_buffered_body_bytes` and of a shadow's `max_body_bytes`. The bytes live in
 /// the VM's linear memory (at most 4 GiB on wasm32, shared with everything else, and a failed
 /// allocation aborts the VM), and a growing body vector may briefly hold twice its length.
@@ -60,6 +62,8 @@ pub struct PluginConfig {
     /// Signs lane values where they start and verifies them where rules route by them
     /// (`crate::lane`); `None`: lane values are plain destination names.
     pub lane_secret: Option<String>,
+    /// The most of a request body held for `match.body` (`crate::body`).
+    pub body_max_bytes: u64,
 }
 
 /// When the filter asks Envoy to re-pick the route after changing the routing header.
@@ -85,6 +89,7 @@ impl Default for PluginConfig {
             clear_route_cache: RouteCacheMode::Auto,
             shadow_marker_secret: None,
             lane_secret: None,
+            body_max_bytes: DEFAULT_BODY_MAX_BYTES,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct RuleConfig {
     pub lane_fallback: Option<String>,
     /// Compares the canary with its baseline on live traffic (`crate::judge`).
     pub judge: Option<JudgeConfig>,
+    /// Faults injected by Envoy's fault filter into a slice of the rule's requests.
+    pub fault: Option<FaultConfig>,
 }
 
 /// `rules[].judge` as written; `plan::judge` applies the defaults and checks it.
@@ -130,6 +137,20 @@ pub struct JudgeConfig {
 pub struct JudgeLatencyConfig {
     pub percentile: Option<f64>,
     pub max_ratio: Option<f64>,
+}
+
+/// `rules[].fault`: the share of the rule's requests that get a delay and/or an abort from
+/// Envoy's fault filter (`plan::fault` checks the fields together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// 0-100, at most two decimals.
+    pub percent: f64,
+    pub delay_ms: Option<u64>,
+    pub abort_status: Option<u64>,
+    /// A gRPC status code: a number, or a name as `Text`.
+    pub abort_grpc_status: Option<FailureStatus>,
+    /// Names of the rule's destinations the fault applies to; `None`: all.
+    pub destinations: Option<Vec<String>>,
 }
 
 /// `rules[].propagate`: exactly one of `header` (a header of its own) and `baggage` (the key
@@ -196,6 +217,25 @@ pub struct MatchConfig {
     pub not: Option<Box<MatchConfig>>,
     /// Holds when at least one of the inner matches does.
     pub any_of: Option<Vec<MatchConfig>>,
+    /// Conditions on the JSON request body, all of which must hold (top level only).
+    pub body: Option<Vec<BodyMatchConfig>>,
+}
+
+/// `match.body[]`: a condition on the value at an RFC 6901 JSON `pointer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyMatchConfig {
+    pub pointer: String,
+    pub op: BodyOpConfig,
+}
+
+/// The test of a body condition: exactly one of the string ops (`op`), `contains`, `not` (a
+/// test that must not hold) and `any_of` (tests of which one must hold).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BodyOpConfig {
+    pub op: StringMatchConfig,
+    pub contains: Option<String>,
+    pub not: Option<Box<BodyOpConfig>>,
+    pub any_of: Option<Vec<BodyOpConfig>>,
 }
 
 /// How deep `not` and `any_of` may nest: enough for "A and not (B or C)", bounded so that a

@@ -3,7 +3,9 @@
 //! root context (configuration, tick); `stream`: the HTTP context; `breaker` and `shadow`: their
 //! host halves. This file: what every context shares (the loaded configuration, the VM state).
 //!
-//! Host calls per routed request: one header-map read (only when a rule looks at the request),
+//! Host calls per routed request: one header-map read (only when a rule looks at the request;
+//! client-sent `x-envoy-fault-*` headers are found there and removed, a call each, only when
+//! present; without the map, the seven the fault filter reads are removed by name),
 //! the routing-header write, the variant-header write (unless disabled), and response-header
 //! writes only when a cookie is assigned or `debug_header` is on (`clear_route_cache` only where
 //! the ABI needs it, see `HOST_CLEARS_ROUTE_CACHE_ITSELF`, or with `"always"`). Metrics
@@ -11,8 +13,11 @@
 //! own calls only on the requests it copies (see `shadow`). A client-sent `x-shadow-request`
 //! is removed from every request: found in the header map when it was read (a removal only when
 //! present), else one removal call per request (a read, with `shadow_marker_secret`; when a
-//! marker is there, four more reads for the headers it is bound to).
+//! marker is there, four more reads for the headers it is bound to). A
+//! request in a rule's fault slice adds the fault filter's headers (two per fault kind) and one
+//! `response.flags` read on its response.
 
+mod body;
 mod breaker;
 mod judge;
 mod rollout;
@@ -22,9 +27,10 @@ mod stream;
 
 use root::SplitRoot;
 
+use crate::matcher::Condition;
 use crate::metrics::{
-    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, SHADOW_LATENCY,
-    SHADOW_PRIMARY_LATENCY,
+    shadow_metric, DecisionCounters, ShadowCounters, ShadowEvent, REGEX_VALUE_TOO_LONG,
+    SHADOW_LATENCY, SHADOW_PRIMARY_LATENCY,
 };
 use crate::plan::Plan;
 use crate::rng::Rng;
@@ -61,6 +67,8 @@ struct Loaded {
     shadow_latency_ids: Vec<Option<u32>>,
     primary_latency_ids: Vec<Option<u32>>,
     dispatch_delay_id: Option<u32>,
+    /// `metrics::REGEX_VALUE_TOO_LONG`, when the plan has a `regex`.
+    regex_skipped_id: Option<u32>,
     breakers: RefCell<Breakers>,
     /// The bounds in force of each rollout, recomputed on the tick.
     rollouts: RefCell<Rollouts>,
@@ -95,6 +103,12 @@ impl Loaded {
             shadow_counters: RefCell::new(ShadowCounters::for_plan(&plan)),
             shadow_latency_ids: histograms(SHADOW_LATENCY),
             primary_latency_ids: histograms(SHADOW_PRIMARY_LATENCY),
+            regex_skipped_id: plan
+                .rules
+                .iter()
+                .any(|r| r.matcher.conditions.iter().any(Condition::has_regex))
+                .then(|| hostcalls::define_metric(MetricType::Counter, REGEX_VALUE_TOO_LONG).ok())
+                .flatten(),
             dispatch_delay_id: if plan.shadow_targets.is_empty() {
                 None
             } else {
@@ -160,6 +174,8 @@ struct Vm {
     retired: RefCell<Vec<Rc<Loaded>>>,
     /// Root contexts serving a configuration (configured, not being deleted).
     serving: Cell<usize>,
+    /// Requests held for their body, and whether Envoy delivers their body (`body`).
+    holds: Rc<body::BodyHolds>,
     /// Root contexts Envoy keeps after `on_done` (waiting for their calls), with their plugin
     /// key (see `SplitRoot::on_done`).
     waiting: RefCell<Vec<(String, u32)>>,
@@ -177,6 +193,7 @@ thread_local! {
             shadow: Rc::new(RefCell::new(shadow)),
             retired: RefCell::new(Vec::new()),
             serving: Cell::new(0),
+            holds: Rc::new(body::BodyHolds::new()),
             waiting: RefCell::new(Vec::new()),
         })
     };

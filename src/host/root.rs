@@ -308,13 +308,16 @@ impl RootContext for SplitRoot {
             r.flush();
         }
         retired.retain(|r| Rc::strong_count(r) > 1);
+        drop(retired);
+        // Last: resuming a held request may run its callbacks before the call returns.
+        self.vm.holds.on_tick(self.id, now);
     }
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
         shadow::dispatch_queued(&self.shadow, self.id);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let active = self.active.clone()?;
         if !active.plan.shadow_targets.is_empty() {
             let mut shadow = self.shadow.borrow_mut();
@@ -328,6 +331,8 @@ impl RootContext for SplitRoot {
             active,
             Rc::clone(&self.rng),
             Rc::clone(&self.shadow),
+            context_id,
+            Rc::clone(&self.vm.holds),
         )))
     }
 

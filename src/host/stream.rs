@@ -1,19 +1,22 @@
 //! The HTTP context: one per request. Reads what the plan needs, writes the decision, and
 //! watches the response for breakers, assigned cookies and shadow comparisons.
 
+use super::body::BodyHolds;
 use super::shadow::{ShadowState, StreamShadow};
 use super::{breaker, judge, shadow, status_of, Loaded, HOST_CLEARS_ROUTE_CACHE_ITSELF};
+use crate::body::{self, BodyOutcome, RequestBody};
 use crate::breaker::{BreakerPolicy, BreakerTicket};
 use crate::config::RouteCacheMode;
+use crate::fault;
 use crate::lane::{HeaderEdit, Incoming, LaneStep};
-use crate::metrics::BreakerEvent;
-use crate::plan::{Decision, Routed};
-use crate::request::Request;
+use crate::metrics::{BreakerEvent, FaultEvent};
+use crate::plan::{Decision, FaultPolicy, Routed};
+use crate::request::{HeaderPair, Request};
 use crate::rng::Rng;
 use crate::shadow::Marker;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -38,9 +41,8 @@ pub(super) struct SplitStream {
     shadow_state: Rc<RefCell<ShadowState>>,
     response_additions: Option<ResponseAdditions>,
     shadow: Option<StreamShadow>,
-    /// The breaker and judge arm this response's outcome is counted for. Hook for #22 (fault
-    /// injection): a request the filter faults must leave `judge_arm` empty, so faulted
-    /// outcomes never reach the judge.
+    /// The breaker and judge arm this response's outcome is counted for; never set for a
+    /// request of a rule's fault slice (`injected`): faulted outcomes reach neither.
     outcome_for: Option<OutcomeFor>,
     /// When the request was routed (breaker clock, ms): only for a breaker with `slow_ms`.
     routed_ms: Option<u64>,
@@ -52,6 +54,44 @@ pub(super) struct SplitStream {
     /// A gRPC response whose status comes in trailers: who it counts for, whether it was
     /// slow, and its latency (µs, for a judge).
     grpc_pending: Option<(OutcomeFor, bool, Option<u64>)>,
+    /// The host's id of this stream (the root resumes a held request by it).
+    context_id: u32,
+    holds: Rc<BodyHolds>,
+    /// The request while it is held for its body (`match.body`).
+    held: Option<Box<Held>>,
+    /// Set when this request is in a rule's fault slice: its outcome was injected (by Envoy's
+    /// fault filter), so it is no evidence of the destination's health. Breakers never see it
+    /// (no ticket); anything else that judges outcomes must skip it too.
+    pub(super) injected: Option<InjectedFault>,
+    /// Whether the request's header map was read (when it was not, a client's routing headers
+    /// are removed unseen, to be safe).
+    headers_read: bool,
+}
+
+/// A request held for its body: what deciding it needs once the body is in.
+struct Held {
+    headers: Vec<HeaderPair>,
+    route_name: Option<Vec<u8>>,
+    source_address: Option<Vec<u8>>,
+    incoming: Vec<Incoming>,
+    lane_clock: Option<Option<u64>>,
+    marker: Marker,
+    /// The decision on headers alone: what applies when the root resumed the request because
+    /// Envoy delivers no body to a paused request (`host::body`).
+    fallback: Decision,
+    /// Watched by the root until the first body callback.
+    watched: bool,
+    /// Bytes buffered so far (the last body callback's size).
+    buffered: usize,
+}
+
+/// A request of a rule's fault slice: the rule's fault slot (its counters) and the kinds of
+/// fault asked of Envoy's fault filter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct InjectedFault {
+    pub slot: usize,
+    pub delay: bool,
+    pub abort: bool,
 }
 
 impl SplitStream {
@@ -59,6 +99,8 @@ impl SplitStream {
         active: Rc<Loaded>,
         rng: Rc<RefCell<Rng>>,
         shadow_state: Rc<RefCell<ShadowState>>,
+        context_id: u32,
+        holds: Rc<BodyHolds>,
     ) -> Self {
         SplitStream {
             active,
@@ -71,10 +113,275 @@ impl SplitStream {
             routed_us: None,
             not_grpc: false,
             grpc_pending: None,
+            context_id,
+            holds,
+            held: None,
+            injected: None,
+            headers_read: false,
         }
     }
 
-    fn route(&mut self, routed: &Routed) {
+    /// Asks Envoy's fault filter (after this filter, `header_delay` / `header_abort`) to fault
+    /// this request: each fault header with its percentage header at 100 (unless `write` is
+    /// false: the root wrote them with the rest of a held request's header decision).
+    fn inject(fault: &FaultPolicy, write: bool) -> InjectedFault {
+        if write {
+            for (name, value) in fault.request_headers() {
+                set_request_header(name, Some(value));
+            }
+        }
+        InjectedFault {
+            slot: fault.slot,
+            delay: fault.delay_ms.is_some(),
+            abort: fault.aborts(),
+        }
+    }
+
+    /// Counts what the fault filter did to this request, from Envoy's response flags (one
+    /// property read, on faulted requests only): a fault it skipped (`max_active_faults`
+    /// reached, no fault filter) is not counted.
+    fn count_injected(&self, injected: InjectedFault) {
+        let flags = hostcalls::get_property(vec!["response", "flags"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let (delayed, aborted) = fault::injected(&flags);
+        let mut counters = self.active.counters.borrow_mut();
+        if delayed && injected.delay {
+            counters.count_fault(injected.slot, FaultEvent::Delayed);
+        }
+        if aborted && injected.abort {
+            counters.count_fault(injected.slot, FaultEvent::Aborted);
+        }
+    }
+
+    /// Carries out a decision: lane carriers, routing headers (unless `write` is false: the
+    /// root already wrote them), counters, response additions. Returns what shadowing needs:
+    /// the rule to shadow and the lane writes the copies get too.
+    fn apply(
+        &mut self,
+        request: &Request<'_>,
+        incoming: &[Incoming],
+        lane_clock: Option<Option<u64>>,
+        marker: Marker,
+        decision: &Decision,
+        write: bool,
+    ) -> Option<(Routed, Vec<HeaderEdit>)> {
+        let active = Rc::clone(&self.active);
+        let plan = &active.plan;
+        if let (Decision::Routed(routed), false) = (decision, plan.judges.is_empty()) {
+            // A sticky judged rule counts its distinct users per destination (SRM).
+            if let Some(rule) = plan.rules.get(routed.rule) {
+                if let (Some(slot), Some(sticky)) = (rule.judge_slot, &rule.sticky) {
+                    let key = crate::plan::Rule::user_key(sticky, request);
+                    if let Some(key) = key {
+                        active.judges.borrow_mut().record_user(
+                            slot,
+                            routed.destination,
+                            crate::judge::srm::user_hash(&key),
+                        );
+                    }
+                }
+            }
+        }
+        let lane_edits = if plan.lanes.is_empty() {
+            Vec::new()
+        } else {
+            self.lane_edits(request, incoming, decision, lane_clock, write)
+        };
+        match decision {
+            Decision::Routed(routed) => {
+                self.route(routed, write);
+                plan.rules
+                    .get(routed.rule)
+                    .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
+                    .map(|_| (routed.clone(), lane_edits))
+            }
+            Decision::Unmatched => {
+                let client_sent = client_sent_routing_headers(&active, request, self.headers_read);
+                self.unmatched(client_sent, write);
+                None
+            }
+        }
+    }
+
+    /// The judges' part of a decision: a tripped judge moves the request
+    /// (`Plan::judge_moves`), and whether the request is gRPC is noted for its response. Run
+    /// on every decision taken (headers, body, or a held request's header fallback); the
+    /// distinct-user count (SRM) is in `apply`, for the decision carried out only.
+    fn judge(&mut self, request: &Request<'_>, decision: &mut Decision) {
+        let active = Rc::clone(&self.active);
+        let plan = &active.plan;
+        if let (Decision::Routed(routed), false) = (decision, plan.judges.is_empty()) {
+            plan.judge_moves(
+                routed,
+                &active.judges.borrow().tripped,
+                &active.breakers.borrow().views,
+            );
+            self.not_grpc = plan.needs_request_headers
+                && !request
+                    .header("content-type")
+                    .is_some_and(|c| c.starts_with(b"application/grpc"));
+        }
+    }
+
+    /// Starts the shadow copies of a request `routed` decided.
+    fn start_shadow(
+        &mut self,
+        routed: &Routed,
+        mut headers: Vec<HeaderPair>,
+        lane_edits: &[HeaderEdit],
+        end_of_stream: bool,
+    ) {
+        let active = Rc::clone(&self.active);
+        let Some(rule) = active.plan.rules.get(routed.rule) else {
+            return;
+        };
+        // The copy carries the lane the primary carries.
+        crate::lane::apply_edits(&mut headers, lane_edits);
+        self.shadow = StreamShadow::start(
+            &active,
+            &mut self.shadow_state.borrow_mut(),
+            &mut self.rng.borrow_mut(),
+            routed,
+            rule,
+            &headers,
+            end_of_stream,
+        );
+    }
+
+    /// A body callback of a held request (or its trailers: `end_of_stream`). Returns the
+    /// action while it stays held; `None` once decided (the body then passes on as usual).
+    fn on_held_body(&mut self, body_size: usize, end_of_stream: bool) -> Option<Action> {
+        let held = self.held.as_mut()?;
+        held.buffered = body_size;
+        if std::mem::take(&mut held.watched) && !self.holds.body_arrived(self.context_id) {
+            // The root resumed this request with its header decision's headers.
+            let held = self.held.take()?;
+            self.decide_held(*held, None);
+            return None;
+        }
+        let max = self.active.plan.body_max_bytes;
+        let too_large = body_size as u64 > max;
+        if !end_of_stream && !too_large {
+            // StopIterationAndBuffer: Envoy keeps the body and calls again with all of it.
+            return Some(Action::Pause);
+        }
+        let held = self.held.take()?;
+        let outcome = if too_large {
+            BodyOutcome::TooLarge
+        } else {
+            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                Ok(Some(bytes)) => body::parse(&bytes, max, &self.active.plan.body_pointers),
+                Ok(None) => body::parse(&[], max, &self.active.plan.body_pointers),
+                Err(_) => BodyOutcome::Invalid,
+            }
+        };
+        match &outcome {
+            BodyOutcome::Json(_) => {}
+            BodyOutcome::TooLarge => self.active.counters.borrow_mut().count_body(true),
+            BodyOutcome::Invalid => self.active.counters.borrow_mut().count_body(false),
+        }
+        let json = match &outcome {
+            BodyOutcome::Json(v) => RequestBody::Json(v),
+            _ => RequestBody::Absent,
+        };
+        self.decide_held(*held, Some(json));
+        // The route may have been computed before the body came: Envoy must re-pick it from
+        // the headers just written, whatever its ABI rules.
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        None
+    }
+
+    /// Decides a held request on its body (`Some`), or applies its header decision (`None`:
+    /// the root already wrote its headers and resumed it).
+    fn decide_held(&mut self, held: Held, body: Option<RequestBody<'_>>) {
+        let active = Rc::clone(&self.active);
+        let plan = &active.plan;
+        let Held {
+            headers,
+            route_name,
+            source_address,
+            incoming,
+            lane_clock,
+            marker,
+            fallback,
+            ..
+        } = held;
+        let write = body.is_some();
+        let request = Request::new(&headers, route_name.as_deref())
+            .with_source_address(source_address.as_deref())
+            .with_lanes(&incoming)
+            .with_body(body.unwrap_or_default());
+        let decision = if write {
+            let mut decision = plan.decide_at(
+                &request,
+                &mut self.rng.borrow_mut(),
+                &active.breakers.borrow().views,
+                &active.rollouts.borrow().bounds,
+            );
+            self.judge(&request, &mut decision);
+            decision
+        } else {
+            fallback // judged when it was taken
+        };
+        let shadow = self.apply(&request, &incoming, lane_clock, marker, &decision, write);
+        if let Some((routed, edits)) = shadow {
+            // The body is already buffered: the copies are fed it next.
+            self.start_shadow(&routed, headers, &edits, false);
+        }
+    }
+
+    /// The request-header writes of a header decision, for the root to make if it must resume
+    /// a held request (`host::body`): lane carriers, then the routing headers (and a fault
+    /// slice's fault headers).
+    fn fallback_writes(
+        &self,
+        request: &Request<'_>,
+        incoming: &[Incoming],
+        decision: &Decision,
+        clock: Option<Option<u64>>,
+    ) -> Vec<HeaderEdit> {
+        let plan = &self.active.plan;
+        let mut out = if plan.lanes.is_empty() {
+            Vec::new()
+        } else {
+            lane_writes(plan, request, incoming, decision, clock)
+        };
+        let routed = match decision {
+            Decision::Routed(r) => plan.rules.get(r.rule).and_then(|rule| {
+                let fault = rule.fault.as_ref().filter(|_| r.fault);
+                rule.destinations.get(r.destination).map(|d| (d, fault))
+            }),
+            Decision::Unmatched => None,
+        };
+        match routed {
+            Some((dest, fault)) => {
+                out.push((
+                    plan.cluster_header.clone(),
+                    Some(dest.cluster.clone().into_bytes()),
+                ));
+                if let Some(v) = &plan.variant_header {
+                    out.push((v.clone(), Some(dest.name.clone().into_bytes())));
+                }
+                // A request of a fault slice asks Envoy's fault filter for its fault too.
+                for (name, value) in fault.map(FaultPolicy::request_headers).unwrap_or_default() {
+                    out.push((name.to_string(), Some(value.as_bytes().to_vec())));
+                }
+            }
+            None => {
+                if client_sent_routing_headers(&self.active, request, self.headers_read) {
+                    out.push((plan.cluster_header.clone(), None));
+                    if let Some(v) = &plan.variant_header {
+                        out.push((v.clone(), None));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn route(&mut self, routed: &Routed, write: bool) {
         let plan = &self.active.plan;
         let Some(rule) = plan.rules.get(routed.rule) else {
             return;
@@ -82,11 +389,17 @@ impl SplitStream {
         let Some(dest) = rule.destinations.get(routed.destination) else {
             return;
         };
-        set_request_header(&plan.cluster_header, Some(&dest.cluster));
-        if let Some(variant_header) = &plan.variant_header {
-            set_request_header(variant_header, Some(&dest.name));
+        if write {
+            set_request_header(&plan.cluster_header, Some(&dest.cluster));
+            if let Some(variant_header) = &plan.variant_header {
+                set_request_header(variant_header, Some(&dest.name));
+            }
         }
-        clear_route_cache(plan.clear_route_cache);
+        let fault = rule.fault.as_ref().filter(|_| routed.fault);
+        self.injected = fault.map(|f| Self::inject(f, write));
+        if write {
+            clear_route_cache(plan.clear_route_cache);
+        }
         self.active
             .counters
             .borrow_mut()
@@ -99,7 +412,8 @@ impl SplitStream {
                 }
             }
         }
-        let judge_arm = if plan.judges.is_empty() {
+        // A faulted request's outcome was injected: no evidence for a judge either.
+        let judge_arm = if plan.judges.is_empty() || routed.fault {
             None
         } else {
             plan.judge_arm(routed.rule, routed.destination)
@@ -122,14 +436,21 @@ impl SplitStream {
         if rule.judge.as_ref().is_some_and(|j| j.latency.is_some()) && judge_arm.is_some() {
             self.routed_us = judge::clock_us();
         }
-        let debug = plan.debug_header.then(|| match routed.lane {
-            Some(step) => format!(
-                "rule={}; variant={}; lane={}",
-                rule.name,
-                dest.name,
-                step.as_str()
-            ),
-            None => format!("rule={}; variant={}", rule.name, dest.name),
+        let debug = plan.debug_header.then(|| {
+            let mut d = match routed.lane {
+                Some(step) => format!(
+                    "rule={}; variant={}; lane={}",
+                    rule.name,
+                    dest.name,
+                    step.as_str()
+                ),
+                None => format!("rule={}; variant={}", rule.name, dest.name),
+            };
+            if let Some(fault) = fault {
+                d.push_str("; fault=");
+                d.push_str(&fault.describe);
+            }
+            d
         });
         if routed.set_cookie.is_some() || debug.is_some() {
             self.response_additions = Some(ResponseAdditions {
@@ -140,55 +461,50 @@ impl SplitStream {
     }
 
     /// Writes the request's lane carriers (removing what must not pass, starting the lane of a
-    /// rule with `propagate`) and counts what the lanes did; returns the writes, which the
-    /// shadow copies get too.
+    /// rule with `propagate`; not when `write` is false: the root wrote them) and counts what
+    /// the lanes did; returns the writes, which the shadow copies get too.
     fn lane_edits(
         &self,
         request: &Request<'_>,
         incoming: &[Incoming],
         decision: &Decision,
         clock: Option<Option<u64>>,
+        write: bool,
     ) -> Vec<HeaderEdit> {
         let plan = &self.active.plan;
-        let mut counters = self.active.counters.borrow_mut();
-        for i in incoming {
-            match i {
-                Incoming::Untrusted => counters.count_lane_removed(false),
-                Incoming::Invalid => counters.count_lane_removed(true),
-                Incoming::Absent | Incoming::Lane(_) => {}
+        {
+            let mut counters = self.active.counters.borrow_mut();
+            for i in incoming {
+                match i {
+                    Incoming::Untrusted => counters.count_lane_removed(false),
+                    Incoming::Invalid => counters.count_lane_removed(true),
+                    Incoming::Absent | Incoming::Lane(_) => {}
+                }
             }
-        }
-        let mut start = None;
-        if let Decision::Routed(routed) = decision {
-            let rule = plan.rules.get(routed.rule);
-            if let (Some(lane), Some(step)) = (rule.and_then(|r| r.lane.as_ref()), routed.lane) {
-                counters.count_lane(lane.slot, step);
-                let dest = rule.and_then(|r| r.destinations.get(routed.destination));
-                if let (LaneStep::Started, Some(dest)) = (step, dest) {
-                    let now_s = match (&plan.lanes.key, clock) {
-                        (None, _) => None,
-                        (Some(_), Some(read)) => read,
-                        (Some(_), None) => unix_seconds(),
-                    };
-                    start = Some((lane.carrier, plan.lanes.value_for(&dest.name, now_s)));
+            if let Decision::Routed(routed) = decision {
+                let rule = plan.rules.get(routed.rule);
+                if let (Some(lane), Some(step)) = (rule.and_then(|r| r.lane.as_ref()), routed.lane)
+                {
+                    counters.count_lane(lane.slot, step);
                 }
             }
         }
-        let edits = plan.lanes.edits(
-            request,
-            incoming,
-            start.as_ref().map(|(c, v)| (*c, v.as_str())),
-        );
-        for (name, value) in &edits {
-            let _ =
-                hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value.as_deref());
+        let edits = lane_writes(plan, request, incoming, decision, clock);
+        if write {
+            for (name, value) in &edits {
+                let _ = hostcalls::set_map_value_bytes(
+                    MapType::HttpRequestHeaders,
+                    name,
+                    value.as_deref(),
+                );
+            }
         }
         edits
     }
 
-    fn unmatched(&mut self, client_sent_routing_headers: bool) {
+    fn unmatched(&mut self, client_sent_routing_headers: bool, write: bool) {
         let plan = &self.active.plan;
-        if client_sent_routing_headers {
+        if client_sent_routing_headers && write {
             set_request_header(&plan.cluster_header, None);
             if let Some(variant_header) = &plan.variant_header {
                 set_request_header(variant_header, None);
@@ -301,11 +617,30 @@ impl HttpContext for SplitStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let active = Rc::clone(&self.active);
         let plan = &active.plan;
-        let headers = if plan.needs_request_headers {
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        // Client-sent fault-filter headers never pass: found in the header map when the plan
+        // reads it (removed only when present), else removed by name, unseen (cheaper than
+        // reading the map: bench/callgrind.sh, scenario callgrind-random).
+        let read = if plan.needs_request_headers {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
         } else {
-            Vec::new()
+            Err(proxy_wasm::types::Status::NotFound)
         };
+        let map_read = read.is_ok();
+        self.headers_read = map_read;
+        let mut headers = read.unwrap_or_default();
+        if !map_read {
+            for name in fault::READ_BY_ENVOY {
+                set_request_header(name, None);
+            }
+        } else if headers.iter().any(|(name, _)| fault::is_fault_header(name)) {
+            headers.retain(|(name, _)| {
+                let client_fault = fault::is_fault_header(name);
+                if client_fault {
+                    set_request_header(name, None);
+                }
+                !client_fault
+            });
+        }
         let route_name = if plan.needs_route_name {
             hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
@@ -331,82 +666,63 @@ impl HttpContext for SplitStream {
             plan.lanes
                 .screen(&base, || *lane_clock.get_or_insert_with(unix_seconds))
         };
-        let request = base.with_lanes(&incoming);
+        // `match.body`: a request that may carry a JSON body is `Pending` (its body conditions
+        // do not hold yet); it is held when the first rule that can match it reads the body.
+        let holdable = plan.reads_body
+            && !end_of_stream
+            && self.holds.may_hold()
+            && body::may_carry_json(&base);
+        let request = base.with_lanes(&incoming).with_body(if holdable {
+            RequestBody::Pending
+        } else {
+            RequestBody::Absent
+        });
         // Every request loses a shadow marker that does not verify; a verified one (a copy from
         // another instance) is kept, and the copy is never copied again.
-        let marker = shadow::screen_marker(plan, plan.needs_request_headers.then_some(&request));
+        let marker = shadow::screen_marker(plan, map_read.then_some(&request));
+        let hold = holdable && plan.needs_body(&request);
         let mut decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
-        if let (Decision::Routed(routed), false) = (&mut decision, plan.judges.is_empty()) {
-            plan.judge_moves(
-                routed,
-                &active.judges.borrow().tripped,
-                &active.breakers.borrow().views,
-            );
-            self.not_grpc = plan.needs_request_headers
-                && !request
-                    .header("content-type")
-                    .is_some_and(|c| c.starts_with(b"application/grpc"));
-            // A sticky judged rule counts its distinct users per destination (SRM).
-            if let Some(rule) = plan.rules.get(routed.rule) {
-                if let (Some(slot), Some(sticky)) = (rule.judge_slot, &rule.sticky) {
-                    let key = crate::plan::Rule::user_key(sticky, &request);
-                    if let Some(key) = key {
-                        active.judges.borrow_mut().record_user(
-                            slot,
-                            routed.destination,
-                            crate::judge::srm::user_hash(&key),
-                        );
-                    }
-                }
+        let skipped = request.regex_skipped();
+        if skipped > 0 {
+            if let Some(id) = active.regex_skipped_id {
+                let _ = hostcalls::increment_metric(id, i64::from(skipped));
             }
         }
-        let lane_edits = if plan.lanes.is_empty() {
-            Vec::new()
-        } else {
-            self.lane_edits(&request, &incoming, &decision, lane_clock)
-        };
-        match decision {
-            Decision::Routed(routed) => {
-                self.route(&routed);
-                if let Some(rule) = plan
-                    .rules
-                    .get(routed.rule)
-                    .filter(|r| !r.shadows.is_empty() && marker == Marker::Absent)
-                {
-                    // The copy carries the lane the primary carries.
-                    let mut headers = headers;
-                    crate::lane::apply_edits(&mut headers, &lane_edits);
-                    self.shadow = StreamShadow::start(
-                        &active,
-                        &mut self.shadow_state.borrow_mut(),
-                        &mut self.rng.borrow_mut(),
-                        routed.rule,
-                        rule,
-                        &headers,
-                        end_of_stream,
-                    );
-                }
-            }
-            Decision::Unmatched => {
-                // Without the header map we cannot know: remove to be safe.
-                let client_sent = !plan.needs_request_headers
-                    || request.header(&plan.cluster_header).is_some()
-                    || plan
-                        .variant_header
-                        .as_deref()
-                        .is_some_and(|v| request.header(v).is_some());
-                self.unmatched(client_sent);
-            }
+        self.judge(&request, &mut decision);
+        if hold {
+            let fallback = self.fallback_writes(&request, &incoming, &decision, lane_clock);
+            self.holds.register(self.context_id, fallback);
+            self.held = Some(Box::new(Held {
+                headers,
+                route_name,
+                source_address,
+                incoming,
+                lane_clock,
+                marker,
+                fallback: decision,
+                watched: true,
+                buffered: 0,
+            }));
+            return Action::Pause;
+        }
+        let shadow = self.apply(&request, &incoming, lane_clock, marker, &decision, true);
+        if let Some((routed, edits)) = shadow {
+            self.start_shadow(&routed, headers, &edits, end_of_stream);
         }
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.held.is_some() {
+            if let Some(action) = self.on_held_body(body_size, end_of_stream) {
+                return action;
+            }
+        }
         if let Some(shadow) = &mut self.shadow {
             shadow.on_request_body(
                 &self.active,
@@ -419,6 +735,19 @@ impl HttpContext for SplitStream {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some(buffered) = self.held.as_ref().map(|h| h.buffered) {
+            // The body ended with trailers: decide on what was buffered.
+            if self.on_held_body(buffered, true).is_none() {
+                if let Some(shadow) = &mut self.shadow {
+                    shadow.on_request_body(
+                        &self.active,
+                        &mut self.shadow_state.borrow_mut(),
+                        buffered,
+                        false,
+                    );
+                }
+            }
+        }
         if let Some(shadow) = &mut self.shadow {
             shadow.finish_request(&mut self.shadow_state.borrow_mut());
         }
@@ -442,6 +771,9 @@ impl HttpContext for SplitStream {
         }
         if let Some(outcome_for) = self.outcome_for.take() {
             self.count_outcome(outcome_for, end_of_stream);
+        }
+        if let Some(injected) = self.injected {
+            self.count_injected(injected);
         }
         if let Some(shadow) = self.shadow.as_mut().filter(|s| s.watches_response()) {
             shadow.on_response_headers(
@@ -494,6 +826,9 @@ impl HttpContext for SplitStream {
 /// skips that call into the VM on every request.
 impl Drop for SplitStream {
     fn drop(&mut self) {
+        if self.held.is_some() {
+            self.holds.forget(self.context_id);
+        }
         // A gRPC response that ended without trailers: counted by what was known.
         if let Some((outcome_for, slow, latency_us)) = self.grpc_pending.take() {
             record(&self.active, outcome_for, slow, latency_us);
@@ -519,6 +854,48 @@ fn keep_from_shared_caches() {
     if !crate::cookie::kept_from_shared_caches(existing.as_deref()) {
         let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "cache-control", "private");
     }
+}
+
+/// Whether the client sent a routing header (without the header map: assume so, to be safe).
+fn client_sent_routing_headers(active: &Loaded, request: &Request<'_>, headers_read: bool) -> bool {
+    let plan = &active.plan;
+    !headers_read
+        || request.header(&plan.cluster_header).is_some()
+        || plan
+            .variant_header
+            .as_deref()
+            .is_some_and(|v| request.header(v).is_some())
+}
+
+/// The lane carrier writes of a decision (`Lanes::edits`), counting nothing.
+fn lane_writes(
+    plan: &crate::plan::Plan,
+    request: &Request<'_>,
+    incoming: &[Incoming],
+    decision: &Decision,
+    clock: Option<Option<u64>>,
+) -> Vec<HeaderEdit> {
+    let mut start = None;
+    if let Decision::Routed(routed) = decision {
+        let rule = plan.rules.get(routed.rule);
+        if let (Some(lane), Some(LaneStep::Started)) =
+            (rule.and_then(|r| r.lane.as_ref()), routed.lane)
+        {
+            if let Some(dest) = rule.and_then(|r| r.destinations.get(routed.destination)) {
+                let now_s = match (&plan.lanes.key, clock) {
+                    (None, _) => None,
+                    (Some(_), Some(read)) => read,
+                    (Some(_), None) => unix_seconds(),
+                };
+                start = Some((lane.carrier, plan.lanes.value_for(&dest.name, now_s)));
+            }
+        }
+    }
+    plan.lanes.edits(
+        request,
+        incoming,
+        start.as_ref().map(|(c, v)| (*c, v.as_str())),
+    )
 }
 
 /// The host's clock in unix seconds (one host call).

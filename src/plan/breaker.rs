@@ -43,11 +43,7 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
     let mut grpc_failure_codes = Vec::with_capacity(b.grpc_failure_codes.len());
     for (i, code) in b.grpc_failure_codes.iter().enumerate() {
         let cpath = field_item(path, "grpc_failure_codes", i);
-        let number = match code {
-            FailureStatus::Code(n) => usize::try_from(*n).ok().filter(|n| *n < GRPC_CODES.len()),
-            FailureStatus::Text(name) => GRPC_CODES.iter().position(|c| c == name),
-        };
-        match number {
+        match grpc_code(code) {
             Some(0) => {
                 return Err(ConfigError::new(cpath, "OK (0) is never a failure"));
             }
@@ -81,6 +77,14 @@ pub(super) fn compile_breaker(path: &str, b: BreakerConfig) -> Result<BreakerPol
         slow_ms: b.slow_ms,
         consecutive_failures: b.consecutive_failures,
     })
+}
+
+/// A gRPC status code given as a number or a name (0..=16), if it is one.
+pub(super) fn grpc_code(code: &FailureStatus) -> Option<usize> {
+    match code {
+        FailureStatus::Code(n) => usize::try_from(*n).ok().filter(|n| *n < GRPC_CODES.len()),
+        FailureStatus::Text(name) => GRPC_CODES.iter().position(|c| c == name),
+    }
 }
 
 pub(super) fn status_match(path: &str, status: &FailureStatus) -> Result<StatusMatch, ConfigError> {

@@ -1,6 +1,7 @@
 //! What the plan does with a request: which rule matched and which destination gets it.
 
-use super::{Plan, Rule, Sticky, StickyKey};
+use super::{FaultPolicy, Plan, Rule, Sticky, StickyKey};
+use crate::body::RequestBody;
 use crate::breaker::{BreakerTicket, BreakerView, State};
 use crate::bucket;
 use crate::lane::LaneStep;
@@ -29,6 +30,10 @@ pub struct Routed {
     pub ticket: Option<BreakerTicket>,
     /// What the request's lane did, for a rule with `propagate`.
     pub lane: Option<LaneStep>,
+    /// The request is in the rule's fault slice (`Rule::fault`): Envoy's fault filter is to
+    /// delay or abort it, and its outcome is no evidence of the destination's health (no
+    /// breaker ticket).
+    pub fault: bool,
 }
 
 impl Plan {
@@ -61,6 +66,25 @@ impl Plan {
         }
     }
 
+    /// Whether the request must wait for its body (`match.body`): the first rule that could
+    /// still match it reads the body, and every other condition of that rule holds. Only for a
+    /// request whose body is `RequestBody::Pending`; false for any other.
+    pub fn needs_body(&self, request: &Request<'_>) -> bool {
+        if !self.reads_body || !matches!(request.body(), RequestBody::Pending) {
+            return false;
+        }
+        let first = |candidates: &mut dyn Iterator<Item = usize>| {
+            candidates
+                .filter_map(|i| self.rules.get(i))
+                .find(|r| r.matcher.holds_before_body(request))
+                .is_some_and(|r| r.matcher.reads_body())
+        };
+        match &self.index {
+            Some(index) => first(&mut index.candidates(request.authority(), request.route_name())),
+            None => first(&mut (0..self.rules.len())),
+        }
+    }
+
     /// The first of `candidates` (ascending rule indices) whose matcher holds decides.
     fn decide_among(
         &self,
@@ -81,10 +105,21 @@ impl Plan {
                     None => rule.pick(request, rng, rule.bounds_in_force(rollouts)),
                 };
                 let (destination, rerouted) = rule.follow_breakers(bucketed, breakers, rng);
+                let fault = match &rule.fault {
+                    Some(policy) => rule.in_fault_slice(
+                        policy,
+                        destination,
+                        request,
+                        set_cookie.as_deref(),
+                        rng,
+                    ),
+                    None => false,
+                };
                 let ticket = rule
                     .destinations
                     .get(destination)
                     .and_then(|d| d.breaker_slot)
+                    .filter(|_| !fault)
                     .map(|slot| BreakerTicket {
                         slot,
                         generation: BreakerView::of(breakers, slot).generation,
@@ -96,6 +131,7 @@ impl Plan {
                     rerouted,
                     ticket,
                     lane,
+                    fault,
                 });
             }
         }
@@ -180,6 +216,33 @@ impl Rule {
             (None, _, _) => bucket::bucket_of_random(self.hash, rng.next_u64()),
         };
         (bucket::destination_for(bounds, bucket), set_cookie)
+    }
+
+    /// Whether a request routed to `destination` is in the fault slice: for a sticky rule by
+    /// the user's fault bucket (`fault_bucket_of_key`; a new user's by the id just assigned in
+    /// `set_cookie`), else (or without a key) at random.
+    fn in_fault_slice(
+        &self,
+        policy: &FaultPolicy,
+        destination: usize,
+        request: &Request<'_>,
+        set_cookie: Option<&str>,
+        rng: &mut Rng,
+    ) -> bool {
+        let key = self
+            .sticky
+            .as_ref()
+            .and_then(|s| Rule::user_key(s, request));
+        let bucket = match (&key, set_cookie) {
+            (Some(key), _) => Some(policy.bucket_of_key(key)),
+            // `<cookie>=<id><attributes>`: the id is what later requests carry.
+            (None, Some(cookie)) => cookie
+                .split_once('=')
+                .and_then(|(_, rest)| rest.split(';').next())
+                .map(|id| policy.bucket_of_key(id.as_bytes())),
+            (None, None) => None,
+        };
+        policy.selects(destination, bucket, || rng.next_u64())
     }
 
     /// From the bucketed destination, follows fallbacks while breakers say so: open sends the

@@ -32,10 +32,11 @@ const EMPTY: u32 = u32::MAX;
 /// FNV-1a of `bytes`, lower-cased when `fold`: cheap, and the keys come from the operator's
 /// configuration, not from clients (a client only picks which slot is probed).
 fn hash(bytes: &[u8], fold: bool) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        let b = if fold { b.to_ascii_lowercase() } else { b };
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mut h = crate::fnv::Fnv1a::default();
+    for &b in bytes {
+        h.byte(if fold { b.to_ascii_lowercase() } else { b });
+    }
+    h.value()
 }
 
 impl Postings {

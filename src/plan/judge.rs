@@ -165,10 +165,17 @@ impl Plan {
             return false;
         }
         routed.destination = judge.baseline;
+        // Still in the fault slice only if the fault applies to the baseline too; a faulted
+        // request carries no breaker ticket.
+        routed.fault &= rule
+            .fault
+            .as_ref()
+            .is_some_and(|f| f.applies_to(judge.baseline));
         routed.ticket = rule
             .destinations
             .get(judge.baseline)
             .and_then(|d| d.breaker_slot)
+            .filter(|_| !routed.fault)
             .map(|slot| BreakerTicket {
                 slot,
                 generation: BreakerView::of(breakers, slot).generation,
@@ -302,6 +309,7 @@ mod tests {
             rerouted: 0,
             ticket: None,
             lane: None,
+            fault: false,
         };
         let mut r = routed(0);
         assert!(!p.judge_moves(&mut r, &[false], &[]));

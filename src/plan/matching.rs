@@ -1,7 +1,8 @@
 //! `rules[].match`: the conditions a request must meet, cheapest first.
 
 use super::fields::{check_cookie_name, field, field_item, header_name, is_token_byte, item};
-use crate::config::{ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
+use crate::body::{BodyCondition, BodyTest};
+use crate::config::{BodyOpConfig, ConfigError, MatchConfig, NamedMatchConfig, StringMatchConfig};
 use crate::matcher::{Condition, Matcher, StringOp};
 use crate::network::Cidr;
 use crate::pattern::Pattern;
@@ -90,7 +91,85 @@ pub(super) fn compile_match(path: &str, m: MatchConfig) -> Result<Matcher, Confi
         }
         conditions.push(Condition::AnyOf(groups));
     }
+    // Body conditions last: they are read only once every other condition holds.
+    if let Some(list) = m.body {
+        let bpath = field(path, "body");
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                bpath,
+                "must list at least one condition (omit the field to match every body)",
+            ));
+        }
+        for (i, b) in list.into_iter().enumerate() {
+            let ipath = item(&bpath, i);
+            if !(b.pointer.is_empty() || b.pointer.starts_with('/')) {
+                return Err(ConfigError::new(
+                    field(&ipath, "pointer"),
+                    "must be a JSON pointer (RFC 6901): empty or starting with \"/\", e.g. \"/model\"",
+                ));
+            }
+            conditions.push(Condition::Body(BodyCondition {
+                pointer: b.pointer,
+                slot: 0, // assigned by `Plan::compile`
+                test: body_test(&ipath, b.op)?,
+            }));
+        }
+    }
     Ok(Matcher { conditions })
+}
+
+const BODY_TEST_REASON: &str =
+    "needs exactly one of \"exact\", \"prefix\", \"suffix\", \"contains\", \
+     \"one_of\", \"present\", \"regex\", \"not\", \"any_of\"";
+
+/// One test of a body condition: a string op, `contains`, `not` or `any_of`.
+fn body_test(path: &str, b: BodyOpConfig) -> Result<BodyTest, ConfigError> {
+    let op = &b.op;
+    let ops = [
+        op.exact.is_some(),
+        op.prefix.is_some(),
+        op.suffix.is_some(),
+        op.one_of.is_some(),
+        op.present.is_some(),
+        op.regex.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    let others = usize::from(b.contains.is_some())
+        + usize::from(b.not.is_some())
+        + usize::from(b.any_of.is_some());
+    if ops + others != 1 {
+        return Err(ConfigError::new(path, BODY_TEST_REASON));
+    }
+    if let Some(c) = b.contains {
+        return Ok(BodyTest::Contains(c.into_bytes()));
+    }
+    if let Some(inner) = b.not {
+        return Ok(BodyTest::Not(Box::new(body_test(
+            &field(path, "not"),
+            *inner,
+        )?)));
+    }
+    if let Some(tests) = b.any_of {
+        let apath = field(path, "any_of");
+        if tests.is_empty() {
+            return Err(ConfigError::new(apath, "must list at least one test"));
+        }
+        let mut out = Vec::with_capacity(tests.len());
+        for (i, t) in tests.into_iter().enumerate() {
+            out.push(body_test(&item(&apath, i), t)?);
+        }
+        return Ok(BodyTest::AnyOf(out));
+    }
+    let op = op_of(path, b.op, false, BODY_TEST_REASON)?;
+    if matches!(&op, StringOp::OneOf(v) if v.is_empty()) {
+        return Err(ConfigError::new(
+            field(path, "one_of"),
+            "must list at least one value",
+        ));
+    }
+    Ok(BodyTest::Op(op))
 }
 
 /// The match object inside `not` or `any_of`: an empty one would make the group always

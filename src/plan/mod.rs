@@ -6,6 +6,7 @@
 
 mod breaker;
 mod decide;
+mod fault;
 mod fields;
 mod index;
 mod judge;
@@ -19,11 +20,13 @@ mod sticky;
 mod tests;
 
 pub use decide::{Decision, Routed};
+pub use fault::FaultPolicy;
 pub use index::{RuleIndex, INDEX_MIN_KEYED_RULES};
 pub use judge::default_failure_policy;
 pub use rollout::MAX_ROLLOUT_STEPS;
 pub use shadow::default_shadow_name;
 
+use crate::body::PointerTree;
 use crate::breaker::BreakerPolicy;
 use crate::bucket::FINE_BUCKETS;
 use crate::config::{self, ConfigError, HashKind, PluginConfig, RouteCacheMode};
@@ -48,7 +51,8 @@ pub struct Plan {
     pub variant_header: Option<String>,
     pub debug_header: bool,
     pub rules: Vec<Rule>,
-    /// Whether any rule reads request attributes (then the host reads the header map once).
+    /// Whether any rule reads request attributes (then the host reads the header map once, and
+    /// finds client-sent `x-envoy-fault-*` headers there; else it removes them by name).
     pub needs_request_headers: bool,
     /// Whether any rule matches on Envoy's route name (then the host reads that property).
     pub needs_route_name: bool,
@@ -73,8 +77,16 @@ pub struct Plan {
     pub lanes: Lanes,
     /// How many rules have a lane (`RuleLane::slot` counts them).
     pub lane_rules: usize,
+    /// Whether any rule has `match.body` (then JSON requests may be held for their body).
+    pub reads_body: bool,
+    /// `body_max_bytes`: the most of a body held for `match.body`.
+    pub body_max_bytes: u64,
+    /// The pointers of every body condition: what parsing a body keeps.
+    pub body_pointers: PointerTree,
     /// Rules with a judge, by judge slot (`Rule::judge_slot` indexes it).
     pub judges: Vec<usize>,
+    /// Rules with a `fault`, by fault slot (`FaultPolicy::slot` indexes it).
+    pub fault_rules: Vec<usize>,
 }
 
 /// Where a breaker sits: `plan.rules[rule].destinations[destination]`.
@@ -110,6 +122,8 @@ pub struct Rule {
     pub judge_slot: Option<usize>,
     /// `rollout.gate: "judge"`: a step ends only once the judge's last window passed.
     pub rollout_gated: bool,
+    /// The slice of requests Envoy's fault filter delays or aborts.
+    pub fault: Option<FaultPolicy>,
 }
 
 #[derive(Debug)]
@@ -192,10 +206,15 @@ impl Plan {
             rules.push(compiled);
         }
         let mut rollouts = Vec::new();
+        let mut fault_rules = Vec::new();
         for (r, rule) in rules.iter_mut().enumerate() {
             if rule.rollout.is_some() {
                 rule.rollout_slot = Some(rollouts.len());
                 rollouts.push(r);
+            }
+            if let Some(fault) = &mut rule.fault {
+                fault.slot = fault_rules.len();
+                fault_rules.push(r);
             }
         }
         let mut judges = Vec::new();
@@ -245,6 +264,18 @@ impl Plan {
                     || r.sticky.is_some()
                     || !r.shadows.is_empty()
             });
+        let reads_body = rules.iter().any(|r| r.matcher.reads_body());
+        // Each distinct body pointer gets a slot in the parsed body.
+        let mut body_pointers = PointerTree::default();
+        for rule in &mut rules {
+            for c in &mut rule.matcher.conditions {
+                if let Condition::Body(b) = c {
+                    b.slot = body_pointers.add(&b.pointer);
+                }
+            }
+        }
+        // Whether a request may carry a JSON body is read from its headers.
+        let needs_request_headers = needs_request_headers || reads_body;
         let index = RuleIndex::build(rules.iter().map(|r| &r.matcher));
         Ok(Plan {
             index,
@@ -264,7 +295,11 @@ impl Plan {
             rollouts,
             lanes,
             lane_rules,
+            reads_body,
+            body_max_bytes: config.body_max_bytes,
+            body_pointers,
             judges,
+            fault_rules,
         })
     }
 }

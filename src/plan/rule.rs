@@ -1,6 +1,7 @@
 //! One rule: its destinations (names, weights, fallbacks, breakers), salt and shadows.
 
 use super::breaker::compile_breaker;
+use super::fault::compile_fault;
 use super::fields::{check_cluster, check_name, field, field_item, item};
 use super::judge::compile_judge;
 use super::matching::compile_match;
@@ -63,6 +64,10 @@ pub(super) fn compile_rule(
         None => bucket::upper_bounds(rule.hash, &weights),
     };
     let salt = rule.salt.unwrap_or_else(|| rule.name.clone());
+    let fault = rule
+        .fault
+        .map(|f| compile_fault(&field(path, "fault"), f, &salt, &destinations))
+        .transpose()?;
     let mut salt_colon = salt.into_bytes();
     salt_colon.push(b':');
     if rule.shadow.len() > MAX_SHADOWS_PER_RULE {
@@ -106,6 +111,7 @@ pub(super) fn compile_rule(
         judge,
         judge_slot: None,
         rollout_gated,
+        fault,
     })
 }
 

@@ -2,6 +2,7 @@
 //! arrives first.
 
 use super::Keyed;
+use crate::fnv::Fnv1a;
 
 /// How an exchange ended, as far as comparison is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +32,9 @@ pub fn compare(primary: &Answer, shadow: &Answer) -> Verdict {
     }
 }
 
-/// A 64-bit FNV-1a digest, fed chunk by chunk as the body passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digest(u64);
-
-impl Default for Digest {
-    fn default() -> Self {
-        Digest(0xcbf2_9ce4_8422_2325)
-    }
-}
+/// A 64-bit FNV-1a digest (`crate::fnv`), fed chunk by chunk as the body passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Digest(Fnv1a);
 
 impl Digest {
     /// The digest of a whole body.
@@ -50,14 +45,11 @@ impl Digest {
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0.bytes(bytes);
     }
 
     pub fn value(&self) -> u64 {
-        self.0
+        self.0.value()
     }
 }
 

@@ -32,6 +32,7 @@ const WASM_FILTER: &str = include_str!("../../envoy/templates/wasm-filter.yaml")
 const ECDS_FILTER: &str = include_str!("../../envoy/templates/ecds-filter.yaml");
 const CLUSTER: &str = include_str!("../../envoy/templates/cluster.yaml");
 const ROUTES_SPLIT: &str = include_str!("../../envoy/templates/routes-split.yaml");
+const FAULT_FILTER: &str = include_str!("../../envoy/templates/fault-filter.yaml");
 
 /// Fills a template of envoy/templates/ by the rules bench/bench.py's `render` follows: a
 /// `{{name}}` alone on its line takes a block of lines indented to it (no line when empty),
@@ -428,6 +429,9 @@ pub struct EnvoySpec {
     pub extra_listeners: Vec<ExtraListener>,
     /// Environment variables of the Envoy process (e.g. libfaketime's, to step its wall clock).
     pub env: Vec<(String, String)>,
+    /// Envoy's fault filter under header control after the Wasm filter
+    /// (envoy/templates/fault-filter.yaml), with this `max_active_faults`.
+    pub fault_filter: Option<u32>,
 }
 
 /// A listener after the main one (see `EnvoySpec::extra_listeners`).
@@ -449,6 +453,7 @@ fn ecds_resources(wasm: &Path, plugin_config: &str, version: u64) -> String {
                 "config": {
                     "name": "traffic-split",
                     "root_id": "traffic-split",
+                    "allow_on_headers_stop_iteration": true,
                     "vm_config": {
                         "vm_id": "traffic-split",
                         "runtime": "envoy.wasm.runtime.v8",
@@ -481,7 +486,15 @@ impl EnvoySpec {
             runtime: Vec::new(),
             extra_listeners: Vec::new(),
             env: Vec::new(),
+            fault_filter: None,
         }
+    }
+
+    /// Envoy's fault filter with header control after the Wasm filter, as shipped
+    /// (`rules[].fault` needs it), allowing `max_active_faults` at once.
+    pub fn fault_filter(mut self, max_active_faults: u32) -> Self {
+        self.fault_filter = Some(max_active_faults);
+        self
     }
 
     /// Another listener (see `extra_listeners`); `Envoy::listeners` has its address.
@@ -596,7 +609,12 @@ impl EnvoySpec {
         };
         let normalize = self.normalize_path;
         let connection_manager = format!("normalize_path: {normalize}\nmerge_slashes: {normalize}");
+        let fault_filter = self
+            .fault_filter
+            .map(|max| render(FAULT_FILTER, &[("max_active_faults", &max.to_string())]))
+            .unwrap_or_default();
         let listener = |name: &str, wasm_filter: &str, direction: Option<&str>| {
+            let http_filters = format!("{wasm_filter}{fault_filter}");
             let direction = direction
                 .map(|d| format!("traffic_direction: {d}"))
                 .unwrap_or_default();
@@ -608,7 +626,7 @@ impl EnvoySpec {
                     ("port", "0"),
                     ("connection_manager", &connection_manager),
                     ("routes", &routes),
-                    ("http_filters", wasm_filter),
+                    ("http_filters", &http_filters),
                 ],
             )
         };

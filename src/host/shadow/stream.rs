@@ -7,7 +7,7 @@ use super::{
 };
 use crate::host::{status_of, Loaded};
 use crate::metrics::ShadowEvent;
-use crate::plan::Rule;
+use crate::plan::{Routed, Rule};
 use crate::request::HeaderPair;
 use crate::rng::Rng;
 use crate::shadow::{select_copies, Answer, BodyDigest, ComparePlan};
@@ -38,17 +38,19 @@ struct PrimaryWatch {
 }
 
 impl StreamShadow {
-    /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies.
-    /// Returns `None` when nothing is shadowed.
+    /// Request headers of a request `rule` decided: sample, check the bulkhead, make copies
+    /// (compared with the primary unless its outcome is injected: `routed.fault`). Returns `None` when
+    /// nothing is shadowed.
     pub fn start(
         active: &Rc<Loaded>,
         state: &mut ShadowState,
         rng: &mut Rng,
-        rule_index: usize,
+        routed: &Routed,
         rule: &Rule,
         headers: &[HeaderPair],
         end_of_stream: bool,
     ) -> Option<StreamShadow> {
+        let rule_index = routed.rule;
         let plan = &active.plan;
         let mut routing = vec![plan.cluster_header.as_str()];
         if let Some(v) = &plan.variant_header {
@@ -71,7 +73,13 @@ impl StreamShadow {
         }
         state.next_key += 1;
         let key = state.next_key;
-        let compared = ComparePlan::of(&rule.shadows, &copies);
+        // A request of the rule's fault slice is copied, but its answer was injected by Envoy's
+        // fault filter: comparing the shadow's with it would count a made-up mismatch.
+        let compared = if routed.fault {
+            None
+        } else {
+            ComparePlan::of(&rule.shadows, &copies)
+        };
         // The clock is read only when something needs it: a comparison (the primary's latency)
         // or a sampled dispatch-delay measurement.
         let sampled = state.sample_delay();
