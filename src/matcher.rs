@@ -75,11 +75,12 @@ pub enum Condition {
     Body(BodyCondition),
 }
 
-/// False for a `regex` on a value longer than `pattern::MAX_VALUE_LEN`: it is not evaluated,
+/// False for a `regex` on a value longer than the pattern's cap (`Pattern::max_value_len`, from
+/// its program size at load): it is not evaluated,
 /// does not hold, and the request counts it (`Request::note_regex_skipped`).
 fn evaluable(op: &StringOp, value: Option<&[u8]>, request: &Request<'_>) -> bool {
     match (op, value) {
-        (StringOp::Regex(_), Some(v)) if v.len() > crate::pattern::MAX_VALUE_LEN => {
+        (StringOp::Regex(p), Some(v)) if v.len() > p.max_value_len() => {
             request.note_regex_skipped();
             false
         }

@@ -5,7 +5,7 @@ use crate::lane::LaneStep;
 use crate::plan::Plan;
 
 pub const UNMATCHED: &str = "traffic_split.unmatched";
-/// `regex` conditions not evaluated because the value was longer than `pattern::MAX_VALUE_LEN`
+/// `regex` conditions not evaluated because the value was longer than the pattern's cap (`Pattern::max_value_len`)
 /// (they do not hold); defined only when the plan has a `regex`.
 pub const REGEX_VALUE_TOO_LONG: &str = "traffic_split.regex.value_too_long";
 

@@ -7,8 +7,11 @@
 //!   compiles to at most `SIZE_LIMIT` bytes of program (regex-lite's `size_limit`, which counts
 //!   the compiled program's memory: so `((((){1000}){1000}){1000}){1000}` is refused at
 //!   once, well under 50 ms, instead of compiling for minutes);
-//! - per request: regex-lite's Pike VM costs time linear in value × program, so a value longer
-//!   than `MAX_VALUE_LEN` bytes is not evaluated and does not match. The worst the two admit
+//! - per request: regex-lite's Pike VM costs time linear in value × program, so each pattern gets
+//!   a work budget: at load its program size is measured (the smallest `size_limit` that still
+//!   compiles it), and a value longer than `WORK_BUDGET / (program size - the empty pattern's)`
+//!   bytes (clamped to
+//!   `MIN_VALUE_CAP..=MAX_VALUE_CAP`) is not evaluated and does not match. The worst this admits
 //!   (measured in Envoy, BENCHMARKS.md) is about 1 ms per evaluation.
 
 use regex_lite::{Regex, RegexBuilder};
@@ -23,14 +26,30 @@ pub const MAX_PATTERN_LEN: usize = 1024;
 pub const SIZE_LIMIT: usize = 1280;
 /// Nesting limit of groups and repetitions (regex-lite's `nest_limit`).
 pub const NEST_LIMIT: u32 = 32;
-/// Longest value a pattern is evaluated against, in bytes; a longer value does not match.
-pub const MAX_VALUE_LEN: usize = 200;
+/// Work one evaluation may cost: value bytes × program bytes beyond the empty pattern's (the
+/// anchors and the search loop every pattern has; as `size_limit` counts them on this platform).
+/// A pattern is evaluated against values up to `WORK_BUDGET / (program size - empty program
+/// size)` bytes, clamped to `MIN_VALUE_CAP..=MAX_VALUE_CAP`; a longer value does not match.
+/// Calibrated in Envoy (wasm32, BENCHMARKS.md): regex-lite's Pike VM costs up to ~2.8 ns per
+/// value byte per such program byte there, so the worst pattern at its cap costs about 1 ms.
+/// The CLI (64-bit) counts programs 1.4–1.6 times larger, so its caps are smaller: conservative.
+pub const WORK_BUDGET: usize = 400_000;
+/// Every pattern is evaluated against values of at least this many bytes.
+pub const MIN_VALUE_CAP: usize = 200;
+/// No pattern is evaluated against a value longer than this, however small its program.
+pub const MAX_VALUE_CAP: usize = 4096;
+/// Granularity of the program size measured at load (bytes): the size is rounded up to it.
+const SIZE_STEP: usize = 16;
 
 /// A compiled pattern that must match the whole value.
 #[derive(Debug, Clone)]
 pub struct Pattern {
     source: String,
     regex: Regex,
+    /// The compiled program, in bytes as `size_limit` counts them (rounded up to `SIZE_STEP`).
+    program_size: usize,
+    /// Longest value evaluated (`value_cap`).
+    max_value_len: usize,
 }
 
 impl PartialEq for Pattern {
@@ -53,22 +72,37 @@ impl Pattern {
         // The pattern alone first: only a pattern whose groups balance may be wrapped (`a)|(b`
         // would otherwise escape the anchors).
         compile(source, ignore_case)?;
-        let regex = compile(&format!(r"\A(?:{source})\z"), ignore_case)?;
+        let anchored = format!(r"\A(?:{source})\z");
+        let regex = compile(&anchored, ignore_case)?;
+        let program_size = program_size(&anchored, ignore_case);
+        let work = program_size.saturating_sub(empty_program_size());
         Ok(Pattern {
             source: source.to_string(),
             regex,
+            program_size,
+            max_value_len: value_cap(work),
         })
+    }
+
+    /// The compiled program's size in bytes as this platform counts it (rounded up to 16).
+    pub fn program_size(&self) -> usize {
+        self.program_size
+    }
+
+    /// The longest value this pattern is evaluated against; a longer one does not match.
+    pub fn max_value_len(&self) -> usize {
+        self.max_value_len
     }
 
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
-    /// Whether the whole `value` matches. A value longer than `MAX_VALUE_LEN` does not; one that
+    /// Whether the whole `value` matches. A value longer than `max_value_len()` does not; one that
     /// is not UTF-8 is matched with each invalid sequence read as U+FFFD (as RE2 reads it: no
     /// literal in a pattern matches it, `.` does).
     pub fn is_match(&self, value: &[u8]) -> bool {
-        if value.len() > MAX_VALUE_LEN {
+        if value.len() > self.max_value_len {
             return false;
         }
         let text = match std::str::from_utf8(value) {
@@ -79,12 +113,45 @@ impl Pattern {
     }
 }
 
-fn compile(pattern: &str, ignore_case: bool) -> Result<Regex, String> {
+/// The longest value a program `work` bytes larger than the empty pattern's is evaluated against.
+pub fn value_cap(work: usize) -> usize {
+    (WORK_BUDGET / work.max(1)).clamp(MIN_VALUE_CAP, MAX_VALUE_CAP)
+}
+
+/// The program size of the empty pattern, anchored as every pattern is (once per process).
+fn empty_program_size() -> usize {
+    static EMPTY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EMPTY.get_or_init(|| program_size(r"\A(?:)\z", false))
+}
+
+/// The smallest multiple of `SIZE_STEP` that `size_limit` can be set to and still compile
+/// `pattern` (which compiles at `SIZE_LIMIT`): regex-lite does not expose its program size, and
+/// the memory it counts only grows while compiling, so this is a binary search (at most 7
+/// compiles, each refused at once past its limit). Only at load.
+fn program_size(pattern: &str, ignore_case: bool) -> usize {
+    let (mut low, mut high) = (0, SIZE_LIMIT.div_ceil(SIZE_STEP));
+    // Invariant: compiles at `high * SIZE_STEP`, not at `low * SIZE_STEP` (or low == 0).
+    while low + 1 < high {
+        let mid = low + (high - low) / 2;
+        if build(pattern, ignore_case, mid * SIZE_STEP).is_ok() {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    (high * SIZE_STEP).min(SIZE_LIMIT)
+}
+
+fn build(pattern: &str, ignore_case: bool, size_limit: usize) -> Result<Regex, regex_lite::Error> {
     RegexBuilder::new(pattern)
         .case_insensitive(ignore_case)
-        .size_limit(SIZE_LIMIT)
+        .size_limit(size_limit)
         .nest_limit(NEST_LIMIT)
         .build()
+}
+
+fn compile(pattern: &str, ignore_case: bool) -> Result<Regex, String> {
+    build(pattern, ignore_case, SIZE_LIMIT)
         .map_err(|e| {
             let why = e.to_string();
             if why.contains("size limit") {
@@ -221,8 +288,68 @@ mod tests {
     #[test]
     fn long_values_do_not_match() {
         let p = Pattern::new(".*", false).unwrap();
-        assert!(p.is_match(&[b'a'; MAX_VALUE_LEN]));
-        assert!(!p.is_match(&[b'a'; MAX_VALUE_LEN + 1]));
+        let cap = p.max_value_len();
+        assert_eq!(cap, MAX_VALUE_CAP, "{}", p.program_size());
+        assert!(p.is_match(&vec![b'a'; cap]));
+        assert!(!p.is_match(&vec![b'a'; cap + 1]));
+    }
+
+    #[test]
+    fn caps_follow_the_program_size() {
+        // Measured: the smallest size_limit (to 16 bytes) that compiles the anchored pattern.
+        let empty = empty_program_size();
+        assert!(empty > 0 && empty % SIZE_STEP == 0, "{empty}");
+        assert!(build(r"\A(?:)\z", false, empty).is_ok());
+        assert!(build(r"\A(?:)\z", false, empty - SIZE_STEP).is_err());
+        for (pattern, value) in [
+            (".*iPhone.*", "iPhone"),
+            ("Mozilla.*", "Mozilla/"),
+            ("/api/.*", "/api/"),
+        ] {
+            let p = Pattern::new(pattern, false).unwrap();
+            assert_eq!(
+                p.max_value_len(),
+                value_cap(p.program_size() - empty),
+                "{pattern}"
+            );
+            // A long User-Agent or path with a query meets a small pattern (it met none over
+            // 200 bytes with the fixed cap).
+            let mut long = value.as_bytes().to_vec();
+            long.resize(1024, b'x');
+            assert!(p.is_match(&long), "{pattern}: cap {}", p.max_value_len());
+        }
+        // A 2 KiB value meets a small pattern (a program of a few states beyond the anchors).
+        for pattern in [".*iPad", "M.*"] {
+            let p = Pattern::new(pattern, false).unwrap();
+            let mut value = vec![b'M'; 2044];
+            value.extend_from_slice(b"iPad");
+            assert!(p.is_match(&value), "{pattern}: cap {}", p.max_value_len());
+        }
+        // The costliest patterns near the size limit keep a small cap.
+        for pattern in [
+            ".*[a-z]{1,10}0",
+            ".*(?:iPhone|iPad|Android|Mobile).*",
+            "(?:a|aa|aaa|aaaa)*[a-z]{1,5}b",
+        ] {
+            let p = Pattern::new(pattern, false).unwrap();
+            assert!(p.max_value_len() <= 500, "{pattern}: {}", p.max_value_len());
+            assert!(p.max_value_len() >= MIN_VALUE_CAP);
+        }
+        assert_eq!(value_cap(SIZE_LIMIT), WORK_BUDGET / SIZE_LIMIT);
+        assert_eq!(value_cap(WORK_BUDGET), MIN_VALUE_CAP);
+        assert_eq!(value_cap(0), MAX_VALUE_CAP);
+        assert_eq!(value_cap(1), MAX_VALUE_CAP);
+    }
+
+    #[test]
+    fn program_size_is_measured_quickly() {
+        let start = std::time::Instant::now();
+        for _ in 0..100 {
+            Pattern::new("(?:a|aa|aaa|aaaa)*[a-z]{1,5}b", false).unwrap();
+        }
+        let took = start.elapsed();
+        eprintln!("100 patterns compiled and measured: {took:?}");
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 
     #[test]
@@ -239,7 +366,7 @@ mod tests {
     fn pathological_patterns_stay_linear() {
         // Exponential for a backtracking engine: (a+)+$ against "aaaa...!".
         let p = Pattern::new("(a+)+", false).unwrap();
-        let mut value = vec![b'a'; MAX_VALUE_LEN - 1];
+        let mut value = vec![b'a'; MIN_VALUE_CAP - 1];
         value.push(b'!');
         let start = std::time::Instant::now();
         assert!(!p.is_match(&value));

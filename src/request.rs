@@ -29,7 +29,7 @@ pub struct Request<'a> {
     /// The JSON body, for `match.body` (absent unless the host read one).
     body: RequestBody<'a>,
     /// `regex` conditions not evaluated because the value was over
-    /// `pattern::MAX_VALUE_LEN` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
+    /// the pattern's cap, `Pattern::max_value_len` (counted by the host: `metrics::REGEX_VALUE_TOO_LONG`).
     regex_skipped: std::cell::Cell<u32>,
 }
 

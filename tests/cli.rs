@@ -1207,3 +1207,33 @@ assert not soak.no_vm_died(zero, 1)[0]
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `explain` says when a `regex` was not evaluated because the value was over the pattern's cap.
+#[test]
+fn explain_says_a_value_was_over_the_regex_cap() {
+    let cfg = Temp::new(
+        "regex-cap.json",
+        r#"{"rules":[{"name":"mobile","match":{"headers":[{"name":"user-agent","regex":".*Android.*"}]},"destinations":[{"name":"m","cluster":"canary"}]},
+                     {"name":"rest","destinations":[{"name":"s","cluster":"stable"}]}]}"#,
+    );
+    let cap = traffic_split::pattern::Pattern::new(".*Android.*", false)
+        .unwrap()
+        .max_value_len();
+    let ua = |len: usize| format!("user-agent=Android{}", "x".repeat(len - 7));
+    let o = run(&["explain", cfg.path(), "--header", &ua(cap)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("rule[0] \"mobile\": matched"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["explain", cfg.path(), "--header", &ua(cap + 1)]);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "rule[0] \"mobile\": no match: match.headers user-agent: regex \".*Android.*\" \
+             (the value is over the pattern's cap of {cap} bytes: not evaluated) does not hold"
+        )),
+        "{out}"
+    );
+}

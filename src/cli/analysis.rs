@@ -720,14 +720,32 @@ fn skip_rules(
     skipped: &mut Vec<Value>,
 ) {
     for (i, rule) in plan.rules.iter().enumerate().take(count) {
-        let why = rule
-            .matcher
-            .first_failing(request)
-            .map_or_else(|| "?".to_string(), condition_text);
+        let before = request.regex_skipped();
+        let failing = rule.matcher.first_failing(request);
+        let mut why = failing.map_or_else(|| "?".to_string(), condition_text);
+        if request.regex_skipped() > before {
+            if let Some(cap) = failing.and_then(regex_cap) {
+                why.push_str(&format!(
+                    " (the value is over the pattern's cap of {cap} bytes: not evaluated)"
+                ));
+            }
+        }
         lines.push(format!(
             "rule[{i}] \"{}\": no match: {why} does not hold",
             rule.name
         ));
         skipped.push(json!({"rule": rule.name, "failed": why}));
+    }
+}
+
+/// The value cap of a `regex` condition (`Pattern::max_value_len`).
+fn regex_cap(c: &Condition) -> Option<usize> {
+    match c {
+        Condition::Header(_, StringOp::Regex(p))
+        | Condition::Cookie(_, StringOp::Regex(p))
+        | Condition::Query(_, StringOp::Regex(p))
+        | Condition::Path(StringOp::Regex(p))
+        | Condition::Authority(StringOp::Regex(p)) => Some(p.max_value_len()),
+        _ => None,
     }
 }
