@@ -1,6 +1,8 @@
 //! Host side of the judges (`crate::judge`). A worker counts its judged outcomes in the VM
-//! (no host call per request), and on each tick merges them into the rule's shared record
-//! (`crate::judge::publish`), keyed by filter instance, rule and configuration. The first
+//! (no host call per request), and merges them into the rule's shared record
+//! (`crate::judge::publish`), keyed by filter instance, rule and configuration, on the ticks
+//! that need it (`crate::judge::publish_due`: a window's first and last tick, and at most every
+//! second between; the other ticks touch no shared data). The first
 //! worker to tick in a new wall-clock window closes the last one: it records the gauges and
 //! counters, logs a failing window (with the numbers and thresholds behind it) and the action
 //! taken. Every worker learns from the record whether `on_fail` ran: with `abort` and no
@@ -10,7 +12,7 @@
 use super::breaker::HostStore;
 use crate::breaker::{instance_scope, BreakerPolicy};
 use crate::judge::gate::JudgeView;
-use crate::judge::{judge_key, publish, JudgePolicy, Judged, OnFail, Tally, Verdict};
+use crate::judge::{judge_key, publish, publish_due, JudgePolicy, Judged, OnFail, Tally, Verdict};
 use crate::metrics::{judge_metric, srm_metric, JUDGE_COUNTERS, JUDGE_GAUGES};
 use crate::plan::{default_failure_policy, Plan, Rule};
 use proxy_wasm::hostcalls;
@@ -50,6 +52,8 @@ struct Slot {
     counters: Vec<Option<u32>>,
     /// `traffic_split.rule.<rule>.srm` (sticky rules only).
     srm_gauge: Option<u32>,
+    /// The window and wall-clock ms of this worker's last synced publish (`publish_due`).
+    published: Option<(u64, u64)>,
 }
 
 impl Judges {
@@ -76,6 +80,7 @@ impl Judges {
                     srm_gauge: rule.sticky.as_ref().and_then(|_| {
                         hostcalls::define_metric(MetricType::Gauge, &srm_metric(&rule.name)).ok()
                     }),
+                    published: None,
                 }
             })
             .collect();
@@ -102,7 +107,7 @@ impl Judges {
     }
 
     /// A sticky rule's user (`srm::user_hash` of its key) served by `destination`.
-    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u32) {
+    pub fn record_user(&mut self, slot: usize, destination: usize, hash: u64) {
         if let Some(s) = self.slots.get_mut(slot) {
             s.pending.add_user(destination, hash);
         }
@@ -112,13 +117,19 @@ impl Judges {
     /// that ended, and learns whether `on_fail` ran. `rollouts`: the bounds in force of each
     /// rollout slot (the shares the SRM test expects).
     pub fn tick(&mut self, plan: &Plan, now_ms: Option<u64>, rollouts: &[Vec<u32>]) {
-        let Some(now_s) = now_ms.map(|ms| ms / 1000) else {
+        let Some(now_ms) = now_ms else {
             return;
         };
+        let now_s = now_ms / 1000;
+        let tick_ms = u64::try_from(super::TICK.as_millis()).unwrap_or(u64::MAX);
         for (slot, s) in self.slots.iter_mut().enumerate() {
             let Some((rule, policy)) = plan.judge_site(slot) else {
                 continue;
             };
+            // Counts stay in the VM between the ticks that must publish.
+            if !publish_due(now_ms, policy.window_s, tick_ms, s.published) {
+                continue;
+            }
             let window = now_s / policy.window_s.max(1);
             let shares = if rule.sticky.is_some() {
                 rule.bucket_shares(rule.bounds_in_force(rollouts))
@@ -136,6 +147,7 @@ impl Judges {
             if !done.synced {
                 continue;
             }
+            s.published = Some((window, now_ms));
             if let Some(t) = self.tripped.get_mut(slot) {
                 *t = done.triggered && policy.on_fail == OnFail::Abort;
             }

@@ -542,8 +542,11 @@ impl SplitStream {
         } else {
             policy.count_local_replies && matches!(status, 502..=504) && is_local_reply()
         };
-        let slow = match (policy.slow_ms, self.routed_ms, breaker::clock_ms()) {
-            (Some(limit), Some(routed), Some(now)) => now.saturating_sub(routed) > limit,
+        // The clock only for a breaker that times its responses (`routed_ms` is read then).
+        let slow = match (policy.slow_ms, self.routed_ms) {
+            (Some(limit), Some(routed)) => {
+                breaker::clock_ms().is_some_and(|now| now.saturating_sub(routed) > limit)
+            }
             _ => false,
         };
         let mut failed = failed || slow;

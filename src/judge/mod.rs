@@ -22,7 +22,7 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use shared::{judge_key, publish, JudgeRecord, Judged, Synced};
+pub use shared::{judge_key, publish, publish_due, JudgeRecord, Judged, Synced};
 
 /// Verdict of one window; the numbers are the `verdict` gauge's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -240,7 +240,7 @@ impl Tally {
     pub fn is_empty(&self) -> bool {
         self.canary.is_empty()
             && self.baseline.is_empty()
-            && self.users.iter().all(|u| u.hashes.is_empty())
+            && self.users.iter().all(srm::Distinct::is_empty)
     }
 
     pub fn merge(&mut self, other: &Tally) {
@@ -256,7 +256,7 @@ impl Tally {
     }
 
     /// A user (its `srm::user_hash`) seen on `destination`.
-    pub fn add_user(&mut self, destination: usize, hash: u32) {
+    pub fn add_user(&mut self, destination: usize, hash: u64) {
         if destination >= crate::plan::MAX_DESTINATIONS {
             return;
         }

@@ -52,6 +52,27 @@ pub struct Synced {
     pub conflicts: u32,
 }
 
+/// How often a worker merges its counts into the shared record within a window, at most
+/// (besides the first tick of a window and the last one before it ends).
+pub const FLUSH_MS: u64 = 1_000;
+
+/// Whether a worker's tick at `now_ms` (wall clock) must `publish`: on its first tick in a
+/// window (to close the last one, or learn its verdict and whether `on_fail` ran: both only
+/// change when a window closes), on its last tick before the window ends (`tick_ms` from now;
+/// so the window's counts are in its record when the next one closes it), and at most every
+/// `FLUSH_MS` between. `last`: the window and time of this worker's last synced publish.
+/// Every other tick leaves the counts in the VM: no shared-data read or write.
+pub fn publish_due(now_ms: u64, window_s: u64, tick_ms: u64, last: Option<(u64, u64)>) -> bool {
+    let window_ms = window_s.max(1).saturating_mul(1000);
+    let window = now_ms / window_ms;
+    let Some((last_window, last_ms)) = last else {
+        return true;
+    };
+    let ends_before_next_tick =
+        now_ms.saturating_add(tick_ms) >= window.saturating_add(1).saturating_mul(window_ms);
+    last_window != window || ends_before_next_tick || now_ms.saturating_sub(last_ms) >= FLUSH_MS
+}
+
 /// Merges `pending` (this worker's outcomes since its last publish) into the shared record,
 /// closing the record's window first when `window` (the current one) is later. `pending` is
 /// emptied once written; kept when every attempt lost its race.
@@ -134,11 +155,13 @@ pub fn publish(
     done
 }
 
-const FORMAT: [u8; 2] = [b'J', 1];
+const FORMAT: [u8; 2] = [b'J', 2];
 
 impl JudgeRecord {
     /// Little-endian: format, window, judged, streak, triggered, verdict, then each arm's
-    /// requests, failures, non-empty bucket count and (bucket, count) pairs.
+    /// requests, failures, non-empty bucket count and (bucket, count) pairs; then the number of
+    /// destinations with users and, for each, 0 and its exact hashes (count, u64s) or 1 and its
+    /// sketch's `srm::REGISTERS` registers.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&FORMAT);
@@ -161,10 +184,18 @@ impl JudgeRecord {
         // At most MAX_DESTINATIONS sets of at most EXACT_USERS hashes.
         out.push(self.tally.users.len() as u8);
         for d in &self.tally.users {
-            out.push(d.level);
-            out.extend_from_slice(&(d.hashes.len() as u16).to_le_bytes());
-            for h in &d.hashes {
-                out.extend_from_slice(&h.to_le_bytes());
+            match d {
+                Distinct::Exact(hashes) => {
+                    out.push(0);
+                    out.extend_from_slice(&(hashes.len() as u16).to_le_bytes());
+                    for h in hashes {
+                        out.extend_from_slice(&h.to_le_bytes());
+                    }
+                }
+                Distinct::Sketch(_) => {
+                    out.push(1);
+                    out.extend_from_slice(d.registers().unwrap_or_default());
+                }
             }
         }
         out
@@ -222,22 +253,25 @@ impl JudgeRecord {
             return None;
         }
         for _ in 0..sets {
-            let level = r.take::<1>()?[0];
-            let n = usize::from(u16::from_le_bytes(r.take()?));
-            if n > super::srm::EXACT_USERS || level > 32 {
-                return None;
-            }
-            let mut d = Distinct {
-                level,
-                hashes: Vec::with_capacity(n),
-            };
-            for _ in 0..n {
-                let h = u32::from_le_bytes(r.take()?);
-                if d.hashes.last().is_some_and(|&l| l >= h) {
-                    return None;
+            let d = match r.take::<1>()? {
+                [0] => {
+                    let n = usize::from(u16::from_le_bytes(r.take()?));
+                    if n > super::srm::EXACT_USERS {
+                        return None;
+                    }
+                    let mut hashes = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let h = r.u64()?;
+                        if hashes.last().is_some_and(|&l| l >= h) {
+                            return None;
+                        }
+                        hashes.push(h);
+                    }
+                    Distinct::Exact(hashes)
                 }
-                d.hashes.push(h);
-            }
+                [1] => Distinct::from_registers(r.bytes(super::srm::REGISTERS)?)?,
+                _ => return None,
+            };
             record.tally.users.push(d);
         }
         r.0.is_empty().then_some(record)
@@ -251,6 +285,12 @@ impl Reader<'_> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
     }
 
     fn u64(&mut self) -> Option<u64> {

@@ -281,6 +281,15 @@ fn records_round_trip_and_garbage_decodes_as_absent() {
     r.tally.canary = counts(10, 3);
     latencies(&mut r.tally.canary, 50, 5_000.0, &mut rng);
     latencies(&mut r.tally.baseline, 70, 5_000.0, &mut rng);
+    // Users: destination 0 exact, 1 none, 2 sketched.
+    for i in 0..3 {
+        r.tally.add_user(0, crate::judge::srm::user_hash(&[i]));
+    }
+    for i in 0..300u32 {
+        r.tally
+            .add_user(2, crate::judge::srm::user_hash(&i.to_le_bytes()));
+    }
+    assert!(r.tally.users.get(2).and_then(|d| d.registers()).is_some());
     let bytes = r.encode();
     assert_eq!(JudgeRecord::decode(&bytes), Some(r));
     for cut in 0..bytes.len() {
@@ -434,4 +443,23 @@ fn power_table() {
         }
         println!("{row}");
     }
+}
+
+#[test]
+fn a_worker_publishes_on_a_windows_first_and_last_tick_and_at_most_every_second_between() {
+    use crate::judge::publish_due;
+    // 60 s windows, 100 ms ticks; the first tick ever always publishes.
+    assert!(publish_due(120_000, 60, 100, None));
+    let last = Some((2, 120_000));
+    // Mid-window ticks within a second of the last publish do not.
+    assert!(!publish_due(120_100, 60, 100, last));
+    assert!(!publish_due(120_999, 60, 100, last));
+    // A second after it, they do.
+    assert!(publish_due(121_000, 60, 100, last));
+    // The last tick before the window ends does (its counts belong to this window).
+    let last = Some((2, 179_850));
+    assert!(!publish_due(179_899, 60, 100, last));
+    assert!(publish_due(179_900, 60, 100, last));
+    // The first tick of the next window does (to close the last one).
+    assert!(publish_due(180_050, 60, 100, Some((2, 179_990))));
 }
