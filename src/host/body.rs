@@ -137,11 +137,20 @@ impl BodyHolds {
         }
         let now = now_ms.unwrap_or(u64::MAX);
         let absent_elsewhere = self.support.get() == Support::Absent || absent_in_process();
+        // Due: the setting is known absent, or this request proves it (`undelivered`), or it
+        // has waited `HOLD_GIVE_UP_MS` with no body callback whatever the size says (a body
+        // that never grows, e.g. an empty chunked one, must not stall it either).
+        let mut proven = false;
         let due: Vec<Waiting> = {
             let mut waiting = self.waiting.borrow_mut();
             let (due, keep): (Vec<Waiting>, Vec<Waiting>) = waiting.drain(..).partition(|w| {
                 let age = now.saturating_sub(w.since_ms);
-                absent_elsewhere || (age >= HOLD_CHECK_MS && undelivered(w, age))
+                if absent_elsewhere {
+                    return true;
+                }
+                let shown = age >= HOLD_CHECK_MS && undelivered(w, age);
+                proven |= shown;
+                shown || age >= HOLD_GIVE_UP_MS
             });
             *waiting = keep;
             due
@@ -150,20 +159,22 @@ impl BodyHolds {
         if due.is_empty() {
             return;
         }
-        if self.support.replace(Support::Absent) != Support::Absent && !absent_elsewhere {
+        let found_here = proven && !absent_elsewhere;
+        if (proven || absent_elsewhere)
+            && self.support.replace(Support::Absent) != Support::Absent
+            && found_here
+        {
             // One line per Envoy process: the first VM to find out says it.
             // (`absent_elsewhere` was read just now: two workers finding out on the same tick
             // may both say it.)
             let _ = hostcalls::set_shared_data(ABSENT_KEY, Some(b"1"), None);
-            {
-                log::warn!(
-                    "traffic-split: match.body is OFF: Envoy did not deliver the body of a held \
-                     request it had received, so its Wasm PluginConfig lacks \
-                     `allow_on_headers_stop_iteration: true` (Envoy >= 1.35). Requests are now \
-                     decided on their headers (body conditions do not hold); set it in the Wasm \
-                     filter's config (docs/deploy.md) to route on bodies"
-                );
-            }
+            log::warn!(
+                "traffic-split: match.body is OFF: Envoy did not deliver the body of a held \
+                 request it had received, so its Wasm PluginConfig lacks \
+                 `allow_on_headers_stop_iteration: true` (Envoy >= 1.35). Requests are now \
+                 decided on their headers (body conditions do not hold); set it in the Wasm \
+                 filter's config (docs/deploy.md) to route on bodies"
+            );
         }
         for w in due {
             if hostcalls::set_effective_context(w.context_id).is_err() {
