@@ -10,9 +10,11 @@ use crate::breaker::{ReadFailed, SetResult, SharedStore, PUBLISH_ATTEMPTS};
 
 /// The shared-data key of a rule's judge: the filter instance, the rule and a digest of the
 /// configuration, so a configuration change starts the judge afresh (and lifts an abort, as
-/// it does a rollout's).
+/// it does a rollout's). The version in the key is the record's format (`FORMAT`): a build that
+/// cannot read another build's record (a rolling upgrade inside one Envoy) uses its own key
+/// instead of overwriting that record with an empty one.
 pub fn judge_key(scope: &str, rule: &str, config_id: &str) -> String {
-    format!("traffic-split/judge/v1/{scope}/{rule}/{config_id}")
+    format!("traffic-split/judge/v2/{scope}/{rule}/{config_id}")
 }
 
 /// The shared state of one judge.
