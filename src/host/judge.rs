@@ -18,21 +18,10 @@ use crate::plan::{default_failure_policy, Plan, Rule};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-#[link(wasm_import_module = "wasi_snapshot_preview1")]
-extern "C" {
-    /// WASI `clock_time_get` (see `host::breaker::clock_ms`).
-    #[link_name = "clock_time_get"]
-    fn wasi_clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u16;
-}
-
-/// Monotonic microseconds, for the judge's latency: read when a judged request is routed and
-/// when its response headers come, only for a judge with a latency criterion.
-pub(super) fn clock_us() -> Option<u64> {
-    let mut ns: u64 = 0;
-    // SAFETY: the import writes one u64 to the pointer it is given, a live local here.
-    let errno = unsafe { wasi_clock_time_get(1, 1_000, &mut ns) };
-    (errno == 0 && ns > 0).then_some(ns / 1_000)
-}
+/// Monotonic microseconds, for the judge's latency (the breakers' clock): read when a judged
+/// request is routed and when its response headers come, only for a judge with a latency
+/// criterion.
+pub(super) use super::breaker::clock_us;
 
 /// Per configuration: each judge slot's pending counts and what this worker knows of it.
 pub(super) struct Judges {
