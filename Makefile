@@ -192,3 +192,7 @@ bench-decision: ## Micro-benchmark of the decision path natively (criterion, ns 
 judge-power: ## The judge's seeded A/A false-fail rate and power table (docs/configuration.md, "judge")
 	cargo test --lib judge::tests::a_a -- --nocapture
 	cargo test --lib judge::tests::power_table -- --ignored --nocapture
+
+.PHONY: gate-drift
+gate-drift: wasm envoy ## rollout.gate "judge" across two real Envoys vs the clock: steps apart, users answered by both versions (docs/configuration.md, BENCHMARKS.md)
+	ENVOY_BIN=$(CURDIR)/$(ENVOY) TRAFFIC_SPLIT_WASM=$(CURDIR)/$(WASM) cargo test --test gate_drift gate_drift_measure -- --ignored --nocapture
