@@ -215,8 +215,11 @@ fn run(s: Scenario) -> Run {
 #[derive(Debug, Default)]
 struct Apart {
     ms: i64,
-    /// Users with requests on both Envoys within it.
-    users_crossing: usize,
+    /// A user's consecutive requests, both within it, that went to different Envoys ...
+    crossings: usize,
+    /// ... and of them, those answered by different versions: about the difference between
+    /// the two steps' shares, since a user changes version when its bucket lies between them.
+    changed: usize,
     /// Users answered by both versions within it.
     users_both: usize,
 }
@@ -331,15 +334,18 @@ fn analyse(r: &Run) -> Outcome {
         }
     }
     for (pair, apart) in apart_pairs.iter_mut() {
-        let within = |q: &&&Request| {
+        let within = |q: &&Request| {
             around(q.at_ms).is_some_and(|(p, n)| p.steps == *pair && n.steps == *pair)
         };
         for qs in seen.values() {
-            let on = |e: usize| qs.iter().filter(within).any(|q| q.envoy == e);
-            if on(0) && on(1) {
-                apart.users_crossing += 1;
+            let inside: Vec<&Request> = qs.iter().copied().filter(within).collect();
+            for w in inside.windows(2) {
+                if w[0].envoy != w[1].envoy {
+                    apart.crossings += 1;
+                    apart.changed += usize::from(w[0].canary != w[1].canary);
+                }
             }
-            if both(&mut qs.iter().filter(within)) {
+            if both(&mut inside.iter()) {
                 apart.users_both += 1;
             }
         }
@@ -419,12 +425,15 @@ fn report(r: &Run, o: &Outcome) {
     for ([sa, sb], apart) in &o.apart {
         let [pa, pb] = [sa, sb].map(|k| k.checked_sub(1).map_or(0, |i| PERCENTS[i as usize]));
         println!(
-            "   A on step {sa} ({pa}%), B on step {sb} ({pb}%): {:.1} s; users whose requests \
-             reached both Envoys meanwhile: {}, of them answered by both versions: {} ({:.1}%)",
+            "   A on step {sa} ({pa}%), B on step {sb} ({pb}%): {:.1} s; a user's next request \
+             on the other Envoy: {}, answered by the other version: {} ({:.0}%); users answered \
+             by both versions meanwhile: {} ({:.1}%)",
             apart.ms as f64 / 1000.0,
-            apart.users_crossing,
+            apart.crossings,
+            apart.changed,
+            100.0 * apart.changed as f64 / apart.crossings.max(1) as f64,
             apart.users_both,
-            100.0 * apart.users_both as f64 / apart.users_crossing.max(1) as f64
+            pct(apart.users_both)
         );
     }
 }
@@ -487,7 +496,7 @@ fn gate_drift_measure() {
     let base = Scenario {
         name: "",
         gate: false,
-        users: 500,
+        users: 300,
         rate: 150.0,
         b_percent: 10,
         b_percent_later: None,
