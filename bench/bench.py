@@ -268,6 +268,15 @@ SCENARIOS = [
              config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # The bench's filter-judge shape (a 95/5 split, judge at its defaults) and the same without
+    # the judge (CG_SCENARIO=callgrind-95-5 / callgrind-judge-95-5): callgrind's user "u" is in
+    # the 95% (the baseline), whose outcomes the judge samples (`max_baseline_ratio`).
+    *(Scenario(f"callgrind{judge}-95-5", f"(tool) bench/callgrind.sh's Envoy, a sticky 95/5 rule{about}",
+               routes="routes-direct.yaml", module="filter",
+               config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"}' + cfg + ',"destinations":'
+                      '[{"name":"a","cluster":"a","weight":5},{"name":"b","cluster":"b","weight":95}]}]}',
+               tool=True)
+      for judge, about, cfg in (("", "", ""), ("-judge", " with a judge (defaults)", ',"judge":{}'))),
     # The same judge with the errors criterion only (no latency: no clock reads, no histogram).
     Scenario("callgrind-judge-errors", "(tool) bench/callgrind.sh's Envoy, the rule with an errors-only judge",
              routes="routes-direct.yaml", module="filter",
