@@ -200,6 +200,31 @@ impl Plan {
 }
 
 impl super::Rule {
+    /// A judge whose canary has more weight than its baseline, without a rollout: most likely
+    /// `judge.canary` was left to its default (the first destination) on a rule that lists the
+    /// stable version first, so the judge compares the versions backwards and `on_fail: abort`
+    /// would send the stable version's traffic to the new one.
+    pub fn judge_backwards_warning(&self) -> Option<String> {
+        let j = self.judge.as_ref().filter(|_| self.rollout.is_none())?;
+        let (canary, baseline) = (
+            self.destinations.get(j.canary)?,
+            self.destinations.get(j.baseline)?,
+        );
+        (canary.weight > baseline.weight).then(|| {
+            format!(
+                "rule \"{}\": the judge takes \"{}\" (weight {}) for the canary and \"{}\" \
+                 (weight {}) for its baseline (judge.canary defaults to the first destination); \
+                 if \"{}\" is the new version, set judge.canary",
+                self.name,
+                canary.name,
+                canary.weight,
+                baseline.name,
+                baseline.weight,
+                baseline.name
+            )
+        })
+    }
+
     /// Each destination's expected share of users under `bounds` (buckets it owns), for the
     /// judge's sample-ratio-mismatch test.
     pub fn bucket_shares(&self, bounds: &[u32]) -> Vec<u32> {
@@ -363,6 +388,27 @@ mod tests {
         );
         assert_eq!(p.rules[0].judge_slot, Some(0));
         assert!(p.judge_site(0).is_some());
+    }
+
+    #[test]
+    fn a_judge_whose_canary_outweighs_its_baseline_is_warned_about() {
+        let backwards = r#"{"rules":[{"name":"r","destinations":[
+            {"name":"stable","cluster":"v1","weight":95},{"name":"canary","cluster":"v2","weight":5}],
+            "judge":{}}]}"#;
+        let p = Plan::from_json(backwards.as_bytes()).unwrap();
+        let warnings = p.load_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains(
+                "the judge takes \"stable\" (weight 95) for the canary and \"canary\" (weight 5)"
+            )),
+            "{warnings:?}"
+        );
+        // Named explicitly the right way round, or listed canary first: no warning.
+        let named = backwards.replace(r#""judge":{}"#, r#""judge":{"canary":"canary"}"#);
+        let p = Plan::from_json(named.as_bytes()).unwrap();
+        assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
+        let p = Plan::from_json(rule_with("{}", "").as_bytes()).unwrap();
+        assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
     }
 
     #[test]
