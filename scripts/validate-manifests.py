@@ -39,7 +39,9 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
   EnvoyPatchPolicy's is `disabled: true` in the listener and turned on by a RouteConfiguration
   patch of the same policy only on the routes carrying the Wasm filter's per-route entry (Envoy
   Gateway's name for an EnvoyExtensionPolicy beside it); an EnvoyFilter's has the namespace and
-  workload selector of a WasmPlugin beside it that applies to all their traffic.
+  workload selector of a WasmPlugin beside it that applies to all their traffic. In an Envoy
+  bootstrap (envoy/*.yaml, deploy/compose/), a fault filter with header control is in the
+  chain of a traffic-split Wasm filter, after it, and on no inline route where that one is off.
 - docker-compose.yml: `docker compose config` where Docker Compose is installed, else the
   Compose Specification's JSON schema (schemas/compose-spec.json); every bind-mount source
   exists; every Envoy config under deploy/compose/ is mounted; its upstream host names are
@@ -699,6 +701,70 @@ def check_fault_filters(where, docs, configs):
                    "Envoy's fault filter with header control")
 
 
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def connection_managers(node):
+    """Every HTTP connection manager config in an Envoy bootstrap."""
+    if isinstance(node, dict):
+        if node.get("@type") == HCM_TYPE:
+            yield node
+        for value in node.values():
+            yield from connection_managers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from connection_managers(value)
+
+
+def is_header_fault_filter(entry):
+    config = entry.get("typed_config") or {}
+    return config.get("@type") == FAULT_FILTER_TYPE and (
+        "header_abort" in (config.get("abort") or {}) or "header_delay" in (config.get("delay") or {}))
+
+
+def check_bootstrap_fault_scope(where, doc):
+    """In an Envoy bootstrap, a fault filter with header control runs only where the
+    traffic-split Wasm filter runs (which removes client-sent x-envoy-fault-* headers): in the
+    same HTTP filter chain, after it, and on no route (inline route_config) where the Wasm filter
+    is off, by `disabled: true` in the chain or a route's or virtual host's FilterConfig."""
+    for hcm in connection_managers(doc):
+        filters = [f for f in hcm.get("http_filters") or [] if isinstance(f, dict)]
+        faults = [(i, f) for i, f in enumerate(filters) if is_header_fault_filter(f)]
+        if not faults:
+            continue
+        wasm = [(i, f) for i, f in enumerate(filters) if any(True for _ in wasm_filters(f))]
+        ident = f"connection manager {hcm.get('stat_prefix')!r}"
+        if not wasm:
+            report("FAIL", where, f"{ident}: a fault filter with header control but no traffic-split Wasm filter "
+                   "in its chain: clients can inject faults")
+            continue
+        if any(i < wasm[0][0] for i, _ in faults):
+            report("FAIL", where, f"{ident}: a fault filter with header control before the Wasm filter")
+            continue
+        routes = [(vh, r) for vh in (hcm.get("route_config") or {}).get("virtual_hosts") or []
+                  for r in vh.get("routes") or []]
+        if not routes:
+            report("skip", where, f"{ident}: routes not inline (RDS): fault filter scope per route not checked")
+            continue
+
+        def enabled(entry, vh, route):
+            for level in (route, vh):
+                per = (level.get("typed_per_filter_config") or {}).get(entry.get("name"))
+                if per is not None:
+                    return not (isinstance(per, dict) and per.get("disabled"))
+            return not entry.get("disabled")
+
+        open_routes = [r.get("name") or "(unnamed)" for vh, r in routes
+                       if any(enabled(f, vh, r) for _, f in faults)
+                       and not any(enabled(f, vh, r) for _, f in wasm)]
+        if open_routes:
+            report("FAIL", where, f"{ident}: the fault filter with header control runs on route(s) "
+                   f"{', '.join(open_routes)} where the Wasm filter does not: clients there can inject faults")
+        else:
+            report("ok", where, f"{ident}: the fault filter with header control runs after the Wasm filter and "
+                   f"only on routes it runs on ({len(routes)} routes)")
+
+
 def envoy_validate_filter(where, ident, entry, route_value=None):
     """`envoy --mode validate` on a minimal bootstrap with `entry` before the router, and
     `route_value` (if any) as its route's `typed_per_filter_config` entry."""
@@ -1159,6 +1225,7 @@ def main():
                 for filter_config in wasm_filters(doc):
                     configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
                     check_filter_body_setting(where, "Wasm filter", filter_config)
+                check_bootstrap_fault_scope(where, doc)
                 if any(True for _ in wasm_filters(doc)):
                     compare_with_demo(path, doc)
             elif isinstance(doc, dict) and "groups" in doc and path.parent == ROOT / "deploy" / "prometheus":
@@ -1171,6 +1238,7 @@ def main():
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
                 check_filter_body_setting(rel(path), "Wasm filter", filter_config)
+            check_bootstrap_fault_scope(rel(path), doc)
     check_dockerfiles()
     for path in sorted((ROOT / "deploy").rglob("*.json")):
         check_dashboard(path)
