@@ -184,6 +184,11 @@ fn baseline_keep(plan: &Plan, slot: usize, rollouts: &[Vec<u32>]) -> u64 {
     let Some((rule, policy)) = plan.judge_site(slot) else {
         return u64::MAX;
     };
+    // A rule that routes by lanes sends each request where its lane says, not by the shares:
+    // they do not predict the arms' traffic, so every outcome is judged.
+    if rule.lane.as_ref().is_some_and(|l| l.from_lane) {
+        return u64::MAX;
+    }
     let shares = rule.bucket_shares(rule.bounds_in_force(rollouts));
     let share = |i: usize| shares.get(i).copied().unwrap_or(0);
     policy.baseline_keep_threshold(share(policy.canary), share(policy.baseline))
