@@ -196,6 +196,12 @@ SCENARIOS = [
              module="filter", config="filter-lanes.json"),
     Scenario("filter-judge", "(extra) filter-sticky with a judge on the split rule (defaults: errors and p99 latency)",
              module="filter", config="filter-judge.json", extra=True),
+    Scenario("filter-judge-all", "(extra) filter-judge judging every baseline outcome (max_baseline_ratio 0)",
+             module="filter", config="filter-judge-all.json", extra=True),
+    Scenario("filter-breaker", "(extra) filter-sticky with a breaker on the canary (fallback stable)",
+             module="filter", config="filter-breaker.json", extra=True),
+    Scenario("filter-breaker-judge", "(extra) filter-breaker with a judge on the split rule (defaults)",
+             module="filter", config="filter-breaker-judge.json", extra=True),
     Scenario("filter-5000-rules",
              "traffic-split with 5,000 rules, each scoped to its own host (exact authority), sticky 95/5; "
              "the load's host is the last rule's",
@@ -268,6 +274,15 @@ SCENARIOS = [
              config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"},"judge":{},"destinations":'
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
+    # The bench's filter-judge shape (a 95/5 split, judge at its defaults) and the same without
+    # the judge (CG_SCENARIO=callgrind-95-5 / callgrind-judge-95-5): callgrind's user "u" is in
+    # the 95% (the baseline), whose outcomes the judge samples (`max_baseline_ratio`).
+    *(Scenario(f"callgrind{judge}-95-5", f"(tool) bench/callgrind.sh's Envoy, a sticky 95/5 rule{about}",
+               routes="routes-direct.yaml", module="filter",
+               config='{"rules":[{"name":"r","sticky":{"header":"x-user-id"}' + cfg + ',"destinations":'
+                      '[{"name":"a","cluster":"a","weight":5},{"name":"b","cluster":"b","weight":95}]}]}',
+               tool=True)
+      for judge, about, cfg in (("", "", ""), ("-judge", " with a judge (defaults)", ',"judge":{}'))),
     # The same judge with the errors criterion only (no latency: no clock reads, no histogram).
     Scenario("callgrind-judge-errors", "(tool) bench/callgrind.sh's Envoy, the rule with an errors-only judge",
              routes="routes-direct.yaml", module="filter",
@@ -621,6 +636,13 @@ RATIOS = [
     ("p50 filter-shadow-slow / filter", ("p50", "filter-shadow-slow"), ("p50", "filter"), "le", "1.10"),
     ("p99 native-mirror-slow / native-weighted (Envoy's own mirror)", ("p99", "native-mirror-slow"),
      ("p99", "native-weighted"), "ref", ""),
+    # The judge (issue 21): on the split rule, and on top of a canary breaker (which already
+    # reads the canary's statuses); judging every baseline outcome for reference.
+    ("CPU/req filter-judge / filter-sticky", ("cpu", "filter-judge"), ("cpu", "filter-sticky"), "le", "1.03"),
+    ("CPU/req filter-judge-all / filter-sticky (every baseline outcome judged)", ("cpu", "filter-judge-all"),
+     ("cpu", "filter-sticky"), "ref", ""),
+    ("CPU/req filter-breaker-judge / filter-breaker", ("cpu", "filter-breaker-judge"), ("cpu", "filter-breaker"),
+     "le", "1.03"),
 ]
 COLUMNS = {"cpu": "cpu_us_per_req", "rps": "rps", "p50": "p50_us", "p99": "p99_us"}
 

@@ -34,7 +34,14 @@ What it checks, one line per item (`ok`, `FAIL` or `skip`), exiting 1 on any fai
 - Fault injection (`rules[].fault`): every fault filter an Istio EnvoyFilter or Envoy Gateway
   EnvoyPatchPolicy adds has header_delay and header_abort at 100%, a max_active_faults, is
   inserted right before the router (so after the Wasm filter) and loads in
-  `envoy --mode validate`; a configuration that uses `fault` has such a filter beside it.
+  `envoy --mode validate`; a configuration that uses `fault` has such a filter beside it. It
+  runs only where the Wasm filter runs (which removes client-sent x-envoy-fault-* headers): an
+  EnvoyPatchPolicy's is `disabled: true` in the listener and turned on by a RouteConfiguration
+  patch of the same policy only on the routes carrying the Wasm filter's per-route entry (Envoy
+  Gateway's name for an EnvoyExtensionPolicy beside it); an EnvoyFilter's has the namespace and
+  workload selector of a WasmPlugin beside it that applies to all their traffic. In an Envoy
+  bootstrap (envoy/*.yaml, deploy/compose/), a fault filter with header control is in the
+  chain of a traffic-split Wasm filter, after it, and on no inline route where that one is off.
 - docker-compose.yml: `docker compose config` where Docker Compose is installed, else the
   Compose Specification's JSON schema (schemas/compose-spec.json); every bind-mount source
   exists; every Envoy config under deploy/compose/ is mounted; its upstream host names are
@@ -539,34 +546,113 @@ def cross_check_body(where, docs):
                     report("ok", where, f"{name}: the listener buffer holds body_max_bytes ({need})")
 FAULT_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 ROUTER = "envoy.filters.http.router"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+# The EnvoyPatchPolicy jsonPath of the router entry (a JSON Patch `add` there inserts before it),
+# in the form of envoypatchpolicy.yaml and Envoy Gateway's docs.
+ROUTER_JSONPATH = f"$..http_filters[?(@.name=='{ROUTER}')]"
+
+
+def eg_wasm_filter_names(docs):
+    """{namespace: [Envoy Gateway's listener filter name of each EnvoyExtensionPolicy wasm entry]}
+    (`envoy.filters.http.wasm/envoyextensionpolicy/<ns>/<name>/wasm/<i>`)."""
+    names = {}
+    for _, doc in docs:
+        if doc.get("kind") == "EnvoyExtensionPolicy":
+            ns = doc["metadata"].get("namespace", "default")
+            for i, _ in enumerate((doc.get("spec") or {}).get("wasm") or []):
+                names.setdefault(ns, []).append(
+                    f"envoy.filters.http.wasm/envoyextensionpolicy/{ns}/{doc['metadata']['name']}/wasm/{i}")
+    return names
+
+
+def eg_fault_scope(doc, patch, entry, docs):
+    """(problems, the per-route value) of a fault filter an EnvoyPatchPolicy adds: it must be
+    `disabled: true` in the listener and turned on by a RouteConfiguration patch of the same
+    policy on exactly the routes that carry the Wasm filter's own per-route entry, so that it
+    never runs where the filter does not (the filter removes client-sent fault headers only
+    where it runs)."""
+    problems = []
+    if entry.get("disabled") is not True:
+        problems.append("not `disabled: true` in the listener: it would run on every route of the listener, "
+                        "also those without the Wasm filter, where clients could inject faults")
+    ns = doc["metadata"].get("namespace", "default")
+    wasm_names = eg_wasm_filter_names(docs).get(ns, [])
+    if not wasm_names:
+        problems.append(f"no EnvoyExtensionPolicy in namespace {ns} beside it: nothing tells which routes "
+                        "the Wasm filter runs on")
+    want_path = f"/typed_per_filter_config/{entry.get('name')}"
+    selectors = {f"$..routes[?(@.typed_per_filter_config['{w}'] exists true)]" for w in wasm_names}
+    enabling = [p for p in (doc.get("spec") or {}).get("jsonPatches") or []
+                if p.get("type") == ROUTE_CONFIG_TYPE and (p.get("operation") or {}).get("path") == want_path]
+    route_value = None
+    if not enabling:
+        problems.append(f"no RouteConfiguration patch adds {want_path}: the fault filter is never turned on")
+    for p in enabling:
+        op = p.get("operation") or {}
+        value = op.get("value") or {}
+        route_value = value
+        if p.get("name") != patch.get("name"):
+            problems.append(f"its RouteConfiguration patch names {p.get('name')!r}, not the listener's "
+                            f"{patch.get('name')!r} (Envoy Gateway names a listener's routes after it)")
+        if op.get("op") != "add" or op.get("jsonPath") not in selectors:
+            problems.append("its RouteConfiguration patch must `add` on the routes selected by "
+                            f"{' or '.join(sorted(selectors)) or 'the Wasm filter name'} (where the Wasm filter runs)")
+        if value.get("@type") != FILTER_CONFIG_TYPE or value.get("disabled"):
+            problems.append(f"its per-route value must be an enabling {FILTER_CONFIG_TYPE}")
+    return problems, route_value
+
+
+def istio_fault_scope(doc, docs):
+    """Problems of a fault filter an Istio EnvoyFilter adds: it must run on no workload the
+    WasmPlugin does not, i.e. the same namespace and workload selector as a WasmPlugin beside it
+    that applies to all of those workloads' traffic (no targetRef(s), no port match)."""
+    ns = doc["metadata"].get("namespace", "default")
+    labels = ((doc.get("spec") or {}).get("workloadSelector") or {}).get("labels")
+    for _, plugin in docs:
+        if plugin.get("kind") != "WasmPlugin" or plugin["metadata"].get("namespace", "default") != ns:
+            continue
+        spec = plugin.get("spec") or {}
+        if labels and (spec.get("selector") or {}).get("matchLabels") == labels \
+                and not spec.get("targetRef") and not spec.get("targetRefs") \
+                and not any(m.get("ports") for m in spec.get("match") or []):
+            return []
+    return [f"no WasmPlugin in {ns} with the same workloadSelector {labels} that applies to all of its traffic: "
+            "the fault filter would run where the Wasm filter does not, and clients there could inject faults"]
 
 
 def fault_filters(docs):
-    """[(name, filter entry, placed before the router)] of every fault filter an Istio
-    EnvoyFilter or Envoy Gateway EnvoyPatchPolicy in `docs` adds."""
+    """[(name, filter entry, placed before the router, scope problems, per-route value)] of
+    every fault filter an Istio EnvoyFilter or Envoy Gateway EnvoyPatchPolicy in `docs` adds."""
     found = []
+    is_fault = lambda value: isinstance(value, dict) and (  # noqa: E731
+        (value.get("typed_config") or {}).get("@type") == FAULT_FILTER_TYPE)
     for _, doc in docs:
         kind, spec = doc.get("kind"), doc.get("spec") or {}
         ident = f"{kind} {doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
         if kind == "EnvoyFilter":
             for patch in spec.get("configPatches") or []:
                 value = (patch.get("patch") or {}).get("value") or {}
+                if not is_fault(value):
+                    continue
                 sub = ((((patch.get("match") or {}).get("listener") or {}).get("filterChain") or {})
                        .get("filter") or {}).get("subFilter") or {}
                 before_router = (patch.get("applyTo") == "HTTP_FILTER"
                                  and patch["patch"].get("operation") == "INSERT_BEFORE"
                                  and sub.get("name") == ROUTER)
-                found.append((ident, value, before_router))
+                found.append((ident, value, before_router, istio_fault_scope(doc, docs), None))
         elif kind == "EnvoyPatchPolicy":
             for patch in spec.get("jsonPatches") or []:
                 op = patch.get("operation") or {}
-                before_router = (op.get("op") == "add" and not op.get("path")
-                                 and re.fullmatch(r"\.\.http_filters\[\?@\.name=='" + re.escape(ROUTER) + r"'\]",
-                                                  str(op.get("jsonPath", ""))) is not None)
-                found.append((ident, op.get("value") or {}, before_router))
-    # A JSON patch's value can be a scalar (`value: true` sets a field): not a filter entry.
-    return [f for f in found
-            if isinstance(f[1], dict) and (f[1].get("typed_config") or {}).get("@type") == FAULT_FILTER_TYPE]
+                # A JSON patch's value can be a scalar (`value: true` sets a field): not a filter entry.
+                if not is_fault(op.get("value")):
+                    continue
+                before_router = (patch.get("type") == LISTENER_TYPE and op.get("op") == "add"
+                                 and not op.get("path") and op.get("jsonPath") == ROUTER_JSONPATH)
+                problems, route_value = eg_fault_scope(doc, patch, op["value"], docs)
+                found.append((ident, op["value"], before_router, problems, route_value))
+    return found
 
 
 def uses_fault(config):
@@ -575,10 +661,11 @@ def uses_fault(config):
 
 def check_fault_filters(where, docs, configs):
     """Every fault filter shipped for `rules[].fault` has header control at 100%, a
-    max_active_faults, sits right before the router (after the Wasm filter) and loads in Envoy;
-    a configuration in `where` that uses `fault` has one beside it."""
+    max_active_faults, sits right before the router (after the Wasm filter), runs only where the
+    Wasm filter runs, and loads in Envoy; a configuration in `where` that uses `fault` has one
+    beside it."""
     filters = fault_filters(docs)
-    for ident, entry, before_router in filters:
+    for ident, entry, before_router, scope_problems, route_value in filters:
         config = entry.get("typed_config") or {}
         problems = []
         for kind, control in (("delay", "header_delay"), ("abort", "header_abort")):
@@ -591,21 +678,96 @@ def check_fault_filters(where, docs, configs):
         if not config.get("max_active_faults"):
             problems.append("no max_active_faults")
         if not before_router:
-            problems.append(f"not inserted right before {ROUTER} (after the Wasm filter)")
+            problems.append(f"not inserted right before {ROUTER} (after the Wasm filter"
+                            + (f"; EnvoyPatchPolicy: `add` at jsonPath {ROUTER_JSONPATH}" if "EnvoyPatchPolicy" in ident
+                               else "") + ")")
         if problems:
             report("FAIL", where, f"{ident}: fault filter: {'; '.join(problems)}")
-            continue
-        report("ok", where, f"{ident}: fault filter with header_delay, header_abort at 100% and "
-               f"max_active_faults {config['max_active_faults']}, before the router")
-        envoy_validate_filter(where, ident, entry)
+        else:
+            report("ok", where, f"{ident}: fault filter with header_delay, header_abort at 100% and "
+                   f"max_active_faults {config['max_active_faults']}, before the router")
+        if scope_problems:
+            report("FAIL", where, f"{ident}: fault filter scope: {'; '.join(scope_problems)}")
+        elif "EnvoyPatchPolicy" in ident:
+            report("ok", where, f"{ident}: fault filter disabled in the listener, on only on the routes that "
+                   "have the Wasm filter's per-route entry")
+        else:
+            report("ok", where, f"{ident}: fault filter on the workloads of the WasmPlugin beside it, no others")
+        if not problems:
+            envoy_validate_filter(where, ident, entry, route_value)
     for name, config in configs:
         if uses_fault(config) and not filters:
             report("FAIL", where, f"{name}: uses `fault` but no EnvoyFilter/EnvoyPatchPolicy in {where} adds "
                    "Envoy's fault filter with header control")
 
 
-def envoy_validate_filter(where, ident, entry):
-    """`envoy --mode validate` on a minimal bootstrap with `entry` before the router."""
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def connection_managers(node):
+    """Every HTTP connection manager config in an Envoy bootstrap."""
+    if isinstance(node, dict):
+        if node.get("@type") == HCM_TYPE:
+            yield node
+        for value in node.values():
+            yield from connection_managers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from connection_managers(value)
+
+
+def is_header_fault_filter(entry):
+    config = entry.get("typed_config") or {}
+    return config.get("@type") == FAULT_FILTER_TYPE and (
+        "header_abort" in (config.get("abort") or {}) or "header_delay" in (config.get("delay") or {}))
+
+
+def check_bootstrap_fault_scope(where, doc):
+    """In an Envoy bootstrap, a fault filter with header control runs only where the
+    traffic-split Wasm filter runs (which removes client-sent x-envoy-fault-* headers): in the
+    same HTTP filter chain, after it, and on no route (inline route_config) where the Wasm filter
+    is off, by `disabled: true` in the chain or a route's or virtual host's FilterConfig."""
+    for hcm in connection_managers(doc):
+        filters = [f for f in hcm.get("http_filters") or [] if isinstance(f, dict)]
+        faults = [(i, f) for i, f in enumerate(filters) if is_header_fault_filter(f)]
+        if not faults:
+            continue
+        wasm = [(i, f) for i, f in enumerate(filters) if any(True for _ in wasm_filters(f))]
+        ident = f"connection manager {hcm.get('stat_prefix')!r}"
+        if not wasm:
+            report("FAIL", where, f"{ident}: a fault filter with header control but no traffic-split Wasm filter "
+                   "in its chain: clients can inject faults")
+            continue
+        if any(i < wasm[0][0] for i, _ in faults):
+            report("FAIL", where, f"{ident}: a fault filter with header control before the Wasm filter")
+            continue
+        routes = [(vh, r) for vh in (hcm.get("route_config") or {}).get("virtual_hosts") or []
+                  for r in vh.get("routes") or []]
+        if not routes:
+            report("skip", where, f"{ident}: routes not inline (RDS): fault filter scope per route not checked")
+            continue
+
+        def enabled(entry, vh, route):
+            for level in (route, vh):
+                per = (level.get("typed_per_filter_config") or {}).get(entry.get("name"))
+                if per is not None:
+                    return not (isinstance(per, dict) and per.get("disabled"))
+            return not entry.get("disabled")
+
+        open_routes = [r.get("name") or "(unnamed)" for vh, r in routes
+                       if any(enabled(f, vh, r) for _, f in faults)
+                       and not any(enabled(f, vh, r) for _, f in wasm)]
+        if open_routes:
+            report("FAIL", where, f"{ident}: the fault filter with header control runs on route(s) "
+                   f"{', '.join(open_routes)} where the Wasm filter does not: clients there can inject faults")
+        else:
+            report("ok", where, f"{ident}: the fault filter with header control runs after the Wasm filter and "
+                   f"only on routes it runs on ({len(routes)} routes)")
+
+
+def envoy_validate_filter(where, ident, entry, route_value=None):
+    """`envoy --mode validate` on a minimal bootstrap with `entry` before the router, and
+    `route_value` (if any) as its route's `typed_per_filter_config` entry."""
     if not ENVOY.exists():
         report("FAIL", where, f"{ident}: envoy --mode validate: no Envoy at {rel(ENVOY)} (run `make envoy`)")
         return
@@ -615,7 +777,10 @@ def envoy_validate_filter(where, ident, entry):
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "check", "route_config": {"name": "check"},
+                "stat_prefix": "check", "route_config": {"name": "check", "virtual_hosts": [{
+                    "name": "check", "domains": ["*"], "routes": [{
+                        "match": {"prefix": "/"}, "direct_response": {"status": 200},
+                        **({"typed_per_filter_config": {entry.get("name"): route_value}} if route_value else {})}]}]},
                 "http_filters": [entry, {"name": ROUTER, "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -624,7 +789,8 @@ def envoy_validate_filter(where, ident, entry):
         run = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
                              capture_output=True, text=True, check=False)
     if run.returncode == 0:
-        report("ok", where, f"{ident}: its fault filter loads (envoy --mode validate)")
+        report("ok", where, f"{ident}: its fault filter loads (envoy --mode validate)"
+               + (" with its per-route FilterConfig" if route_value else ""))
     else:
         report("FAIL", where, f"{ident}: envoy --mode validate rejects its fault filter: {run.stderr.strip()[-400:]}")
 
@@ -1059,6 +1225,7 @@ def main():
                 for filter_config in wasm_filters(doc):
                     configs.add(where, "Wasm filter configuration", plugin_configuration(filter_config).encode())
                     check_filter_body_setting(where, "Wasm filter", filter_config)
+                check_bootstrap_fault_scope(where, doc)
                 if any(True for _ in wasm_filters(doc)):
                     compare_with_demo(path, doc)
             elif isinstance(doc, dict) and "groups" in doc and path.parent == ROOT / "deploy" / "prometheus":
@@ -1071,6 +1238,7 @@ def main():
             for filter_config in wasm_filters(doc):
                 configs.add(rel(path), "Wasm filter configuration", plugin_configuration(filter_config).encode())
                 check_filter_body_setting(rel(path), "Wasm filter", filter_config)
+            check_bootstrap_fault_scope(rel(path), doc)
     check_dockerfiles()
     for path in sorted((ROOT / "deploy").rglob("*.json")):
         check_dashboard(path)

@@ -1173,7 +1173,8 @@ fn judge_prints_the_verdict_and_why_from_the_filters_code() {
 #[test]
 fn explain_and_rollout_show_the_rules_judge() {
     let want = "judge: \"canary\" vs \"stable\" every 30 s (min 200 req per arm): failures at \
-                most +2.0 pp at 99%; 3 failing window(s) in a row -> abort the rollout";
+                most +2.0 pp at 99%; 3 failing window(s) in a row -> abort the rollout; at most 4 \
+                baseline outcomes judged per canary outcome";
     let o = run_stdin(&["explain", "-", "--at", "2026-12-01T10:15:00Z"], JUDGED);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains(want), "{}", stdout(&o));

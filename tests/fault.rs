@@ -395,3 +395,219 @@ fn a_judge_never_counts_injected_aborts() {
     );
     assert!(!envoy.log().contains("judge of rule"), "{}", envoy.log());
 }
+
+/// The Wasm filter's name in Envoy Gateway's listener for wasm[0] of EnvoyExtensionPolicy
+/// shop/traffic-split (deploy/envoy-gateway/envoyextensionpolicy.yaml).
+const EG_WASM_FILTER: &str =
+    "envoy.filters.http.wasm/envoyextensionpolicy/shop/traffic-split/wasm/0";
+
+/// What deploy/envoy-gateway/envoypatchpolicy-fault.yaml does to Envoy Gateway's listener and
+/// routes, read from the shipped manifest: (the fault filter entry its Listener patch inserts
+/// before the router, the `typed_per_filter_config` entry its RouteConfiguration patch adds to
+/// every route that has the Wasm filter's own entry, if it has such a patch).
+fn eg_fault_patches() -> (serde_json::Value, Option<(String, serde_json::Value)>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/envoy-gateway/envoypatchpolicy-fault.yaml"
+    );
+    let doc: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let patches = doc["spec"]["jsonPatches"].as_array().unwrap();
+    let of_type = |t: &'static str| {
+        patches
+            .iter()
+            .filter(move |p| p["type"] == format!("type.googleapis.com/{t}").as_str())
+    };
+    let listener: Vec<_> = of_type("envoy.config.listener.v3.Listener").collect();
+    assert_eq!(listener.len(), 1, "one Listener patch: the fault filter");
+    let filter = listener[0]["operation"]["value"].clone();
+    let route = of_type("envoy.config.route.v3.RouteConfiguration")
+        .map(|p| {
+            let op = &p["operation"];
+            // The selection this test reproduces: the routes with the Wasm filter's entry.
+            let json_path = op["jsonPath"].as_str().unwrap();
+            assert_eq!(
+                json_path,
+                format!("$..routes[?(@.typed_per_filter_config['{EG_WASM_FILTER}'] exists true)]")
+            );
+            let name = op["path"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("/typed_per_filter_config/")
+                .unwrap()
+                .to_string();
+            (name, op["value"].clone())
+        })
+        .next();
+    (filter, route)
+}
+
+/// The Envoy Gateway shape of envoyextensionpolicy.yaml + envoypatchpolicy-fault.yaml, as the
+/// proxy gets it: the Wasm filter in the listener's chain under Envoy Gateway's name with
+/// `disabled: true`, on only for the routes of HTTPRoute `checkout` (a `FilterConfig` in their
+/// `typed_per_filter_config`, as Envoy Gateway writes it); the manifest's fault filter before the
+/// router and its per-route entry on the routes with the Wasm filter's. HTTPRoute `other`
+/// (`/other`, cluster `other`) shares the listener and virtual host without the filter.
+/// `route_patch_applies: false` drops the RouteConfiguration patch, as Envoy Gateway does when
+/// its jsonPath selects no route (each patch applies on its own).
+fn gateway_envoy(
+    config: &str,
+    stable: &Backend,
+    other: &Backend,
+    route_patch_applies: bool,
+) -> Envoy {
+    let (fault_filter, route_patch) = eg_fault_patches();
+    let route_patch = route_patch.filter(|_| route_patch_applies);
+    let filter_config =
+        r#"{ "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} }"#;
+    let mut per_route = format!("\"{EG_WASM_FILTER}\": {filter_config}");
+    if let Some((name, value)) = &route_patch {
+        per_route += &format!(", \"{name}\": {value}");
+    }
+    let checkout = |rule: usize| {
+        format!(
+            "- name: \"httproute/shop/checkout/rule/{rule}/match/0/*\"\n                \
+             typed_per_filter_config: {{ {per_route} }}\n"
+        )
+    };
+    Envoy::start(
+        EnvoySpec::new(config)
+            .cluster("stable", stable.addr)
+            .cluster("other", other.addr)
+            .patch(
+                "- name: envoy.filters.http.wasm\n",
+                &format!("- name: {EG_WASM_FILTER}\n            disabled: true\n"),
+            )
+            .patch(
+                "          - name: envoy.filters.http.router\n",
+                &format!(
+                    "          - {fault_filter}\n          - name: envoy.filters.http.router\n"
+                ),
+            )
+            .patch(
+                "- name: api\n",
+                "- name: \"httproute/shop/other/rule/0/match/0/*\"\n                \
+                 match: { prefix: \"/other\" }\n                \
+                 route: { cluster: other, timeout: 5s }\n              - name: api\n",
+            )
+            .patch("- name: split\n", &checkout(0))
+            .patch("- name: default\n", &checkout(1)),
+    )
+}
+
+/// Rule `chaos` (`/chaos`): every request in its fault slice, aborted with 503.
+const CHAOS: &str = r#"{"debug_header":true,"rules":[{"name":"chaos","match":{"path":{"prefix":"/chaos"}},
+    "destinations":[{"name":"stable","cluster":"stable"}],
+    "fault":{"percent":100,"abort_status":503}}]}"#;
+
+/// The shipped Envoy Gateway fault filter runs only where the Wasm filter runs: on a route of
+/// the same listener without the filter (another HTTPRoute), a client's own fault headers are
+/// not acted on (with the fault filter on the whole listener, they aborted and delayed it),
+/// while the filter's `fault` slice still aborts on its routes and a client's headers there are
+/// removed by the filter.
+#[test]
+fn gateway_scoped_fault_filter_ignores_client_fault_headers_on_routes_without_the_filter() {
+    let stable = Backend::start("stable");
+    let other = Backend::start("other");
+    let envoy = gateway_envoy(CHAOS, &stable, &other, true);
+    // Another app's route on the same listener: the forged abort and delay do nothing.
+    let forged = [
+        ("x-envoy-fault-abort-request", "503"),
+        ("x-envoy-fault-abort-request-percentage", "100"),
+    ];
+    for _ in 0..5 {
+        let r = envoy.get("/other/page", &forged);
+        assert_eq!(
+            (r.status, r.backend()),
+            (200, "other"),
+            "a client aborted a request on a route without the filter"
+        );
+        assert_eq!(
+            r.header("x-split-decision"),
+            None,
+            "the filter does not run there"
+        );
+    }
+    let start = Instant::now();
+    let r = envoy.get(
+        "/other/slow",
+        &[
+            ("x-envoy-fault-delay-request", "3000"),
+            ("x-envoy-fault-delay-request-percentage", "100"),
+        ],
+    );
+    assert_eq!((r.status, r.backend()), (200, "other"));
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(other.count(), 6);
+    // The filter's routes: a request no rule matched goes through (the forged headers removed)...
+    for _ in 0..5 {
+        let r = envoy.get("/home", &forged);
+        assert_eq!((r.status, r.backend()), (200, "stable"));
+    }
+    // ... and the `chaos` rule's fault slice (100%) is aborted by the fault filter.
+    for _ in 0..3 {
+        let r = envoy.get("/chaos", &[]);
+        assert_eq!((r.status, r.backend()), (503, ""));
+        assert_eq!(
+            r.header("x-split-decision"),
+            Some("rule=chaos; variant=stable; fault=abort_status:503")
+        );
+    }
+    assert_eq!(
+        counter_settled(&envoy, "traffic_split.fault.chaos.aborted", 3),
+        3
+    );
+    assert_eq!(envoy.counter("http.ingress.fault.aborts_injected"), 3);
+    assert_eq!(envoy.counter("http.ingress.fault.delays_injected"), 0);
+    assert_eq!(stable.count(), 5);
+    // The filter removed the client's fault headers on its route; on the other route nothing
+    // did (only the fault filter being off there keeps them harmless).
+    for (backend, removed) in [(&stable, true), (&other, false)] {
+        for req in backend.received() {
+            let forged = req.headers.iter().any(|(n, _)| {
+                n == "x-envoy-fault-abort-request" || n == "x-envoy-fault-delay-request"
+            });
+            assert_eq!(forged, !removed, "{}: {:?}", req.uri, req.headers);
+        }
+    }
+}
+
+/// The shipped Envoy Gateway fault filter fails closed: when its RouteConfiguration patch
+/// selects no route (say, Envoy Gateway renamed the Wasm filter), the fault filter stays off
+/// on every route, so neither a client nor the filter's `fault` slice faults anything.
+#[test]
+fn gateway_scoped_fault_filter_is_off_everywhere_when_its_route_patch_selects_nothing() {
+    let stable = Backend::start("stable");
+    let other = Backend::start("other");
+    let envoy = gateway_envoy(CHAOS, &stable, &other, false);
+    let forged = [
+        ("x-envoy-fault-abort-request", "503"),
+        ("x-envoy-fault-abort-request-percentage", "100"),
+    ];
+    for (path, backend) in [
+        ("/other/page", "other"),
+        ("/chaos", "stable"),
+        ("/home", "stable"),
+    ] {
+        let r = envoy.get(path, &forged);
+        assert_eq!((r.status, r.backend()), (200, backend), "{path}");
+    }
+    // The filter still asks for its fault: only the fault filter is off (and the filter counts
+    // no fault Envoy did not apply).
+    let r = envoy.get("/chaos", &[]);
+    assert_eq!((r.status, r.backend()), (200, "stable"));
+    assert_eq!(
+        r.header("x-split-decision"),
+        Some("rule=chaos; variant=stable; fault=abort_status:503")
+    );
+    assert_eq!(envoy.counter("http.ingress.fault.aborts_injected"), 0);
+    assert_eq!(
+        envoy.settled_counter("traffic_split.fault.chaos.aborted"),
+        0
+    );
+    assert_eq!((stable.count(), other.count()), (3, 1));
+}

@@ -380,12 +380,14 @@ fn srm_flags_a_rule_whose_canary_users_stop_returning_and_not_a_healthy_one() {
     let stable = Backend::start("stable");
     let canary = Backend::start("canary");
     // Two sticky 50/50 rules with the same salt (so the same users), told apart by a header.
+    // Errors only: a p99 is not judged from this few requests (its windows would be
+    // inconclusive, and "healthy" must show judged windows).
     let rule = |name: &str| {
         format!(
             r#"{{"name":"{name}","match":{{"headers":[{{"name":"x-rule","exact":"{name}"}}]}},
             "salt":"s","sticky":{{"header":"x-user-id"}},"destinations":[
             {{"name":"canary","cluster":"canary"}},{{"name":"stable","cluster":"stable"}}],
-            "judge":{{"window_s":2,"min_requests":5,"on_fail":"report"}}}}"#
+            "judge":{{"window_s":2,"min_requests":5,"errors":{{}},"on_fail":"report"}}}}"#
         )
     };
     let config = format!(r#"{{"rules":[{},{}]}}"#, rule("healthy"), rule("leaky"));
@@ -470,4 +472,59 @@ fn without_a_rollout_an_abort_sends_the_canarys_traffic_to_the_baseline() {
         log.contains("-> traffic of \"canary\" goes to \"stable\" until the configuration changes"),
         "{log}"
     );
+}
+
+/// `max_baseline_ratio` (default 4): on a 95/5 split the judge reads about 4 baseline outcomes
+/// per canary outcome, not 19 (its status read is most of a judged request's cost); with 0 it
+/// judges them all. Read from the last window's `canary_requests` / `baseline_requests`.
+#[test]
+fn a_95_5_split_judges_about_4_baseline_outcomes_per_canary_outcome() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    for (ratio, expected, range) in [
+        ("", 4.0, 2.5..6.5),
+        (r#","max_baseline_ratio":0"#, 19.0, 12.0..30.0),
+    ] {
+        let config = format!(
+            r#"{{"rules":[{{"name":"checkout","destinations":[
+                {{"name":"canary","cluster":"canary","weight":5}},
+                {{"name":"stable","cluster":"stable","weight":95}}],
+            "judge":{{"window_s":2,"min_requests":20,"errors":{{}},"on_fail":"report"{ratio}}}}}]}}"#
+        );
+        let envoy = Envoy::start(
+            EnvoySpec::new(&config)
+                .cluster("stable", stable.addr)
+                .cluster("canary", canary.addr),
+        );
+        let before = (stable.count(), canary.count());
+        let load = Load::start(&envoy, 4, Duration::ZERO, 60_000, |_| None);
+        // The gauges of one window (read again if a window closed between the reads) with
+        // enough canary outcomes for the ratio to mean something.
+        let mut last = (0, 0);
+        let judged = wait_until(Duration::from_secs(40), || {
+            let c = stat(&envoy, "canary_requests");
+            let b = stat(&envoy, "baseline_requests");
+            last = (c, b);
+            c >= 60 && stat(&envoy, "canary_requests") == c
+        });
+        let sent = load.stop();
+        let (c, b) = last;
+        assert!(
+            judged,
+            "no window with 60 canary outcomes ({sent} requests): {c}/{b}"
+        );
+        let per_canary = b as f64 / c as f64;
+        assert!(
+            range.contains(&per_canary),
+            "{b} baseline outcomes judged per {c} canary outcomes: {per_canary:.1}, expected about {expected}"
+        );
+        // The stable backend still got its 95%: sampling only skips reading outcomes.
+        let (to_stable, to_canary) = (stable.count() - before.0, canary.count() - before.1);
+        let routed = to_stable as f64 / (to_stable + to_canary) as f64;
+        assert!(
+            (0.9..0.99).contains(&routed),
+            "stable got {routed:.3} of the requests"
+        );
+    }
 }

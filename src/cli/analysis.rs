@@ -629,6 +629,7 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
                     confidence: judge::DEFAULT_CONFIDENCE,
                     fail_after: judge::DEFAULT_FAIL_AFTER,
                     on_fail: judge::OnFail::Abort,
+                    max_baseline_ratio: judge::DEFAULT_MAX_BASELINE_RATIO,
                 },
                 None,
             )

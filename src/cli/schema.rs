@@ -162,6 +162,8 @@ fn judge_def() -> Value {
                 "description": "One-sided confidence of each criterion."},
             "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
                 "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
+            "max_baseline_ratio": {"type": "number", "minimum": 0, "maximum": 1000000, "default": 4,
+                "description": "At most this many baseline outcomes are judged per canary outcome (expected from the shares in force): the rest of the baseline's responses, when no breaker classifies them anyway, are not read (a random sample, independent of the outcome). 0: judge every baseline outcome."},
             "on_fail": {"enum": ["abort", "report"], "default": "abort",
                 "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
         }

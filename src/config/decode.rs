@@ -127,6 +127,7 @@ fn judge(mut o: Obj<'_>) -> Result<JudgeConfig> {
         "confidence",
         "fail_after",
         "on_fail",
+        "max_baseline_ratio",
     ])?;
     let mut j = JudgeConfig {
         canary: o.string("canary")?,
@@ -155,6 +156,7 @@ fn judge(mut o: Obj<'_>) -> Result<JudgeConfig> {
             ("report", crate::judge::OnFail::Report),
         ],
     )?;
+    j.max_baseline_ratio = o.number("max_baseline_ratio", 0, 1_000_000)?;
     Ok(j)
 }
 

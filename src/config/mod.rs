@@ -130,6 +130,7 @@ pub struct JudgeConfig {
     pub confidence: Option<f64>,
     pub fail_after: Option<u64>,
     pub on_fail: Option<crate::judge::OnFail>,
+    pub max_baseline_ratio: Option<f64>,
 }
 
 /// `rules[].judge.latency`.

@@ -31,6 +31,9 @@ pub(super) struct Judges {
     pub views: Vec<JudgeView>,
     /// What counts as a failure on a destination without a breaker.
     pub default_failures: BreakerPolicy,
+    /// Per judge slot: the sampling threshold of baseline outcomes that no breaker classifies
+    /// (`JudgePolicy::baseline_keep_threshold` at the shares in force; `u64::MAX`: all).
+    pub baseline_keep: Vec<u64>,
     slots: Vec<Slot>,
 }
 
@@ -73,11 +76,24 @@ impl Judges {
                 }
             })
             .collect();
+        let baseline_keep = (0..slots.len())
+            .map(|slot| baseline_keep(plan, slot, &[]))
+            .collect();
         Judges {
             tripped: vec![false; slots.len()],
             views: vec![JudgeView::default(); slots.len()],
             default_failures: default_failure_policy(),
+            baseline_keep,
             slots,
+        }
+    }
+
+    /// Whether this request's baseline outcome is judged: always unless the baseline is
+    /// sampled (`baseline_keep`), then when `draw` (a uniform u64) falls under the threshold.
+    pub fn keeps_baseline(&self, slot: usize, draw: impl FnOnce() -> u64) -> bool {
+        match self.baseline_keep.get(slot) {
+            Some(&u64::MAX) | None => true,
+            Some(&keep) => draw() < keep,
         }
     }
 
@@ -115,6 +131,10 @@ impl Judges {
             let Some((rule, policy)) = plan.judge_site(slot) else {
                 continue;
             };
+            // A rollout step moves the shares, and with them the baseline's sampling.
+            if let Some(keep) = self.baseline_keep.get_mut(slot) {
+                *keep = baseline_keep(plan, slot, rollouts);
+            }
             // Counts stay in the VM between the ticks that must publish.
             if !publish_due(now_ms, policy.window_s, tick_ms, s.published) {
                 continue;
@@ -157,6 +177,21 @@ impl Judges {
             }
         }
     }
+}
+
+/// Judge `slot`'s baseline sampling threshold at the shares in force under `rollouts`.
+fn baseline_keep(plan: &Plan, slot: usize, rollouts: &[Vec<u32>]) -> u64 {
+    let Some((rule, policy)) = plan.judge_site(slot) else {
+        return u64::MAX;
+    };
+    // A rule that routes by lanes sends each request where its lane says, not by the shares:
+    // they do not predict the arms' traffic, so every outcome is judged.
+    if rule.lane.as_ref().is_some_and(|l| l.from_lane) {
+        return u64::MAX;
+    }
+    let shares = rule.bucket_shares(rule.bounds_in_force(rollouts));
+    let share = |i: usize| shares.get(i).copied().unwrap_or(0);
+    policy.baseline_keep_threshold(share(policy.canary), share(policy.baseline))
 }
 
 /// The closing worker reports a window: gauges, its verdict's counter, and a log line when it

@@ -89,6 +89,9 @@ pub struct JudgePolicy {
     pub confidence: f64,
     pub fail_after: u32,
     pub on_fail: OnFail,
+    /// At most this many baseline outcomes judged per canary outcome (expected from the shares
+    /// in force); 0: every one (`baseline_keep_threshold`).
+    pub max_baseline_ratio: f64,
 }
 
 pub const DEFAULT_WINDOW_S: u64 = 60;
@@ -98,6 +101,11 @@ pub const DEFAULT_PERCENTILE: f64 = 99.0;
 pub const DEFAULT_MAX_RATIO: f64 = 1.2;
 pub const DEFAULT_CONFIDENCE: f64 = 0.99;
 pub const DEFAULT_FAIL_AFTER: u32 = 2;
+/// Four baseline outcomes per canary outcome: the difference of the two failure ratios is then
+/// known within 1.12x the standard error it would have with the whole baseline, at any split
+/// (sqrt(1 + 1/4)), and a 95/5 split reads a quarter of the responses' statuses
+/// (docs/configuration.md, "Cost", BENCHMARKS.md).
+pub const DEFAULT_MAX_BASELINE_RATIO: f64 = 4.0;
 
 /// Latency buckets: exact microseconds below 32, then 16 log-spaced buckets per octave (each
 /// at most 6.25% wide) up to 2^32 µs (71 minutes; longer is counted in the last bucket).
@@ -288,6 +296,10 @@ pub struct Evaluation {
     pub errors_z: Option<f64>,
     /// The canary's lower and the baseline's upper bound of the percentile, µs, when both exist.
     pub latency_bounds: Option<(u64, u64)>,
+    /// The latency criterion is configured but its bounds do not exist for these counts (a p99
+    /// at 99% needs 528 outcomes per arm, `JudgePolicy::latency_min_requests`): it cannot hold,
+    /// so the window cannot pass (it is `inconclusive` unless the errors criterion fails it).
+    pub latency_unjudged: bool,
     /// Sample ratio mismatch of the window's distinct users (`srm::srm`); `None` when not
     /// judged (not sticky, or too few users).
     pub srm: Option<bool>,
@@ -348,14 +360,54 @@ impl JudgePolicy {
             if let (Some(low), Some(high)) = (canary_low, baseline_high) {
                 e.latency_bounds = Some((low, high));
                 e.latency_failed = low as f64 > latency.max_ratio * high as f64;
+            } else {
+                e.latency_unjudged = true;
             }
         }
+        // Either criterion failing fails the window; both must hold for a pass, and one whose
+        // bounds do not exist yet has not held.
         e.verdict = if e.errors_failed || e.latency_failed {
             Verdict::Fail
+        } else if e.latency_unjudged {
+            Verdict::Inconclusive
         } else {
             Verdict::Pass
         };
         e
+    }
+
+    /// The sampling threshold (against a uniform u64) of the baseline's outcomes when the
+    /// canary is expected to get `canary_share` and the baseline `baseline_share` (any unit):
+    /// keep `max_baseline_ratio` baseline outcomes per canary outcome, all when that is not
+    /// fewer than the baseline gets, or when the ratio is 0 (`u64::MAX`: no draw). Sampling is
+    /// independent of the outcome, so the sampled failure ratio and percentile estimate the
+    /// baseline's without bias; only their counts (and so their precision) shrink.
+    pub fn baseline_keep_threshold(&self, canary_share: u32, baseline_share: u32) -> u64 {
+        let ratio = self.max_baseline_ratio;
+        if ratio <= 0.0 || baseline_share == 0 {
+            return u64::MAX;
+        }
+        let keep = ratio * f64::from(canary_share) / f64::from(baseline_share);
+        if keep >= 1.0 {
+            u64::MAX
+        } else {
+            crate::rng::sample_threshold(keep * 100.0)
+        }
+    }
+
+    /// The fewest outcomes per arm for which the latency criterion can be judged: the
+    /// baseline's upper bound of the percentile exists (`stats::quantile_rank_bounds`) from
+    /// n = ln(alpha) / ln(p) on, alpha = (1 − confidence) / 2 (528 for a p99 at 99%). `None`
+    /// without a latency criterion.
+    pub fn latency_min_requests(&self) -> Option<u64> {
+        let p = self.latency?.percentile / 100.0;
+        let alpha = (1.0 - self.confidence) / 2.0;
+        let mut n = (alpha.ln() / p.ln()).floor().max(1.0) as u64;
+        // The float estimate may sit one off the exact walk: step to the first n that works.
+        while stats::quantile_rank_bounds(n, p, alpha).1.is_none() && n < 1 << 32 {
+            n += 1;
+        }
+        Some(n)
     }
 }
 
@@ -462,6 +514,14 @@ impl JudgePolicy {
     /// Why a window got its verdict, in words (CLI and inconclusive explanations).
     pub fn reason_text(&self, e: &Evaluation) -> String {
         match e.verdict {
+            Verdict::Inconclusive if e.latency_unjudged => format!(
+                "inconclusive: the latency criterion needs at least {} requests in each arm to \
+                 bound its percentile at this confidence (canary {}, baseline {}): a criterion \
+                 that cannot be judged never passes a window",
+                thousands(self.latency_min_requests().unwrap_or(0)),
+                thousands(e.canary_requests),
+                thousands(e.baseline_requests)
+            ),
             Verdict::Inconclusive => format!(
                 "inconclusive: fewer than {} requests in an arm (canary {}, baseline {}): too \
                  little traffic never fails a canary",

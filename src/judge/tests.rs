@@ -19,6 +19,7 @@ fn policy() -> JudgePolicy {
         confidence: DEFAULT_CONFIDENCE,
         fail_after: DEFAULT_FAIL_AFTER,
         on_fail: OnFail::Abort,
+        max_baseline_ratio: DEFAULT_MAX_BASELINE_RATIO,
     }
 }
 
@@ -119,20 +120,52 @@ fn a_slower_canary_fails_on_latency_and_an_equal_one_passes() {
 }
 
 #[test]
-fn a_p99_needs_enough_samples_for_an_upper_bound() {
+fn a_p99_that_cannot_be_bounded_is_inconclusive_not_a_pass() {
     // 100 samples per arm: the baseline's p99 has no upper bound at 99.5%, so latency can
-    // not fail, however slow the canary.
+    // not fail, however slow the canary, and it has not held either: the window is
+    // inconclusive (a gated rollout must not advance on it).
     let p = JudgePolicy {
         errors: None,
         ..policy()
     };
+    assert_eq!(p.latency_min_requests(), Some(528));
     let mut rng = Rng::from_seed(3);
     let mut w = Tally::default();
     latencies(&mut w.canary, 100, 900_000.0, &mut rng);
     latencies(&mut w.baseline, 100, 1_000.0, &mut rng);
     let e = p.evaluate(&w);
-    assert_eq!(e.verdict, Verdict::Pass);
+    assert_eq!(e.verdict, Verdict::Inconclusive);
+    assert!(e.latency_unjudged);
     assert_eq!(e.latency_bounds, None);
+    assert!(
+        p.reason_text(&e).contains("at least 528 requests"),
+        "{}",
+        p.reason_text(&e)
+    );
+    // One short of the bound still cannot pass; at the bound an equal canary passes.
+    for (n, verdict) in [(527, Verdict::Inconclusive), (528, Verdict::Pass)] {
+        let mut w = Tally::default();
+        latencies(&mut w.canary, n, 1_000.0, &mut rng);
+        latencies(&mut w.baseline, n, 1_000.0, &mut rng);
+        assert_eq!(p.evaluate(&w).verdict, verdict, "{n} per arm");
+    }
+    // The errors criterion still fails a window whose latency cannot be judged.
+    let both = policy();
+    let mut w = Tally::default();
+    latencies(&mut w.canary, 300, 1_000.0, &mut rng);
+    latencies(&mut w.baseline, 300, 1_000.0, &mut rng);
+    w.canary.failures = 60;
+    let e = both.evaluate(&w);
+    assert_eq!((e.verdict, e.latency_unjudged), (Verdict::Fail, true));
+    // p90 at 99% is judged from 51 per arm.
+    let p90 = JudgePolicy {
+        latency: Some(LatencyCriterion {
+            percentile: 90.0,
+            max_ratio: 1.2,
+        }),
+        ..p
+    };
+    assert_eq!(p90.latency_min_requests(), Some(51));
 }
 
 #[test]
@@ -333,7 +366,7 @@ fn simulate(
     p: &JudgePolicy,
     seed: u64,
     windows: u32,
-    n: u64,
+    (n, baseline_n): (u64, u64),
     canary: (f64, Option<f64>),
     baseline: (f64, Option<f64>),
 ) -> (u32, u32) {
@@ -343,7 +376,7 @@ fn simulate(
     for _ in 0..windows {
         let w = Tally {
             canary: arm(&mut rng, n, canary.0, canary.1),
-            baseline: arm(&mut rng, n, baseline.0, baseline.1),
+            baseline: arm(&mut rng, baseline_n, baseline.0, baseline.1),
             ..Tally::default()
         };
         let verdict = p.evaluate(&w).verdict;
@@ -362,11 +395,11 @@ fn simulate(
 fn a_a_windows_rarely_fail_and_almost_never_trigger() {
     let p = policy();
     let same = (0.01, Some(50_000.0));
-    let (fails, triggers) = simulate(&p, 21, 10_000, 500, same, same);
+    let (fails, triggers) = simulate(&p, 21, 10_000, (500, 500), same, same);
     println!("A/A 10,000 windows x 500 req/arm: {fails} fail, {triggers} trigger");
     assert!(fails < 100, "{fails} of 10,000 A/A windows failed");
     assert!(triggers < 10, "{triggers} of 10,000 A/A windows triggered");
-    let (fails, triggers) = simulate(&p, 22, 2_000, 2_000, same, same);
+    let (fails, triggers) = simulate(&p, 22, 2_000, (2_000, 2_000), same, same);
     println!("A/A 2,000 windows x 2,000 req/arm: {fails} fail, {triggers} trigger");
     assert!(fails < 20 && triggers < 2, "{fails} {triggers}");
 }
@@ -435,7 +468,8 @@ fn power_table() {
     for (i, (name, p, canary, baseline)) in cells.iter().enumerate() {
         let mut row = format!("| {name} |");
         for (j, &n) in sizes.iter().enumerate() {
-            let (fails, _) = simulate(p, 100 + (i * 10 + j) as u64, windows, n, *canary, *baseline);
+            let seed = 100 + (i * 10 + j) as u64;
+            let (fails, _) = simulate(p, seed, windows, (n, n), *canary, *baseline);
             row.push_str(&format!(
                 " {:.1}% |",
                 f64::from(fails) * 100.0 / f64::from(windows)
@@ -443,6 +477,70 @@ fn power_table() {
         }
         println!("{row}");
     }
+    // What sampling the baseline costs (`max_baseline_ratio`, default 4): a 95/5 split, the
+    // canary's requests per window as above, the baseline's every outcome (19 per canary
+    // outcome) or 4 per canary outcome; A/A rows check sampling keeps false fails rare.
+    println!();
+    println!("| 95/5 split, errors criterion (defaults) | baseline judged | 100 canary req | 500 canary req | 2,000 canary req |");
+    println!("|---|---|---|---|---|");
+    for (k, (name, canary)) in [
+        ("A/A (1% vs 1%)", 0.01),
+        ("+2 pp (3% vs 1%)", 0.03),
+        ("+5 pp (6% vs 1%)", 0.06),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (m, (judged, per_canary)) in
+            [("all (19 per canary)", 19), ("sampled (4 per canary)", 4)]
+                .into_iter()
+                .enumerate()
+        {
+            let mut row = format!("| {name} | {judged} |");
+            for (j, &n) in sizes.iter().enumerate() {
+                let seed = 500 + (k * 100 + m * 10 + j) as u64;
+                let shape = (n, n * per_canary);
+                let (fails, _) = simulate(
+                    &errors_only,
+                    seed,
+                    windows,
+                    shape,
+                    (canary, None),
+                    (0.01, None),
+                );
+                row.push_str(&format!(
+                    " {:.1}% |",
+                    f64::from(fails) * 100.0 / f64::from(windows)
+                ));
+            }
+            println!("{row}");
+        }
+    }
+}
+
+#[test]
+fn the_baseline_is_sampled_to_max_baseline_ratio_outcomes_per_canary_outcome() {
+    let p = policy();
+    // 95/5: 4 x 5 / 95 of the baseline's outcomes.
+    let keep = p.baseline_keep_threshold(500, 9_500);
+    let share = keep as f64 / 18_446_744_073_709_551_616.0;
+    assert!((share - 4.0 * 5.0 / 95.0).abs() < 1e-9, "{share}");
+    // 80/20 or more even: every outcome, without a draw.
+    assert_eq!(p.baseline_keep_threshold(2_000, 8_000), u64::MAX);
+    assert_eq!(p.baseline_keep_threshold(5_000, 5_000), u64::MAX);
+    // 0 turns sampling off; a baseline with no share (all on the canary) is not sampled.
+    let all = JudgePolicy {
+        max_baseline_ratio: 0.0,
+        ..policy()
+    };
+    assert_eq!(all.baseline_keep_threshold(100, 9_900), u64::MAX);
+    assert_eq!(p.baseline_keep_threshold(10_000, 0), u64::MAX);
+    // A canary at 0% (a rollout before its first step): no baseline outcome is judged.
+    assert_eq!(p.baseline_keep_threshold(0, 10_000), 0);
+    // Drawn against a uniform generator, the kept share is the intended one.
+    let mut rng = Rng::from_seed(5);
+    let kept = (0..100_000).filter(|_| rng.next_u64() < keep).count();
+    assert!((20_500..21_600).contains(&kept), "{kept} of 100,000 kept");
 }
 
 #[test]

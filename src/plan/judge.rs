@@ -6,8 +6,8 @@ use crate::breaker::{BreakerPolicy, BreakerTicket, BreakerView, StatusMatch};
 use crate::config::{ConfigError, JudgeConfig};
 use crate::judge::{
     ErrorsCriterion, JudgePolicy, LatencyCriterion, DEFAULT_CONFIDENCE, DEFAULT_FAIL_AFTER,
-    DEFAULT_MAX_INCREASE, DEFAULT_MAX_RATIO, DEFAULT_MIN_REQUESTS, DEFAULT_PERCENTILE,
-    DEFAULT_WINDOW_S,
+    DEFAULT_MAX_BASELINE_RATIO, DEFAULT_MAX_INCREASE, DEFAULT_MAX_RATIO, DEFAULT_MIN_REQUESTS,
+    DEFAULT_PERCENTILE, DEFAULT_WINDOW_S,
 };
 
 /// Checks a rule's judge. `canary` defaults to the rollout's destination, which is always the
@@ -116,6 +116,7 @@ pub(super) fn compile_judge(
         confidence,
         fail_after: u32::try_from(fail_after).unwrap_or(u32::MAX),
         on_fail: j.on_fail.unwrap_or_default(),
+        max_baseline_ratio: j.max_baseline_ratio.unwrap_or(DEFAULT_MAX_BASELINE_RATIO),
     })
 }
 
@@ -199,6 +200,31 @@ impl Plan {
 }
 
 impl super::Rule {
+    /// A judge whose canary has more weight than its baseline, without a rollout: most likely
+    /// `judge.canary` was left to its default (the first destination) on a rule that lists the
+    /// stable version first, so the judge compares the versions backwards and `on_fail: abort`
+    /// would send the stable version's traffic to the new one.
+    pub fn judge_backwards_warning(&self) -> Option<String> {
+        let j = self.judge.as_ref().filter(|_| self.rollout.is_none())?;
+        let (canary, baseline) = (
+            self.destinations.get(j.canary)?,
+            self.destinations.get(j.baseline)?,
+        );
+        (canary.weight > baseline.weight).then(|| {
+            format!(
+                "rule \"{}\": the judge takes \"{}\" (weight {}) for the canary and \"{}\" \
+                 (weight {}) for its baseline (judge.canary defaults to the first destination); \
+                 if \"{}\" is the new version, set judge.canary",
+                self.name,
+                canary.name,
+                canary.weight,
+                baseline.name,
+                baseline.weight,
+                baseline.name
+            )
+        })
+    }
+
     /// Each destination's expected share of users under `bounds` (buckets it owns), for the
     /// judge's sample-ratio-mismatch test.
     pub fn bucket_shares(&self, bounds: &[u32]) -> Vec<u32> {
@@ -230,9 +256,10 @@ impl super::Rule {
         }
         if let Some(l) = j.latency {
             criteria.push(format!(
-                "p{} at most x{}",
+                "p{} at most x{} (judged from {} req per arm)",
                 decimal_text(l.percentile, 1, false),
-                decimal_text(l.max_ratio, 2, false)
+                decimal_text(l.max_ratio, 2, false),
+                thousands(j.latency_min_requests().unwrap_or(0))
             ));
         }
         let action = match (j.on_fail, self.rollout.is_some()) {
@@ -244,25 +271,34 @@ impl super::Rule {
                 name(j.baseline)
             ),
         };
-        Some(format!(
-            "judge: \"{}\" vs \"{}\" every {} s (min {} req per arm): {} at {}%; {} failing \
+        Some(
+            format!(
+                "judge: \"{}\" vs \"{}\" every {} s (min {} req per arm): {} at {}%; {} failing \
              window(s) in a row -> {action}{}",
-            name(j.canary),
-            name(j.baseline),
-            j.window_s,
-            thousands(j.min_requests),
-            crate::config::join(
-                &criteria.iter().map(String::as_str).collect::<Vec<_>>(),
-                ", "
-            ),
-            decimal_text(j.confidence * 100.0, 2, false),
-            j.fail_after,
-            if self.rollout_gated {
-                "; gates the rollout's steps"
+                name(j.canary),
+                name(j.baseline),
+                j.window_s,
+                thousands(j.min_requests),
+                crate::config::join(
+                    &criteria.iter().map(String::as_str).collect::<Vec<_>>(),
+                    ", "
+                ),
+                decimal_text(j.confidence * 100.0, 2, false),
+                j.fail_after,
+                if self.rollout_gated {
+                    "; gates the rollout's steps"
+                } else {
+                    ""
+                },
+            ) + &if j.max_baseline_ratio > 0.0 {
+                format!(
+                    "; at most {} baseline outcomes judged per canary outcome",
+                    decimal_text(j.max_baseline_ratio, 2, false)
+                )
             } else {
-                ""
-            }
-        ))
+                String::new()
+            },
+        )
     }
 }
 
@@ -347,11 +383,32 @@ mod tests {
         assert_eq!(
             p.rules[0].judge_text().unwrap(),
             "judge: \"canary\" vs \"stable\" every 60 s (min 100 req per arm): failures at most \
-             +1.0 pp, p99 at most x1.2 at 99%; 2 failing window(s) in a row -> send \"canary\"'s \
-             traffic to \"stable\""
+             +1.0 pp, p99 at most x1.2 (judged from 528 req per arm) at 99%; 2 failing window(s) in a row -> send \"canary\"'s \
+             traffic to \"stable\"; at most 4 baseline outcomes judged per canary outcome"
         );
         assert_eq!(p.rules[0].judge_slot, Some(0));
         assert!(p.judge_site(0).is_some());
+    }
+
+    #[test]
+    fn a_judge_whose_canary_outweighs_its_baseline_is_warned_about() {
+        let backwards = r#"{"rules":[{"name":"r","destinations":[
+            {"name":"stable","cluster":"v1","weight":95},{"name":"canary","cluster":"v2","weight":5}],
+            "judge":{}}]}"#;
+        let p = Plan::from_json(backwards.as_bytes()).unwrap();
+        let warnings = p.load_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains(
+                "the judge takes \"stable\" (weight 95) for the canary and \"canary\" (weight 5)"
+            )),
+            "{warnings:?}"
+        );
+        // Named explicitly the right way round, or listed canary first: no warning.
+        let named = backwards.replace(r#""judge":{}"#, r#""judge":{"canary":"canary"}"#);
+        let p = Plan::from_json(named.as_bytes()).unwrap();
+        assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
+        let p = Plan::from_json(rule_with("{}", "").as_bytes()).unwrap();
+        assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
     }
 
     #[test]
@@ -374,9 +431,13 @@ mod tests {
         assert_eq!(j.errors.unwrap().max_increase, 0.02);
         assert!(j.latency.is_none(), "errors only");
         assert_eq!(j.on_fail, OnFail::Report);
-        let p = Plan::from_json(rule_with(r#"{"latency":{}}"#, "").as_bytes()).unwrap();
+        assert_eq!(j.max_baseline_ratio, 4.0, "the default");
+        let p =
+            Plan::from_json(rule_with(r#"{"latency":{},"max_baseline_ratio":0}"#, "").as_bytes())
+                .unwrap();
         let j = p.rules[0].judge.as_ref().unwrap();
         assert!(j.errors.is_none() && j.latency.is_some());
+        assert_eq!(j.max_baseline_ratio, 0.0);
     }
 
     #[test]
@@ -421,6 +482,10 @@ mod tests {
             (
                 r#"{"errors":{"max":1}}"#,
                 "rules[0].judge.errors.max: unknown field, expected one of: max_increase",
+            ),
+            (
+                r#"{"max_baseline_ratio":-1}"#,
+                "rules[0].judge.max_baseline_ratio: must be a number from 0 to 1000000, got -1",
             ),
             (
                 r#"{"on_fail":"page"}"#,

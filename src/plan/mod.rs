@@ -334,10 +334,11 @@ impl Plan {
         self.rules.get(rule)?.shadows.get(shadow)
     }
 
-    /// Every warning logged when the plan is loaded: `unscoped_side_effects`, and rules that
-    /// route by unsigned lanes.
+    /// Every warning logged when the plan is loaded: `unscoped_side_effects`, rules that
+    /// route by unsigned lanes, and judges whose canary outweighs their baseline.
     pub fn load_warnings(&self) -> Vec<String> {
         let mut out = self.unscoped_side_effects();
+        out.extend(self.rules.iter().filter_map(Rule::judge_backwards_warning));
         if self.lanes.key.is_none() {
             for rule in &self.rules {
                 if rule.lane.as_ref().is_some_and(|l| l.from_lane) {
