@@ -104,6 +104,7 @@ struct Sample {
 
 struct Run {
     scenario: Scenario,
+    config: String,
     start_ms: i64,
     end_ms: i64,
     requests: Vec<Request>,
@@ -203,6 +204,7 @@ fn run(s: Scenario) -> Run {
     });
     Run {
         scenario: s,
+        config: cfg.clone(),
         start_ms,
         end_ms,
         requests,
@@ -422,18 +424,28 @@ fn report(r: &Run, o: &Outcome) {
         o.users_both_divergent,
         pct(o.users_both_divergent)
     );
+    // The users' buckets (0..10,000) by the filter's own hashing: a user changes version between
+    // two shares when its bucket lies between them.
+    let plan = traffic_split::plan::Plan::from_json(r.config.as_bytes()).unwrap();
+    let buckets: Vec<u32> = (0..n)
+        .map(|i| plan.rules[0].bucket_of_key(format!("user-{i}").as_bytes()))
+        .collect();
     for ([sa, sb], apart) in &o.apart {
         let [pa, pb] = [sa, sb].map(|k| k.checked_sub(1).map_or(0, |i| PERCENTS[i as usize]));
+        let (lo, hi) = (pa.min(pb) * 100, pa.max(pb) * 100);
+        let between = buckets.iter().filter(|b| (lo..hi).contains(*b)).count();
         println!(
             "   A on step {sa} ({pa}%), B on step {sb} ({pb}%): {:.1} s; a user's next request \
              on the other Envoy: {}, answered by the other version: {} ({:.0}%); users answered \
-             by both versions meanwhile: {} ({:.1}%)",
+             by both versions meanwhile: {} ({:.1}%); users whose bucket lies between the \
+             shares: {between} ({:.1}%)",
             apart.ms as f64 / 1000.0,
             apart.crossings,
             apart.changed,
             100.0 * apart.changed as f64 / apart.crossings.max(1) as f64,
             apart.users_both,
-            pct(apart.users_both)
+            pct(apart.users_both),
+            pct(between)
         );
     }
 }
