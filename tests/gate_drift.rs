@@ -30,7 +30,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const STEP: &str = "traffic_split.rollout.checkout.step";
 const PERCENTS: [u32; 3] = [10, 50, 100];
-/// Requests this close (ms) to a step sample are not attributed to the steps it read.
+/// A request is attributed to the steps read at least this long (ms) before and after it.
 const MARGIN_MS: i64 = 300;
 
 #[derive(Clone, Copy, Debug)]
@@ -118,15 +118,28 @@ fn run(s: Scenario) -> Run {
     let stable = Backend::start("stable");
     let canary = Backend::start("canary");
     // Step 1 begins on a window boundary (even second) a few seconds from now: both Envoys
-    // are up by then and the first window of step 1 lies entirely within it.
-    let start_ms = (now_ms() / 2000 + 3) * 2000;
-    let cfg = config(&s, start_ms);
-    let spec = || {
-        EnvoySpec::new(&cfg)
-            .cluster("stable", stable.addr)
-            .cluster("canary", canary.addr)
+    // are up by then and the first window of step 1 lies entirely within it. On a machine so
+    // loaded that they were not, start over with a later start (at most three times).
+    let mut attempt = 0;
+    let (a, b, start_ms, cfg) = loop {
+        attempt += 1;
+        let start_ms = (now_ms() / 2000 + 2 + attempt) * 2000;
+        let cfg = config(&s, start_ms);
+        let spec = || {
+            EnvoySpec::new(&cfg)
+                .cluster("stable", stable.addr)
+                .cluster("canary", canary.addr)
+        };
+        let (a, b) = Envoy::start_pair(spec(), |_| spec());
+        let steps = (step_of(&a), step_of(&b));
+        if steps == (0, 0) && now_ms() < start_ms - 500 {
+            break (a, b, start_ms, cfg);
+        }
+        assert!(
+            attempt < 3,
+            "both Envoys must be up before the rollout starts (steps {steps:?})"
+        );
     };
-    let (a, b) = Envoy::start_pair(spec(), |_| spec());
     let envoys = [&a, &b];
     assert_eq!(
         (step_of(&a), step_of(&b)),
