@@ -309,6 +309,16 @@ SCENARIOS = [
                     '[{"name":"a","cluster":"a","weight":50},{"name":"b","cluster":"b","weight":50}]}]}',
              tool=True),
 ]
+# The bench's judge scenarios behind a real upstream (the bench backend Envoy, CG_BACKEND=1):
+# instructions per proxied request, the load-independent counterpart of `make bench`'s CPU per
+# request (CG_SCENARIO=callgrind-upstream-judge ...; CG_USER=z is in the canary's 5%).
+SCENARIOS += [
+    Scenario(f"callgrind-upstream-{name}", f"(tool) bench/callgrind.sh's Envoy proxying to the bench backend, {config}",
+             module="filter", config=config, tool=True)
+    for name, config in (("sticky", "filter-sticky.json"), ("judge", "filter-judge.json"),
+                         ("judge-all", "filter-judge-all.json"), ("breaker", "filter-breaker.json"),
+                         ("breaker-judge", "filter-breaker-judge.json"))
+]
 BY_NAME = {s.name: s for s in SCENARIOS}
 
 
@@ -652,8 +662,10 @@ def ratio_line(label, a, b, op, target):
     if a is None or b is None:
         return f"| {label} | n/a | {shown} | not measured |"
     r = a / b
+    if op == "ref":
+        return f"| {label} | {r:.3f} | {shown} | reference |"
     met = r <= float(target) if op == "le" else r >= float(target)
-    return f"| {label} | {r:.3f} | {shown} | {'reference' if op == 'ref' else 'met' if met else 'NOT met'} |"
+    return f"| {label} | {r:.3f} | {shown} | {'met' if met else 'NOT met'} |"
 
 
 def make_report(selected, status, checks, canaries, rows, tsv):

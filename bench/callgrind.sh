@@ -16,7 +16,9 @@
 # callgrind-body / callgrind-body-header for match.body), CG_HEADER_CMD (a command printing one
 # more request header, `name: value`, run once per Envoy before its requests: e.g. a freshly
 # signed lane, bench/lane_value.py), CG_BODY (a file: every request is a POST of it with
-# content-type application/json and x-model: gpt-small).
+# content-type application/json and x-model: gpt-small), CG_BACKEND (1: start the bench's
+# backend Envoy, bench/envoy/backend.yaml, for the callgrind-upstream-* scenarios), CG_USER (the
+# x-user-id of the measured requests, default u).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,7 +29,17 @@ N1=${CG_N1:-200}
 N2=${CG_N2:-600}
 PORT=${CG_PORT:-18431}
 WORK=$(mktemp -d /tmp/traffic-split-callgrind.XXXXXX)
-[ $# -ge 1 ] || { sed -n 2,19p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,21p "$0"; exit 2; }
+if [ -n "${CG_BACKEND:-}" ]; then
+    "$ENVOY_REAL" -c "$HERE/envoy/backend.yaml" --concurrency 1 --disable-hot-restart -l error \
+        > "$WORK/backend.log" 2>&1 &
+    BACKEND_PID=$!
+    trap 'kill $BACKEND_PID 2> /dev/null || true' EXIT
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null -m 2 http://127.0.0.1:19101/ && break
+        sleep 0.2
+    done
+fi
 BODY_ARGS=()
 if [ -n "${CG_BODY:-}" ]; then
     BODY_ARGS=(-H 'content-type: application/json' -H 'x-model: gpt-small' --data-binary "@$CG_BODY")
@@ -56,7 +68,7 @@ count() { # WASM N
     curl -s -o /dev/null -H 'x-user-id: w' ${extra[@]+"${extra[@]}"} "http://127.0.0.1:$PORT/w[1-50]"
     sleep 1
     callgrind_control -i on "$pid" > /dev/null 2>&1
-    curl -s -o /dev/null -H 'x-user-id: u' ${extra[@]+"${extra[@]}"} ${BODY_ARGS[@]+"${BODY_ARGS[@]}"} \
+    curl -s -o /dev/null -H "x-user-id: ${CG_USER:-u}" ${extra[@]+"${extra[@]}"} ${BODY_ARGS[@]+"${BODY_ARGS[@]}"} \
         "http://127.0.0.1:$PORT/r[1-$2]"
     callgrind_control -i off "$pid" > /dev/null 2>&1
     callgrind_control -d "$pid" > /dev/null 2>&1
