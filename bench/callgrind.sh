@@ -35,10 +35,13 @@ if [ -n "${CG_BACKEND:-}" ]; then
         > "$WORK/backend.log" 2>&1 &
     BACKEND_PID=$!
     trap 'kill $BACKEND_PID 2> /dev/null || true' EXIT
+    up=""
     for _ in $(seq 1 100); do
-        curl -s -o /dev/null -m 2 http://127.0.0.1:19101/ && break
+        if curl -s -o /dev/null -m 2 http://127.0.0.1:19101/; then up=1; break; fi
         sleep 0.2
     done
+    # Without it the front Envoy would answer 503 itself: not the proxied request measured.
+    [ -n "$up" ] || { echo "the bench backend (bench/envoy/backend.yaml) did not come up" >&2; exit 1; }
 fi
 BODY_ARGS=()
 if [ -n "${CG_BODY:-}" ]; then

@@ -490,7 +490,7 @@ fn a_95_5_split_judges_about_4_baseline_outcomes_per_canary_outcome() {
             r#"{{"rules":[{{"name":"checkout","destinations":[
                 {{"name":"canary","cluster":"canary","weight":5}},
                 {{"name":"stable","cluster":"stable","weight":95}}],
-            "judge":{{"window_s":2,"min_requests":20,"errors":{{}},"on_fail":"report"{ratio}}}}}]}}"#
+            "judge":{{"window_s":5,"min_requests":20,"errors":{{}},"on_fail":"report"{ratio}}}}}]}}"#
         );
         let envoy = Envoy::start(
             EnvoySpec::new(&config)
@@ -498,11 +498,12 @@ fn a_95_5_split_judges_about_4_baseline_outcomes_per_canary_outcome() {
                 .cluster("canary", canary.addr),
         );
         let before = (stable.count(), canary.count());
-        let load = Load::start(&envoy, 4, Duration::ZERO, 60_000, |_| None);
+        let load = Load::start(&envoy, 4, Duration::ZERO, 100_000, |_| None);
         // The gauges of one window (read again if a window closed between the reads) with
         // enough canary outcomes for the ratio to mean something.
         let mut last = (0, 0);
-        let judged = wait_until(Duration::from_secs(40), || {
+        // 5 s windows: 1,200 requests in one (240 a second from 4 clients) give the 60.
+        let judged = wait_until(Duration::from_secs(60), || {
             let c = stat(&envoy, "canary_requests");
             let b = stat(&envoy, "baseline_requests");
             last = (c, b);

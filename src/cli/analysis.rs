@@ -630,6 +630,7 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
                     fail_after: judge::DEFAULT_FAIL_AFTER,
                     on_fail: judge::OnFail::Abort,
                     max_baseline_ratio: judge::DEFAULT_MAX_BASELINE_RATIO,
+                    canary_defaulted: false,
                 },
                 None,
             )
@@ -664,6 +665,9 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
             (policy, Some(rule.name.clone()))
         }
     };
+    // The latency needs the histograms: judged on errors only here. In the filter the same
+    // window is `inconclusive` below the baseline outcomes its latency bound needs.
+    let latency_needs = policy.latency_min_requests();
     let latency_skipped = policy.latency.take().is_some();
     let errors_judged = policy.errors.is_some();
     let arm = |(requests, failures): (u64, u64)| Arm {
@@ -692,7 +696,7 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
                    "baseline": {"requests": e.baseline_requests, "failure_bp": e.baseline_failure_bp},
                    "errors_failed": e.errors_failed, "z": e.errors_z, "z_threshold": policy.z(),
                    "min_requests": policy.min_requests, "confidence": policy.confidence,
-                   "latency_judged": false, "reason": why})
+                   "latency_judged": false, "latency_min_baseline": latency_needs, "reason": why})
         );
     } else {
         if let Some(name) = &rule_name {
@@ -701,8 +705,12 @@ pub fn judge(args: &super::JudgeArgs) -> Result<(), Failure> {
         out!("verdict: {}", e.verdict.as_str());
         out!("{numbers}");
         out!("{why}");
-        if latency_skipped {
-            out!("latency: not judged from counts (the filter judges it from its histograms)");
+        if let (true, Some(needed)) = (latency_skipped, latency_needs) {
+            out!(
+                "latency: not judged from counts (the filter judges it from its histograms); the \
+                 filter's window is inconclusive unless it fails on errors or its baseline has at \
+                 least {needed} outcomes"
+            );
         }
         if !errors_judged {
             out!("errors: this judge has no errors criterion");

@@ -137,7 +137,7 @@ fn judge_def() -> Value {
     json!({
         "type": "object",
         "additionalProperties": false,
-        "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
+        "description": "Compares the canary with its baseline on this Envoy's live traffic every `window_s` (windows aligned to the wall clock): `pass`, `fail` or `inconclusive` (either arm below `min_requests`, or the latency criterion's bound needs more baseline outcomes and nothing failed). `fail_after` failing windows in a row trigger `on_fail`. Without `errors` and `latency`, both apply at their defaults; with one, only that one.",
         "properties": {
             "canary": {"type": "string", "pattern": NAME,
                 "description": "The destination judged. Default: the rollout's destination, else the first destination."},
@@ -163,7 +163,8 @@ fn judge_def() -> Value {
             "fail_after": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 2,
                 "description": "Failing windows in a row (a pass resets, an inconclusive window does not) that trigger `on_fail`."},
             "max_baseline_ratio": {"type": "number", "minimum": 0, "maximum": 1000000, "default": 4,
-                "description": "At most this many baseline outcomes are judged per canary outcome (expected from the shares in force): the rest of the baseline's responses, when no breaker classifies them anyway, are not read (a random sample, independent of the outcome). 0: judge every baseline outcome."},
+                "not": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                "description": "At most this many baseline outcomes are judged per canary outcome (expected from the shares in force; raised to what the latency criterion's bound needs, 5.28 at the defaults): the rest of the baseline's responses, when no breaker classifies them anyway, are not read (a random sample, independent of the outcome). Not on rules that route by lanes. 0: judge every baseline outcome; otherwise at least 1."},
             "on_fail": {"enum": ["abort", "report"], "default": "abort",
                 "description": "`abort`: the rule's rollout aborts (share 0%) as a breaker abort does; without a rollout the canary's traffic goes to the baseline until the configuration changes. `report`: metrics and logs only."}
         }

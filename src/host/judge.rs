@@ -76,14 +76,13 @@ impl Judges {
                 }
             })
             .collect();
-        let baseline_keep = (0..slots.len())
-            .map(|slot| baseline_keep(plan, slot, &[]))
-            .collect();
         Judges {
             tripped: vec![false; slots.len()],
             views: vec![JudgeView::default(); slots.len()],
             default_failures: default_failure_policy(),
-            baseline_keep,
+            // Every outcome until the first tick knows the shares in force (a rollout's compiled
+            // bounds give its destination 0% until then): more evidence, never less.
+            baseline_keep: vec![u64::MAX; slots.len()],
             slots,
         }
     }
@@ -184,9 +183,8 @@ fn baseline_keep(plan: &Plan, slot: usize, rollouts: &[Vec<u32>]) -> u64 {
     let Some((rule, policy)) = plan.judge_site(slot) else {
         return u64::MAX;
     };
-    // A rule that routes by lanes sends each request where its lane says, not by the shares:
-    // they do not predict the arms' traffic, so every outcome is judged.
-    if rule.lane.as_ref().is_some_and(|l| l.from_lane) {
+    // Not on a rule that routes by lanes: its shares do not say where requests go.
+    if rule.baseline_sampling().is_none() {
         return u64::MAX;
     }
     let shares = rule.bucket_shares(rule.bounds_in_force(rollouts));

@@ -13,7 +13,8 @@
 //!   `confidence`; `fail` when the canary's lower bound exceeds `max_ratio` × the baseline's upper
 //!   bound. Bucket edges are taken conservatively (the canary's lower edge, the baseline's
 //!   upper edge).
-//! - `inconclusive` while either arm has fewer than `min_requests` outcomes.
+//! - `inconclusive` while either arm has fewer than `min_requests` outcomes, or when the
+//!   latency criterion cannot be bounded yet (too few baseline outcomes) and nothing failed.
 
 pub mod gate;
 mod shared;
@@ -92,6 +93,9 @@ pub struct JudgePolicy {
     /// At most this many baseline outcomes judged per canary outcome (expected from the shares
     /// in force); 0: every one (`baseline_keep_threshold`).
     pub max_baseline_ratio: f64,
+    /// `canary` was not written: the first destination (a load warning when it outweighs the
+    /// baseline, `Rule::judge_backwards_warning`).
+    pub canary_defaulted: bool,
 }
 
 pub const DEFAULT_WINDOW_S: u64 = 60;
@@ -296,13 +300,24 @@ pub struct Evaluation {
     pub errors_z: Option<f64>,
     /// The canary's lower and the baseline's upper bound of the percentile, µs, when both exist.
     pub latency_bounds: Option<(u64, u64)>,
-    /// The latency criterion is configured but its bounds do not exist for these counts (a p99
-    /// at 99% needs 528 outcomes per arm, `JudgePolicy::latency_min_requests`): it cannot hold,
-    /// so the window cannot pass (it is `inconclusive` unless the errors criterion fails it).
+    /// The latency criterion is configured but its bounds do not exist for these counts (the
+    /// baseline's upper bound of a p99 at 99% needs 528 baseline outcomes,
+    /// `JudgePolicy::latency_min_requests`): it cannot hold, so the window cannot pass (it is
+    /// `inconclusive` unless the errors criterion fails it).
     pub latency_unjudged: bool,
     /// Sample ratio mismatch of the window's distinct users (`srm::srm`); `None` when not
     /// judged (not sticky, or too few users).
     pub srm: Option<bool>,
+}
+
+impl Evaluation {
+    /// Both arms had `min_requests`, some criterion was judged, and none failed: an
+    /// `inconclusive` window of this kind is one whose latency could not be bounded.
+    pub fn held_what_was_judged(&self) -> bool {
+        !self.errors_failed
+            && !self.latency_failed
+            && (self.errors_z.is_some() || self.latency_bounds.is_some())
+    }
 }
 
 impl JudgePolicy {
@@ -382,11 +397,14 @@ impl JudgePolicy {
     /// fewer than the baseline gets, or when the ratio is 0 (`u64::MAX`: no draw). Sampling is
     /// independent of the outcome, so the sampled failure ratio and percentile estimate the
     /// baseline's without bias; only their counts (and so their precision) shrink.
+    /// With a latency criterion the ratio is at least `latency_min_requests / min_requests`
+    /// (5.28 at the defaults): a canary with `min_requests` outcomes then comes with the
+    /// baseline outcomes the baseline's latency bound needs, so sampling never leaves a window
+    /// inconclusive that the whole baseline would have judged.
     pub fn baseline_keep_threshold(&self, canary_share: u32, baseline_share: u32) -> u64 {
-        let ratio = self.max_baseline_ratio;
-        if ratio <= 0.0 || baseline_share == 0 {
+        let Some(ratio) = self.baseline_ratio().filter(|_| baseline_share > 0) else {
             return u64::MAX;
-        }
+        };
         let keep = ratio * f64::from(canary_share) / f64::from(baseline_share);
         if keep >= 1.0 {
             u64::MAX
@@ -395,10 +413,24 @@ impl JudgePolicy {
         }
     }
 
-    /// The fewest outcomes per arm for which the latency criterion can be judged: the
+    /// The baseline outcomes judged per canary outcome when the baseline is sampled:
+    /// `max_baseline_ratio`, raised to what the latency bound needs (`baseline_keep_threshold`);
+    /// `None` when every baseline outcome is judged (`max_baseline_ratio` 0).
+    pub fn baseline_ratio(&self) -> Option<f64> {
+        let ratio = self.max_baseline_ratio;
+        if ratio <= 0.0 {
+            return None;
+        }
+        let needed = self
+            .latency_min_requests()
+            .map_or(0.0, |n| n as f64 / self.min_requests.max(1) as f64);
+        Some(ratio.max(needed))
+    }
+
+    /// The fewest baseline outcomes for which the latency criterion can be judged: the
     /// baseline's upper bound of the percentile exists (`stats::quantile_rank_bounds`) from
-    /// n = ln(alpha) / ln(p) on, alpha = (1 − confidence) / 2 (528 for a p99 at 99%). `None`
-    /// without a latency criterion.
+    /// n = ln(alpha) / ln(p) on, alpha = (1 − confidence) / 2 (528 for a p99 at 99%); the
+    /// canary's lower bound needs 2. `None` without a latency criterion.
     pub fn latency_min_requests(&self) -> Option<u64> {
         let p = self.latency?.percentile / 100.0;
         let alpha = (1.0 - self.confidence) / 2.0;
@@ -421,6 +453,19 @@ pub struct Streak {
 }
 
 impl Streak {
+    /// Counts a window's evaluation (`after`). A window that is `inconclusive` only because its
+    /// latency could not be bounded, while every criterion that could be judged held, breaks a
+    /// failing streak as a pass does: `fail_after` counts failing windows *in a row*, and at
+    /// traffic where the latency is never judged there would otherwise be no row, only "any
+    /// `fail_after` failures ever". It is still no pass (a gated rollout does not advance).
+    pub fn after_window(&mut self, e: &Evaluation, fail_after: u32) -> bool {
+        if e.verdict == Verdict::Inconclusive && e.held_what_was_judged() {
+            self.failing = 0;
+            return false;
+        }
+        self.after(e.verdict, fail_after)
+    }
+
     /// Counts a verdict; true when this window triggers `on_fail` (the `fail_after`-th failing
     /// window in a row: once per streak).
     pub fn after(&mut self, verdict: Verdict, fail_after: u32) -> bool {
@@ -515,12 +560,12 @@ impl JudgePolicy {
     pub fn reason_text(&self, e: &Evaluation) -> String {
         match e.verdict {
             Verdict::Inconclusive if e.latency_unjudged => format!(
-                "inconclusive: the latency criterion needs at least {} requests in each arm to \
-                 bound its percentile at this confidence (canary {}, baseline {}): a criterion \
-                 that cannot be judged never passes a window",
+                "inconclusive: the latency criterion needs at least {} baseline outcomes to \
+                 bound the baseline's percentile at this confidence (baseline {}, canary {}): a \
+                 criterion that cannot be judged never passes a window",
                 thousands(self.latency_min_requests().unwrap_or(0)),
-                thousands(e.canary_requests),
-                thousands(e.baseline_requests)
+                thousands(e.baseline_requests),
+                thousands(e.canary_requests)
             ),
             Verdict::Inconclusive => format!(
                 "inconclusive: fewer than {} requests in an arm (canary {}, baseline {}): too \

@@ -122,7 +122,7 @@ pub fn publish(
             if !record.tally.users.is_empty() {
                 evaluation.srm = super::srm::srm(&record.tally.users, shares);
             }
-            let triggered_now = record.streak.after(evaluation.verdict, policy.fail_after);
+            let triggered_now = record.streak.after_window(&evaluation, policy.fail_after);
             record.judged = record.judged.saturating_add(1);
             record.last_verdict = evaluation.verdict;
             closed = Some(Judged {

@@ -20,6 +20,7 @@ fn policy() -> JudgePolicy {
         fail_after: DEFAULT_FAIL_AFTER,
         on_fail: OnFail::Abort,
         max_baseline_ratio: DEFAULT_MAX_BASELINE_RATIO,
+        canary_defaulted: false,
     }
 }
 
@@ -138,7 +139,7 @@ fn a_p99_that_cannot_be_bounded_is_inconclusive_not_a_pass() {
     assert!(e.latency_unjudged);
     assert_eq!(e.latency_bounds, None);
     assert!(
-        p.reason_text(&e).contains("at least 528 requests"),
+        p.reason_text(&e).contains("at least 528 baseline outcomes"),
         "{}",
         p.reason_text(&e)
     );
@@ -166,6 +167,39 @@ fn a_p99_that_cannot_be_bounded_is_inconclusive_not_a_pass() {
         ..p
     };
     assert_eq!(p90.latency_min_requests(), Some(51));
+}
+
+#[test]
+fn a_window_whose_latency_was_not_judged_but_whose_errors_held_breaks_a_failing_streak() {
+    // 300 per arm: above min_requests, below the 528 a p99's bound needs.
+    let p = policy();
+    let mut rng = Rng::from_seed(9);
+    let window = |canary_failures: u64, rng: &mut Rng| {
+        let mut w = Tally::default();
+        latencies(&mut w.canary, 300, 1_000.0, rng);
+        latencies(&mut w.baseline, 300, 1_000.0, rng);
+        w.canary.failures = canary_failures;
+        p.evaluate(&w)
+    };
+    let (failing, held) = (window(60, &mut rng), window(3, &mut rng));
+    assert_eq!(failing.verdict, Verdict::Fail);
+    assert_eq!(held.verdict, Verdict::Inconclusive);
+    assert!(held.held_what_was_judged() && !failing.held_what_was_judged());
+    let mut s = Streak::default();
+    assert!(!s.after_window(&failing, 2));
+    assert!(!s.after_window(&held, 2), "not a failure");
+    assert!(!s.after_window(&failing, 2), "not two in a row");
+    assert!(s.after_window(&failing, 2));
+    // Too few requests judges nothing: the streak carries over it.
+    let mut few = Tally::default();
+    latencies(&mut few.canary, 10, 1_000.0, &mut rng);
+    latencies(&mut few.baseline, 10, 1_000.0, &mut rng);
+    let few = p.evaluate(&few);
+    assert!(!few.held_what_was_judged());
+    let mut s = Streak::default();
+    assert!(!s.after_window(&failing, 2));
+    assert!(!s.after_window(&few, 2));
+    assert!(s.after_window(&failing, 2));
 }
 
 #[test]
@@ -379,10 +413,10 @@ fn simulate(
             baseline: arm(&mut rng, baseline_n, baseline.0, baseline.1),
             ..Tally::default()
         };
-        let verdict = p.evaluate(&w).verdict;
-        fails += u32::from(verdict == Verdict::Fail);
+        let e = p.evaluate(&w);
+        fails += u32::from(e.verdict == Verdict::Fail);
         // Counted per streak reaching fail_after, as if on_fail were "report".
-        triggers += u32::from(streak.after(verdict, p.fail_after));
+        triggers += u32::from(streak.after_window(&e, p.fail_after));
     }
     (fails, triggers)
 }
@@ -520,7 +554,18 @@ fn power_table() {
 
 #[test]
 fn the_baseline_is_sampled_to_max_baseline_ratio_outcomes_per_canary_outcome() {
-    let p = policy();
+    let p = JudgePolicy {
+        latency: None,
+        ..policy()
+    };
+    // With the latency criterion (p99 at 99%: 528 baseline outcomes when the canary has its
+    // 100), at least 5.28 per canary outcome.
+    let with_latency =
+        policy().baseline_keep_threshold(500, 9_500) as f64 / 18_446_744_073_709_551_616.0;
+    assert!(
+        (with_latency - 5.28 * 5.0 / 95.0).abs() < 1e-9,
+        "{with_latency}"
+    );
     // 95/5: 4 x 5 / 95 of the baseline's outcomes.
     let keep = p.baseline_keep_threshold(500, 9_500);
     let share = keep as f64 / 18_446_744_073_709_551_616.0;
@@ -531,7 +576,7 @@ fn the_baseline_is_sampled_to_max_baseline_ratio_outcomes_per_canary_outcome() {
     // 0 turns sampling off; a baseline with no share (all on the canary) is not sampled.
     let all = JudgePolicy {
         max_baseline_ratio: 0.0,
-        ..policy()
+        ..p.clone()
     };
     assert_eq!(all.baseline_keep_threshold(100, 9_900), u64::MAX);
     assert_eq!(p.baseline_keep_threshold(10_000, 0), u64::MAX);

@@ -103,6 +103,14 @@ pub(super) fn compile_judge(
             "must be from 50 to 99.9",
         ));
     }
+    let max_baseline_ratio = j.max_baseline_ratio.unwrap_or(DEFAULT_MAX_BASELINE_RATIO);
+    if max_baseline_ratio > 0.0 && max_baseline_ratio < 1.0 {
+        // Fewer baseline than canary outcomes would make the baseline the short arm.
+        return Err(ConfigError::new(
+            field(path, "max_baseline_ratio"),
+            "must be 0 (judge every baseline outcome) or at least 1",
+        ));
+    }
     Ok(JudgePolicy {
         canary,
         baseline,
@@ -116,7 +124,8 @@ pub(super) fn compile_judge(
         confidence,
         fail_after: u32::try_from(fail_after).unwrap_or(u32::MAX),
         on_fail: j.on_fail.unwrap_or_default(),
-        max_baseline_ratio: j.max_baseline_ratio.unwrap_or(DEFAULT_MAX_BASELINE_RATIO),
+        max_baseline_ratio,
+        canary_defaulted: j.canary.is_none(),
     })
 }
 
@@ -200,12 +209,29 @@ impl Plan {
 }
 
 impl super::Rule {
-    /// A judge whose canary has more weight than its baseline, without a rollout: most likely
-    /// `judge.canary` was left to its default (the first destination) on a rule that lists the
-    /// stable version first, so the judge compares the versions backwards and `on_fail: abort`
-    /// would send the stable version's traffic to the new one.
+    /// The judge's baseline outcomes judged per canary outcome when they are sampled
+    /// (`JudgePolicy::baseline_ratio`): not on a rule that routes by lanes (its shares do not
+    /// say where requests go), nor when the baseline has a breaker (which reads every outcome
+    /// anyway).
+    pub fn baseline_sampling(&self) -> Option<f64> {
+        let j = self.judge.as_ref()?;
+        let by_lanes = self.lane.as_ref().is_some_and(|l| l.from_lane);
+        let breaker = self
+            .destinations
+            .get(j.baseline)
+            .is_some_and(|d| d.breaker_slot.is_some());
+        j.baseline_ratio().filter(|_| !by_lanes && !breaker)
+    }
+
+    /// A judge whose canary was left to its default (the first destination) and has more
+    /// weight than its baseline, without a rollout: most likely a rule that lists the stable
+    /// version first, so the judge compares the versions backwards and `on_fail: abort` would
+    /// send the stable version's traffic to the new one. Naming `judge.canary` silences it.
     pub fn judge_backwards_warning(&self) -> Option<String> {
-        let j = self.judge.as_ref().filter(|_| self.rollout.is_none())?;
+        let j = self
+            .judge
+            .as_ref()
+            .filter(|j| j.canary_defaulted && self.rollout.is_none())?;
         let (canary, baseline) = (
             self.destinations.get(j.canary)?,
             self.destinations.get(j.baseline)?,
@@ -256,7 +282,7 @@ impl super::Rule {
         }
         if let Some(l) = j.latency {
             criteria.push(format!(
-                "p{} at most x{} (judged from {} req per arm)",
+                "p{} at most x{} (judged from {} baseline outcomes)",
                 decimal_text(l.percentile, 1, false),
                 decimal_text(l.max_ratio, 2, false),
                 thousands(j.latency_min_requests().unwrap_or(0))
@@ -290,13 +316,12 @@ impl super::Rule {
                 } else {
                     ""
                 },
-            ) + &if j.max_baseline_ratio > 0.0 {
-                format!(
+            ) + &match self.baseline_sampling() {
+                Some(ratio) => format!(
                     "; at most {} baseline outcomes judged per canary outcome",
-                    decimal_text(j.max_baseline_ratio, 2, false)
-                )
-            } else {
-                String::new()
+                    decimal_text(ratio, 2, false)
+                ),
+                None => String::new(),
             },
         )
     }
@@ -383,8 +408,8 @@ mod tests {
         assert_eq!(
             p.rules[0].judge_text().unwrap(),
             "judge: \"canary\" vs \"stable\" every 60 s (min 100 req per arm): failures at most \
-             +1.0 pp, p99 at most x1.2 (judged from 528 req per arm) at 99%; 2 failing window(s) in a row -> send \"canary\"'s \
-             traffic to \"stable\"; at most 4 baseline outcomes judged per canary outcome"
+             +1.0 pp, p99 at most x1.2 (judged from 528 baseline outcomes) at 99%; 2 failing window(s) in a row -> send \"canary\"'s \
+             traffic to \"stable\"; at most 5.28 baseline outcomes judged per canary outcome"
         );
         assert_eq!(p.rules[0].judge_slot, Some(0));
         assert!(p.judge_site(0).is_some());
@@ -403,10 +428,15 @@ mod tests {
             )),
             "{warnings:?}"
         );
-        // Named explicitly the right way round, or listed canary first: no warning.
-        let named = backwards.replace(r#""judge":{}"#, r#""judge":{"canary":"canary"}"#);
-        let p = Plan::from_json(named.as_bytes()).unwrap();
-        assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
+        // Named explicitly (either way round), or listed canary first: no warning.
+        for canary in ["canary", "stable"] {
+            let named = backwards.replace(
+                r#""judge":{}"#,
+                &format!(r#""judge":{{"canary":"{canary}"}}"#),
+            );
+            let p = Plan::from_json(named.as_bytes()).unwrap();
+            assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
+        }
         let p = Plan::from_json(rule_with("{}", "").as_bytes()).unwrap();
         assert!(p.load_warnings().is_empty(), "{:?}", p.load_warnings());
     }
@@ -486,6 +516,10 @@ mod tests {
             (
                 r#"{"max_baseline_ratio":-1}"#,
                 "rules[0].judge.max_baseline_ratio: must be a number from 0 to 1000000, got -1",
+            ),
+            (
+                r#"{"max_baseline_ratio":0.5}"#,
+                "rules[0].judge.max_baseline_ratio: must be 0 (judge every baseline outcome) or at least 1",
             ),
             (
                 r#"{"on_fail":"page"}"#,
