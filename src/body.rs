@@ -10,7 +10,8 @@
 //! (`PointerTree`) keeps the text of the values they name and skips everything else
 //! (`IgnoredAny`), while serde_json still checks the whole document.
 
-use crate::matcher::StringOp;
+use crate::matcher::{evaluable, StringOp};
+use crate::pattern::Pattern;
 use crate::request::Request;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
@@ -39,19 +40,31 @@ pub enum Found {
 }
 
 impl BodyTest {
-    fn holds_on(&self, found: &Found) -> bool {
+    /// Whether it holds for what the pointer found; a `regex` on a text over the pattern's cap
+    /// does not, and `request` counts it (`matcher::evaluable`, as for headers).
+    fn holds_on(&self, found: &Found, request: &Request<'_>) -> bool {
         match self {
-            BodyTest::Not(inner) => !inner.holds_on(found),
-            BodyTest::AnyOf(tests) => tests.iter().any(|t| t.holds_on(found)),
+            BodyTest::Not(inner) => !inner.holds_on(found, request),
+            BodyTest::AnyOf(tests) => tests.iter().any(|t| t.holds_on(found, request)),
             BodyTest::Op(StringOp::Present(wanted)) => !matches!(found, Found::Missing) == *wanted,
             BodyTest::Op(op) => match found {
-                Found::Text(t) => op.holds(Some(t)),
+                Found::Text(t) => evaluable(op, Some(t), request) && op.holds(Some(t)),
                 _ => false,
             },
             BodyTest::Contains(needle) => match found {
                 Found::Text(t) => contains(t, needle),
                 _ => false,
             },
+        }
+    }
+
+    /// The first `regex` in this test, if any (its cap: `Pattern::max_value_len`).
+    pub fn first_regex(&self) -> Option<&Pattern> {
+        match self {
+            BodyTest::Op(StringOp::Regex(p)) => Some(p),
+            BodyTest::Op(_) | BodyTest::Contains(_) => None,
+            BodyTest::Not(inner) => inner.first_regex(),
+            BodyTest::AnyOf(tests) => tests.iter().find_map(BodyTest::first_regex),
         }
     }
 }
@@ -73,7 +86,7 @@ impl BodyCondition {
     /// Whether it holds for the request: never without a parsed JSON body.
     pub fn holds(&self, request: &Request<'_>) -> bool {
         match request.body() {
-            RequestBody::Json(parsed) => self.test.holds_on(parsed.found(self.slot)),
+            RequestBody::Json(parsed) => self.test.holds_on(parsed.found(self.slot), request),
             RequestBody::Absent | RequestBody::Pending => false,
         }
     }
@@ -407,9 +420,50 @@ mod tests {
         let mut tree = PointerTree::default();
         let slot = tree.add(pointer);
         match parse(body.as_bytes(), u64::MAX, &tree) {
-            BodyOutcome::Json(p) => test.holds_on(p.found(slot)),
+            BodyOutcome::Json(p) => test.holds_on(p.found(slot), &Request::new(&[], None)),
             other => panic!("{body}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_value_over_a_regex_cap_does_not_hold_and_is_counted() {
+        let pattern = crate::pattern::Pattern::new("gpt-.*", false).unwrap();
+        let cap = pattern.max_value_len();
+        let mut tree = PointerTree::default();
+        let slot = tree.add("/model");
+        let condition = BodyCondition {
+            pointer: "/model".into(),
+            slot,
+            test: BodyTest::Op(StringOp::Regex(pattern)),
+        };
+        let decide = |model: &str| {
+            let body = format!(r#"{{"model":"{model}"}}"#);
+            let BodyOutcome::Json(parsed) = parse(body.as_bytes(), u64::MAX, &tree) else {
+                panic!("{body}");
+            };
+            let request = Request::new(&[], None).with_body(RequestBody::Json(&parsed));
+            (condition.holds(&request), request.regex_skipped())
+        };
+        let at_cap = format!("gpt-{}", "x".repeat(cap - 4));
+        assert_eq!(decide(&at_cap), (true, 0));
+        let over = format!("gpt-{}", "x".repeat(cap - 3));
+        assert_eq!(decide(&over), (false, 1));
+        // Under `not`, as for headers: the value counts as another one (the inner test fails).
+        let negated = BodyCondition {
+            test: BodyTest::Not(Box::new(condition.test.clone())),
+            ..condition.clone()
+        };
+        let body = format!(r#"{{"model":"{over}"}}"#);
+        let BodyOutcome::Json(parsed) = parse(body.as_bytes(), u64::MAX, &tree) else {
+            panic!();
+        };
+        let request = Request::new(&[], None).with_body(RequestBody::Json(&parsed));
+        assert!(negated.holds(&request));
+        assert_eq!(request.regex_skipped(), 1);
+        assert!(matches!(
+            crate::matcher::Condition::Body(negated),
+            ref c if c.has_regex()
+        ));
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub enum Condition {
 /// False for a `regex` on a value longer than the pattern's cap (`Pattern::max_value_len`, from
 /// its program size at load): it is not evaluated,
 /// does not hold, and the request counts it (`Request::note_regex_skipped`).
-fn evaluable(op: &StringOp, value: Option<&[u8]>, request: &Request<'_>) -> bool {
+pub(crate) fn evaluable(op: &StringOp, value: Option<&[u8]>, request: &Request<'_>) -> bool {
     match (op, value) {
         (StringOp::Regex(p), Some(v)) if v.len() > p.max_value_len() => {
             request.note_regex_skipped();
@@ -147,7 +147,7 @@ impl Condition {
                     | Condition::Query(_, StringOp::Regex(_))
                     | Condition::Path(StringOp::Regex(_))
                     | Condition::Authority(StringOp::Regex(_))
-            )
+            ) || matches!(c, Condition::Body(b) if b.test.first_regex().is_some())
         })
     }
 

@@ -755,6 +755,7 @@ fn regex_cap(c: &Condition) -> Option<usize> {
         | Condition::Query(_, StringOp::Regex(p))
         | Condition::Path(StringOp::Regex(p))
         | Condition::Authority(StringOp::Regex(p)) => Some(p.max_value_len()),
+        Condition::Body(b) => b.test.first_regex().map(|p| p.max_value_len()),
         _ => None,
     }
 }

@@ -79,6 +79,8 @@ struct Held {
     /// The decision on headers alone: what applies when the root resumed the request because
     /// Envoy delivers no body to a paused request (`host::body`).
     fallback: Decision,
+    /// `regex` conditions the fallback's decision skipped (counted only if it applies).
+    fallback_regex_skipped: u32,
     /// Watched by the root until the first body callback.
     watched: bool,
     /// Bytes buffered so far (the last body callback's size).
@@ -306,6 +308,7 @@ impl SplitStream {
             lane_clock,
             marker,
             fallback,
+            fallback_regex_skipped,
             ..
         } = held;
         let write = body.is_some();
@@ -320,9 +323,11 @@ impl SplitStream {
                 &active.breakers.borrow().views,
                 &active.rollouts.borrow().bounds,
             );
+            count_regex_skipped(&active, request.regex_skipped());
             self.judge(&request, &mut decision);
             decision
         } else {
+            count_regex_skipped(&active, fallback_regex_skipped);
             fallback // judged when it was taken
         };
         let shadow = self.apply(&request, &incoming, lane_clock, marker, &decision, write);
@@ -616,6 +621,16 @@ fn record(active: &Loaded, outcome_for: OutcomeFor, failed: bool, latency_us: Op
 }
 
 /// Whether the response being sent is a local reply of Envoy's rather than the upstream's.
+/// `traffic_split.regex.value_too_long`: the `regex` conditions one decision did not evaluate
+/// (a host call only when there were some).
+fn count_regex_skipped(active: &Loaded, skipped: u32) {
+    if skipped > 0 {
+        if let Some(id) = active.regex_skipped_id {
+            let _ = hostcalls::increment_metric(id, i64::from(skipped));
+        }
+    }
+}
+
 fn is_local_reply() -> bool {
     hostcalls::get_property(vec!["response", "code_details"])
         .ok()
@@ -693,17 +708,18 @@ impl HttpContext for SplitStream {
         // another instance) is kept, and the copy is never copied again.
         let marker = shadow::screen_marker(plan, map_read.then_some(&request));
         let hold = holdable && plan.needs_body(&request);
+        // One request's count is that of the decision that applies: not `needs_body`'s look
+        // ahead, and for a held request, its body decision's (or this one's if it falls back).
+        let looked_ahead = request.regex_skipped();
         let mut decision = plan.decide_at(
             &request,
             &mut self.rng.borrow_mut(),
             &active.breakers.borrow().views,
             &active.rollouts.borrow().bounds,
         );
-        let skipped = request.regex_skipped();
-        if skipped > 0 {
-            if let Some(id) = active.regex_skipped_id {
-                let _ = hostcalls::increment_metric(id, i64::from(skipped));
-            }
+        let skipped = request.regex_skipped().saturating_sub(looked_ahead);
+        if !hold {
+            count_regex_skipped(&active, skipped);
         }
         self.judge(&request, &mut decision);
         if hold {
@@ -717,6 +733,7 @@ impl HttpContext for SplitStream {
                 lane_clock,
                 marker,
                 fallback: decision,
+                fallback_regex_skipped: skipped,
                 watched: true,
                 buffered: 0,
             }));
