@@ -696,3 +696,61 @@ fn a_slow_provider_fails_its_users_over_to_the_other() {
     let last = chat.backend("newprov").received();
     assert_eq!(last.last().unwrap().body, body.as_bytes());
 }
+
+/// A string at a pointer over a `regex`'s cap is not evaluated: the rule does not match, and the
+/// request counts in `traffic_split.regex.value_too_long` as a header value would (nothing
+/// silent). One request counts once per condition its applied decision skipped: a held request
+/// is not counted again for the look-ahead that decided to hold it.
+#[test]
+fn a_body_string_over_a_regex_cap_does_not_match_and_is_counted() {
+    let config = r#"{"body_max_bytes": 65536, "rules":[
+      {"name":"ua","match":{"headers":[{"name":"user-agent","regex":".*Android.*"}]},
+       "destinations":[{"name":"large","cluster":"large"}]},
+      {"name":"gpt","match":{"path":{"prefix":"/v1/chat"},"body":[{"pointer":"/model","regex":"gpt-.*"}]},
+       "destinations":[{"name":"small","cluster":"small"}]},
+      {"name":"other","match":{"path":{"prefix":"/v1/chat"}},
+       "destinations":[{"name":"other","cluster":"other"}]}]}"#;
+    let chat = Chat::start(config, None);
+    let envoy = &chat.envoy;
+    let name = "traffic_split.regex.value_too_long";
+    let chat_post = |model: &str, ua: &str| {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let r = post(
+            envoy,
+            "/v1/chat/completions",
+            "application/json",
+            body.as_bytes(),
+            &[("user-agent", ua)],
+        );
+        (r, body)
+    };
+    let (r, _) = chat_post("gpt-4o", "curl");
+    assert_eq!((r.status, r.backend()), (200, "small"));
+    // Defined with the plan (it has a regex), nothing counted yet.
+    assert_eq!(envoy.settled_counter(name), 0);
+    // Over every pattern's cap: the rule does not match, the body reaches `other` whole.
+    let long = format!("gpt-{}", "x".repeat(traffic_split::pattern::MAX_VALUE_CAP));
+    let (r, body) = chat_post(&long, "curl");
+    assert_eq!((r.status, r.backend()), (200, "other"), "{r:?}");
+    assert_eq!(
+        chat.backend("other").received().last().unwrap().body,
+        body.as_bytes()
+    );
+    assert_eq!(envoy.wait_counter(name, 1), 1);
+    assert_eq!(envoy.settled_counter(name), 1);
+    // A long header value on a held request: counted once (its body decision), not also for
+    // the look-ahead that held it.
+    let ua = format!(
+        "Mozilla/5.0 (Linux; Android 14){}",
+        "x".repeat(traffic_split::pattern::MAX_VALUE_CAP)
+    );
+    let (r, _) = chat_post("gpt-4o", &ua);
+    assert_eq!((r.status, r.backend()), (200, "small"), "{r:?}");
+    assert_eq!(envoy.wait_counter(name, 2), 2);
+    assert_eq!(envoy.settled_counter(name), 2);
+    // Both over their caps: two conditions skipped, two counted.
+    let (r, _) = chat_post(&long, &ua);
+    assert_eq!((r.status, r.backend()), (200, "other"), "{r:?}");
+    assert_eq!(envoy.wait_counter(name, 4), 4);
+    assert_eq!(envoy.settled_counter(name), 4);
+}
