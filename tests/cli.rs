@@ -1238,3 +1238,32 @@ fn explain_says_a_value_was_over_the_regex_cap() {
         "{out}"
     );
 }
+
+/// The same for the text at a `match.body` pointer.
+#[test]
+fn explain_says_a_body_text_was_over_the_regex_cap() {
+    let cfg = Temp::new(
+        "body-regex-cap.json",
+        r#"{"rules":[{"name":"gpt","match":{"body":[{"pointer":"/model","regex":"gpt-.*"}]},"destinations":[{"name":"m","cluster":"small"}]}]}"#,
+    );
+    let cap = traffic_split::pattern::Pattern::new("gpt-.*", false)
+        .unwrap()
+        .max_value_len();
+    let body = |len: usize| format!(r#"{{"model":"gpt-{}"}}"#, "x".repeat(len - 4));
+    let o = run(&["explain", cfg.path(), "--body", &body(cap)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("rule[0] \"gpt\": matched"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["explain", cfg.path(), "--body", &body(cap + 1)]);
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "rule[0] \"gpt\": no match: match.body \"/model\": regex \"gpt-.*\" \
+             (the value is over the pattern's cap of {cap} bytes: not evaluated) does not hold"
+        )),
+        "{out}"
+    );
+}
