@@ -2,7 +2,8 @@
 //! chat bodies pick the model's cluster; a body over `body_max_bytes` or invalid JSON falls
 //! through to the next rule; requests that cannot carry JSON are never held; the upstream gets
 //! the body byte for byte (HTTP/1.1 chunked and HTTP/2); and without
-//! `allow_on_headers_stop_iteration` nothing stalls.
+//! `allow_on_headers_stop_iteration` nothing stalls; a held body ending with trailers is decided
+//! on them; a body string over a `regex`'s cap is counted.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -753,4 +754,58 @@ fn a_body_string_over_a_regex_cap_does_not_match_and_is_counted() {
     assert_eq!((r.status, r.backend()), (200, "other"), "{r:?}");
     assert_eq!(envoy.wait_counter(name, 4), 4);
     assert_eq!(envoy.settled_counter(name), 4);
+}
+
+/// A held body that ends with trailers (HTTP/1.1 chunked trailers, which Envoy passes on with
+/// `enable_trailers`): the filter decides when the trailers come (`on_http_request_trailers`),
+/// routes on the body, and the upstream gets the body byte for byte.
+#[test]
+fn a_held_body_that_ends_with_trailers_is_routed_by_its_body() {
+    let chat = Chat::start(
+        CHAT,
+        Some((
+            "stat_prefix: ingress\n",
+            "stat_prefix: ingress\n          http_protocol_options: { enable_trailers: true }\n",
+        )),
+    );
+    let envoy = &chat.envoy;
+    let body = chat_body("small", false, 40);
+    let mut s = TcpStream::connect(envoy.listener).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n",
+    )
+    .unwrap();
+    for c in body.as_bytes().chunks(500) {
+        s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+            .unwrap();
+        s.write_all(c).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.write_all(b"0\r\nx-checksum: 1234\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("x-backend: small"), "{response}");
+    let got = chat
+        .backend("small")
+        .received()
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(got, body.as_bytes());
+    let decided = "traffic_split.rule.small.destination.small.requests";
+    assert_eq!(envoy.wait_counter(decided, 1), 1);
+    assert_eq!(envoy.settled_counter(decided), 1);
 }
