@@ -284,20 +284,28 @@ class Configs:
                 report(status, where, f"{label}: {text}")
 
 
+def typed_nodes(node, type_url):
+    """Every object with `"@type": type_url` in a JSON/YAML tree, outermost first."""
+    if isinstance(node, dict):
+        if node.get("@type") == type_url:
+            yield node
+        for value in node.values():
+            yield from typed_nodes(value, type_url)
+    elif isinstance(node, list):
+        for value in node:
+            yield from typed_nodes(value, type_url)
+
+
 def wasm_filters(node):
     """Every traffic-split Wasm HTTP filter config (`config` of the typed_config) in an Envoy
     bootstrap: the filter is recognized by root_id traffic-split or a traffic_split .wasm file."""
-    if isinstance(node, dict):
-        if node.get("@type") == WASM_FILTER_TYPE and isinstance(node.get("config"), dict):
-            config = node["config"]
-            local = ((config.get("vm_config") or {}).get("code") or {}).get("local") or {}
-            if config.get("root_id") == "traffic-split" or "traffic_split" in str(local.get("filename", "")):
-                yield config
-        for value in node.values():
-            yield from wasm_filters(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from wasm_filters(value)
+    for typed in typed_nodes(node, WASM_FILTER_TYPE):
+        config = typed.get("config")
+        if not isinstance(config, dict):
+            continue
+        local = ((config.get("vm_config") or {}).get("code") or {}).get("local") or {}
+        if config.get("root_id") == "traffic-split" or "traffic_split" in str(local.get("filename", "")):
+            yield config
 
 
 def plugin_configuration(filter_config):
@@ -706,14 +714,7 @@ HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection
 
 def connection_managers(node):
     """Every HTTP connection manager config in an Envoy bootstrap."""
-    if isinstance(node, dict):
-        if node.get("@type") == HCM_TYPE:
-            yield node
-        for value in node.values():
-            yield from connection_managers(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from connection_managers(value)
+    return typed_nodes(node, HCM_TYPE)
 
 
 def is_header_fault_filter(entry):
