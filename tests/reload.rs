@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -326,10 +326,54 @@ fn calls_envoy_cancels_on_a_swap_are_counted_cancelled() {
     assert!(r.deleted > STEADY.swaps, "{summary}");
 }
 
+/// One `traffic-split: shadow queue Some(Q) (root context R)` line of the log:
+/// `[time][thread][level][wasm] ...`.
+#[derive(Debug)]
+struct QueueRegistration {
+    thread: String,
+    queue: String,
+    root: String,
+}
+
+fn queue_registrations(log: &str) -> Vec<QueueRegistration> {
+    log.lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("traffic-split: shadow queue ")?;
+            let (queue, root) = rest.split_once(" (root context ")?;
+            Some(QueueRegistration {
+                thread: line.split('[').nth(2)?.to_string(),
+                queue: queue.to_string(),
+                root: root.trim_end_matches(')').to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Polls `done` every 20 ms for up to `secs` seconds; whether it came true.
+fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Each worker's VM has one shadow queue: a root context that takes the dispatching over
 /// registers the same name again (Envoy returns the same queue and hands it to that root)
 /// instead of leaving a registration behind per reload and worker. The main thread's VMs, one per configuration
 /// for its validation, never see a stream and register none.
+///
+/// The client keeps one connection, so one worker serves every request. Each round lets the
+/// copies be answered and, after the swap, waits until the previous dispatcher is deleted: the
+/// next configuration's first stream then finds no dispatcher and its root context registers,
+/// once. So after round `k` there are exactly `k` registrations, all on that worker, all of one
+/// queue, each by a new root context; a registration per stream, per reload and worker, or a
+/// new queue per root context would each break the count.
 #[test]
 fn configuration_swaps_reuse_each_workers_shadow_queue() {
     let stable = Backend::start("stable");
@@ -346,39 +390,50 @@ fn configuration_swaps_reuse_each_workers_shadow_queue() {
         for _ in 0..4 {
             assert_eq!(envoy.get("/", &[]).backend(), "stable");
         }
+        assert!(
+            eventually(5, || slow.count() == 4 * swap),
+            "round {swap}: {} copies answered, want {}",
+            slow.count(),
+            4 * swap
+        );
+        let mut regs = Vec::new();
+        let counted = eventually(5, || {
+            regs = queue_registrations(&envoy.log());
+            regs.len() >= swap
+        });
+        assert!(counted && regs.len() == swap, "round {swap}: {regs:?}");
+        let last = regs.last().unwrap();
         assert!(envoy.reconfigure(&config(swap), swap as u64));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while slow.count() < 4 * swaps && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        // The configuration's dispatcher goes once its streams and calls are over (its
+        // worker's VM logs it; root context ids are per VM).
+        let gone = format!("traffic-split: root context {} deleted", last.root);
+        assert!(
+            eventually(5, || envoy.log().lines().any(
+                |l| l.contains(&gone) && l.split('[').nth(2) == Some(last.thread.as_str())
+            )),
+            "round {swap}: root context {} of thread {} was not deleted after the swap",
+            last.root,
+            last.thread
+        );
     }
     assert_eq!(slow.count(), 4 * swaps);
-    // `[time][thread][level][wasm] ... traffic-split: shadow queue Some(Q)`, per thread.
-    let mut queues: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut registrations = 0;
-    for line in envoy.log().lines() {
-        let Some((_, queue)) = line.split_once("traffic-split: shadow queue ") else {
-            continue;
-        };
-        // `Some(Q) (root context R)`: the queue, whichever root context took it.
-        let queue = queue.split(" (root context").next().unwrap_or(queue);
-        let thread = line.split('[').nth(2).unwrap_or("").to_string();
-        queues.entry(thread).or_default().insert(queue.to_string());
-        registrations += 1;
-    }
-    // Each worker registered at its first stream, and again whenever the root context that
-    // dispatched was deleted and another took the queue.
+    let regs = queue_registrations(&envoy.log());
+    // One per configuration that served streams (the last one, `config(swaps)`, served none).
+    assert_eq!(regs.len(), swaps, "{regs:?}");
+    let threads: BTreeSet<&str> = regs.iter().map(|r| r.thread.as_str()).collect();
+    let queues: BTreeSet<&str> = regs.iter().map(|r| r.queue.as_str()).collect();
+    let roots: BTreeSet<&str> = regs.iter().map(|r| r.root.as_str()).collect();
+    assert_eq!(threads.len(), 1, "one connection, one worker: {regs:?}");
+    assert_eq!(queues.len(), 1, "the worker's VM has one queue: {regs:?}");
     assert!(
-        registrations >= 1,
-        "{registrations} registrations: {queues:?}"
+        queues.iter().all(|q| q.starts_with("Some(")),
+        "registration failed: {regs:?}"
     );
-    assert!(
-        queues.len() <= 2,
-        "queues registered by more than the 2 workers: {queues:?}"
+    assert_eq!(
+        roots.len(),
+        swaps,
+        "each root context registers once: {regs:?}"
     );
-    for (thread, ids) in &queues {
-        assert_eq!(ids.len(), 1, "thread {thread} registered queues {ids:?}");
-    }
 }
 
 fn breaker_config(pad: usize) -> String {

@@ -2,7 +2,7 @@
 //! and what the filter writes for it (`crate::fault` holds the header names).
 
 use super::breaker::grpc_code;
-use super::fields::{field, field_item};
+use super::fields::{destination_index, field, field_item};
 use super::Destination;
 use crate::config::{ConfigError, FaultConfig};
 use crate::rng::sample_threshold;
@@ -151,15 +151,8 @@ pub(super) fn compile_fault(
                 ));
             }
             for (i, name) in names.iter().enumerate() {
-                let at = destinations
-                    .iter()
-                    .position(|d| &d.name == name)
-                    .ok_or_else(|| {
-                        ConfigError::at(
-                            field_item(path, "destinations", i),
-                            format_args!("\"{name}\" is not a destination of this rule"),
-                        )
-                    })?;
+                let at =
+                    destination_index(&field_item(path, "destinations", i), destinations, name)?;
                 mask |= 1 << (at as u32 & 15);
             }
         }
@@ -200,13 +193,10 @@ pub(super) fn compile_fault(
 
 #[cfg(test)]
 mod tests {
+    use crate::plan::tests::err;
     use crate::plan::{Decision, Plan, Routed};
     use crate::request::{header_pairs as headers, Request};
     use crate::rng::Rng;
-
-    fn err(json: &str) -> String {
-        Plan::from_json(json.as_bytes()).unwrap_err().to_string()
-    }
 
     fn with_fault(fault: &str) -> String {
         format!(

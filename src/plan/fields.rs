@@ -1,6 +1,6 @@
 //! Field-format checks shared by the compile steps: names, header and cookie names, clusters.
 
-use super::MAX_NAME_LEN;
+use super::{Destination, MAX_NAME_LEN};
 use crate::config::ConfigError;
 use crate::signing::SigningKey;
 /// The path of `name` inside the object at `path` (one function instead of a `format!` at
@@ -23,6 +23,26 @@ pub(super) fn item(path: &str, i: usize) -> String {
 /// `path.name[i]`.
 pub(super) fn field_item(path: &str, name: &str, i: usize) -> String {
     item(&field(path, name), i)
+}
+
+/// The index of the destination called `name` in its rule, or an error at `path` saying it is
+/// not one (the one home of this check: fallbacks, lanes, faults and the judge name
+/// destinations).
+#[inline(never)]
+pub(super) fn destination_index(
+    path: &str,
+    destinations: &[Destination],
+    name: &str,
+) -> Result<usize, ConfigError> {
+    destinations
+        .iter()
+        .position(|d| d.name == name)
+        .ok_or_else(|| {
+            ConfigError::at(
+                path,
+                format_args!("\"{name}\" is not a destination of this rule"),
+            )
+        })
 }
 
 /// Rule and destination names appear in metric names: `[A-Za-z0-9_-]{1,64}`.

@@ -1,6 +1,6 @@
 //! `rules[].judge`: the defaults, the checks, and the compiled `JudgePolicy`.
 
-use super::fields::field;
+use super::fields::{destination_index, field};
 use super::{Destination, Plan, Routed};
 use crate::breaker::{BreakerPolicy, BreakerTicket, BreakerView, StatusMatch};
 use crate::config::{ConfigError, JudgeConfig};
@@ -24,17 +24,7 @@ pub(super) fn compile_judge(
             "needs a rule with at least two destinations (a canary and its baseline)",
         ));
     }
-    let find = |key: &str, name: &str| {
-        destinations
-            .iter()
-            .position(|d| d.name == name)
-            .ok_or_else(|| {
-                ConfigError::at(
-                    field(path, key),
-                    format_args!("\"{name}\" is not a destination of this rule"),
-                )
-            })
-    };
+    let find = |key: &str, name: &str| destination_index(&field(path, key), destinations, name);
     let canary = match &j.canary {
         Some(name) => find("canary", name)?,
         None => 0,
@@ -330,6 +320,7 @@ impl super::Rule {
 #[cfg(test)]
 mod tests {
     use crate::judge::OnFail;
+    use crate::plan::tests::err;
     use crate::plan::Plan;
 
     fn rule_with(judge: &str, extra: &str) -> String {
@@ -340,10 +331,6 @@ mod tests {
                 {{"name":"stable","cluster":"v1","weight":80}}]{extra},
                 "judge":{judge}}}]}}"#
         )
-    }
-
-    fn error(json: &str) -> String {
-        Plan::from_json(json.as_bytes()).unwrap_err().to_string()
     }
 
     #[test]
@@ -526,10 +513,10 @@ mod tests {
                 "rules[0].judge.on_fail: \"page\" is not one of \"abort\", \"report\"",
             ),
         ] {
-            assert_eq!(error(&rule_with(judge, "")), want, "{judge}");
+            assert_eq!(err(&rule_with(judge, "")), want, "{judge}");
         }
         assert_eq!(
-            error(r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"judge":{}}]}"#),
+            err(r#"{"rules":[{"name":"r","destinations":[{"name":"a","cluster":"a"}],"judge":{}}]}"#),
             "rules[0].judge: needs a rule with at least two destinations (a canary and its baseline)"
         );
         let gate = r#","rollout":{"destination":"canary","start":"2026-01-01T00:00:00Z",
@@ -539,7 +526,7 @@ mod tests {
             {"name":"b","cluster":"b"}],"rollout":{"destination":"a","start":"2026-01-01T00:00:00Z",
             "steps":[{"percent":100}],"gate":"judge"}}]}"#;
         assert_eq!(
-            error(no_judge),
+            err(no_judge),
             "rules[0].rollout.gate: \"judge\" needs a \"judge\" on this rule"
         );
     }

@@ -1,7 +1,7 @@
 //! `rules[].propagate`, `from_lane`, `lane_fallback` and `lane_secret`: the plan's lane
 //! carriers, each rule's part in them, and the key (`crate::lane`).
 
-use super::fields::{compile_secret, field, is_token_byte, routing_header_name};
+use super::fields::{compile_secret, destination_index, field, is_token_byte, routing_header_name};
 use super::Destination;
 use crate::config::{ConfigError, PropagateConfig};
 use crate::lane::{Carrier, LaneCarrier, Lanes, RuleLane};
@@ -84,17 +84,11 @@ pub(super) fn compile_rule_lane(
                 "only applies with \"from_lane\": true",
             ))
         }
-        Some(name) => Some(
-            destinations
-                .iter()
-                .position(|d| d.name == name)
-                .ok_or_else(|| {
-                    ConfigError::at(
-                        field(path, "lane_fallback"),
-                        format_args!("\"{name}\" is not a destination of this rule"),
-                    )
-                })?,
-        ),
+        Some(name) => Some(destination_index(
+            &field(path, "lane_fallback"),
+            destinations,
+            &name,
+        )?),
     };
     let index = match lanes.carriers.iter().position(|c| c.carrier == carrier) {
         Some(i) => i,

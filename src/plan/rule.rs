@@ -2,7 +2,7 @@
 
 use super::breaker::compile_breaker;
 use super::fault::compile_fault;
-use super::fields::{check_cluster, check_name, field, field_item, item};
+use super::fields::{check_cluster, check_name, destination_index, field, field_item, item};
 use super::judge::compile_judge;
 use super::matching::compile_match;
 use super::rollout::compile_rollout;
@@ -185,12 +185,7 @@ fn compile_destinations(
             continue;
         };
         let fpath = field(&item(path, i), "fallback");
-        let target = out.iter().position(|d| d.name == fallback).ok_or_else(|| {
-            ConfigError::at(
-                &fpath,
-                format_args!("\"{fallback}\" is not a destination of this rule"),
-            )
-        })?;
+        let target = destination_index(&fpath, &out, &fallback)?;
         if target == i {
             return Err(ConfigError::new(
                 fpath,

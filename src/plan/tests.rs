@@ -5,7 +5,8 @@ use crate::breaker::StatusMatch;
 use crate::rng::sample_threshold;
 use std::time::Duration;
 
-fn err(json: &str) -> String {
+/// The error message `json` is refused with (shared by the plan's test modules).
+pub(super) fn err(json: &str) -> String {
     Plan::from_json(json.as_bytes()).unwrap_err().to_string()
 }
 
