@@ -347,24 +347,33 @@ fn serve_raw(mut conn: TcpStream, record: &Mutex<Vec<(Instant, Vec<u8>)>>) {
     }
 }
 
-/// Sends a request's headers, waits `pause`, then its body (`chunks`, chunked encoding when
-/// `chunked`); returns when the body started to leave and the response's head.
+/// How `slow_upload` frames its body: `content-length`, or chunked encoding ending with these
+/// trailer lines (`name: value\r\n` each; empty: none).
+#[derive(Clone, Copy)]
+enum Framing<'a> {
+    Length,
+    Chunked { trailers: &'a str },
+}
+
+/// Sends a request's headers, waits `pause`, then its body (`chunks`, framed by `framing`);
+/// returns when the body started to leave and the response's head.
 fn slow_upload(
     to: SocketAddr,
     head: &str,
     chunks: &[&[u8]],
-    chunked: bool,
+    framing: Framing<'_>,
     pause: Duration,
 ) -> (Instant, String) {
+    let chunked = matches!(framing, Framing::Chunked { .. });
     let mut s = TcpStream::connect(to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let total: usize = chunks.iter().map(|c| c.len()).sum();
-    let framing = if chunked {
+    let framing_header = if chunked {
         "transfer-encoding: chunked\r\n".to_string()
     } else {
         format!("content-length: {total}\r\n")
     };
-    s.write_all(format!("{head}host: test\r\n{framing}\r\n").as_bytes())
+    s.write_all(format!("{head}host: test\r\n{framing_header}\r\n").as_bytes())
         .unwrap();
     std::thread::sleep(pause);
     let body_sent = Instant::now();
@@ -380,8 +389,9 @@ fn slow_upload(
         s.flush().unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
-    if chunked {
-        s.write_all(b"0\r\n\r\n").unwrap();
+    if let Framing::Chunked { trailers } = framing {
+        s.write_all(format!("0\r\n{trailers}\r\n").as_bytes())
+            .unwrap();
     }
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -436,7 +446,8 @@ fn only_json_requests_a_body_rule_could_match_are_held() {
     ];
     for (head, what, held) in cases {
         let before = raw.seen.lock().unwrap().len();
-        let (body_sent, response) = slow_upload(envoy.listener, head, &[body], false, pause);
+        let (body_sent, response) =
+            slow_upload(envoy.listener, head, &[body], Framing::Length, pause);
         assert!(response.starts_with("HTTP/1.1 200"), "{what}: {response}");
         let seen = raw.seen.lock().unwrap();
         assert_eq!(seen.len(), before + 1, "{what}");
@@ -473,7 +484,7 @@ fn the_upstream_gets_identical_bytes_for_chunked_http1_and_http2_uploads() {
         envoy.listener,
         "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n",
         &chunks,
-        true,
+        Framing::Chunked { trailers: "" },
         Duration::from_millis(50),
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -601,7 +612,7 @@ fn with_the_setting_a_slow_client_is_held_not_mistaken_for_a_missing_setting() {
         chat.envoy.listener,
         "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n",
         &[chat_body("small", false, 1).as_bytes()],
-        false,
+        Framing::Length,
         Duration::from_millis(1500),
     );
     assert!(
@@ -770,31 +781,18 @@ fn a_held_body_that_ends_with_trailers_is_routed_by_its_body() {
     );
     let envoy = &chat.envoy;
     let body = chat_body("small", false, 40);
-    let mut s = TcpStream::connect(envoy.listener).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
-          transfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n",
-    )
-    .unwrap();
-    for c in body.as_bytes().chunks(500) {
-        s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-            .unwrap();
-        s.write_all(c).unwrap();
-        s.write_all(b"\r\n").unwrap();
-        s.flush().unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    s.write_all(b"0\r\nx-checksum: 1234\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => response.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(500).collect();
+    let (_, response) = slow_upload(
+        envoy.listener,
+        "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n\
+         trailer: x-checksum\r\n",
+        &chunks,
+        Framing::Chunked {
+            trailers: "x-checksum: 1234\r\n",
+        },
+        Duration::ZERO,
+    );
+    let response = response.to_ascii_lowercase();
     assert!(response.starts_with("http/1.1 200"), "{response}");
     assert!(response.contains("x-backend: small"), "{response}");
     let got = chat
