@@ -76,13 +76,20 @@ impl Judges {
                 }
             })
             .collect();
+        // A rule's shares are known now, unless a rollout moves them: then every outcome until
+        // the first tick knows the shares in force (a rollout's compiled bounds give its
+        // destination 0% until then): more evidence, never less.
+        let baseline_keep = (0..slots.len())
+            .map(|slot| match plan.judge_site(slot) {
+                Some((rule, _)) if rule.rollout.is_none() => baseline_keep(plan, slot, &[]),
+                _ => u64::MAX,
+            })
+            .collect();
         Judges {
             tripped: vec![false; slots.len()],
             views: vec![JudgeView::default(); slots.len()],
             default_failures: default_failure_policy(),
-            // Every outcome until the first tick knows the shares in force (a rollout's compiled
-            // bounds give its destination 0% until then): more evidence, never less.
-            baseline_keep: vec![u64::MAX; slots.len()],
+            baseline_keep,
             slots,
         }
     }
