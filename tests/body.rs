@@ -560,7 +560,7 @@ fn without_allow_on_headers_stop_iteration_nothing_stalls_and_headers_decide() {
     let chat = Chat::start(CHAT, Some(("allow_on_headers_stop_iteration: true", "")));
     assert!(!chat.envoy.log().contains("allow_on_headers_stop_iteration"));
     let body = chat_body("small", false, 3);
-    let mut slowest = Duration::ZERO;
+    let mut last: Vec<Duration> = Vec::new();
     for i in 0..30 {
         let started = Instant::now();
         // A new connection each time, so that both workers serve some.
@@ -580,15 +580,17 @@ fn without_allow_on_headers_stop_iteration_nothing_stalls_and_headers_decide() {
             body.as_bytes()
         );
         if i >= 10 {
-            slowest = slowest.max(took);
+            last.push(took);
         }
         assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
     }
-    // Once found out, no request waits: none of the last 20 took a tick.
-    assert!(
-        slowest < Duration::from_millis(100),
-        "slowest of the last 20: {slowest:?}"
-    );
+    // Once found out, no request waits: a held one takes a tick (100 ms) at least, so the last
+    // 20 would all be over it; one slow connection on a loaded machine is not a wait.
+    let ticks = last
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(100))
+        .count();
+    assert!(ticks <= 1, "{ticks} of the last 20 took a tick: {last:?}");
     let log = chat.envoy.log();
     let lines = log.lines().filter(|l| l.contains(OFF_LINE)).count();
     // One line per process; two workers that find out on the same tick may both say it.
