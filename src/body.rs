@@ -179,9 +179,15 @@ struct Walk<'t> {
     out: &'t mut Vec<Found>,
 }
 
-impl Walk<'_> {
+impl<'t> Walk<'t> {
     fn node(&self) -> Option<&Node> {
         self.tree.nodes.get(self.node)
+    }
+
+    /// The pointers' steps below this node: (token, array index, child node).
+    fn children(&self) -> &'t [(String, Option<usize>, usize)] {
+        let tree: &'t PointerTree = self.tree;
+        tree.nodes.get(self.node).map_or(&[], |n| &n.children[..])
     }
 
     fn keep(&mut self, found: Found) {
@@ -262,10 +268,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.keep(Found::Structure);
         let tree = self.tree;
-        let children = tree
-            .nodes
-            .get(self.node)
-            .map_or(&[][..], |n| &n.children[..]);
+        let children = self.children();
         while let Some(child) = map.next_key_seed(Key(children))? {
             match child {
                 Some(node) => map.next_value_seed(Walk {
@@ -284,10 +287,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         self.keep(Found::Structure);
         let tree = self.tree;
-        let children = tree
-            .nodes
-            .get(self.node)
-            .map_or(&[][..], |n| &n.children[..]);
+        let children = self.children();
         let mut i = 0usize;
         loop {
             let child = children
